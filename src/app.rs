@@ -1,0 +1,285 @@
+//! Jobs that wire the stages together: `annotate` runs source -> segmenter -> ASR -> sink
+//! for one recorded input, as fast as the machine allows.
+
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::error::{Error, Result, SourceError};
+use crate::event::{self, Event, Latency};
+use crate::features::asr::Asr;
+use crate::segment::{Segmenter, Vad, Window};
+use crate::sinks::JsonlSink;
+use crate::source::{Source, SourceMsg, VideoFrame};
+
+/// Windows wait at most this long (seconds of audio) for video frames to catch up. Audio
+/// decodes ahead of video by several seconds in files (decoder queues), so this is a
+/// safety net for a stalled video stream, not the normal path.
+const MAX_VIDEO_WAIT_S: f64 = 30.0;
+
+/// What to annotate and with which models.
+#[derive(Debug, Clone)]
+pub struct AnnotateJob {
+    /// File path or URI.
+    pub input: String,
+    /// Stream id written in every event.
+    pub stream_id: String,
+    /// Whisper ggml model file.
+    pub whisper_model: PathBuf,
+    /// Silero VAD ggml model file.
+    pub vad_model: PathBuf,
+    /// Draw a progress bar on stderr (only when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Figures of a finished run.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    /// Events written.
+    pub windows: u64,
+    /// Seconds of media processed (stream time).
+    pub media_s: f64,
+    /// Seconds of speech inside windows.
+    pub window_s: f64,
+    /// Wall time of the whole job, seconds (model loading included).
+    pub wall_s: f64,
+    /// Wall time spent inside Whisper, seconds.
+    pub asr_s: f64,
+    /// Wall time to load the models, seconds.
+    pub load_s: f64,
+    /// Peak resident memory, KiB (from /proc/self/status).
+    pub peak_rss_kib: u64,
+}
+
+impl RunStats {
+    /// A one-line human summary.
+    pub fn summary(&self) -> String {
+        let rtf = if self.media_s > 0.0 { self.wall_s / self.media_s } else { 0.0 };
+        format!(
+            "{} windows, {:.1} s of media ({:.1} s in windows) in {:.2} s wall (models {:.2} s); whisper {:.2} s ({:.0}% of wall); real-time factor {:.3}; peak RSS {:.0} MiB",
+            self.windows,
+            self.media_s,
+            self.window_s,
+            self.wall_s,
+            self.load_s,
+            self.asr_s,
+            if self.wall_s > 0.0 { 100.0 * self.asr_s / self.wall_s } else { 0.0 },
+            rtf,
+            self.peak_rss_kib as f64 / 1024.0
+        )
+    }
+}
+
+/// Peak resident set size of this process in KiB (0 where /proc is unavailable).
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Progress bar on stderr, drawn only when stderr is a terminal.
+struct Progress {
+    enabled: bool,
+    last_draw: Instant,
+}
+
+impl Progress {
+    fn new(wanted: bool) -> Self {
+        Self { enabled: wanted && std::io::stderr().is_terminal(), last_draw: Instant::now() }
+    }
+
+    fn draw(&mut self, done_s: f64, total_s: Option<f64>, windows: u64, force: bool) {
+        if !self.enabled || (!force && self.last_draw.elapsed().as_millis() < 200) {
+            return;
+        }
+        self.last_draw = Instant::now();
+        let mut err = std::io::stderr().lock();
+        match total_s.filter(|t| *t > 0.0) {
+            Some(t) => {
+                let frac = (done_s / t).clamp(0.0, 1.0);
+                let filled = (frac * 30.0) as usize;
+                let _ = write!(
+                    err,
+                    "\r[{}{}] {:5.1}% {:.1}/{:.1} s, {windows} windows ",
+                    "#".repeat(filled),
+                    "-".repeat(30 - filled),
+                    frac * 100.0,
+                    done_s,
+                    t
+                );
+            }
+            None => {
+                let _ = write!(err, "\r{done_s:.1} s, {windows} windows ");
+            }
+        }
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self) {
+        if self.enabled {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+/// State of one annotate run between source messages.
+struct Annotator<'a, W: Write> {
+    job: &'a AnnotateJob,
+    asr: Asr,
+    sink: &'a mut JsonlSink<W>,
+    frames: VecDeque<VideoFrame>,
+    pending: VecDeque<Window>,
+    has_video: Option<bool>,
+    video_ended: bool,
+    video_high: f64,
+    audio_high: f64,
+    stats: RunStats,
+}
+
+impl<W: Write> Annotator<'_, W> {
+    /// Emits pending windows whose video has arrived (or will never arrive).
+    fn drain(&mut self, source: &Source, all: bool) -> Result<()> {
+        while let Some(w) = self.pending.front() {
+            let video_ready = self.has_video == Some(false)
+                || self.video_ended
+                || self.video_high >= w.end
+                || self.audio_high - w.end > MAX_VIDEO_WAIT_S;
+            if !(all || video_ready) {
+                break;
+            }
+            let w = self.pending.pop_front().expect("front exists");
+            self.emit(&w)?;
+            // Frames before the window's end are no longer needed.
+            while self.frames.front().is_some_and(|f| f.pts < w.end) {
+                let f = self.frames.pop_front().expect("front exists");
+                source.recycle_frame(f.data);
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, w: &Window) -> Result<()> {
+        let t0 = Instant::now();
+        let frames = self.frames.iter().filter(|f| f.pts >= w.start && f.pts < w.end).count() as u32;
+        let tr = self.asr.transcribe(&w.audio)?;
+        let e = Event {
+            stream: self.job.stream_id.clone(),
+            seq: w.seq,
+            start: round_ms(w.start),
+            end: round_ms(w.end),
+            text: tr.text,
+            language: tr.language,
+            asr_confidence: tr.confidence,
+            frames,
+            score: None,
+            polarity: None,
+            probs: None,
+            uncertainty: None,
+            stage: None,
+            fallback_reason: None,
+            ubm: None,
+            mllm: None,
+            latency_ms: Latency { asr: tr.asr_ms, total: t0.elapsed().as_secs_f64() * 1e3 },
+            emitted_at_ms: event::now_ms(),
+        };
+        tracing::debug!(stream = %e.stream, seq = e.seq, start = e.start, end = e.end, "window");
+        self.sink.write(&e)?;
+        self.stats.windows += 1;
+        self.stats.window_s += w.end - w.start;
+        self.stats.asr_s += tr.asr_ms / 1e3;
+        Ok(())
+    }
+}
+
+fn round_ms(t: f64) -> f64 {
+    (t * 1000.0).round() / 1000.0
+}
+
+/// Runs `annotate`: every utterance window of the input becomes one event on `sink`.
+///
+/// On a decoding error part-way, the windows found so far are still emitted before the
+/// error is returned.
+pub fn annotate<W: Write>(cfg: &Config, job: &AnnotateJob, sink: &mut JsonlSink<W>) -> Result<RunStats> {
+    let started = Instant::now();
+    // Models first: a bad model file fails before any media work.
+    let vad = Vad::load(&job.vad_model)?;
+    let asr = Asr::load(&job.whisper_model, &cfg.asr)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let mut segmenter = Segmenter::new(cfg.segment.clone(), vad);
+    let source = Source::open(&job.input, &cfg.source)?;
+    let total = source.duration();
+    let mut progress = Progress::new(job.progress);
+    let mut a = Annotator {
+        job,
+        asr,
+        sink,
+        frames: VecDeque::new(),
+        pending: VecDeque::new(),
+        has_video: None,
+        video_ended: false,
+        video_high: f64::NEG_INFINITY,
+        audio_high: 0.0,
+        stats: RunStats { load_s, ..RunStats::default() },
+    };
+    let mut ready = Vec::new();
+    let mut failure: Option<Error> = None;
+    let mut got_audio = false;
+    loop {
+        match source.recv() {
+            SourceMsg::Audio { pts, samples } => {
+                got_audio = true;
+                let end = pts.unwrap_or(a.audio_high) + samples.len() as f64 / crate::source::SAMPLE_RATE as f64;
+                a.audio_high = a.audio_high.max(end);
+                let res = segmenter.push(pts, &samples, &mut ready);
+                source.recycle_audio(samples);
+                res?;
+            }
+            SourceMsg::Video(f) => {
+                a.video_high = a.video_high.max(f.pts);
+                a.frames.push_back(f);
+                // Bound memory when no window claims frames for a long time (silence).
+                while a.frames.front().is_some_and(|f| f.pts < a.video_high - cfg.segment.max_window_s as f64 - MAX_VIDEO_WAIT_S) {
+                    let f = a.frames.pop_front().expect("front exists");
+                    source.recycle_frame(f.data);
+                }
+            }
+            SourceMsg::StreamsKnown { has_video, .. } => a.has_video = Some(has_video),
+            SourceMsg::VideoEnd => a.video_ended = true,
+            SourceMsg::Eos => break,
+            SourceMsg::Error(e) => {
+                if !got_audio || matches!(e, SourceError::NoAudio { .. }) {
+                    return Err(e.into());
+                }
+                failure = Some(e.into());
+                break;
+            }
+        }
+        a.pending.extend(ready.drain(..));
+        a.drain(&source, false)?;
+        progress.draw(a.audio_high, total, a.stats.windows, false);
+    }
+    if !got_audio && failure.is_none() {
+        return Err(SourceError::NoAudio { input: job.input.clone() }.into());
+    }
+    segmenter.finish(&mut ready)?;
+    a.pending.extend(ready.drain(..));
+    a.drain(&source, true)?;
+    progress.draw(a.audio_high, total, a.stats.windows, true);
+    progress.finish();
+    drop(source);
+    let mut stats = a.stats;
+    stats.media_s = a.audio_high;
+    stats.wall_s = started.elapsed().as_secs_f64();
+    stats.peak_rss_kib = peak_rss_kib();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(stats),
+    }
+}

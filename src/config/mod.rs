@@ -1,0 +1,235 @@
+//! Typed, documented, validated configuration. Defaults live here, in one place;
+//! `configs/default.toml` documents every key; CLI flags override the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+
+/// Whole configuration of a sentistream process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Media source settings.
+    pub source: SourceConfig,
+    /// Utterance segmentation settings.
+    pub segment: SegmentConfig,
+    /// Speech recognition settings.
+    pub asr: AsrConfig,
+    /// Model file locations.
+    pub models: ModelsConfig,
+}
+
+/// How media is decoded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Video frames per second delivered to the analysis (frames are dropped or duplicated).
+    pub video_fps: u32,
+    /// Width of delivered video frames in pixels; height follows the aspect ratio.
+    pub video_width: u32,
+    /// Bound on decoded-but-unprocessed buffers between GStreamer and the analysis.
+    pub channel_capacity: usize,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self { video_fps: 5, video_width: 320, channel_capacity: 256 }
+    }
+}
+
+/// How speech is cut into utterance windows (Silero VAD probabilities every 32 ms).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentConfig {
+    /// Speech probability at or above which a frame starts speech.
+    pub threshold: f32,
+    /// Probability below which a frame counts as silence (hysteresis; <= threshold).
+    pub neg_threshold: f32,
+    /// Speech shorter than this (seconds) is ignored as a blip.
+    pub min_speech_s: f32,
+    /// Windows shorter than this (seconds) are widened around their centre.
+    pub min_window_s: f32,
+    /// Windows longer than this (seconds) are split, preferably at a pause.
+    pub max_window_s: f32,
+    /// Audio kept before and after the detected speech (seconds).
+    pub padding_s: f32,
+    /// A pause shorter than this (seconds) does not end a window.
+    pub merge_gap_s: f32,
+    /// How much new audio (seconds) arrives between two VAD passes.
+    pub step_s: f32,
+}
+
+impl Default for SegmentConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            neg_threshold: 0.35,
+            min_speech_s: 0.25,
+            min_window_s: 1.0,
+            max_window_s: 15.0,
+            padding_s: 0.2,
+            merge_gap_s: 0.5,
+            step_s: 1.0,
+        }
+    }
+}
+
+/// Encoder context sizing for Whisper.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioCtx {
+    /// Sized to the window (50 positions per second plus a margin): short windows cost less.
+    Auto,
+    /// Whisper's full 30 s context for every window (slowest, as upstream).
+    Full,
+}
+
+/// Whisper settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsrConfig {
+    /// Whisper ggml model: a path, or a file name inside the models folder.
+    pub model: PathBuf,
+    /// Spoken language: "auto" to detect per window, or a code such as "en".
+    pub language: String,
+    /// CPU threads used by Whisper.
+    pub threads: u32,
+    /// Encoder context sizing.
+    pub audio_ctx: AudioCtx,
+    /// Text of a window whose no-speech probability exceeds this is dropped.
+    pub no_speech_threshold: f32,
+    /// Text whose mean token log-probability is below this (with high no-speech) is dropped.
+    pub logprob_threshold: f32,
+}
+
+impl Default for AsrConfig {
+    fn default() -> Self {
+        Self {
+            model: PathBuf::from("ggml-base.bin"),
+            language: "auto".into(),
+            threads: 2,
+            audio_ctx: AudioCtx::Auto,
+            no_speech_threshold: 0.6,
+            logprob_threshold: -1.0,
+        }
+    }
+}
+
+/// Where model files are.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Models folder; empty means `SENTISTREAM_MODELS`, `./models` or the source tree's.
+    pub dir: Option<PathBuf>,
+    /// Silero VAD model for whisper.cpp: a path, or a file name inside the models folder.
+    pub vad: Option<PathBuf>,
+}
+
+/// Whisper language codes accepted by `asr.language` (besides "auto").
+const LANGUAGES: &[&str] = &[
+    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id", "hi",
+    "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt", "la",
+    "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy",
+    "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn", "yo", "so", "af", "oc", "ka", "be",
+    "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl",
+    "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su", "yue",
+];
+
+impl Config {
+    /// Reads a TOML config file and validates it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every key and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let s = &self.source;
+        if !(1..=60).contains(&s.video_fps) {
+            p.push(format!("source.video_fps = {}: must be 1..=60", s.video_fps));
+        }
+        if !(16..=3840).contains(&s.video_width) || s.video_width % 2 != 0 {
+            p.push(format!("source.video_width = {}: must be an even number in 16..=3840", s.video_width));
+        }
+        if s.channel_capacity == 0 {
+            p.push("source.channel_capacity = 0: must be at least 1".into());
+        }
+        let g = &self.segment;
+        if !(0.0..=1.0).contains(&g.threshold) {
+            p.push(format!("segment.threshold = {}: must be in [0, 1]", g.threshold));
+        }
+        if !(0.0..=1.0).contains(&g.neg_threshold) || g.neg_threshold > g.threshold {
+            p.push(format!("segment.neg_threshold = {}: must be in [0, segment.threshold]", g.neg_threshold));
+        }
+        for (k, v) in [
+            ("min_speech_s", g.min_speech_s),
+            ("min_window_s", g.min_window_s),
+            ("padding_s", g.padding_s),
+            ("merge_gap_s", g.merge_gap_s),
+        ] {
+            if !(0.0..=10.0).contains(&v) {
+                p.push(format!("segment.{k} = {v}: must be in [0, 10] seconds"));
+            }
+        }
+        if !(2.0..=30.0).contains(&g.max_window_s) {
+            p.push(format!("segment.max_window_s = {}: must be in [2, 30] seconds (Whisper sees at most 30 s)", g.max_window_s));
+        }
+        if g.min_window_s >= g.max_window_s {
+            p.push("segment.min_window_s must be below segment.max_window_s".into());
+        }
+        if !(0.1..=10.0).contains(&g.step_s) {
+            p.push(format!("segment.step_s = {}: must be in [0.1, 10] seconds", g.step_s));
+        }
+        let a = &self.asr;
+        if a.language != "auto" && !LANGUAGES.contains(&a.language.as_str()) {
+            p.push(format!("asr.language = {:?}: use \"auto\" or a Whisper language code such as \"en\"", a.language));
+        }
+        if !(1..=64).contains(&a.threads) {
+            p.push(format!("asr.threads = {}: must be 1..=64", a.threads));
+        }
+        if !(0.0..=1.0).contains(&a.no_speech_threshold) {
+            p.push(format!("asr.no_speech_threshold = {}: must be in [0, 1]", a.no_speech_threshold));
+        }
+        if a.logprob_threshold > 0.0 {
+            p.push(format!("asr.logprob_threshold = {}: must be <= 0", a.logprob_threshold));
+        }
+        if a.model.as_os_str().is_empty() {
+            p.push("asr.model is empty: name a ggml Whisper file".into());
+        }
+        if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_matches_documented_file() {
+        Config::default().validate().unwrap();
+        let doc: Config = toml::from_str(include_str!("../../configs/default.toml")).unwrap();
+        assert_eq!(doc, Config::default(), "configs/default.toml must show the defaults");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let mut c = Config::default();
+        c.source.video_fps = 0;
+        c.segment.max_window_s = 100.0;
+        c.asr.language = "klingon".into();
+        let ConfigError::Invalid(p) = c.validate().unwrap_err() else { panic!("wrong error kind") };
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = toml::from_str::<Config>("[asr]\nlanguag = \"en\"\n").unwrap_err();
+        assert!(e.to_string().contains("languag"));
+    }
+}

@@ -1,0 +1,196 @@
+//! Speech recognition per utterance window with whisper.cpp (whisper-rs).
+//!
+//! Whisper pads every input to 30 s by default, so a 2 s window would cost as much as a
+//! 30 s one; with `audio_ctx = "auto"` the encoder context is sized to the window instead.
+
+use std::path::Path;
+use std::time::Instant;
+
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+
+use crate::config::{AsrConfig, AudioCtx};
+use crate::error::ModelError;
+use crate::models::convert;
+use crate::source::SAMPLE_RATE;
+
+/// Encoder positions per second of audio (Whisper: 1500 for 30 s).
+const CTX_PER_SECOND: f64 = 50.0;
+/// Extra encoder positions beyond the window (250 = 5 s of trailing silence). Whisper was
+/// trained on speech followed by silence padding; with a tight context (e.g. 1.3 s margin)
+/// it repeated phrases and garbled short windows of the JFK clip, with 5 s it transcribes
+/// them as with the full 30 s context at a fifth of the cost (measured, see README).
+const CTX_MARGIN: i32 = 250;
+/// whisper.cpp wants at least this much audio (seconds); shorter windows are padded.
+const MIN_INPUT_S: f64 = 1.1;
+
+/// What Whisper heard in one window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transcript {
+    /// Text, trimmed; empty when nothing reliable was said.
+    pub text: String,
+    /// Mean probability of the text tokens, in [0, 1] (0 when there is no text).
+    pub confidence: f32,
+    /// Whisper's probability that the window holds no speech.
+    pub no_speech_prob: f32,
+    /// Detected or configured language code.
+    pub language: Option<String>,
+    /// Wall time spent in Whisper, milliseconds.
+    pub asr_ms: f64,
+}
+
+/// A loaded Whisper model with one decoding state.
+pub struct Asr {
+    ctx: WhisperContext,
+    state: WhisperState,
+    cfg: AsrConfig,
+    n_audio_ctx: i32,
+    multilingual: bool,
+    padded: Vec<f32>,
+}
+
+impl Asr {
+    /// Loads a ggml Whisper model after checking the file, so a bad file gives a clear error.
+    pub fn load(path: &Path, cfg: &AsrConfig) -> Result<Self, ModelError> {
+        let header = convert::inspect_ggml(path)?;
+        let expected = convert::expected_tensor_count(&header.hparams);
+        if header.tensors != expected {
+            return Err(ModelError::Corrupt {
+                path: path.into(),
+                reason: format!("{} tensors where a Whisper model of this size has {expected}", header.tensors),
+            });
+        }
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| ModelError::Corrupt { path: path.into(), reason: "path is not UTF-8".into() })?;
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu(false);
+        let ctx = WhisperContext::new_with_params(path_str, params)
+            .map_err(|e| ModelError::Corrupt { path: path.into(), reason: format!("whisper.cpp could not load it ({e})") })?;
+        let state = ctx
+            .create_state()
+            .map_err(|e| ModelError::Runtime { name: "whisper".into(), reason: format!("cannot create a decoding state: {e}") })?;
+        let multilingual = ctx.is_multilingual();
+        if !multilingual && cfg.language != "en" && cfg.language != "auto" {
+            return Err(ModelError::Runtime {
+                name: path.display().to_string(),
+                reason: format!("this model is English-only but asr.language = {:?}; use a multilingual model such as ggml-base.bin", cfg.language),
+            });
+        }
+        Ok(Self {
+            n_audio_ctx: header.hparams.n_audio_ctx,
+            ctx,
+            state,
+            cfg: cfg.clone(),
+            multilingual,
+            padded: Vec::with_capacity(SAMPLE_RATE as usize * 30),
+        })
+    }
+
+    /// Whether the model knows many languages.
+    pub fn is_multilingual(&self) -> bool {
+        self.multilingual
+    }
+
+    /// Encoder context for a window of `secs` seconds.
+    pub fn audio_ctx_for(&self, secs: f64) -> i32 {
+        match self.cfg.audio_ctx {
+            AudioCtx::Full => self.n_audio_ctx,
+            AudioCtx::Auto => ((secs * CTX_PER_SECOND).ceil() as i32 + CTX_MARGIN).min(self.n_audio_ctx),
+        }
+    }
+
+    /// Transcribes one window of 16 kHz mono audio.
+    pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, ModelError> {
+        let started = Instant::now();
+        let min_len = (MIN_INPUT_S * SAMPLE_RATE as f64) as usize;
+        self.padded.clear();
+        self.padded.extend_from_slice(audio);
+        if self.padded.len() < min_len {
+            self.padded.resize(min_len, 0.0);
+        }
+        let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
+
+        let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        let language = if self.multilingual { self.cfg.language.as_str() } else { "en" };
+        p.set_language(Some(language));
+        p.set_n_threads(self.cfg.threads as i32);
+        p.set_audio_ctx(self.audio_ctx_for(secs));
+        p.set_no_context(true);
+        p.set_single_segment(true);
+        p.set_no_timestamps(true);
+        p.set_suppress_blank(true);
+        p.set_suppress_nst(true);
+        p.set_print_progress(false);
+        p.set_print_realtime(false);
+        p.set_print_special(false);
+        p.set_print_timestamps(false);
+        p.set_no_speech_thold(self.cfg.no_speech_threshold);
+        p.set_logprob_thold(self.cfg.logprob_threshold);
+
+        self.state
+            .full(p, &self.padded)
+            .map_err(|e| ModelError::Runtime { name: "whisper".into(), reason: format!("transcription failed: {e}") })?;
+
+        let eot = self.ctx.token_eot();
+        let mut text = String::new();
+        let (mut prob_sum, mut logp_sum, mut n_tok) = (0.0f32, 0.0f32, 0usize);
+        let mut no_speech = 0.0f32;
+        for seg in self.state.as_iter() {
+            no_speech = no_speech.max(seg.no_speech_probability());
+            text.push_str(&seg.to_str_lossy().map_err(|e| ModelError::Runtime { name: "whisper".into(), reason: e.to_string() })?);
+            for i in 0..seg.n_tokens() {
+                if let Some(tok) = seg.get_token(i) {
+                    if tok.token_id() >= eot {
+                        continue; // special and timestamp tokens
+                    }
+                    let pr = tok.token_probability();
+                    prob_sum += pr;
+                    logp_sum += pr.max(1e-9).ln();
+                    n_tok += 1;
+                }
+            }
+        }
+        let mut text = text.trim().to_string();
+        let avg_logp = if n_tok > 0 { logp_sum / n_tok as f32 } else { f32::NEG_INFINITY };
+        // Whisper's own rule for silence: high no-speech probability and low confidence.
+        if no_speech > self.cfg.no_speech_threshold && avg_logp < self.cfg.logprob_threshold {
+            text.clear();
+        }
+        if is_non_speech(&text) {
+            text.clear();
+        }
+        let lang_id = self.state.full_lang_id_from_state();
+        let language = if self.multilingual {
+            whisper_rs::get_lang_str(lang_id).map(str::to_string)
+        } else {
+            Some("en".to_string())
+        };
+        let confidence = if text.is_empty() || n_tok == 0 { 0.0 } else { prob_sum / n_tok as f32 };
+        Ok(Transcript { text, confidence, no_speech_prob: no_speech, language, asr_ms: started.elapsed().as_secs_f64() * 1e3 })
+    }
+}
+
+/// Text that Whisper emits for non-speech ("[Music]", "(applause)", "...").
+fn is_non_speech(text: &str) -> bool {
+    let t = text.trim();
+    if t.is_empty() || t.chars().all(|c| !c.is_alphanumeric()) {
+        return true;
+    }
+    let bracketed = |o: char, c: char| t.starts_with(o) && t.ends_with(c) && t[1..t.len() - 1].chars().all(|ch| ch != o && ch != c);
+    bracketed('[', ']') || bracketed('(', ')') || bracketed('*', '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_non_speech;
+
+    #[test]
+    fn non_speech_markers() {
+        assert!(is_non_speech("[Music]"));
+        assert!(is_non_speech(" (applause) "));
+        assert!(is_non_speech("..."));
+        assert!(is_non_speech(""));
+        assert!(!is_non_speech("I loved it."));
+        assert!(!is_non_speech("(laughs) that was great (really)"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Per-window features: what was said (ASR).
+
+pub mod asr;

@@ -1,0 +1,4 @@
+//! Model files: the asset registry and installer, and the Whisper format converter.
+
+pub mod assets;
+pub mod convert;

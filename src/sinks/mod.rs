@@ -1,0 +1,5 @@
+//! Output sinks for events.
+
+pub mod stdout;
+
+pub use stdout::JsonlSink;

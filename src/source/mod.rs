@@ -1,0 +1,335 @@
+//! The media source: a GStreamer pipeline that decodes a file or URI and delivers 16 kHz
+//! mono f32 audio and scaled RGB frames, each stamped with stream time from buffer PTS.
+//!
+//! `uridecodebin` exposes one pad per decoded stream; each is linked to the branch
+//! described in `pipelines/audio.gst` or `pipelines/video.gst`. Appsink callbacks and the
+//! bus sync handler push into one bounded channel, so a slow consumer pauses decoding
+//! (nothing is lost) and errors arrive in order with the data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use crate::config::SourceConfig;
+use crate::error::SourceError;
+
+/// Sample rate of delivered audio.
+pub const SAMPLE_RATE: u32 = 16_000;
+const AUDIO_BRANCH: &str = include_str!("../../pipelines/audio.gst");
+const VIDEO_BRANCH: &str = include_str!("../../pipelines/video.gst");
+/// With no data or bus message for this long, a file source is declared stalled.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Audio buffers waiting for reuse; bounded so a burst cannot pin memory.
+const POOL_CAPACITY: usize = 64;
+
+/// A decoded RGB video frame (tightly packed rows).
+#[derive(Debug)]
+pub struct VideoFrame {
+    /// Presentation time in seconds of stream time.
+    pub pts: f64,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 3` bytes, RGB.
+    pub data: Vec<u8>,
+}
+
+/// What the source delivers.
+#[derive(Debug)]
+pub enum SourceMsg {
+    /// Mono 16 kHz samples; `pts` is the stream time of the first sample, when known.
+    Audio {
+        /// Stream time of the first sample in seconds.
+        pts: Option<f64>,
+        /// The samples (return the Vec with [`Source::recycle_audio`]).
+        samples: Vec<f32>,
+    },
+    /// One video frame.
+    Video(VideoFrame),
+    /// The video stream ended (no more frames will come).
+    VideoEnd,
+    /// All streams of the input are known.
+    StreamsKnown {
+        /// An audio stream is linked.
+        has_audio: bool,
+        /// A video stream is linked.
+        has_video: bool,
+    },
+    /// End of the input.
+    Eos,
+    /// The pipeline failed.
+    Error(SourceError),
+}
+
+/// A running media source. Dropping it stops the pipeline.
+pub struct Source {
+    pipeline: gst::Pipeline,
+    rx: Option<Receiver<SourceMsg>>,
+    pool_tx: Sender<Vec<f32>>,
+    frame_pool_tx: Sender<Vec<u8>>,
+    input: String,
+    /// Total duration in seconds, when the container says.
+    duration: Option<f64>,
+}
+
+/// Turns a path or URI into a URI, checking local files first so errors name the file.
+pub fn input_to_uri(input: &str) -> Result<String, SourceError> {
+    if input.contains("://") {
+        return Ok(input.to_string());
+    }
+    let path = Path::new(input);
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SourceError::NotFound { path: path.into() },
+        _ => SourceError::Unreadable { path: path.into(), reason: e.to_string() },
+    })?;
+    if meta.is_dir() {
+        return Err(SourceError::Unreadable { path: path.into(), reason: "it is a directory".into() });
+    }
+    if let Err(e) = std::fs::File::open(path) {
+        return Err(SourceError::Unreadable { path: path.into(), reason: e.to_string() });
+    }
+    if meta.len() == 0 {
+        return Err(SourceError::Empty { path: path.into() });
+    }
+    let abs: PathBuf = std::fs::canonicalize(path)
+        .map_err(|e| SourceError::Unreadable { path: path.into(), reason: e.to_string() })?;
+    gst::glib::filename_to_uri(&abs, None)
+        .map(|u| u.to_string())
+        .map_err(|e| SourceError::Unreadable { path: path.into(), reason: e.to_string() })
+}
+
+fn pipeline_err(input: &str, reason: impl ToString) -> SourceError {
+    SourceError::Pipeline { input: input.to_string(), reason: reason.to_string() }
+}
+
+/// Initialises GStreamer once per process.
+pub fn init() -> Result<(), SourceError> {
+    gst::init().map_err(|e| pipeline_err("(init)", e))
+}
+
+impl Source {
+    /// Builds and starts the pipeline for `input` (a path or URI).
+    pub fn open(input: &str, cfg: &SourceConfig) -> Result<Self, SourceError> {
+        init()?;
+        let uri = input_to_uri(input)?;
+        let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity);
+        let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<f32>>(POOL_CAPACITY);
+        let (frame_pool_tx, frame_pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(POOL_CAPACITY);
+
+        let pipeline = gst::Pipeline::with_name("sentistream-source");
+        let decode = gst::ElementFactory::make("uridecodebin")
+            .property("uri", &uri)
+            .build()
+            .map_err(|e| pipeline_err(input, format!("uridecodebin unavailable ({e})")))?;
+        pipeline.add(&decode).map_err(|e| pipeline_err(input, e))?;
+
+        let video_desc = VIDEO_BRANCH
+            .trim()
+            .replace("{fps}", &cfg.video_fps.to_string())
+            .replace("{width}", &cfg.video_width.to_string());
+        let linked_audio = Arc::new(AtomicBool::new(false));
+        let linked_video = Arc::new(AtomicBool::new(false));
+
+        {
+            let (tx, pool_rx, frame_pool_rx) = (tx.clone(), pool_rx.clone(), frame_pool_rx.clone());
+            let (la, lv) = (linked_audio.clone(), linked_video.clone());
+            let input_name = input.to_string();
+            decode.connect_pad_added(move |dbin, pad| {
+                let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+                let media = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
+                let Some(pipeline) = dbin.parent().and_then(|p| p.downcast::<gst::Pipeline>().ok()) else {
+                    return;
+                };
+                let result = if media == "audio/x-raw" && !la.swap(true, Ordering::SeqCst) {
+                    link_branch(&pipeline, pad, AUDIO_BRANCH.trim(), "audio").map(|sink| {
+                        attach_audio(&sink, tx.clone(), pool_rx.clone());
+                    })
+                } else if media == "video/x-raw" && !lv.swap(true, Ordering::SeqCst) {
+                    link_branch(&pipeline, pad, &video_desc, "video").map(|sink| {
+                        attach_video(&sink, tx.clone(), frame_pool_rx.clone());
+                    })
+                } else {
+                    // Extra or undecodable streams go nowhere, without stalling the rest.
+                    link_branch(&pipeline, pad, "fakesink sync=false", "").map(|_| ())
+                };
+                if let Err(reason) = result {
+                    let _ = tx.send(SourceMsg::Error(pipeline_err(&input_name, reason)));
+                }
+            });
+        }
+        {
+            let tx = tx.clone();
+            let (la, lv) = (linked_audio, linked_video);
+            let input_name = input.to_string();
+            decode.connect_no_more_pads(move |_| {
+                let (has_audio, has_video) = (la.load(Ordering::SeqCst), lv.load(Ordering::SeqCst));
+                let msg = if has_audio {
+                    SourceMsg::StreamsKnown { has_audio, has_video }
+                } else {
+                    SourceMsg::Error(SourceError::NoAudio { input: input_name.clone() })
+                };
+                let _ = tx.send(msg);
+            });
+        }
+
+        let bus = pipeline.bus().ok_or_else(|| pipeline_err(input, "pipeline has no bus"))?;
+        {
+            let input_name = input.to_string();
+            bus.set_sync_handler(move |_, msg| {
+                use gst::MessageView;
+                let out = match msg.view() {
+                    MessageView::Eos(_) => Some(SourceMsg::Eos),
+                    MessageView::Error(e) => {
+                        let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                        let detail = debug.lines().last().unwrap_or("").trim().to_string();
+                        let reason = if detail.is_empty() || detail.len() > 200 {
+                            e.error().to_string()
+                        } else {
+                            format!("{} ({detail})", e.error())
+                        };
+                        Some(SourceMsg::Error(SourceError::Decode { input: input_name.clone(), reason }))
+                    }
+                    _ => None,
+                };
+                if let Some(m) = out {
+                    let _ = tx.send(m);
+                }
+                gst::BusSyncReply::Drop
+            });
+        }
+
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| SourceError::Decode { input: input.to_string(), reason: "the pipeline refused to start".into() })?;
+        let mut source = Source { pipeline, rx: Some(rx), pool_tx, frame_pool_tx, input: input.to_string(), duration: None };
+        source.duration = source.query_duration();
+        Ok(source)
+    }
+
+    /// Total duration in seconds, when known.
+    pub fn duration(&self) -> Option<f64> {
+        self.duration.or_else(|| self.query_duration())
+    }
+
+    fn query_duration(&self) -> Option<f64> {
+        self.pipeline.query_duration::<gst::ClockTime>().map(|d| d.nseconds() as f64 / 1e9)
+    }
+
+    /// Next message; a stall of [`STALL_TIMEOUT`] becomes an error, never a hang.
+    pub fn recv(&self) -> SourceMsg {
+        let Some(rx) = &self.rx else {
+            return SourceMsg::Eos;
+        };
+        match rx.recv_timeout(STALL_TIMEOUT) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => SourceMsg::Error(SourceError::Decode {
+                input: self.input.clone(),
+                reason: format!("no data for {} s; the input stalled", STALL_TIMEOUT.as_secs()),
+            }),
+            Err(RecvTimeoutError::Disconnected) => SourceMsg::Eos,
+        }
+    }
+
+    /// Gives an audio buffer back for reuse, so decoding does not allocate per buffer.
+    pub fn recycle_audio(&self, mut buf: Vec<f32>) {
+        buf.clear();
+        let _ = self.pool_tx.try_send(buf);
+    }
+
+    /// Gives a frame's pixel buffer back for reuse.
+    pub fn recycle_frame(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let _ = self.frame_pool_tx.try_send(buf);
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        // Unblock streaming threads waiting on a full channel before stopping them.
+        self.rx.take();
+        let _ = self.pipeline.set_state(gst::State::Null);
+        if let Some(bus) = self.pipeline.bus() {
+            bus.unset_sync_handler();
+        }
+    }
+}
+
+/// Builds a branch from a launch description, adds it and links `pad` to it.
+fn link_branch(pipeline: &gst::Pipeline, pad: &gst::Pad, desc: &str, sink: &str) -> Result<Option<gst_app::AppSink>, String> {
+    let bin = gst::parse::bin_from_description(desc, true).map_err(|e| format!("bad pipeline description {desc:?}: {e}"))?;
+    pipeline.add(&bin).map_err(|e| e.to_string())?;
+    bin.sync_state_with_parent().map_err(|e| e.to_string())?;
+    let sinkpad = bin.static_pad("sink").ok_or("branch has no sink pad")?;
+    pad.link(&sinkpad).map_err(|e| format!("cannot link decoder to branch: {e:?}"))?;
+    if sink.is_empty() {
+        return Ok(None);
+    }
+    let appsink = bin
+        .by_name(sink)
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .ok_or_else(|| format!("pipeline description has no appsink named {sink:?}"))?;
+    Ok(Some(appsink))
+}
+
+fn pts_seconds(buf: &gst::BufferRef) -> Option<f64> {
+    buf.pts().map(|t| t.nseconds() as f64 / 1e9)
+}
+
+fn attach_audio(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Receiver<Vec<f32>>) {
+    let Some(sink) = sink else { return };
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buf = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buf.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let mut samples = pool.try_recv().unwrap_or_default();
+                samples.extend(map.as_slice().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+                tx.send(SourceMsg::Audio { pts: pts_seconds(buf), samples }).map_err(|_| gst::FlowError::Flushing)?;
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
+
+fn attach_video(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Receiver<Vec<u8>>) {
+    let Some(sink) = sink else { return };
+    let eos_tx = tx.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .eos(move |_| {
+                let _ = eos_tx.send(SourceMsg::VideoEnd);
+            })
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let caps = sample.caps().ok_or(gst::FlowError::NotNegotiated)?;
+                let st = caps.structure(0).ok_or(gst::FlowError::NotNegotiated)?;
+                let w = st.get::<i32>("width").map_err(|_| gst::FlowError::NotNegotiated)? as usize;
+                let h = st.get::<i32>("height").map_err(|_| gst::FlowError::NotNegotiated)? as usize;
+                let buf = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buf.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let src = map.as_slice();
+                let row = w * 3;
+                // GStreamer pads RGB rows to 4 bytes; copy them tightly packed.
+                let stride = (row + 3) & !3;
+                if src.len() < stride * (h - 1) + row {
+                    return Err(gst::FlowError::Error);
+                }
+                let mut data = pool.try_recv().unwrap_or_default();
+                for y in 0..h {
+                    data.extend_from_slice(&src[y * stride..y * stride + row]);
+                }
+                let frame = VideoFrame { pts: pts_seconds(buf).unwrap_or(0.0), width: w as u32, height: h as u32, data };
+                tx.send(SourceMsg::Video(frame)).map_err(|_| gst::FlowError::Flushing)?;
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}
