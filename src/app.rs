@@ -56,7 +56,11 @@ pub struct RunStats {
 impl RunStats {
     /// A one-line human summary.
     pub fn summary(&self) -> String {
-        let rtf = if self.media_s > 0.0 { self.wall_s / self.media_s } else { 0.0 };
+        let rtf = if self.media_s > 0.0 {
+            self.wall_s / self.media_s
+        } else {
+            0.0
+        };
         format!(
             "{} windows, {:.1} s of media ({:.1} s in windows) in {:.2} s wall (models {:.2} s); whisper {:.2} s ({:.0}% of wall); real-time factor {:.3}; peak RSS {:.0} MiB",
             self.windows,
@@ -65,7 +69,11 @@ impl RunStats {
             self.wall_s,
             self.load_s,
             self.asr_s,
-            if self.wall_s > 0.0 { 100.0 * self.asr_s / self.wall_s } else { 0.0 },
+            if self.wall_s > 0.0 {
+                100.0 * self.asr_s / self.wall_s
+            } else {
+                0.0
+            },
             rtf,
             self.peak_rss_kib as f64 / 1024.0
         )
@@ -92,7 +100,10 @@ struct Progress {
 
 impl Progress {
     fn new(wanted: bool) -> Self {
-        Self { enabled: wanted && std::io::stderr().is_terminal(), last_draw: Instant::now() }
+        Self {
+            enabled: wanted && std::io::stderr().is_terminal(),
+            last_draw: Instant::now(),
+        }
     }
 
     fn draw(&mut self, done_s: f64, total_s: Option<f64>, windows: u64, force: bool) {
@@ -167,7 +178,11 @@ impl<W: Write> Annotator<'_, W> {
 
     fn emit(&mut self, w: &Window) -> Result<()> {
         let t0 = Instant::now();
-        let frames = self.frames.iter().filter(|f| f.pts >= w.start && f.pts < w.end).count() as u32;
+        let frames = self
+            .frames
+            .iter()
+            .filter(|f| f.pts >= w.start && f.pts < w.end)
+            .count() as u32;
         let tr = self.asr.transcribe(&w.audio)?;
         let e = Event {
             stream: self.job.stream_id.clone(),
@@ -186,7 +201,10 @@ impl<W: Write> Annotator<'_, W> {
             fallback_reason: None,
             ubm: None,
             mllm: None,
-            latency_ms: Latency { asr: tr.asr_ms, total: t0.elapsed().as_secs_f64() * 1e3 },
+            latency_ms: Latency {
+                asr: tr.asr_ms,
+                total: t0.elapsed().as_secs_f64() * 1e3,
+            },
             emitted_at_ms: event::now_ms(),
         };
         tracing::debug!(stream = %e.stream, seq = e.seq, start = e.start, end = e.end, "window");
@@ -206,7 +224,11 @@ fn round_ms(t: f64) -> f64 {
 ///
 /// On a decoding error part-way, the windows found so far are still emitted before the
 /// error is returned.
-pub fn annotate<W: Write>(cfg: &Config, job: &AnnotateJob, sink: &mut JsonlSink<W>) -> Result<RunStats> {
+pub fn annotate<W: Write>(
+    cfg: &Config,
+    job: &AnnotateJob,
+    sink: &mut JsonlSink<W>,
+) -> Result<RunStats> {
     let started = Instant::now();
     // Models first: a bad model file fails before any media work.
     let vad = Vad::load(&job.vad_model)?;
@@ -226,7 +248,10 @@ pub fn annotate<W: Write>(cfg: &Config, job: &AnnotateJob, sink: &mut JsonlSink<
         video_ended: false,
         video_high: f64::NEG_INFINITY,
         audio_high: 0.0,
-        stats: RunStats { load_s, ..RunStats::default() },
+        stats: RunStats {
+            load_s,
+            ..RunStats::default()
+        },
     };
     let mut ready = Vec::new();
     let mut failure: Option<Error> = None;
@@ -235,7 +260,8 @@ pub fn annotate<W: Write>(cfg: &Config, job: &AnnotateJob, sink: &mut JsonlSink<
         match source.recv() {
             SourceMsg::Audio { pts, samples } => {
                 got_audio = true;
-                let end = pts.unwrap_or(a.audio_high) + samples.len() as f64 / crate::source::SAMPLE_RATE as f64;
+                let end = pts.unwrap_or(a.audio_high)
+                    + samples.len() as f64 / crate::source::SAMPLE_RATE as f64;
                 a.audio_high = a.audio_high.max(end);
                 let res = segmenter.push(pts, &samples, &mut ready);
                 source.recycle_audio(samples);
@@ -245,7 +271,9 @@ pub fn annotate<W: Write>(cfg: &Config, job: &AnnotateJob, sink: &mut JsonlSink<
                 a.video_high = a.video_high.max(f.pts);
                 a.frames.push_back(f);
                 // Bound memory when no window claims frames for a long time (silence).
-                while a.frames.front().is_some_and(|f| f.pts < a.video_high - cfg.segment.max_window_s as f64 - MAX_VIDEO_WAIT_S) {
+                while a.frames.front().is_some_and(|f| {
+                    f.pts < a.video_high - cfg.segment.max_window_s as f64 - MAX_VIDEO_WAIT_S
+                }) {
                     let f = a.frames.pop_front().expect("front exists");
                     source.recycle_frame(f.data);
                 }
@@ -266,7 +294,10 @@ pub fn annotate<W: Write>(cfg: &Config, job: &AnnotateJob, sink: &mut JsonlSink<
         progress.draw(a.audio_high, total, a.stats.windows, false);
     }
     if !got_audio && failure.is_none() {
-        return Err(SourceError::NoAudio { input: job.input.clone() }.into());
+        return Err(SourceError::NoAudio {
+            input: job.input.clone(),
+        }
+        .into());
     }
     segmenter.finish(&mut ready)?;
     a.pending.extend(ready.drain(..));

@@ -111,7 +111,11 @@ pub enum ModelsCommand {
 
 /// Resolves a model setting: an existing path as is, otherwise a name in the models folder.
 pub fn resolve_model(models: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() || p.exists() { p.to_path_buf() } else { models.join(p) }
+    if p.is_absolute() || p.exists() {
+        p.to_path_buf()
+    } else {
+        models.join(p)
+    }
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -122,7 +126,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn models_dir(cli: &Cli, cfg: &Config) -> PathBuf {
-    cli.models_dir.clone().or_else(|| cfg.models.dir.clone()).unwrap_or_else(assets::default_models_dir)
+    cli.models_dir
+        .clone()
+        .or_else(|| cfg.models.dir.clone())
+        .unwrap_or_else(assets::default_models_dir)
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -153,7 +160,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .or_else(|| cfg.models.vad.clone())
                 .unwrap_or_else(|| PathBuf::from("ggml-silero-v6.2.0.bin"));
             let stream_id = a.stream_id.clone().unwrap_or_else(|| {
-                Path::new(&a.input).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| a.input.clone())
+                Path::new(&a.input)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| a.input.clone())
             });
             let job = AnnotateJob {
                 input: a.input.clone(),
@@ -190,12 +200,18 @@ fn models_cmd(m: &ModelsCommand, models: &Path) -> anyhow::Result<i32> {
                 ids.iter()
                     .map(|id| {
                         assets::asset(id).ok_or_else(|| {
-                            anyhow::anyhow!("unknown asset {id:?}; `sentistream models list` shows the ids")
+                            anyhow::anyhow!(
+                                "unknown asset {id:?}; `sentistream models list` shows the ids"
+                            )
                         })
                     })
                     .collect::<anyhow::Result<_>>()?
             };
-            println!("models folder: {}  package cache: {}", models.display(), cache.display());
+            println!(
+                "models folder: {}  package cache: {}",
+                models.display(),
+                cache.display()
+            );
             for a in chosen {
                 let t = std::time::Instant::now();
                 let outcome = assets::install(models, &cache, a, *force)?;
@@ -203,7 +219,13 @@ fn models_cmd(m: &ModelsCommand, models: &Path) -> anyhow::Result<i32> {
                     InstallOutcome::Present => "present",
                     InstallOutcome::Installed => "installed",
                 };
-                println!("  {:<20} {:<10} {} ({:.1} s)", a.id, what, a.file, t.elapsed().as_secs_f64());
+                println!(
+                    "  {:<20} {:<10} {} ({:.1} s)",
+                    a.id,
+                    what,
+                    a.file,
+                    t.elapsed().as_secs_f64()
+                );
             }
             Ok(0)
         }
@@ -228,10 +250,25 @@ fn models_cmd(m: &ModelsCommand, models: &Path) -> anyhow::Result<i32> {
             }
             Ok(if full && bad > 0 { 1 } else { 0 })
         }
-        ModelsCommand::Convert { ct2, mel, tiktoken_dir, out } => {
-            let inputs = convert::ConvertInputs { ct2_model: ct2.clone(), mel_filters: mel.clone(), tiktoken_dir: tiktoken_dir.clone() };
+        ModelsCommand::Convert {
+            ct2,
+            mel,
+            tiktoken_dir,
+            out,
+        } => {
+            let inputs = convert::ConvertInputs {
+                ct2_model: ct2.clone(),
+                mel_filters: mel.clone(),
+                tiktoken_dir: tiktoken_dir.clone(),
+            };
             let r = convert::convert_ct2_to_ggml(&inputs, out)?;
-            println!("{}: {} tensors, {} bytes, {:?}", out.display(), r.tensors, r.bytes, r.hparams);
+            println!(
+                "{}: {} tensors, {} bytes, {:?}",
+                out.display(),
+                r.tensors,
+                r.bytes,
+                r.hparams
+            );
             Ok(0)
         }
     }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The input path does not exist.
-    #[error("input {path}: no such file; check the path or pass a URI such as file:///abs/path.mp4")]
+    #[error(
+        "input {path}: no such file; check the path or pass a URI such as file:///abs/path.mp4"
+    )]
     NotFound { path: PathBuf },
     /// The input exists but cannot be opened for reading.
     #[error("input {path}: cannot be read ({reason}); check its permissions")]
@@ -16,13 +18,19 @@ pub enum SourceError {
     #[error("input {path}: the file is empty (0 bytes); pass a media file with an audio track")]
     Empty { path: PathBuf },
     /// GStreamer could not build or start the pipeline.
-    #[error("input {input}: cannot start the media pipeline: {reason}; is GStreamer installed (run scripts/setup)?")]
+    #[error(
+        "input {input}: cannot start the media pipeline: {reason}; is GStreamer installed (run scripts/setup)?"
+    )]
     Pipeline { input: String, reason: String },
     /// The media could not be decoded.
-    #[error("input {input}: cannot decode media: {reason}; is it a real audio/video file in a format GStreamer reads?")]
+    #[error(
+        "input {input}: cannot decode media: {reason}; is it a real audio/video file in a format GStreamer reads?"
+    )]
     Decode { input: String, reason: String },
     /// The media has no audio stream.
-    #[error("input {input}: no audio track; sentistream needs speech audio to cut utterance windows")]
+    #[error(
+        "input {input}: no audio track; sentistream needs speech audio to cut utterance windows"
+    )]
     NoAudio { input: String },
     /// The consumer of the source stopped before the end.
     #[error("input {input}: processing stopped early: {reason}")]
@@ -33,10 +41,14 @@ pub enum SourceError {
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A model file is missing.
-    #[error("model file {path} is missing; run `sentistream models install` (or scripts/setup), or point --{flag} at your own file")]
+    #[error(
+        "model file {path} is missing; run `sentistream models install` (or scripts/setup), or point --{flag} at your own file"
+    )]
     Missing { path: PathBuf, flag: &'static str },
     /// A model file is present but is not what it should be.
-    #[error("model file {path} is corrupt or of the wrong kind: {reason}; reinstall it with `sentistream models install --force`")]
+    #[error(
+        "model file {path} is corrupt or of the wrong kind: {reason}; reinstall it with `sentistream models install --force`"
+    )]
     Corrupt { path: PathBuf, reason: String },
     /// A model failed at run time.
     #[error("model {name}: {reason}")]

@@ -128,13 +128,23 @@ mod tests {
             frames: 6,
             score: Some(1.5),
             polarity: Some(Polarity::Positive),
-            probs: Some(Probs { negative: 0.1, neutral: 0.2, positive: 0.7 }),
+            probs: Some(Probs {
+                negative: 0.1,
+                neutral: 0.2,
+                positive: 0.7,
+            }),
             uncertainty: Some(0.8),
             stage: Some(Stage::CrossVerified),
             fallback_reason: None,
-            ubm: Some(Opinion { score: 1.0, uncertainty: 0.9 }),
+            ubm: Some(Opinion {
+                score: 1.0,
+                uncertainty: 0.9,
+            }),
             mllm: None,
-            latency_ms: Latency { asr: 10.0, total: 12.0 },
+            latency_ms: Latency {
+                asr: 10.0,
+                total: 12.0,
+            },
             emitted_at_ms: 1,
         };
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();

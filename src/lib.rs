@@ -1,13 +1,13 @@
 //! sentistream: a streaming video sentiment processor (U-ACS, arXiv 2509.04459).
 //!
 //! Map of the modules, in data-flow order:
-pub mod source; // GStreamer: decode files/URIs to 16 kHz mono audio + RGB frames, stream time
-pub mod segment; // Silero VAD -> utterance windows (pure window logic in segment::windows)
-pub mod features; // per-window features: ASR (whisper.cpp)
-pub mod event; // the output event (one JSON object per window)
-pub mod sinks; // where events go: JSON lines
 pub mod app; // jobs wiring the stages: annotate
-pub mod models; // model assets: registry packages, install/verify, CT2 -> ggml conversion
+pub mod cli;
 pub mod config; // typed, documented, validated configuration
 pub mod error; // error enums per boundary
-pub mod cli; // command line (thin main calls cli::run)
+pub mod event; // the output event (one JSON object per window)
+pub mod features; // per-window features: ASR (whisper.cpp)
+pub mod models; // model assets: registry packages, install/verify, CT2 -> ggml conversion
+pub mod segment; // Silero VAD -> utterance windows (pure window logic in segment::windows)
+pub mod sinks; // where events go: JSON lines
+pub mod source; // GStreamer: decode files/URIs to 16 kHz mono audio + RGB frames, stream time // command line (thin main calls cli::run)

@@ -35,7 +35,11 @@ pub struct SourceConfig {
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        Self { video_fps: 5, video_width: 320, channel_capacity: 256 }
+        Self {
+            video_fps: 5,
+            video_width: 320,
+            channel_capacity: 256,
+        }
     }
 }
 
@@ -94,6 +98,10 @@ pub struct AsrConfig {
     pub model: PathBuf,
     /// Spoken language: "auto" to detect per window, or a code such as "en".
     pub language: String,
+    /// With language "auto": detect on every window (true), or on the first window with
+    /// text and keep that language for the stream (false; detection costs a full 30 s
+    /// encoder pass, more than doubling Whisper's time per window).
+    pub redetect_language: bool,
     /// CPU threads used by Whisper.
     pub threads: u32,
     /// Encoder context sizing.
@@ -109,6 +117,7 @@ impl Default for AsrConfig {
         Self {
             model: PathBuf::from("ggml-base.bin"),
             language: "auto".into(),
+            redetect_language: false,
             threads: 2,
             audio_ctx: AudioCtx::Auto,
             no_speech_threshold: 0.6,
@@ -129,20 +138,26 @@ pub struct ModelsConfig {
 
 /// Whisper language codes accepted by `asr.language` (besides "auto").
 const LANGUAGES: &[&str] = &[
-    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it", "id", "hi",
-    "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur", "hr", "bg", "lt", "la",
-    "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn", "et", "mk", "br", "eu", "is", "hy",
-    "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si", "km", "sn", "yo", "so", "af", "oc", "ka", "be",
-    "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo", "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl",
-    "mg", "as", "tt", "haw", "ln", "ha", "ba", "jw", "su", "yue",
+    "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it",
+    "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur",
+    "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn",
+    "et", "mk", "br", "eu", "is", "hy", "ne", "mn", "bs", "kk", "sq", "sw", "gl", "mr", "pa", "si",
+    "km", "sn", "yo", "so", "af", "oc", "ka", "be", "tg", "sd", "gu", "am", "yi", "lo", "uz", "fo",
+    "ht", "ps", "tk", "nn", "mt", "sa", "lb", "my", "bo", "tl", "mg", "as", "tt", "haw", "ln",
+    "ha", "ba", "jw", "su", "yue",
 ];
 
 impl Config {
     /// Reads a TOML config file and validates it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: Config =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -152,20 +167,32 @@ impl Config {
         let mut p = Vec::new();
         let s = &self.source;
         if !(1..=60).contains(&s.video_fps) {
-            p.push(format!("source.video_fps = {}: must be 1..=60", s.video_fps));
+            p.push(format!(
+                "source.video_fps = {}: must be 1..=60",
+                s.video_fps
+            ));
         }
-        if !(16..=3840).contains(&s.video_width) || s.video_width % 2 != 0 {
-            p.push(format!("source.video_width = {}: must be an even number in 16..=3840", s.video_width));
+        if !(16..=3840).contains(&s.video_width) || !s.video_width.is_multiple_of(2) {
+            p.push(format!(
+                "source.video_width = {}: must be an even number in 16..=3840",
+                s.video_width
+            ));
         }
         if s.channel_capacity == 0 {
             p.push("source.channel_capacity = 0: must be at least 1".into());
         }
         let g = &self.segment;
         if !(0.0..=1.0).contains(&g.threshold) {
-            p.push(format!("segment.threshold = {}: must be in [0, 1]", g.threshold));
+            p.push(format!(
+                "segment.threshold = {}: must be in [0, 1]",
+                g.threshold
+            ));
         }
         if !(0.0..=1.0).contains(&g.neg_threshold) || g.neg_threshold > g.threshold {
-            p.push(format!("segment.neg_threshold = {}: must be in [0, segment.threshold]", g.neg_threshold));
+            p.push(format!(
+                "segment.neg_threshold = {}: must be in [0, segment.threshold]",
+                g.neg_threshold
+            ));
         }
         for (k, v) in [
             ("min_speech_s", g.min_speech_s),
@@ -178,31 +205,50 @@ impl Config {
             }
         }
         if !(2.0..=30.0).contains(&g.max_window_s) {
-            p.push(format!("segment.max_window_s = {}: must be in [2, 30] seconds (Whisper sees at most 30 s)", g.max_window_s));
+            p.push(format!(
+                "segment.max_window_s = {}: must be in [2, 30] seconds (Whisper sees at most 30 s)",
+                g.max_window_s
+            ));
         }
         if g.min_window_s >= g.max_window_s {
             p.push("segment.min_window_s must be below segment.max_window_s".into());
         }
         if !(0.1..=10.0).contains(&g.step_s) {
-            p.push(format!("segment.step_s = {}: must be in [0.1, 10] seconds", g.step_s));
+            p.push(format!(
+                "segment.step_s = {}: must be in [0.1, 10] seconds",
+                g.step_s
+            ));
         }
         let a = &self.asr;
         if a.language != "auto" && !LANGUAGES.contains(&a.language.as_str()) {
-            p.push(format!("asr.language = {:?}: use \"auto\" or a Whisper language code such as \"en\"", a.language));
+            p.push(format!(
+                "asr.language = {:?}: use \"auto\" or a Whisper language code such as \"en\"",
+                a.language
+            ));
         }
         if !(1..=64).contains(&a.threads) {
             p.push(format!("asr.threads = {}: must be 1..=64", a.threads));
         }
         if !(0.0..=1.0).contains(&a.no_speech_threshold) {
-            p.push(format!("asr.no_speech_threshold = {}: must be in [0, 1]", a.no_speech_threshold));
+            p.push(format!(
+                "asr.no_speech_threshold = {}: must be in [0, 1]",
+                a.no_speech_threshold
+            ));
         }
         if a.logprob_threshold > 0.0 {
-            p.push(format!("asr.logprob_threshold = {}: must be <= 0", a.logprob_threshold));
+            p.push(format!(
+                "asr.logprob_threshold = {}: must be <= 0",
+                a.logprob_threshold
+            ));
         }
         if a.model.as_os_str().is_empty() {
             p.push("asr.model is empty: name a ggml Whisper file".into());
         }
-        if p.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(p)) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
     }
 }
 
@@ -214,7 +260,11 @@ mod tests {
     fn default_is_valid_and_matches_documented_file() {
         Config::default().validate().unwrap();
         let doc: Config = toml::from_str(include_str!("../../configs/default.toml")).unwrap();
-        assert_eq!(doc, Config::default(), "configs/default.toml must show the defaults");
+        assert_eq!(
+            doc,
+            Config::default(),
+            "configs/default.toml must show the defaults"
+        );
     }
 
     #[test]
@@ -223,7 +273,9 @@ mod tests {
         c.source.video_fps = 0;
         c.segment.max_window_s = 100.0;
         c.asr.language = "klingon".into();
-        let ConfigError::Invalid(p) = c.validate().unwrap_err() else { panic!("wrong error kind") };
+        let ConfigError::Invalid(p) = c.validate().unwrap_err() else {
+            panic!("wrong error kind")
+        };
         assert_eq!(p.len(), 3, "{p:?}");
     }
 

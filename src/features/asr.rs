@@ -6,7 +6,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
 
 use crate::config::{AsrConfig, AudioCtx};
 use crate::error::ModelError;
@@ -45,6 +47,8 @@ pub struct Asr {
     cfg: AsrConfig,
     n_audio_ctx: i32,
     multilingual: bool,
+    /// Language detected on an earlier window, reused unless `redetect_language`.
+    detected: Option<String>,
     padded: Vec<f32>,
 }
 
@@ -56,24 +60,35 @@ impl Asr {
         if header.tensors != expected {
             return Err(ModelError::Corrupt {
                 path: path.into(),
-                reason: format!("{} tensors where a Whisper model of this size has {expected}", header.tensors),
+                reason: format!(
+                    "{} tensors where a Whisper model of this size has {expected}",
+                    header.tensors
+                ),
             });
         }
-        let path_str = path
-            .to_str()
-            .ok_or_else(|| ModelError::Corrupt { path: path.into(), reason: "path is not UTF-8".into() })?;
+        let path_str = path.to_str().ok_or_else(|| ModelError::Corrupt {
+            path: path.into(),
+            reason: "path is not UTF-8".into(),
+        })?;
         let mut params = WhisperContextParameters::default();
         params.use_gpu(false);
-        let ctx = WhisperContext::new_with_params(path_str, params)
-            .map_err(|e| ModelError::Corrupt { path: path.into(), reason: format!("whisper.cpp could not load it ({e})") })?;
-        let state = ctx
-            .create_state()
-            .map_err(|e| ModelError::Runtime { name: "whisper".into(), reason: format!("cannot create a decoding state: {e}") })?;
+        let ctx =
+            WhisperContext::new_with_params(path_str, params).map_err(|e| ModelError::Corrupt {
+                path: path.into(),
+                reason: format!("whisper.cpp could not load it ({e})"),
+            })?;
+        let state = ctx.create_state().map_err(|e| ModelError::Runtime {
+            name: "whisper".into(),
+            reason: format!("cannot create a decoding state: {e}"),
+        })?;
         let multilingual = ctx.is_multilingual();
         if !multilingual && cfg.language != "en" && cfg.language != "auto" {
             return Err(ModelError::Runtime {
                 name: path.display().to_string(),
-                reason: format!("this model is English-only but asr.language = {:?}; use a multilingual model such as ggml-base.bin", cfg.language),
+                reason: format!(
+                    "this model is English-only but asr.language = {:?}; use a multilingual model such as ggml-base.bin",
+                    cfg.language
+                ),
             });
         }
         Ok(Self {
@@ -82,6 +97,7 @@ impl Asr {
             state,
             cfg: cfg.clone(),
             multilingual,
+            detected: None,
             padded: Vec::with_capacity(SAMPLE_RATE as usize * 30),
         })
     }
@@ -95,7 +111,9 @@ impl Asr {
     pub fn audio_ctx_for(&self, secs: f64) -> i32 {
         match self.cfg.audio_ctx {
             AudioCtx::Full => self.n_audio_ctx,
-            AudioCtx::Auto => ((secs * CTX_PER_SECOND).ceil() as i32 + CTX_MARGIN).min(self.n_audio_ctx),
+            AudioCtx::Auto => {
+                ((secs * CTX_PER_SECOND).ceil() as i32 + CTX_MARGIN).min(self.n_audio_ctx)
+            }
         }
     }
 
@@ -111,7 +129,11 @@ impl Asr {
         let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
 
         let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        let language = if self.multilingual { self.cfg.language.as_str() } else { "en" };
+        let language = match (&self.detected, self.multilingual) {
+            (_, false) => "en",
+            (Some(lang), true) => lang.as_str(),
+            (None, true) => self.cfg.language.as_str(),
+        };
         p.set_language(Some(language));
         p.set_n_threads(self.cfg.threads as i32);
         p.set_audio_ctx(self.audio_ctx_for(secs));
@@ -129,7 +151,10 @@ impl Asr {
 
         self.state
             .full(p, &self.padded)
-            .map_err(|e| ModelError::Runtime { name: "whisper".into(), reason: format!("transcription failed: {e}") })?;
+            .map_err(|e| ModelError::Runtime {
+                name: "whisper".into(),
+                reason: format!("transcription failed: {e}"),
+            })?;
 
         let eot = self.ctx.token_eot();
         let mut text = String::new();
@@ -137,7 +162,10 @@ impl Asr {
         let mut no_speech = 0.0f32;
         for seg in self.state.as_iter() {
             no_speech = no_speech.max(seg.no_speech_probability());
-            text.push_str(&seg.to_str_lossy().map_err(|e| ModelError::Runtime { name: "whisper".into(), reason: e.to_string() })?);
+            text.push_str(&seg.to_str_lossy().map_err(|e| ModelError::Runtime {
+                name: "whisper".into(),
+                reason: e.to_string(),
+            })?);
             for i in 0..seg.n_tokens() {
                 if let Some(tok) = seg.get_token(i) {
                     if tok.token_id() >= eot {
@@ -151,7 +179,11 @@ impl Asr {
             }
         }
         let mut text = text.trim().to_string();
-        let avg_logp = if n_tok > 0 { logp_sum / n_tok as f32 } else { f32::NEG_INFINITY };
+        let avg_logp = if n_tok > 0 {
+            logp_sum / n_tok as f32
+        } else {
+            f32::NEG_INFINITY
+        };
         // Whisper's own rule for silence: high no-speech probability and low confidence.
         if no_speech > self.cfg.no_speech_threshold && avg_logp < self.cfg.logprob_threshold {
             text.clear();
@@ -159,14 +191,32 @@ impl Asr {
         if is_non_speech(&text) {
             text.clear();
         }
+        let text = collapse_repeats(&text);
         let lang_id = self.state.full_lang_id_from_state();
         let language = if self.multilingual {
             whisper_rs::get_lang_str(lang_id).map(str::to_string)
         } else {
             Some("en".to_string())
         };
-        let confidence = if text.is_empty() || n_tok == 0 { 0.0 } else { prob_sum / n_tok as f32 };
-        Ok(Transcript { text, confidence, no_speech_prob: no_speech, language, asr_ms: started.elapsed().as_secs_f64() * 1e3 })
+        if self.cfg.language == "auto"
+            && !self.cfg.redetect_language
+            && self.detected.is_none()
+            && !text.is_empty()
+        {
+            self.detected = language.clone();
+        }
+        let confidence = if text.is_empty() || n_tok == 0 {
+            0.0
+        } else {
+            prob_sum / n_tok as f32
+        };
+        Ok(Transcript {
+            text,
+            confidence,
+            no_speech_prob: no_speech,
+            language,
+            asr_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
     }
 }
 
@@ -176,13 +226,52 @@ fn is_non_speech(text: &str) -> bool {
     if t.is_empty() || t.chars().all(|c| !c.is_alphanumeric()) {
         return true;
     }
-    let bracketed = |o: char, c: char| t.starts_with(o) && t.ends_with(c) && t[1..t.len() - 1].chars().all(|ch| ch != o && ch != c);
+    let bracketed = |o: char, c: char| {
+        t.starts_with(o) && t.ends_with(c) && t[1..t.len() - 1].chars().all(|ch| ch != o && ch != c)
+    };
     bracketed('[', ']') || bracketed('(', ')') || bracketed('*', '*')
+}
+
+/// Removes a sentence repeated back to back, Whisper's commonest hallucination on short
+/// inputs ("And so my fellow Americans. And so my fellow Americans."). Sentences of fewer
+/// than three words are kept, since people do say "No. No."
+fn collapse_repeats(text: &str) -> String {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase()
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut prev = String::new();
+    for sentence in text.split_inclusive(['.', '!', '?']) {
+        let n = norm(sentence);
+        let n = n.split_whitespace().collect::<Vec<_>>().join(" ");
+        if n.split(' ').count() >= 3 && n == prev {
+            continue;
+        }
+        out.push_str(sentence);
+        prev = n;
+    }
+    out.trim().to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_non_speech;
+    use super::{collapse_repeats, is_non_speech};
+
+    #[test]
+    fn repeated_sentences_collapse() {
+        assert_eq!(
+            collapse_repeats("And so my fellow Americans. And so my fellow Americans."),
+            "And so my fellow Americans."
+        );
+        assert_eq!(collapse_repeats("No. No. I said no."), "No. No. I said no.");
+        assert_eq!(
+            collapse_repeats("I love it! I love it, really."),
+            "I love it! I love it, really."
+        );
+    }
 
     #[test]
     fn non_speech_markers() {

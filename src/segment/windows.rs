@@ -43,7 +43,8 @@ pub struct Cut {
 pub fn cut(probs: &[f32], t0: f64, cfg: &SegmentConfig, last: bool) -> Cut {
     let n = probs.len();
     let gap_frames = ((cfg.merge_gap_s as f64) / VAD_FRAME_S).ceil() as usize;
-    let max_frames = ((cfg.max_window_s as f64 - 2.0 * cfg.padding_s as f64).max(1.0) / VAD_FRAME_S) as usize;
+    let max_frames =
+        ((cfg.max_window_s as f64 - 2.0 * cfg.padding_s as f64).max(1.0) / VAD_FRAME_S) as usize;
     let min_frames = ((cfg.min_speech_s as f64) / VAD_FRAME_S).ceil() as usize;
     let t = |i: usize| t0 + i as f64 * VAD_FRAME_S;
 
@@ -89,7 +90,10 @@ pub fn cut(probs: &[f32], t0: f64, cfg: &SegmentConfig, last: bool) -> Cut {
             break;
         }
         if end - start >= min_frames {
-            closed.push(Span { start: t(start), end: t(end) });
+            closed.push(Span {
+                start: t(start),
+                end: t(end),
+            });
         }
         decided = end;
         i = end;
@@ -97,7 +101,10 @@ pub fn cut(probs: &[f32], t0: f64, cfg: &SegmentConfig, last: bool) -> Cut {
     if last {
         decided = n;
     }
-    Cut { closed, committed: t(decided) }
+    Cut {
+        closed,
+        committed: t(decided),
+    }
 }
 
 /// Pads a speech span into a window, widening it to `min_window_s` and keeping it within
@@ -112,7 +119,10 @@ pub fn window_for(speech: Span, cfg: &SegmentConfig, floor: f64, ceil: f64) -> S
         s -= grow;
         e += grow;
     }
-    Span { start: s.max(floor).max(0.0), end: e.min(ceil) }
+    Span {
+        start: s.max(floor).max(0.0),
+        end: e.min(ceil),
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +130,11 @@ mod tests {
     use super::*;
 
     fn cfg() -> SegmentConfig {
-        SegmentConfig { min_window_s: 0.0, padding_s: 0.0, ..SegmentConfig::default() }
+        SegmentConfig {
+            min_window_s: 0.0,
+            padding_s: 0.0,
+            ..SegmentConfig::default()
+        }
     }
 
     /// Builds probabilities from (seconds, prob) runs.
@@ -146,7 +160,10 @@ mod tests {
         let p = probs(&[(1.0, 0.0), (2.0, 0.9), (1.0, 0.0)]);
         let c = cut(&p, 5.0, &cfg(), false);
         assert_eq!(c.closed.len(), 1);
-        assert!(close(c.closed[0].start, 6.0) && close(c.closed[0].end, 8.0), "{c:?}");
+        assert!(
+            close(c.closed[0].start, 6.0) && close(c.closed[0].end, 8.0),
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -154,14 +171,24 @@ mod tests {
         let p = probs(&[(1.0, 0.0), (2.0, 0.9)]);
         let c = cut(&p, 0.0, &cfg(), false);
         assert!(c.closed.is_empty());
-        assert!(c.committed <= 1.0, "must not commit past the start of open speech: {c:?}");
+        assert!(
+            c.committed <= 1.0,
+            "must not commit past the start of open speech: {c:?}"
+        );
         let c = cut(&p, 0.0, &cfg(), true);
         assert_eq!(c.closed.len(), 1);
     }
 
     #[test]
     fn short_pause_merges_long_pause_splits() {
-        let p = probs(&[(1.0, 0.9), (0.3, 0.0), (1.0, 0.9), (1.0, 0.0), (1.0, 0.9), (1.0, 0.0)]);
+        let p = probs(&[
+            (1.0, 0.9),
+            (0.3, 0.0),
+            (1.0, 0.9),
+            (1.0, 0.0),
+            (1.0, 0.9),
+            (1.0, 0.0),
+        ]);
         let c = cut(&p, 0.0, &cfg(), false);
         assert_eq!(c.closed.len(), 2, "{c:?}");
         assert!(close(c.closed[0].end, 2.3));
@@ -201,10 +228,30 @@ mod tests {
 
     #[test]
     fn padding_and_minimum_length() {
-        let c = SegmentConfig { padding_s: 0.2, min_window_s: 1.0, ..SegmentConfig::default() };
-        let w = window_for(Span { start: 2.0, end: 2.4 }, &c, 0.0, 100.0);
+        let c = SegmentConfig {
+            padding_s: 0.2,
+            min_window_s: 1.0,
+            ..SegmentConfig::default()
+        };
+        let w = window_for(
+            Span {
+                start: 2.0,
+                end: 2.4,
+            },
+            &c,
+            0.0,
+            100.0,
+        );
         assert!(close(w.start, 1.7) && close(w.end, 2.7), "{w:?}");
-        let w = window_for(Span { start: 2.0, end: 4.0 }, &c, 1.9, 4.1);
+        let w = window_for(
+            Span {
+                start: 2.0,
+                end: 4.0,
+            },
+            &c,
+            1.9,
+            4.1,
+        );
         assert!(close(w.start, 1.9) && close(w.end, 4.1), "{w:?}");
     }
 }

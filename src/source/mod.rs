@@ -87,26 +87,43 @@ pub fn input_to_uri(input: &str) -> Result<String, SourceError> {
     let path = Path::new(input);
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => SourceError::NotFound { path: path.into() },
-        _ => SourceError::Unreadable { path: path.into(), reason: e.to_string() },
+        _ => SourceError::Unreadable {
+            path: path.into(),
+            reason: e.to_string(),
+        },
     })?;
     if meta.is_dir() {
-        return Err(SourceError::Unreadable { path: path.into(), reason: "it is a directory".into() });
+        return Err(SourceError::Unreadable {
+            path: path.into(),
+            reason: "it is a directory".into(),
+        });
     }
     if let Err(e) = std::fs::File::open(path) {
-        return Err(SourceError::Unreadable { path: path.into(), reason: e.to_string() });
+        return Err(SourceError::Unreadable {
+            path: path.into(),
+            reason: e.to_string(),
+        });
     }
     if meta.len() == 0 {
         return Err(SourceError::Empty { path: path.into() });
     }
-    let abs: PathBuf = std::fs::canonicalize(path)
-        .map_err(|e| SourceError::Unreadable { path: path.into(), reason: e.to_string() })?;
+    let abs: PathBuf = std::fs::canonicalize(path).map_err(|e| SourceError::Unreadable {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     gst::glib::filename_to_uri(&abs, None)
         .map(|u| u.to_string())
-        .map_err(|e| SourceError::Unreadable { path: path.into(), reason: e.to_string() })
+        .map_err(|e| SourceError::Unreadable {
+            path: path.into(),
+            reason: e.to_string(),
+        })
 }
 
 fn pipeline_err(input: &str, reason: impl ToString) -> SourceError {
-    SourceError::Pipeline { input: input.to_string(), reason: reason.to_string() }
+    SourceError::Pipeline {
+        input: input.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Initialises GStreamer once per process.
@@ -143,8 +160,14 @@ impl Source {
             let input_name = input.to_string();
             decode.connect_pad_added(move |dbin, pad| {
                 let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-                let media = caps.structure(0).map(|s| s.name().to_string()).unwrap_or_default();
-                let Some(pipeline) = dbin.parent().and_then(|p| p.downcast::<gst::Pipeline>().ok()) else {
+                let media = caps
+                    .structure(0)
+                    .map(|s| s.name().to_string())
+                    .unwrap_or_default();
+                let Some(pipeline) = dbin
+                    .parent()
+                    .and_then(|p| p.downcast::<gst::Pipeline>().ok())
+                else {
                     return;
                 };
                 let result = if media == "audio/x-raw" && !la.swap(true, Ordering::SeqCst) {
@@ -171,15 +194,22 @@ impl Source {
             decode.connect_no_more_pads(move |_| {
                 let (has_audio, has_video) = (la.load(Ordering::SeqCst), lv.load(Ordering::SeqCst));
                 let msg = if has_audio {
-                    SourceMsg::StreamsKnown { has_audio, has_video }
+                    SourceMsg::StreamsKnown {
+                        has_audio,
+                        has_video,
+                    }
                 } else {
-                    SourceMsg::Error(SourceError::NoAudio { input: input_name.clone() })
+                    SourceMsg::Error(SourceError::NoAudio {
+                        input: input_name.clone(),
+                    })
                 };
                 let _ = tx.send(msg);
             });
         }
 
-        let bus = pipeline.bus().ok_or_else(|| pipeline_err(input, "pipeline has no bus"))?;
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| pipeline_err(input, "pipeline has no bus"))?;
         {
             let input_name = input.to_string();
             bus.set_sync_handler(move |_, msg| {
@@ -194,7 +224,10 @@ impl Source {
                         } else {
                             format!("{} ({detail})", e.error())
                         };
-                        Some(SourceMsg::Error(SourceError::Decode { input: input_name.clone(), reason }))
+                        Some(SourceMsg::Error(SourceError::Decode {
+                            input: input_name.clone(),
+                            reason,
+                        }))
                     }
                     _ => None,
                 };
@@ -207,8 +240,18 @@ impl Source {
 
         pipeline
             .set_state(gst::State::Playing)
-            .map_err(|_| SourceError::Decode { input: input.to_string(), reason: "the pipeline refused to start".into() })?;
-        let mut source = Source { pipeline, rx: Some(rx), pool_tx, frame_pool_tx, input: input.to_string(), duration: None };
+            .map_err(|_| SourceError::Decode {
+                input: input.to_string(),
+                reason: "the pipeline refused to start".into(),
+            })?;
+        let mut source = Source {
+            pipeline,
+            rx: Some(rx),
+            pool_tx,
+            frame_pool_tx,
+            input: input.to_string(),
+            duration: None,
+        };
         source.duration = source.query_duration();
         Ok(source)
     }
@@ -219,7 +262,9 @@ impl Source {
     }
 
     fn query_duration(&self) -> Option<f64> {
-        self.pipeline.query_duration::<gst::ClockTime>().map(|d| d.nseconds() as f64 / 1e9)
+        self.pipeline
+            .query_duration::<gst::ClockTime>()
+            .map(|d| d.nseconds() as f64 / 1e9)
     }
 
     /// Next message; a stall of [`STALL_TIMEOUT`] becomes an error, never a hang.
@@ -231,7 +276,10 @@ impl Source {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => SourceMsg::Error(SourceError::Decode {
                 input: self.input.clone(),
-                reason: format!("no data for {} s; the input stalled", STALL_TIMEOUT.as_secs()),
+                reason: format!(
+                    "no data for {} s; the input stalled",
+                    STALL_TIMEOUT.as_secs()
+                ),
             }),
             Err(RecvTimeoutError::Disconnected) => SourceMsg::Eos,
         }
@@ -262,12 +310,19 @@ impl Drop for Source {
 }
 
 /// Builds a branch from a launch description, adds it and links `pad` to it.
-fn link_branch(pipeline: &gst::Pipeline, pad: &gst::Pad, desc: &str, sink: &str) -> Result<Option<gst_app::AppSink>, String> {
-    let bin = gst::parse::bin_from_description(desc, true).map_err(|e| format!("bad pipeline description {desc:?}: {e}"))?;
+fn link_branch(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    desc: &str,
+    sink: &str,
+) -> Result<Option<gst_app::AppSink>, String> {
+    let bin = gst::parse::bin_from_description(desc, true)
+        .map_err(|e| format!("bad pipeline description {desc:?}: {e}"))?;
     pipeline.add(&bin).map_err(|e| e.to_string())?;
     bin.sync_state_with_parent().map_err(|e| e.to_string())?;
     let sinkpad = bin.static_pad("sink").ok_or("branch has no sink pad")?;
-    pad.link(&sinkpad).map_err(|e| format!("cannot link decoder to branch: {e:?}"))?;
+    pad.link(&sinkpad)
+        .map_err(|e| format!("cannot link decoder to branch: {e:?}"))?;
     if sink.is_empty() {
         return Ok(None);
     }
@@ -291,8 +346,16 @@ fn attach_audio(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Re
                 let buf = sample.buffer().ok_or(gst::FlowError::Error)?;
                 let map = buf.map_readable().map_err(|_| gst::FlowError::Error)?;
                 let mut samples = pool.try_recv().unwrap_or_default();
-                samples.extend(map.as_slice().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-                tx.send(SourceMsg::Audio { pts: pts_seconds(buf), samples }).map_err(|_| gst::FlowError::Flushing)?;
+                samples.extend(
+                    map.as_slice()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
+                tx.send(SourceMsg::Audio {
+                    pts: pts_seconds(buf),
+                    samples,
+                })
+                .map_err(|_| gst::FlowError::Flushing)?;
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
@@ -311,8 +374,12 @@ fn attach_video(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Re
                 let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let caps = sample.caps().ok_or(gst::FlowError::NotNegotiated)?;
                 let st = caps.structure(0).ok_or(gst::FlowError::NotNegotiated)?;
-                let w = st.get::<i32>("width").map_err(|_| gst::FlowError::NotNegotiated)? as usize;
-                let h = st.get::<i32>("height").map_err(|_| gst::FlowError::NotNegotiated)? as usize;
+                let w = st
+                    .get::<i32>("width")
+                    .map_err(|_| gst::FlowError::NotNegotiated)? as usize;
+                let h = st
+                    .get::<i32>("height")
+                    .map_err(|_| gst::FlowError::NotNegotiated)? as usize;
                 let buf = sample.buffer().ok_or(gst::FlowError::Error)?;
                 let map = buf.map_readable().map_err(|_| gst::FlowError::Error)?;
                 let src = map.as_slice();
@@ -326,8 +393,14 @@ fn attach_video(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Re
                 for y in 0..h {
                     data.extend_from_slice(&src[y * stride..y * stride + row]);
                 }
-                let frame = VideoFrame { pts: pts_seconds(buf).unwrap_or(0.0), width: w as u32, height: h as u32, data };
-                tx.send(SourceMsg::Video(frame)).map_err(|_| gst::FlowError::Flushing)?;
+                let frame = VideoFrame {
+                    pts: pts_seconds(buf).unwrap_or(0.0),
+                    width: w as u32,
+                    height: h as u32,
+                    data,
+                };
+                tx.send(SourceMsg::Video(frame))
+                    .map_err(|_| gst::FlowError::Flushing)?;
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),

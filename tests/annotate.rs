@@ -1,0 +1,125 @@
+//! `annotate` end to end on the bundled sample: real GStreamer decode, real Silero VAD,
+//! real Whisper, real CLI and JSON output.
+
+mod common;
+
+use serde_json::Value;
+
+fn sample_truth() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(common::repo("samples/sample.json")).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn sample_windows_match_the_speech_and_the_words() {
+    if common::model("ggml-base.bin").is_none() || common::model("ggml-silero-v6.2.0.bin").is_none()
+    {
+        return;
+    }
+    let sample = common::repo("samples/sample.mp4");
+    let out = common::sentistream(&[
+        "annotate",
+        sample.to_str().unwrap(),
+        "--no-progress",
+        "--language",
+        "en",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = common::events(&out);
+    let truth = sample_truth();
+    let sentences = truth["sentences"].as_array().unwrap();
+    assert_eq!(
+        events.len(),
+        sentences.len(),
+        "one window per sentence: {events:#?}"
+    );
+    let mut all_ref = String::new();
+    let mut all_hyp = String::new();
+    for (i, (e, s)) in events.iter().zip(sentences).enumerate() {
+        assert_eq!(e["seq"], i as u64);
+        assert_eq!(e["stream"], "sample.mp4");
+        let (start, end) = (e["start"].as_f64().unwrap(), e["end"].as_f64().unwrap());
+        let (ts, te) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+        assert!(
+            (start - ts).abs() <= 0.3,
+            "window {i} starts at {start}, speech at {ts}"
+        );
+        assert!(
+            (end - te).abs() <= 0.3,
+            "window {i} ends at {end}, speech at {te}"
+        );
+        // 5 fps over the window, within a frame or two.
+        let frames = e["frames"].as_u64().unwrap() as f64;
+        assert!(
+            (frames - (end - start) * 5.0).abs() <= 2.0,
+            "window {i}: {frames} frames"
+        );
+        assert!(e["asr_confidence"].as_f64().unwrap() > 0.5);
+        assert!(e["latency_ms"]["asr"].as_f64().unwrap() > 0.0);
+        assert_eq!(e["language"], "en");
+        // Sentiment fields exist (null until the sentiment stages run).
+        for k in [
+            "score",
+            "polarity",
+            "probs",
+            "uncertainty",
+            "stage",
+            "ubm",
+            "mllm",
+        ] {
+            assert!(e.get(k).is_some(), "field {k} missing");
+        }
+        all_ref.push_str(s["text"].as_str().unwrap());
+        all_ref.push(' ');
+        all_hyp.push_str(e["text"].as_str().unwrap());
+        all_hyp.push(' ');
+    }
+    let wer = common::wer(&all_ref, &all_hyp);
+    eprintln!("WER {wer:.3}: {all_hyp}");
+    assert!(wer < 0.15, "word error rate {wer:.3} >= 15%: {all_hyp}");
+}
+
+#[test]
+fn auto_language_and_tiny_model_work_on_the_sample() {
+    if common::model("ggml-tiny.en.bin").is_none()
+        || common::model("ggml-silero-v6.2.0.bin").is_none()
+    {
+        return;
+    }
+    let sample = common::repo("samples/sample.mp4");
+    let out = common::sentistream(&[
+        "annotate",
+        sample.to_str().unwrap(),
+        "--whisper-model",
+        "ggml-tiny.en.bin",
+        "--stats",
+    ]);
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = common::events(&out);
+    assert_eq!(events.len(), 4);
+    let text: String = events
+        .iter()
+        .map(|e| e["text"].as_str().unwrap().to_string() + " ")
+        .collect();
+    let truth = sample_truth();
+    let reference: String = truth["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap().to_string() + " ")
+        .collect();
+    assert!(common::wer(&reference, &text) < 0.25, "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("real-time factor"),
+        "--stats prints the run figures: {stderr}"
+    );
+}

