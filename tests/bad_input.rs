@@ -239,3 +239,22 @@ fn invalid_config_reports_every_problem() {
     ]);
     assert!(ok.status.success());
 }
+
+#[test]
+fn unreadable_file_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have_models() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("locked.mp4");
+    std::fs::copy(common::repo("samples/sample.mp4"), &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::File::open(&p).is_ok() {
+        eprintln!(
+            "SKIPPED: running as root, file permissions do not stop reads (the directory case covers unreadable input)"
+        );
+        return;
+    }
+    assert_clean_error(&annotate(&p, &[]), "locked.mp4", "permissions");
+}

@@ -1,0 +1,120 @@
+//! Stage 1-3 routing of U-ACS (paper Eq. 15-16) as pure functions.
+
+use crate::routing::uncertainty::polarity;
+
+/// Small epsilon in the uncertainty weights w = 1 / (u + eps).
+pub const WEIGHT_EPS: f32 = 1e-6;
+
+/// One model's verdict on a window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict {
+    /// Sentiment score.
+    pub score: f32,
+    /// Uncertainty (entropy, nats).
+    pub uncertainty: f32,
+}
+
+/// Stage 1: accept the small model or escalate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage1 {
+    /// u_s <= tau1.
+    Accept,
+    /// u_s > tau1: ask the large model.
+    Escalate,
+}
+
+/// Stage 1 decision.
+pub fn stage1(small: Verdict, tau1: f32) -> Stage1 {
+    if small.uncertainty <= tau1 {
+        Stage1::Accept
+    } else {
+        Stage1::Escalate
+    }
+}
+
+/// Stage 2/3 decision once the large model has answered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stage2 {
+    /// u_l <= tau2: the large model's answer is final.
+    AcceptLarge,
+    /// Both uncertain, same polarity: the uncertainty-weighted average.
+    Fused(Verdict),
+    /// Both uncertain, polarities differ: ask the large model again with both opinions.
+    CrossVerify,
+}
+
+/// Stage 2/3 decision (band `b` defines polarity).
+pub fn stage2(small: Verdict, large: Verdict, tau2: f32, band: f32) -> Stage2 {
+    if large.uncertainty <= tau2 {
+        return Stage2::AcceptLarge;
+    }
+    if polarity(small.score, band) == polarity(large.score, band) {
+        Stage2::Fused(fuse(small, large))
+    } else {
+        Stage2::CrossVerify
+    }
+}
+
+/// Uncertainty-weighted average (Eq. 15); the fused uncertainty is weighted the same way.
+pub fn fuse(a: Verdict, b: Verdict) -> Verdict {
+    let wa = 1.0 / (a.uncertainty + WEIGHT_EPS);
+    let wb = 1.0 / (b.uncertainty + WEIGHT_EPS);
+    Verdict {
+        score: (wa * a.score + wb * b.score) / (wa + wb),
+        uncertainty: (wa * a.uncertainty + wb * b.uncertainty) / (wa + wb),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(score: f32, uncertainty: f32) -> Verdict {
+        Verdict { score, uncertainty }
+    }
+
+    #[test]
+    fn stage1_table() {
+        for (u, tau, want) in [
+            (0.2, 0.5, Stage1::Accept),
+            (0.5, 0.5, Stage1::Accept),
+            (0.51, 0.5, Stage1::Escalate),
+        ] {
+            assert_eq!(stage1(v(1.0, u), tau), want, "u={u} tau={tau}");
+        }
+    }
+
+    #[test]
+    fn stage2_table() {
+        let b = 0.1;
+        // Confident large model: accepted whatever the small one said.
+        assert_eq!(
+            stage2(v(-2.0, 0.9), v(1.5, 0.2), 0.4, b),
+            Stage2::AcceptLarge
+        );
+        // Both uncertain, both positive: fused, closer to the less uncertain one.
+        match stage2(v(1.0, 0.9), v(2.0, 0.45), 0.4, b) {
+            Stage2::Fused(f) => assert!(
+                (f.score - (1.0 / 0.9 + 2.0 / 0.45) / (1.0 / 0.9 + 1.0 / 0.45)).abs() < 1e-4
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Both uncertain, polarities differ (neutral vs negative too): cross-verify.
+        assert_eq!(
+            stage2(v(1.0, 0.9), v(-1.0, 0.8), 0.4, b),
+            Stage2::CrossVerify
+        );
+        assert_eq!(
+            stage2(v(0.05, 0.9), v(-1.0, 0.8), 0.4, b),
+            Stage2::CrossVerify
+        );
+    }
+
+    #[test]
+    fn equal_uncertainty_fuses_to_the_mean() {
+        let f = fuse(v(1.0, 0.5), v(3.0, 0.5));
+        assert!((f.score - 2.0).abs() < 1e-6);
+        // Zero uncertainty does not divide by zero.
+        assert!(fuse(v(1.0, 0.0), v(3.0, 0.5)).score.is_finite());
+    }
+}

@@ -1,0 +1,70 @@
+//! Uncertainty of a class distribution and polarity of a score (paper Eq. 6, 8).
+
+use crate::event::Polarity;
+
+/// Natural log of 3: the entropy of a uniform 3-class distribution.
+pub const LN_3: f32 = 1.098_612_3;
+
+/// Entropy `-sum p ln p` in nats (terms with p = 0 contribute 0).
+pub fn entropy(probs: &[f32]) -> f32 {
+    probs
+        .iter()
+        .filter(|&&p| p > 0.0)
+        .map(|&p| -p * p.ln())
+        .sum()
+}
+
+/// Entropy of a 3-class distribution divided by ln 3, in [0, 1].
+pub fn normalised_entropy(probs: &[f32; 3]) -> f32 {
+    entropy(probs) / LN_3
+}
+
+/// Polarity of a score with neutral band `b`: negative if y < -b, neutral if |y| <= b,
+/// positive if y > b.
+pub fn polarity(score: f32, band: f32) -> Polarity {
+    if score < -band {
+        Polarity::Negative
+    } else if score > band {
+        Polarity::Positive
+    } else {
+        Polarity::Neutral
+    }
+}
+
+/// Class index (0 negative, 1 neutral, 2 positive) of a score.
+pub fn class_index(score: f32, band: f32) -> usize {
+    match polarity(score, band) {
+        Polarity::Negative => 0,
+        Polarity::Neutral => 1,
+        Polarity::Positive => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_of_known_distributions() {
+        assert!((entropy(&[1.0 / 3.0; 3]) - LN_3).abs() < 1e-6);
+        assert_eq!(entropy(&[1.0, 0.0, 0.0]), 0.0);
+        // -(0.5 ln 0.5) * 2 = ln 2
+        assert!((entropy(&[0.5, 0.5, 0.0]) - std::f32::consts::LN_2).abs() < 1e-6);
+        assert!((normalised_entropy(&[1.0 / 3.0; 3]) - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn polarity_band() {
+        let cases = [
+            (-0.5, Polarity::Negative),
+            (-0.1, Polarity::Neutral),
+            (0.0, Polarity::Neutral),
+            (0.1, Polarity::Neutral),
+            (0.11, Polarity::Positive),
+        ];
+        for (y, want) in cases {
+            assert_eq!(polarity(y, 0.1), want, "score {y}");
+        }
+        assert_eq!(class_index(2.0, 0.1), 2);
+    }
+}

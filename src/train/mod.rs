@@ -1,0 +1,3 @@
+//! Training and evaluation: metrics as in the MMSA toolkit.
+
+pub mod metrics;
