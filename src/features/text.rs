@@ -1,0 +1,212 @@
+//! Text features: the transcript tokenised with HF `tokenizers` and encoded by
+//! all-MiniLM-L6-v2 (BERT, 6 layers, 384 dims), implemented in tch from its safetensors;
+//! mean-pooled over real tokens (padding masked) and L2-normalised, as sentence-transformers.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+
+use crate::error::ModelError;
+
+/// Width of the sentence embedding.
+pub const TEXT_DIM: usize = 384;
+const LAYERS: usize = 6;
+const HEADS: i64 = 12;
+const LN_EPS: f64 = 1e-12;
+/// Longest token sequence encoded (longer transcripts are truncated).
+const MAX_TOKENS: usize = 256;
+
+struct Layer {
+    q: (Tensor, Tensor),
+    k: (Tensor, Tensor),
+    v: (Tensor, Tensor),
+    attn_out: (Tensor, Tensor),
+    attn_ln: (Tensor, Tensor),
+    inter: (Tensor, Tensor),
+    out: (Tensor, Tensor),
+    out_ln: (Tensor, Tensor),
+}
+
+/// The frozen MiniLM sentence encoder.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    word: Tensor,
+    pos: Tensor,
+    token_type: Tensor,
+    emb_ln: (Tensor, Tensor),
+    layers: Vec<Layer>,
+}
+
+fn linear(x: &Tensor, p: &(Tensor, Tensor)) -> Tensor {
+    x.linear(&p.0, Some(&p.1))
+}
+
+fn layer_norm(x: &Tensor, p: &(Tensor, Tensor)) -> Tensor {
+    x.layer_norm([TEXT_DIM as i64], Some(&p.0), Some(&p.1), LN_EPS, false)
+}
+
+impl TextEncoder {
+    /// Loads `model.safetensors` and `tokenizer.json` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let weights_path = dir.join("model.safetensors");
+        let tok_path = dir.join("tokenizer.json");
+        for p in [&weights_path, &tok_path] {
+            if !p.is_file() {
+                return Err(ModelError::Missing {
+                    path: p.clone(),
+                    flag: "models-dir",
+                });
+            }
+        }
+        let corrupt = |p: &Path, reason: String| ModelError::Corrupt {
+            path: p.to_path_buf(),
+            reason,
+        };
+        let mut tokenizer =
+            Tokenizer::from_file(&tok_path).map_err(|e| corrupt(&tok_path, e.to_string()))?;
+        // The shipped tokenizer pads every input to 128; batches are padded here instead.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
+            .map_err(|e| corrupt(&tok_path, e.to_string()))?;
+        let mut w: HashMap<String, Tensor> = Tensor::read_safetensors(&weights_path)
+            .map_err(|e| corrupt(&weights_path, e.to_string()))?
+            .into_iter()
+            .collect();
+        let mut take = |name: &str, shape: &[i64]| -> Result<Tensor, ModelError> {
+            let t = w.remove(name).ok_or_else(|| {
+                corrupt(
+                    &weights_path,
+                    format!("tensor {name} is missing; not a MiniLM-L6 (BERT) checkpoint"),
+                )
+            })?;
+            if t.size() != shape {
+                return Err(corrupt(
+                    &weights_path,
+                    format!("tensor {name} has shape {:?}, expected {shape:?}", t.size()),
+                ));
+            }
+            Ok(t.to_kind(Kind::Float))
+        };
+        let d = TEXT_DIM as i64;
+        let mut pair =
+            |name: &str, rows: i64, cols: Option<i64>| -> Result<(Tensor, Tensor), ModelError> {
+                let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+                let weight = match cols {
+                    Some(c) => take(&wn, &[rows, c])?,
+                    None => take(&wn, &[rows])?,
+                };
+                Ok((weight, take(&bn, &[rows])?))
+            };
+        let emb_ln = pair("embeddings.LayerNorm", d, None)?;
+        let mut layers = Vec::with_capacity(LAYERS);
+        for l in 0..LAYERS {
+            let p = format!("encoder.layer.{l}");
+            layers.push(Layer {
+                q: pair(&format!("{p}.attention.self.query"), d, Some(d))?,
+                k: pair(&format!("{p}.attention.self.key"), d, Some(d))?,
+                v: pair(&format!("{p}.attention.self.value"), d, Some(d))?,
+                attn_out: pair(&format!("{p}.attention.output.dense"), d, Some(d))?,
+                attn_ln: pair(&format!("{p}.attention.output.LayerNorm"), d, None)?,
+                inter: pair(&format!("{p}.intermediate.dense"), 4 * d, Some(d))?,
+                out: pair(&format!("{p}.output.dense"), d, Some(4 * d))?,
+                out_ln: pair(&format!("{p}.output.LayerNorm"), d, None)?,
+            });
+        }
+        let word = take("embeddings.word_embeddings.weight", &[30522, d])?;
+        let pos = take("embeddings.position_embeddings.weight", &[512, d])?;
+        let token_type = take("embeddings.token_type_embeddings.weight", &[2, d])?;
+        Ok(Self {
+            tokenizer,
+            word,
+            pos,
+            token_type,
+            emb_ln,
+            layers,
+        })
+    }
+
+    /// Token ids of a text (with [CLS] and [SEP]).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| ModelError::Runtime {
+                name: "minilm tokenizer".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Sentence embeddings `[batch, 384]` (unit length) of `texts`.
+    pub fn encode(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<_, _>>()?;
+        let b = ids.len() as i64;
+        let l = ids.iter().map(Vec::len).max().unwrap_or(0).max(1) as i64;
+        let mut flat = vec![0i64; (b * l) as usize];
+        let mut mask = vec![0f32; (b * l) as usize];
+        for (i, seq) in ids.iter().enumerate() {
+            for (j, &id) in seq.iter().enumerate() {
+                flat[i * l as usize + j] = id as i64;
+                mask[i * l as usize + j] = 1.0;
+            }
+        }
+        let ids_t = Tensor::from_slice(&flat).view([b, l]);
+        let mask_t = Tensor::from_slice(&mask).view([b, l]);
+        let positions = Tensor::arange(l, (Kind::Int64, Device::Cpu));
+        let mut x = self
+            .word
+            .index_select(0, &ids_t.view([-1]))
+            .view([b, l, TEXT_DIM as i64])
+            + self.pos.index_select(0, &positions).unsqueeze(0)
+            + self.token_type.get(0).view([1, 1, TEXT_DIM as i64]);
+        x = layer_norm(&x, &self.emb_ln);
+        // Additive attention mask over keys: 0 for tokens, a large negative for padding.
+        let key_mask = ((mask_t.ones_like() - &mask_t) * -1e9).view([b, 1, 1, l]);
+        let dh = TEXT_DIM as i64 / HEADS;
+        let split = |t: Tensor| t.view([b, l, HEADS, dh]).transpose(1, 2);
+        for layer in &self.layers {
+            let q = split(linear(&x, &layer.q));
+            let k = split(linear(&x, &layer.k));
+            let v = split(linear(&x, &layer.v));
+            let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + &key_mask;
+            let ctx = scores
+                .softmax(-1, Kind::Float)
+                .matmul(&v)
+                .transpose(1, 2)
+                .contiguous()
+                .view([b, l, TEXT_DIM as i64]);
+            x = layer_norm(&(linear(&ctx, &layer.attn_out) + &x), &layer.attn_ln);
+            let h = linear(&x, &layer.inter).gelu("none");
+            x = layer_norm(&(linear(&h, &layer.out) + &x), &layer.out_ln);
+        }
+        let m = mask_t.unsqueeze(-1);
+        let summed = (&x * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        let counts = m
+            .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+            .clamp_min(1.0);
+        let pooled = summed / counts;
+        let norm = pooled
+            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+            .clamp_min(1e-12);
+        Ok(pooled / norm)
+    }
+
+    /// One sentence embedding as a vector.
+    pub fn encode_one(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        let t = self.encode(&[text])?;
+        Vec::<f32>::try_from(t.view([-1])).map_err(|e| ModelError::Runtime {
+            name: "minilm".into(),
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! Feature extractors on real inputs: MiniLM against reference embeddings computed once
+//! by an independent NumPy implementation (scripts/minilm-reference.py), and the audio
+//! features on the sample clip's speech and pauses.
+
+mod common;
+
+use sentistream::config::SourceConfig;
+use sentistream::features::audio::{AUDIO_DIM, AudioFeaturizer, HOP, idx};
+use sentistream::features::text::{TEXT_DIM, TextEncoder};
+use sentistream::source::{SAMPLE_RATE, Source, SourceMsg};
+
+#[test]
+fn minilm_matches_reference_embeddings() {
+    let Some(dir) = common::model("all-MiniLM-L6-v2/model.safetensors")
+        .map(|p| p.parent().unwrap().to_path_buf())
+    else {
+        return;
+    };
+    let enc = TextEncoder::load(&dir).unwrap();
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo("tests/fixtures/minilm_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let refs = refs.as_array().unwrap();
+    let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    // Batched (with padding) and one at a time must both match.
+    let batch = enc.encode(&texts).unwrap();
+    assert_eq!(batch.size(), vec![texts.len() as i64, TEXT_DIM as i64]);
+    for (i, r) in refs.iter().enumerate() {
+        let ids: Vec<u32> = r["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            enc.token_ids(texts[i]).unwrap(),
+            ids,
+            "token ids of {:?}",
+            texts[i]
+        );
+        let want: Vec<f32> = r["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let single = enc.encode_one(texts[i]).unwrap();
+        let batched: Vec<f32> = Vec::try_from(batch.get(i as i64)).unwrap();
+        for got in [&single, &batched] {
+            let max_err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(max_err < 1e-4, "{:?}: max abs error {max_err}", texts[i]);
+        }
+    }
+    // Sanity: the two opinions are further apart than a sentence and itself.
+    let a = enc.encode_one("I love this.").unwrap();
+    let b = enc.encode_one("I hate this.").unwrap();
+    let cos: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!(cos < 0.99 && cos > 0.0);
+}
+
+#[test]
+fn audio_features_on_the_sample_separate_speech_from_pauses() {
+    let sample = common::repo("samples/sample.mp4");
+    let truth: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo("samples/sample.json")).unwrap(),
+    )
+    .unwrap();
+    let src = Source::open(sample.to_str().unwrap(), &SourceConfig::default()).unwrap();
+    let mut audio = Vec::new();
+    loop {
+        match src.recv() {
+            SourceMsg::Audio { samples, .. } => audio.extend_from_slice(&samples),
+            SourceMsg::Eos => break,
+            SourceMsg::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    let mut f = AudioFeaturizer::new();
+    let mut feats = Vec::new();
+    f.compute(&audio, &mut feats);
+    assert_eq!(feats.len() % AUDIO_DIM, 0);
+    assert!(feats.iter().all(|v| v.is_finite()));
+    let frame_at =
+        |t: f64| &feats[(t * SAMPLE_RATE as f64 / HOP as f64) as usize * AUDIO_DIM..][..AUDIO_DIM];
+    let s = &truth["sentences"][0];
+    let (start, end) = (s["start"].as_f64().unwrap(), s["end"].as_f64().unwrap());
+    // Voiced frames inside the first sentence have a male-voice pitch; the lead-in is silent.
+    let mut f0s = Vec::new();
+    let mut t = start + 0.1;
+    while t < end - 0.1 {
+        let fr = frame_at(t);
+        if fr[idx::VOICING] > 0.6 {
+            f0s.push(fr[idx::F0] * 500.0);
+        }
+        t += 0.01;
+    }
+    assert!(f0s.len() > 50, "voiced frames in speech: {}", f0s.len());
+    f0s.sort_by(f32::total_cmp);
+    let median = f0s[f0s.len() / 2];
+    assert!((70.0..220.0).contains(&median), "median f0 {median}");
+    let speech_db = frame_at((start + end) / 2.0)[idx::ENERGY];
+    let pause_db = frame_at(0.3)[idx::ENERGY];
+    assert!(
+        speech_db > pause_db + 0.3,
+        "speech {speech_db} vs pause {pause_db} (dB/100)"
+    );
+}
