@@ -110,7 +110,48 @@ pub enum Error {
     /// See [`SinkError`].
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// See [`DatasetError`].
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
 }
 
 /// Result with the top-level [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors in a dataset folder (MMSA raw layout).
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// No label.csv.
+    #[error(
+        "dataset {root}: no label.csv; a dataset in the MMSA raw layout has label.csv and Raw/<video_id>/<clip_id>.mp4"
+    )]
+    MissingLabels { root: PathBuf },
+    /// A row cannot be read.
+    #[error("{path}, row {row}: {reason}")]
+    Malformed {
+        path: PathBuf,
+        row: usize,
+        reason: String,
+    },
+    /// A label is outside the dataset's range.
+    #[error(
+        "{path}, row {row}: label {value} is outside [{lo}, {hi}]; is --scale right (mosi: [-3, 3], sims: [-1, 1])?"
+    )]
+    LabelRange {
+        path: PathBuf,
+        row: usize,
+        value: f32,
+        lo: f32,
+        hi: f32,
+    },
+    /// The mode column holds something else than train/valid/test.
+    #[error("{path}, row {row}: unknown mode {mode:?}; expected train, valid or test")]
+    UnknownMode {
+        path: PathBuf,
+        row: usize,
+        mode: String,
+    },
+    /// Nothing usable.
+    #[error("dataset {root}: {reason}")]
+    Empty { root: PathBuf, reason: String },
+}

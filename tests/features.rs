@@ -110,3 +110,64 @@ fn audio_features_on_the_sample_separate_speech_from_pauses() {
         "speech {speech_db} vs pause {pause_db} (dB/100)"
     );
 }
+
+#[test]
+fn faces_found_in_the_sample_and_marked_absent_in_test_bars() {
+    use sentistream::features::visual::{VIS_DIM, VisualFeaturizer, VisualModels, idx as v};
+    let models = VisualModels::installed(&common::models_dir());
+    if models.caffemodel.is_none() {
+        eprintln!("SKIPPED: res10 face model not installed; run scripts/setup");
+        return;
+    }
+    let mut vf = VisualFeaturizer::load(&models).unwrap();
+    assert_eq!(vf.detector(), "res10-ssd");
+    let src = Source::open(
+        common::repo("samples/sample.mp4").to_str().unwrap(),
+        &SourceConfig::default(),
+    )
+    .unwrap();
+    let mut feats = Vec::new();
+    let started = std::time::Instant::now();
+    loop {
+        match src.recv() {
+            SourceMsg::Video(f) => vf.frame(&f.data, f.width, f.height, &mut feats).unwrap(),
+            SourceMsg::Eos => break,
+            SourceMsg::Error(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    let n = feats.len() / VIS_DIM;
+    eprintln!(
+        "{n} frames, {:.1} ms per frame (decode included)",
+        started.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+    let with_face = (0..n)
+        .filter(|i| feats[i * VIS_DIM + v::PRESENT] == 1.0)
+        .count();
+    assert!(
+        with_face as f64 > 0.9 * n as f64,
+        "face in {with_face}/{n} frames"
+    );
+    for i in (0..n).filter(|i| feats[i * VIS_DIM + v::PRESENT] == 1.0) {
+        let f = &feats[i * VIS_DIM..(i + 1) * VIS_DIM];
+        // The carphone face sits in the middle of the frame and fills a good part of it.
+        assert!(
+            f[v::CX] > 0.2 && f[v::CX] < 0.8 && f[v::W] > 0.15 && f[v::W] < 0.9,
+            "{f:?}"
+        );
+        assert!(f[v::CONFIDENCE] >= 0.5);
+    }
+    // Colour bars have no face: the frame is kept and marked absent.
+    let bars = vec![128u8; 64 * 48 * 3];
+    let before = feats.len();
+    vf.frame(&bars, 64, 48, &mut feats).unwrap();
+    assert_eq!(feats.len(), before + VIS_DIM);
+    assert!(feats[before..].iter().all(|&x| x == 0.0));
+    // Haar fallback works too.
+    let haar = VisualModels {
+        prototxt: None,
+        caffemodel: None,
+        ..models
+    };
+    assert_eq!(VisualFeaturizer::load(&haar).unwrap().detector(), "haar");
+}

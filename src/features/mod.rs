@@ -1,5 +1,154 @@
-//! Per-window features: what was said (ASR, text encoder) and how it was said (audio).
+//! Per-window features: what was said (ASR, text encoder), how it was said (audio) and how
+//! the speaker looked (visual). [`Extractor`] runs the same code for live windows and for
+//! training clips, so training and serving cannot disagree.
 
 pub mod asr;
 pub mod audio;
 pub mod text;
+pub mod visual;
+
+use std::path::Path;
+
+use crate::error::ModelError;
+use crate::source::VideoFrame;
+use audio::{AUDIO_DIM, AudioFeaturizer};
+use text::{TEXT_DIM, TextEncoder};
+use visual::{VIS_DIM, VisualFeaturizer, VisualModels};
+
+/// Version of the feature layout; cached features of another version are recomputed.
+pub const FEATURE_VERSION: u32 = 1;
+
+/// The three modalities of one window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WindowFeatures {
+    /// Sentence embedding of the transcript (`TEXT_DIM`), `None` without text.
+    pub text: Option<Vec<f32>>,
+    /// Audio frames, `AUDIO_DIM` values each (10 ms hop).
+    pub audio: Vec<f32>,
+    /// Video frames, `VIS_DIM` values each; frames without a face are all zero.
+    pub visual: Vec<f32>,
+}
+
+impl WindowFeatures {
+    /// Number of audio frames.
+    pub fn audio_frames(&self) -> usize {
+        self.audio.len() / AUDIO_DIM
+    }
+    /// Number of video frames.
+    pub fn visual_frames(&self) -> usize {
+        self.visual.len() / VIS_DIM
+    }
+    /// Serialises to little-endian bytes (for the feature cache).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + 4 * (TEXT_DIM + self.audio.len() + self.visual.len()));
+        for v in [
+            FEATURE_VERSION,
+            self.text.is_some() as u32,
+            self.audio_frames() as u32,
+            self.visual_frames() as u32,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in self
+            .text
+            .iter()
+            .flatten()
+            .chain(&self.audio)
+            .chain(&self.visual)
+        {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+    /// Reads [`Self::to_bytes`] output; `None` if it is of another version or damaged.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let u = |i: usize| {
+            b.get(i * 4..i * 4 + 4)
+                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        };
+        if u(0)? != FEATURE_VERSION {
+            return None;
+        }
+        let (has_text, na, nv) = (u(1)? == 1, u(2)? as usize, u(3)? as usize);
+        let nt = if has_text { TEXT_DIM } else { 0 };
+        let floats: Vec<f32> = b[16..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if floats.len() != nt + na * AUDIO_DIM + nv * VIS_DIM {
+            return None;
+        }
+        Some(Self {
+            text: has_text.then(|| floats[..nt].to_vec()),
+            audio: floats[nt..nt + na * AUDIO_DIM].to_vec(),
+            visual: floats[nt + na * AUDIO_DIM..].to_vec(),
+        })
+    }
+}
+
+/// Feature extractors for all three modalities.
+pub struct Extractor {
+    audio: AudioFeaturizer,
+    visual: VisualFeaturizer,
+    text: TextEncoder,
+}
+
+impl Extractor {
+    /// Loads MiniLM and the face detectors from the models folder.
+    pub fn load(models_dir: &Path) -> Result<Self, ModelError> {
+        Ok(Self {
+            audio: AudioFeaturizer::new(),
+            visual: VisualFeaturizer::load(&VisualModels::installed(models_dir))?,
+            text: TextEncoder::load(&models_dir.join("all-MiniLM-L6-v2"))?,
+        })
+    }
+
+    /// Which face detector runs.
+    pub fn face_detector(&self) -> &'static str {
+        self.visual.detector()
+    }
+
+    /// Features of one window: its audio, its frames and its transcript.
+    pub fn extract<'a>(
+        &mut self,
+        audio: &[f32],
+        frames: impl IntoIterator<Item = &'a VideoFrame>,
+        text: &str,
+    ) -> Result<WindowFeatures, ModelError> {
+        let mut f = WindowFeatures::default();
+        self.audio.compute(audio, &mut f.audio);
+        self.visual.reset();
+        for fr in frames {
+            self.visual
+                .frame(&fr.data, fr.width, fr.height, &mut f.visual)?;
+        }
+        if !text.trim().is_empty() {
+            f.text = Some(self.text.encode_one(text)?);
+        }
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_bytes_round_trip() {
+        let f = WindowFeatures {
+            text: Some(vec![0.5; TEXT_DIM]),
+            audio: vec![1.0; 3 * AUDIO_DIM],
+            visual: vec![2.0; 2 * VIS_DIM],
+        };
+        assert_eq!(WindowFeatures::from_bytes(&f.to_bytes()), Some(f));
+        let g = WindowFeatures {
+            text: None,
+            audio: vec![],
+            visual: vec![0.0; VIS_DIM],
+        };
+        assert_eq!(WindowFeatures::from_bytes(&g.to_bytes()), Some(g.clone()));
+        let mut bad = g.to_bytes();
+        bad.pop();
+        assert_eq!(WindowFeatures::from_bytes(&bad), None);
+    }
+}

@@ -1,3 +1,4 @@
 //! Training and evaluation: metrics as in the MMSA toolkit.
 
+pub mod dataset;
 pub mod metrics;

@@ -1,0 +1,286 @@
+//! Visual features of a window's frames with OpenCV: the res10 SSD face detector (DNN
+//! module), Haar as a fallback, and the smile cascade inside the face. One vector per
+//! frame; frames without a face are kept and marked (`PRESENT` = 0), not dropped.
+
+use std::path::{Path, PathBuf};
+
+use opencv::core::{Mat, Rect, Scalar, Size, Vec3b, Vector};
+use opencv::prelude::*;
+use opencv::{dnn, imgproc, objdetect};
+
+use crate::error::ModelError;
+
+/// Values per frame.
+pub const VIS_DIM: usize = 11;
+/// res10 detections below this confidence are ignored.
+const MIN_CONFIDENCE: f32 = 0.5;
+/// Side of the res10 input.
+const SSD_SIZE: i32 = 300;
+
+/// Index of named values inside a frame vector.
+pub mod idx {
+    /// 1 when a face was found.
+    pub const PRESENT: usize = 0;
+    /// Detector confidence.
+    pub const CONFIDENCE: usize = 1;
+    /// Face centre x / frame width.
+    pub const CX: usize = 2;
+    /// Face centre y / frame height.
+    pub const CY: usize = 3;
+    /// Face width / frame width.
+    pub const W: usize = 4;
+    /// Face height / frame height.
+    pub const H: usize = 5;
+    /// Movement of the face centre since the previous frame with a face (frame widths).
+    pub const MOTION: usize = 6;
+    /// Change of face width since the previous frame with a face.
+    pub const SCALE_CHANGE: usize = 7;
+    /// 1 when the smile cascade fires in the lower half of the face.
+    pub const SMILE: usize = 8;
+    /// Width of the widest smile / face width.
+    pub const SMILE_WIDTH: usize = 9;
+    /// Mean grey level of the face / 255.
+    pub const BRIGHTNESS: usize = 10;
+}
+
+/// Where the detector files are.
+#[derive(Debug, Clone)]
+pub struct VisualModels {
+    /// res10 `deploy.prototxt` (optional: Haar is used without it).
+    pub prototxt: Option<PathBuf>,
+    /// res10 caffemodel.
+    pub caffemodel: Option<PathBuf>,
+    /// Haar frontal-face cascade.
+    pub face_cascade: PathBuf,
+    /// Haar smile cascade.
+    pub smile_cascade: PathBuf,
+}
+
+/// Debian's opencv-data location of the Haar cascades.
+pub const HAAR_DIR: &str = "/usr/share/opencv4/haarcascades";
+
+impl VisualModels {
+    /// The installed models: res10 from the models folder when present, Haar from opencv-data.
+    pub fn installed(models_dir: &Path) -> Self {
+        let proto = models_dir.join("face/deploy.prototxt");
+        let caffe = models_dir.join("face/res10_300x300_ssd_iter_140000.caffemodel");
+        let both = proto.is_file() && caffe.is_file();
+        Self {
+            prototxt: both.then_some(proto),
+            caffemodel: both.then_some(caffe),
+            face_cascade: Path::new(HAAR_DIR).join("haarcascade_frontalface_default.xml"),
+            smile_cascade: Path::new(HAAR_DIR).join("haarcascade_smile.xml"),
+        }
+    }
+}
+
+/// Face detector and per-frame featurizer.
+pub struct VisualFeaturizer {
+    net: Option<dnn::Net>,
+    face_cascade: Option<objdetect::CascadeClassifier>,
+    smile: objdetect::CascadeClassifier,
+    gray: Mat,
+    faces: Vector<Rect>,
+    smiles: Vector<Rect>,
+    prev: Option<[f32; 3]>,
+}
+
+fn cv_err(path: &Path, e: opencv::Error) -> ModelError {
+    ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("OpenCV could not load it: {e}"),
+    }
+}
+
+fn load_cascade(path: &Path) -> Result<objdetect::CascadeClassifier, ModelError> {
+    if !path.is_file() {
+        return Err(ModelError::Missing {
+            path: path.to_path_buf(),
+            flag: "models-dir",
+        });
+    }
+    let c = objdetect::CascadeClassifier::new(path).map_err(|e| cv_err(path, e))?;
+    if c.empty().unwrap_or(true) {
+        return Err(ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "not a Haar cascade".into(),
+        });
+    }
+    Ok(c)
+}
+
+fn runtime(e: opencv::Error) -> ModelError {
+    ModelError::Runtime {
+        name: "opencv".into(),
+        reason: e.to_string(),
+    }
+}
+
+impl VisualFeaturizer {
+    /// Loads the detectors (res10 if given, else Haar) and the smile cascade.
+    pub fn load(m: &VisualModels) -> Result<Self, ModelError> {
+        let net = match (&m.prototxt, &m.caffemodel) {
+            (Some(p), Some(c)) => {
+                let net = dnn::read_net_from_caffe(&p.to_string_lossy(), &c.to_string_lossy())
+                    .map_err(|e| cv_err(c, e))?;
+                if net.empty().unwrap_or(true) {
+                    return Err(ModelError::Corrupt {
+                        path: c.clone(),
+                        reason: "empty network".into(),
+                    });
+                }
+                Some(net)
+            }
+            _ => None,
+        };
+        let face_cascade = if net.is_none() {
+            Some(load_cascade(&m.face_cascade)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            net,
+            face_cascade,
+            smile: load_cascade(&m.smile_cascade)?,
+            gray: Mat::default(),
+            faces: Vector::new(),
+            smiles: Vector::new(),
+            prev: None,
+        })
+    }
+
+    /// Which detector runs.
+    pub fn detector(&self) -> &'static str {
+        if self.net.is_some() {
+            "res10-ssd"
+        } else {
+            "haar"
+        }
+    }
+
+    /// Forgets the previous face (call between windows of different streams).
+    pub fn reset(&mut self) {
+        self.prev = None;
+    }
+
+    /// Appends `VIS_DIM` values for one tightly packed RGB frame to `out`.
+    pub fn frame(
+        &mut self,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
+        let (w, h) = (width as i32, height as i32);
+        let img = Mat::new_rows_cols_with_bytes::<Vec3b>(h, w, rgb).map_err(runtime)?;
+        imgproc::cvt_color_def(&img, &mut self.gray, imgproc::COLOR_RGB2GRAY).map_err(runtime)?;
+        let found = match &mut self.net {
+            Some(net) => {
+                let blob = dnn::blob_from_image(
+                    &img,
+                    1.0,
+                    Size::new(SSD_SIZE, SSD_SIZE),
+                    // The frame is RGB and the network wants BGR: swap, with its means given
+                    // in the network's (BGR) order.
+                    Scalar::new(104.0, 177.0, 123.0, 0.0),
+                    true,
+                    false,
+                    opencv::core::CV_32F,
+                )
+                .map_err(runtime)?;
+                net.set_input_def(&blob).map_err(runtime)?;
+                let det = net.forward_single_def().map_err(runtime)?;
+                // [1, 1, N, 7]: (image, class, confidence, x1, y1, x2, y2) in [0, 1].
+                let n = det.total() / 7;
+                let data = det.data_typed::<f32>().map_err(runtime)?;
+                let mut best: Option<(f32, Rect)> = None;
+                for i in 0..n {
+                    let d = &data[i * 7..i * 7 + 7];
+                    if d[2] >= MIN_CONFIDENCE && best.is_none_or(|b| d[2] > b.0) {
+                        let (x1, y1) = (
+                            (d[3] * w as f32).max(0.0) as i32,
+                            (d[4] * h as f32).max(0.0) as i32,
+                        );
+                        let (x2, y2) = (
+                            (d[5] * w as f32).min(w as f32) as i32,
+                            (d[6] * h as f32).min(h as f32) as i32,
+                        );
+                        if x2 > x1 + 4 && y2 > y1 + 4 {
+                            best = Some((d[2], Rect::new(x1, y1, x2 - x1, y2 - y1)));
+                        }
+                    }
+                }
+                best
+            }
+            None => {
+                let cascade = self
+                    .face_cascade
+                    .as_mut()
+                    .expect("Haar is loaded when res10 is not");
+                cascade
+                    .detect_multi_scale(
+                        &self.gray,
+                        &mut self.faces,
+                        1.1,
+                        4,
+                        0,
+                        Size::new(24, 24),
+                        Size::default(),
+                    )
+                    .map_err(runtime)?;
+                self.faces.iter().max_by_key(|r| r.area()).map(|r| (1.0, r))
+            }
+        };
+        let Some((conf, face)) = found else {
+            out.extend_from_slice(&[0.0; VIS_DIM]);
+            return Ok(());
+        };
+        let (fw, fh) = (w as f32, h as f32);
+        let cx = (face.x as f32 + face.width as f32 / 2.0) / fw;
+        let cy = (face.y as f32 + face.height as f32 / 2.0) / fh;
+        let rw = face.width as f32 / fw;
+        let (motion, scale_change) = match self.prev {
+            Some([px, py, pw]) => (((cx - px).powi(2) + (cy - py).powi(2)).sqrt(), rw - pw),
+            None => (0.0, 0.0),
+        };
+        self.prev = Some([cx, cy, rw]);
+        // Smiles in the lower half of the face.
+        let lower = Rect::new(
+            face.x,
+            face.y + face.height / 2,
+            face.width,
+            face.height - face.height / 2,
+        );
+        let roi = Mat::roi(&self.gray, lower).map_err(runtime)?;
+        let min_smile = Size::new((face.width / 4).max(8), (face.height / 10).max(4));
+        self.smile
+            .detect_multi_scale(
+                &roi,
+                &mut self.smiles,
+                1.15,
+                15,
+                0,
+                min_smile,
+                Size::default(),
+            )
+            .map_err(runtime)?;
+        let smile_w =
+            self.smiles.iter().map(|r| r.width).max().unwrap_or(0) as f32 / face.width as f32;
+        let face_roi = Mat::roi(&self.gray, face).map_err(runtime)?;
+        let brightness = opencv::core::mean_def(&face_roi).map_err(runtime)?[0] as f32 / 255.0;
+        out.extend_from_slice(&[
+            1.0,
+            conf,
+            cx,
+            cy,
+            rw,
+            face.height as f32 / fh,
+            motion,
+            scale_change,
+            if self.smiles.is_empty() { 0.0 } else { 1.0 },
+            smile_w,
+            brightness,
+        ]);
+        Ok(())
+    }
+}

@@ -1,0 +1,415 @@
+//! Datasets in the MMSA raw layout (how CMU-MOSI, MOSEI and CH-SIMS ship):
+//! `label.csv` (video_id, clip_id, text, label, ..., mode) and `Raw/<video_id>/<clip_id>.mp4`.
+//! Clips go through the same source and feature code as live windows; features are cached
+//! per clip so extraction runs once.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{AsrConfig, SourceConfig};
+use crate::error::{DatasetError, Error, ModelError, Result};
+use crate::features::asr::Asr;
+use crate::features::{Extractor, FEATURE_VERSION, WindowFeatures};
+use crate::source::{Source, SourceMsg, VideoFrame};
+
+/// Label range of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scale {
+    /// CMU-MOSI / MOSEI: [-3, 3].
+    Mosi,
+    /// CH-SIMS: [-1, 1].
+    Sims,
+}
+
+impl Scale {
+    /// Largest absolute label.
+    pub fn limit(self) -> f32 {
+        match self {
+            Scale::Mosi => 3.0,
+            Scale::Sims => 1.0,
+        }
+    }
+}
+
+/// Where the transcript of a clip comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TextSource {
+    /// The `text` column (as MMSA does).
+    Given,
+    /// Whisper on the clip's audio.
+    Asr,
+}
+
+/// Split of a clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Split {
+    /// Training.
+    Train,
+    /// Validation (calibration, model selection).
+    Valid,
+    /// Test.
+    Test,
+}
+
+/// One labelled clip.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    /// Video id.
+    pub video_id: String,
+    /// Clip id.
+    pub clip_id: String,
+    /// Transcript from label.csv.
+    pub text: String,
+    /// Sentiment label.
+    pub label: f32,
+    /// Split.
+    pub split: Split,
+    /// Media file.
+    pub path: PathBuf,
+}
+
+/// A dataset folder.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Folder.
+    pub root: PathBuf,
+    /// Clips whose media exists.
+    pub clips: Vec<Clip>,
+    /// Rows whose media file is missing (skipped).
+    pub missing: usize,
+    /// Label range.
+    pub scale: Scale,
+}
+
+impl Dataset {
+    /// Reads and checks `label.csv`; a malformed row stops with its row number.
+    pub fn open(root: &Path, scale: Scale) -> Result<Self, DatasetError> {
+        let path = root.join("label.csv");
+        if !path.is_file() {
+            return Err(DatasetError::MissingLabels { root: root.into() });
+        }
+        let mut rdr = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(&path)
+            .map_err(|e| DatasetError::Malformed {
+                path: path.clone(),
+                row: 1,
+                reason: e.to_string(),
+            })?;
+        let header = rdr
+            .headers()
+            .map_err(|e| DatasetError::Malformed {
+                path: path.clone(),
+                row: 1,
+                reason: e.to_string(),
+            })?
+            .clone();
+        let col = |name: &str| header.iter().position(|h| h.trim() == name);
+        let (Some(c_vid), Some(c_clip), Some(c_text), Some(c_label), Some(c_mode)) = (
+            col("video_id"),
+            col("clip_id"),
+            col("text"),
+            col("label"),
+            col("mode"),
+        ) else {
+            return Err(DatasetError::Malformed {
+                path,
+                row: 1,
+                reason: format!(
+                    "header {:?} lacks video_id, clip_id, text, label or mode",
+                    header.iter().collect::<Vec<_>>()
+                ),
+            });
+        };
+        let (mut clips, mut missing) = (Vec::new(), 0);
+        let lim = scale.limit();
+        for (i, rec) in rdr.records().enumerate() {
+            let row = i + 2;
+            let rec = rec.map_err(|e| DatasetError::Malformed {
+                path: path.clone(),
+                row,
+                reason: e.to_string(),
+            })?;
+            let get = |c: usize, name: &str| {
+                rec.get(c)
+                    .map(str::trim)
+                    .ok_or_else(|| DatasetError::Malformed {
+                        path: path.clone(),
+                        row,
+                        reason: format!("no {name} column"),
+                    })
+            };
+            let label_txt = get(c_label, "label")?;
+            let label: f32 = label_txt.parse().map_err(|_| DatasetError::Malformed {
+                path: path.clone(),
+                row,
+                reason: format!("label {label_txt:?} is not a number"),
+            })?;
+            if !label.is_finite() || label.abs() > lim + 1e-6 {
+                return Err(DatasetError::LabelRange {
+                    path: path.clone(),
+                    row,
+                    value: label,
+                    lo: -lim,
+                    hi: lim,
+                });
+            }
+            let mode = get(c_mode, "mode")?;
+            let split = match mode.to_ascii_lowercase().as_str() {
+                "train" => Split::Train,
+                "valid" | "validation" | "val" => Split::Valid,
+                "test" => Split::Test,
+                _ => {
+                    return Err(DatasetError::UnknownMode {
+                        path: path.clone(),
+                        row,
+                        mode: mode.to_string(),
+                    });
+                }
+            };
+            let (video_id, clip_id) = (
+                get(c_vid, "video_id")?.to_string(),
+                get(c_clip, "clip_id")?.to_string(),
+            );
+            if video_id.is_empty()
+                || clip_id.is_empty()
+                || video_id.contains("..")
+                || clip_id.contains("..")
+            {
+                return Err(DatasetError::Malformed {
+                    path: path.clone(),
+                    row,
+                    reason: "empty or unsafe video_id/clip_id".into(),
+                });
+            }
+            let media = root
+                .join("Raw")
+                .join(&video_id)
+                .join(format!("{clip_id}.mp4"));
+            if !media.is_file() {
+                missing += 1;
+                continue;
+            }
+            clips.push(Clip {
+                video_id,
+                clip_id,
+                text: get(c_text, "text")?.to_string(),
+                label,
+                split,
+                path: media,
+            });
+        }
+        if clips.is_empty() {
+            return Err(DatasetError::Empty {
+                root: root.into(),
+                reason: format!("no clip found under Raw/ ({missing} rows point at missing files)"),
+            });
+        }
+        Ok(Self {
+            root: root.into(),
+            clips,
+            missing,
+            scale,
+        })
+    }
+
+    /// Clips of one split.
+    pub fn split(&self, s: Split) -> Vec<&Clip> {
+        self.clips.iter().filter(|c| c.split == s).collect()
+    }
+
+    /// Cache file of a clip's features.
+    pub fn cache_path(&self, clip: &Clip, text: TextSource) -> PathBuf {
+        let mode = match text {
+            TextSource::Given => "given",
+            TextSource::Asr => "asr",
+        };
+        self.root
+            .join(".sentistream-cache")
+            .join(format!("v{FEATURE_VERSION}-{mode}"))
+            .join(&clip.video_id)
+            .join(format!("{}.feat", clip.clip_id))
+    }
+}
+
+/// Decodes a whole clip: all its audio and frames.
+pub fn decode_clip(path: &Path, cfg: &SourceConfig) -> Result<(Vec<f32>, Vec<VideoFrame>)> {
+    let src = Source::open(&path.to_string_lossy(), cfg)?;
+    let (mut audio, mut frames) = (Vec::new(), Vec::new());
+    loop {
+        match src.recv() {
+            SourceMsg::Audio { samples, .. } => {
+                audio.extend_from_slice(&samples);
+                src.recycle_audio(samples);
+            }
+            SourceMsg::Video(f) => frames.push(f),
+            SourceMsg::Eos => break,
+            SourceMsg::Error(e) => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok((audio, frames))
+}
+
+/// Computes (or reads from the cache) the features of clips, on `workers` threads.
+/// Returns features in clip order; clips that fail to decode are `None` and counted.
+pub fn features(
+    ds: &Dataset,
+    clips: &[&Clip],
+    text: TextSource,
+    models_dir: &Path,
+    asr_model: Option<&Path>,
+    workers: usize,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<Option<WindowFeatures>>> {
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let chunk = clips.len().div_ceil(workers.max(1)).max(1);
+    let results: Vec<Result<Vec<Option<WindowFeatures>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = clips
+            .chunks(chunk)
+            .map(|part| {
+                let done = &done;
+                s.spawn(move || -> Result<Vec<Option<WindowFeatures>>> {
+                    let _g = tch::no_grad_guard();
+                    let mut extractor: Option<Extractor> = None;
+                    let mut asr: Option<Asr> = None;
+                    let mut out = Vec::with_capacity(part.len());
+                    for clip in part {
+                        let cache = ds.cache_path(clip, text);
+                        let fresh = match (std::fs::metadata(&cache), std::fs::metadata(&clip.path)) {
+                            (Ok(c), Ok(m)) => c.modified().ok() >= m.modified().ok(),
+                            _ => false,
+                        };
+                        let cached = if fresh { std::fs::read(&cache).ok().and_then(|b| WindowFeatures::from_bytes(&b)) } else { None };
+                        let f = match cached {
+                            Some(f) => Some(f),
+                            None => {
+                                let ex = match &mut extractor {
+                                    Some(e) => e,
+                                    None => extractor.insert(Extractor::load(models_dir)?),
+                                };
+                                match decode_clip(&clip.path, &SourceConfig::default()) {
+                                    Ok((audio, frames)) => {
+                                        let transcript = match text {
+                                            TextSource::Given => clip.text.clone(),
+                                            TextSource::Asr => {
+                                                let a = match &mut asr {
+                                                    Some(a) => a,
+                                                    None => {
+                                                        let p = asr_model.ok_or_else(|| ModelError::Runtime {
+                                                            name: "asr".into(),
+                                                            reason: "--text asr needs a Whisper model".into(),
+                                                        })?;
+                                                        asr.insert(Asr::load(p, &AsrConfig::default())?)
+                                                    }
+                                                };
+                                                a.transcribe(&audio)?.text
+                                            }
+                                        };
+                                        let f = ex.extract(&audio, &frames, &transcript)?;
+                                        if let Some(d) = cache.parent() {
+                                            let _ = std::fs::create_dir_all(d);
+                                        }
+                                        let _ = std::fs::write(&cache, f.to_bytes());
+                                        Some(f)
+                                    }
+                                    Err(Error::Source(e)) => {
+                                        tracing::warn!(clip = %clip.path.display(), "skipped: {e}");
+                                        None
+                                    }
+                                    Err(e) => return Err(e),
+                                }
+                            }
+                        };
+                        out.push(f);
+                        progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("feature worker panicked"))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(clips.len());
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, csv: &str, clips: &[(&str, &str)]) {
+        std::fs::write(dir.join("label.csv"), csv).unwrap();
+        for (v, c) in clips {
+            std::fs::create_dir_all(dir.join("Raw").join(v)).unwrap();
+            std::fs::write(dir.join("Raw").join(v).join(format!("{c}.mp4")), b"x").unwrap();
+        }
+    }
+
+    const HEAD: &str = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode\n";
+
+    #[test]
+    fn reads_rows_and_skips_missing_clips() {
+        let d = tempfile::tempdir().unwrap();
+        let csv = format!(
+            "{HEAD}v1,1,\"good, really\",1.5,0,0,0,Positive,train\nv1,2,bad,-2,0,0,0,Negative,test\nv2,1,gone,0,0,0,0,Neutral,valid\n"
+        );
+        write(d.path(), &csv, &[("v1", "1"), ("v1", "2")]);
+        let ds = Dataset::open(d.path(), Scale::Mosi).unwrap();
+        assert_eq!(ds.clips.len(), 2);
+        assert_eq!(ds.missing, 1);
+        assert_eq!(ds.clips[0].text, "good, really");
+        assert_eq!(ds.split(Split::Test).len(), 1);
+    }
+
+    #[test]
+    fn bad_rows_name_file_and_row() {
+        let d = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                format!("{HEAD}v1,1,t,4.5,0,0,0,P,train\n"),
+                "row 2: label 4.5 is outside",
+            ),
+            (
+                format!("{HEAD}v1,1,t,1,0,0,0,P,train\nv1,1,t,x,0,0,0,P,train\n"),
+                "row 3: label \"x\" is not a number",
+            ),
+            (
+                format!("{HEAD}v1,1,t,1,0,0,0,P,holdout\n"),
+                "row 2: unknown mode \"holdout\"",
+            ),
+            ("video,clip\nv1,1\n".to_string(), "lacks video_id"),
+        ];
+        for (csv, want) in cases {
+            write(d.path(), &csv, &[("v1", "1")]);
+            let e = Dataset::open(d.path(), Scale::Mosi)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want) && e.contains("label.csv"), "{e}");
+        }
+        // SIMS range.
+        write(
+            d.path(),
+            &format!("{HEAD}v1,1,t,1.5,0,0,0,P,train\n"),
+            &[("v1", "1")],
+        );
+        assert!(
+            Dataset::open(d.path(), Scale::Sims)
+                .unwrap_err()
+                .to_string()
+                .contains("[-1, 1]")
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            Dataset::open(empty.path(), Scale::Mosi)
+                .unwrap_err()
+                .to_string()
+                .contains("no label.csv")
+        );
+    }
+}
