@@ -8,8 +8,11 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::{Error, Result, SourceError};
-use crate::event::{self, Event, Latency};
+use crate::event::{self, Event, Latency, Opinion, Probs, Stage};
+use crate::features::Extractor;
 use crate::features::asr::Asr;
+use crate::models::ubm::{Modalities, Ubm};
+use crate::routing::uncertainty::polarity;
 use crate::segment::{Segmenter, Vad, Window};
 use crate::sinks::JsonlSink;
 use crate::source::{Source, SourceMsg, VideoFrame};
@@ -32,6 +35,10 @@ pub struct AnnotateJob {
     pub vad_model: PathBuf,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// Models folder (MiniLM, face detector).
+    pub models_dir: PathBuf,
+    /// Small sentiment model (base path); `None` transcribes only.
+    pub ubm: Option<PathBuf>,
 }
 
 /// Figures of a finished run.
@@ -47,6 +54,10 @@ pub struct RunStats {
     pub wall_s: f64,
     /// Wall time spent inside Whisper, seconds.
     pub asr_s: f64,
+    /// Wall time computing audio, face and text features, seconds.
+    pub features_s: f64,
+    /// Wall time in the small model, seconds.
+    pub ubm_s: f64,
     /// Wall time to load the models, seconds.
     pub load_s: f64,
     /// Peak resident memory, KiB (from /proc/self/status).
@@ -62,7 +73,7 @@ impl RunStats {
             0.0
         };
         format!(
-            "{} windows, {:.1} s of media ({:.1} s in windows) in {:.2} s wall (models {:.2} s); whisper {:.2} s ({:.0}% of wall); real-time factor {:.3}; peak RSS {:.0} MiB",
+            "{} windows, {:.1} s of media ({:.1} s in windows) in {:.2} s wall (models {:.2} s); whisper {:.2} s ({:.0}% of wall); features {:.2} s; ubm {:.3} s; real-time factor {:.3}; peak RSS {:.0} MiB",
             self.windows,
             self.media_s,
             self.window_s,
@@ -74,6 +85,8 @@ impl RunStats {
             } else {
                 0.0
             },
+            self.features_s,
+            self.ubm_s,
             rtf,
             self.peak_rss_kib as f64 / 1024.0
         )
@@ -144,6 +157,7 @@ impl Progress {
 struct Annotator<'a, W: Write> {
     job: &'a AnnotateJob,
     asr: Asr,
+    sentiment: Option<(Extractor, Ubm)>,
     sink: &'a mut JsonlSink<W>,
     frames: VecDeque<VideoFrame>,
     pending: VecDeque<Window>,
@@ -184,7 +198,7 @@ impl<W: Write> Annotator<'_, W> {
             .filter(|f| f.pts >= w.start && f.pts < w.end)
             .count() as u32;
         let tr = self.asr.transcribe(&w.audio)?;
-        let e = Event {
+        let mut e = Event {
             stream: self.job.stream_id.clone(),
             seq: w.seq,
             start: round_ms(w.start),
@@ -203,10 +217,39 @@ impl<W: Write> Annotator<'_, W> {
             mllm: None,
             latency_ms: Latency {
                 asr: tr.asr_ms,
-                total: t0.elapsed().as_secs_f64() * 1e3,
+                ..Latency::default()
             },
-            emitted_at_ms: event::now_ms(),
+            emitted_at_ms: 0,
         };
+        if let Some((extractor, ubm)) = &mut self.sentiment {
+            let t1 = Instant::now();
+            let in_window = self
+                .frames
+                .iter()
+                .filter(|f| f.pts >= w.audio_start && f.pts < w.end);
+            let feats = extractor.extract(&w.audio, in_window, &e.text)?;
+            let t2 = Instant::now();
+            let p = ubm.predict(&[&feats], Modalities::ALL)[0];
+            e.latency_ms.features = (t2 - t1).as_secs_f64() * 1e3;
+            e.latency_ms.ubm = t2.elapsed().as_secs_f64() * 1e3;
+            e.score = Some(p.score);
+            e.polarity = Some(polarity(p.score, ubm.meta.band));
+            e.probs = Some(Probs {
+                negative: p.probs[0],
+                neutral: p.probs[1],
+                positive: p.probs[2],
+            });
+            e.uncertainty = Some(p.uncertainty);
+            e.stage = Some(Stage::Ubm);
+            e.ubm = Some(Opinion {
+                score: p.score,
+                uncertainty: p.uncertainty,
+            });
+            self.stats.features_s += e.latency_ms.features / 1e3;
+            self.stats.ubm_s += e.latency_ms.ubm / 1e3;
+        }
+        e.latency_ms.total = t0.elapsed().as_secs_f64() * 1e3;
+        e.emitted_at_ms = event::now_ms();
         tracing::debug!(stream = %e.stream, seq = e.seq, start = e.start, end = e.end, "window");
         self.sink.write(&e)?;
         self.stats.windows += 1;
@@ -233,6 +276,10 @@ pub fn annotate<W: Write>(
     // Models first: a bad model file fails before any media work.
     let vad = Vad::load(&job.vad_model)?;
     let asr = Asr::load(&job.whisper_model, &cfg.asr)?;
+    let sentiment = match &job.ubm {
+        Some(base) => Some((Extractor::load(&job.models_dir)?, Ubm::load(base)?)),
+        None => None,
+    };
     let load_s = started.elapsed().as_secs_f64();
     let mut segmenter = Segmenter::new(cfg.segment.clone(), vad);
     let source = Source::open(&job.input, &cfg.source)?;
@@ -241,6 +288,7 @@ pub fn annotate<W: Write>(
     let mut a = Annotator {
         job,
         asr,
+        sentiment,
         sink,
         frames: VecDeque::new(),
         pending: VecDeque::new(),

@@ -8,7 +8,10 @@ use crate::app::{self, AnnotateJob};
 use crate::config::{AudioCtx, Config};
 use crate::models::assets::{self, AssetState, InstallOutcome};
 use crate::models::convert;
+use crate::models::ubm::{Modalities, Ubm};
 use crate::sinks::JsonlSink;
+use crate::train::dataset::{Dataset, Scale, Split, TextSource};
+use crate::train::trainer::{self, CalibrationRule, TrainOptions};
 
 /// sentistream: streaming video sentiment processor.
 #[derive(Debug, Parser)]
@@ -36,8 +39,98 @@ pub enum Command {
     /// Install, verify, list or convert model files.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Train a model on a dataset in the MMSA raw layout.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Recalibrate the UBM's escalation threshold tau1 on the validation split.
+    Calibrate(CalibrateArgs),
+    /// Evaluate the UBM on a split: MMSA metrics, modality ablations, uncertainty.
+    Eval(EvalArgs),
     /// Check a configuration file and report every problem.
     ValidateConfig,
+}
+
+/// Dataset options shared by train, calibrate and eval.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Dataset folder (label.csv + Raw/<video_id>/<clip_id>.mp4).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Label range: mosi ([-3, 3], MOSI/MOSEI) or sims ([-1, 1], CH-SIMS).
+    #[arg(long, value_enum, default_value = "mosi")]
+    pub scale: Scale,
+    /// Transcript: the given text column, or Whisper ASR on the clip.
+    #[arg(long, value_enum, default_value = "given")]
+    pub text: TextSource,
+    /// Feature extraction threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// UBM model base path (`.safetensors` + `.json`); default: <models>/ubm.
+    #[arg(long)]
+    pub ubm: Option<PathBuf>,
+}
+
+/// `train` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Train the small model (UBM).
+    Ubm {
+        /// Dataset options.
+        #[command(flatten)]
+        data: DataArgs,
+        /// Epochs.
+        #[arg(long, default_value_t = 30)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Learning rate (AdamW).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Weight of the classification loss (L1 + alpha * CE).
+        #[arg(long, default_value_t = 1.0)]
+        alpha: f64,
+        /// Width of the shared representation.
+        #[arg(long, default_value_t = 128)]
+        hidden: i64,
+        /// Neutral band b of the 3 classes.
+        #[arg(long, default_value_t = 0.1)]
+        band: f32,
+        /// Random seed.
+        #[arg(long, default_value_t = 7)]
+        seed: i64,
+        /// lambda of tau1 = (1 - lambda) mu_correct + lambda mu_wrong.
+        #[arg(long, default_value_t = 0.5)]
+        lambda: f32,
+    },
+}
+
+/// Options of `calibrate`.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Dataset options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// tau1 = (1 - lambda) mu_correct + lambda mu_wrong.
+    #[arg(long, conflicts_with = "escalation_rate")]
+    pub lambda: Option<f32>,
+    /// Instead: escalate this share (0..1) of validation windows.
+    #[arg(long)]
+    pub escalation_rate: Option<f32>,
+}
+
+/// Options of `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Dataset options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Split to evaluate.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    /// Also print escalation rate vs accuracy of accepted windows for lambda 0.1..0.9.
+    #[arg(long)]
+    pub lambda_sweep: bool,
 }
 
 /// Options of `annotate`.
@@ -72,6 +165,12 @@ pub struct AnnotateArgs {
     /// Print run figures (wall time, Whisper time, real-time factor, peak RSS) on stderr.
     #[arg(long)]
     pub stats: bool,
+    /// Small sentiment model (base path of .safetensors + .json); default: <models>/ubm.
+    #[arg(long)]
+    pub ubm: Option<PathBuf>,
+    /// Transcribe only: no sentiment fields.
+    #[arg(long)]
+    pub no_sentiment: bool,
 }
 
 /// `models` subcommands.
@@ -165,12 +264,28 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| a.input.clone())
             });
+            let ubm = if a.no_sentiment {
+                None
+            } else {
+                let base = a.ubm.clone().unwrap_or_else(|| models.join("ubm"));
+                if a.ubm.is_none() && !base.with_extension("json").is_file() {
+                    tracing::warn!(
+                        "no sentiment model at {}: events carry transcripts only; train one with `sentistream train ubm` or pass --ubm",
+                        base.display()
+                    );
+                    None
+                } else {
+                    Some(base)
+                }
+            };
             let job = AnnotateJob {
                 input: a.input.clone(),
                 stream_id,
                 whisper_model: resolve_model(&models, &cfg.asr.model),
                 vad_model: resolve_model(&models, &vad),
                 progress: !a.no_progress,
+                models_dir: models.clone(),
+                ubm,
             };
             let mut sink = JsonlSink::new(std::io::stdout().lock(), "stdout");
             let stats = app::annotate(&cfg, &job, &mut sink)?;
@@ -182,6 +297,174 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Models(m) => models_cmd(m, &models),
+        Command::Train(TrainCommand::Ubm {
+            data,
+            epochs,
+            batch,
+            lr,
+            alpha,
+            hidden,
+            band,
+            seed,
+            lambda,
+        }) => {
+            let opts = TrainOptions {
+                data: data.data.clone(),
+                scale: data.scale,
+                text: data.text,
+                models_dir: models.clone(),
+                asr_model: Some(resolve_model(&models, &cfg.asr.model)),
+                out: data.ubm.clone().unwrap_or_else(|| models.join("ubm")),
+                epochs: *epochs,
+                batch: *batch,
+                lr: *lr,
+                alpha: *alpha,
+                hidden: *hidden,
+                band: *band,
+                seed: *seed,
+                workers: data.workers,
+                lambda: *lambda,
+            };
+            let (model, report) = trainer::train(&opts)?;
+            println!(
+                "trained on {} clips (valid {}; {} rows without media skipped); best epoch {}; features {:.0} s, training {:.0} s",
+                report.clips.0,
+                report.clips.1,
+                report.missing,
+                report.best_epoch,
+                report.features_s,
+                report.train_s
+            );
+            println!(
+                "{}",
+                trainer::format_table(&[("UBM (valid)".into(), report.valid)])
+            );
+            println!(
+                "tau1 = {:.4} ({}); saved {}",
+                model.meta.tau1.unwrap_or(f32::NAN),
+                model.meta.tau1_rule.clone().unwrap_or_default(),
+                opts.out.display()
+            );
+            Ok(0)
+        }
+        Command::Calibrate(c) => {
+            let base = c.data.ubm.clone().unwrap_or_else(|| models.join("ubm"));
+            let mut model = Ubm::load(&base)?;
+            let ds = Dataset::open(&c.data.data, c.data.scale)?;
+            let asr = resolve_model(&models, &cfg.asr.model);
+            let valid = trainer::load_split(
+                &ds,
+                Split::Valid,
+                c.data.text,
+                &models,
+                Some(&asr),
+                c.data.workers,
+            )?;
+            let rule = match (c.lambda, c.escalation_rate) {
+                (_, Some(r)) => CalibrationRule::Rate(r),
+                (l, None) => CalibrationRule::Lambda(l.unwrap_or(0.5)),
+            };
+            let cal = trainer::calibrate_model(&mut model, &valid, rule)?;
+            model.save(&base)?;
+            println!(
+                "uncertainty on {} validation windows: correct mu {:.4} sigma {:.4} (n {}), wrong mu {:.4} sigma {:.4} (n {})",
+                valid.feats.len(),
+                cal.correct.mu,
+                cal.correct.sigma,
+                cal.correct.n,
+                cal.wrong.mu,
+                cal.wrong.sigma,
+                cal.wrong.n
+            );
+            for l in [0.1f32, 0.3, 0.5, 0.7, 0.9] {
+                println!("  tau({l}) = {:.4}", cal.tau(l));
+            }
+            println!(
+                "tau1 = {:.4} ({}) saved in {}",
+                model.meta.tau1.unwrap_or(f32::NAN),
+                model.meta.tau1_rule.clone().unwrap_or_default(),
+                base.with_extension("json").display()
+            );
+            Ok(0)
+        }
+        Command::Eval(e) => {
+            let base = e.data.ubm.clone().unwrap_or_else(|| models.join("ubm"));
+            let model = Ubm::load(&base)?;
+            let ds = Dataset::open(&e.data.data, e.data.scale)?;
+            let asr = resolve_model(&models, &cfg.asr.model);
+            let data = trainer::load_split(
+                &ds,
+                e.split,
+                e.data.text,
+                &models,
+                Some(&asr),
+                e.data.workers,
+            )?;
+            if data.feats.is_empty() {
+                anyhow::bail!(
+                    "dataset {}: no clips in the {:?} split",
+                    e.data.data.display(),
+                    e.split
+                );
+            }
+            let m = |t, a, v| Modalities {
+                text: t,
+                audio: a,
+                visual: v,
+            };
+            let variants = [
+                ("UBM T+A+V", Modalities::ALL),
+                ("without text", m(false, true, true)),
+                ("without audio", m(true, false, true)),
+                ("without visual", m(true, true, false)),
+                ("text only", m(true, false, false)),
+                ("audio only", m(false, true, false)),
+                ("visual only", m(false, false, true)),
+            ];
+            let started = std::time::Instant::now();
+            let (full, preds) = trainer::evaluate(&model, &data, Modalities::ALL);
+            let per_window_ms = started.elapsed().as_secs_f64() * 1e3 / data.feats.len() as f64;
+            let mut rows = vec![(variants[0].0.to_string(), full)];
+            for (name, use_) in &variants[1..] {
+                rows.push((name.to_string(), trainer::evaluate(&model, &data, *use_).0));
+            }
+            println!(
+                "{:?} split of {} ({} clips{}):",
+                e.split,
+                e.data.data.display(),
+                data.feats.len(),
+                if ds.missing > 0 {
+                    format!(", {} rows without media skipped", ds.missing)
+                } else {
+                    String::new()
+                }
+            );
+            println!("{}", trainer::format_table(&rows));
+            let u = trainer::uncertainty_report(&preds, &data.labels, model.meta.band);
+            println!(
+                "uncertainty (entropy, nats): correct mean {:.4}, wrong mean {:.4}, AUROC for errors {}, corr with |error| {:.4}",
+                u.mean_correct,
+                u.mean_wrong,
+                u.auroc.map(|a| format!("{a:.4}")).unwrap_or("n/a".into()),
+                u.corr_abs_error
+            );
+            println!("UBM forward (batched, features cached): {per_window_ms:.2} ms per window");
+            if e.lambda_sweep {
+                let cal = model.meta.calibration.ok_or_else(|| {
+                    anyhow::anyhow!("the model is not calibrated; run `sentistream calibrate`")
+                })?;
+                println!(
+                    "\n| lambda | tau1 | escalation rate | accepted Has0-Acc2 | accepted Acc3 |\n|---|---|---|---|---|"
+                );
+                for r in trainer::lambda_sweep(&cal, &preds, &data.labels, model.meta.band) {
+                    println!(
+                        "| {:.1} | {:.4} | {:.3} | {:.4} | {:.4} |",
+                        r.lambda, r.tau, r.escalation_rate, r.accepted_acc2, r.accepted_acc3
+                    );
+                }
+            }
+            Ok(0)
+        }
         Command::ValidateConfig => {
             let path = cli.config.as_deref().unwrap_or(Path::new("(defaults)"));
             println!("{}: ok", path.display());

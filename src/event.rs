@@ -58,6 +58,10 @@ pub struct Opinion {
 pub struct Latency {
     /// Whisper.
     pub asr: f64,
+    /// Audio, face and text features.
+    pub features: f64,
+    /// Small model forward.
+    pub ubm: f64,
     /// From the end of the window's audio being decoded to the event being emitted.
     pub total: f64,
 }
@@ -143,6 +147,8 @@ mod tests {
             mllm: None,
             latency_ms: Latency {
                 asr: 10.0,
+                features: 1.0,
+                ubm: 0.5,
                 total: 12.0,
             },
             emitted_at_ms: 1,

@@ -2,3 +2,4 @@
 
 pub mod dataset;
 pub mod metrics;
+pub mod trainer;

@@ -1,0 +1,443 @@
+//! Training, calibration and evaluation of the UBM on a dataset in the MMSA raw layout.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::nn::OptimizerConfig;
+use tch::{Kind, Tensor, nn};
+
+use crate::error::{DatasetError, ModelError, Result};
+use crate::features::WindowFeatures;
+use crate::features::audio::AUDIO_DIM;
+use crate::features::visual::VIS_DIM;
+use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
+use crate::routing::thresholds::{self, Calibration};
+use crate::routing::uncertainty::class_index;
+use crate::train::dataset::{self, Dataset, Scale, Split, TextSource};
+use crate::train::metrics::{self, Metrics};
+
+/// Options of `train ubm`.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Dataset folder.
+    pub data: PathBuf,
+    /// Label range.
+    pub scale: Scale,
+    /// Transcript source.
+    pub text: TextSource,
+    /// Models folder (MiniLM, face detector, Whisper for `--text asr`).
+    pub models_dir: PathBuf,
+    /// Whisper model for `--text asr`.
+    pub asr_model: Option<PathBuf>,
+    /// Where to write the model (base path; `.safetensors` and `.json` are added).
+    pub out: PathBuf,
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight of the classification loss (alpha in L1 + alpha CE).
+    pub alpha: f64,
+    /// Width of h.
+    pub hidden: i64,
+    /// Neutral band b.
+    pub band: f32,
+    /// Random seed.
+    pub seed: i64,
+    /// Feature extraction threads.
+    pub workers: usize,
+    /// lambda for tau1 after training.
+    pub lambda: f32,
+}
+
+/// Features and labels of one split.
+pub struct SplitData {
+    /// Features per clip.
+    pub feats: Vec<WindowFeatures>,
+    /// Labels.
+    pub labels: Vec<f32>,
+}
+
+/// Loads a dataset split's features (cached), skipping undecodable clips.
+pub fn load_split(
+    ds: &Dataset,
+    split: Split,
+    text: TextSource,
+    models_dir: &Path,
+    asr: Option<&Path>,
+    workers: usize,
+) -> Result<SplitData> {
+    let clips = ds.split(split);
+    let total = clips.len();
+    let started = Instant::now();
+    let progress = |n: usize| {
+        if n.is_multiple_of(250) || n == total {
+            tracing::info!(split = ?split, "features {n}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
+        }
+    };
+    let feats = dataset::features(ds, &clips, text, models_dir, asr, workers, &progress)?;
+    let mut out = SplitData {
+        feats: Vec::new(),
+        labels: Vec::new(),
+    };
+    let mut failed = 0;
+    for (c, f) in clips.iter().zip(feats) {
+        match f {
+            Some(f) => {
+                out.feats.push(f);
+                out.labels.push(c.label);
+            }
+            None => failed += 1,
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(split = ?split, "{failed} clips could not be decoded and were skipped");
+    }
+    Ok(out)
+}
+
+/// Per-dimension mean and standard deviation over all frames of `data`.
+fn mean_std(dim: usize, data: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
+    let (mut sum, mut sq, mut n) = (vec![0f64; dim], vec![0f64; dim], 0f64);
+    for d in data {
+        for frame in d.chunks_exact(dim) {
+            for (k, v) in frame.iter().enumerate() {
+                sum[k] += *v as f64;
+                sq[k] += (*v as f64).powi(2);
+            }
+            n += 1.0;
+        }
+    }
+    let n = n.max(1.0);
+    let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| ((q / n - (*m as f64).powi(2)).max(0.0).sqrt().max(1e-3)) as f32)
+        .collect();
+    (mean, std)
+}
+
+/// What training reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// Clips per split (train, valid).
+    pub clips: (usize, usize),
+    /// Rows whose clip file is missing.
+    pub missing: usize,
+    /// Best epoch (1-based) on the validation split.
+    pub best_epoch: usize,
+    /// Validation metrics at the best epoch.
+    pub valid: Metrics,
+    /// Training wall time, seconds (features excluded).
+    pub train_s: f64,
+    /// Feature extraction wall time, seconds.
+    pub features_s: f64,
+}
+
+/// Trains the UBM, keeps the epoch with the best validation Has0-Acc2 (MAE breaks ties),
+/// calibrates tau1 on the validation split and saves the model.
+pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
+    let ds = Dataset::open(&o.data, o.scale)?;
+    tch::manual_seed(o.seed);
+    let t0 = Instant::now();
+    let train = load_split(
+        &ds,
+        Split::Train,
+        o.text,
+        &o.models_dir,
+        o.asr_model.as_deref(),
+        o.workers,
+    )?;
+    let valid = load_split(
+        &ds,
+        Split::Valid,
+        o.text,
+        &o.models_dir,
+        o.asr_model.as_deref(),
+        o.workers,
+    )?;
+    let features_s = t0.elapsed().as_secs_f64();
+    if train.feats.is_empty() || valid.feats.is_empty() {
+        return Err(DatasetError::Empty {
+            root: o.data.clone(),
+            reason: "training needs clips in both the train and valid splits".into(),
+        }
+        .into());
+    }
+    let mut meta = UbmMeta::new(o.hidden, 0.2, o.band, o.scale.limit());
+    let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
+    let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
+    (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
+    (meta.visual_mean, meta.visual_std) = mean_std(VIS_DIM, &visual);
+    let model = Ubm::new(meta);
+    let mut opt = nn::AdamW::default()
+        .wd(1e-4)
+        .build(&model.vs, o.lr)
+        .map_err(|e| ModelError::Runtime {
+            name: "optimizer".into(),
+            reason: e.to_string(),
+        })?;
+    let t1 = Instant::now();
+    let n = train.feats.len();
+    let mut best: Option<(f64, f64, usize)> = None;
+    let best_path = o.out.with_extension("best.safetensors");
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = o.seed as u64 | 1;
+    for epoch in 1..=o.epochs {
+        // Fisher-Yates with a small xorshift: reproducible without another dependency.
+        for i in (1..n).rev() {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            order.swap(i, (rng % (i as u64 + 1)) as usize);
+        }
+        let mut epoch_loss = 0.0;
+        for chunk in order.chunks(o.batch) {
+            let items: Vec<&WindowFeatures> = chunk.iter().map(|&i| &train.feats[i]).collect();
+            let y: Vec<f32> = chunk.iter().map(|&i| train.labels[i]).collect();
+            let cls: Vec<i64> = y.iter().map(|&v| class_index(v, o.band) as i64).collect();
+            let batch = model.batch(&items, Modalities::ALL);
+            let (score, logits) = model.forward(&batch, true);
+            let yt = Tensor::from_slice(&y);
+            let loss = (score - &yt).abs().mean(Kind::Float)
+                + logits.cross_entropy_for_logits(&Tensor::from_slice(&cls)) * o.alpha;
+            opt.backward_step(&loss);
+            epoch_loss += loss.double_value(&[]) * chunk.len() as f64;
+        }
+        let m = evaluate(&model, &valid, Modalities::ALL).0;
+        tracing::info!(
+            epoch,
+            loss = epoch_loss / n as f64,
+            valid_acc2 = m.has0_acc2,
+            valid_mae = m.mae,
+            "epoch"
+        );
+        let better = best
+            .is_none_or(|(acc, mae, _)| m.has0_acc2 > acc || (m.has0_acc2 == acc && m.mae < mae));
+        if better {
+            best = Some((m.has0_acc2, m.mae, epoch));
+            model.vs.save(&best_path).map_err(|e| ModelError::Runtime {
+                name: "ubm".into(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    let mut model = model;
+    model.vs.load(&best_path).map_err(|e| ModelError::Runtime {
+        name: "ubm".into(),
+        reason: e.to_string(),
+    })?;
+    let _ = std::fs::remove_file(&best_path);
+    let train_s = t1.elapsed().as_secs_f64();
+    calibrate_model(&mut model, &valid, CalibrationRule::Lambda(o.lambda))?;
+    model.save(&o.out)?;
+    let (valid_m, _) = evaluate(&model, &valid, Modalities::ALL);
+    let report = TrainReport {
+        clips: (train.feats.len(), valid.feats.len()),
+        missing: ds.missing,
+        best_epoch: best.map(|b| b.2).unwrap_or(0),
+        valid: valid_m,
+        train_s,
+        features_s,
+    };
+    Ok((model, report))
+}
+
+/// Predicts a whole split in batches.
+pub fn predict_split(model: &Ubm, data: &SplitData, use_: Modalities) -> Vec<Prediction> {
+    let mut out = Vec::with_capacity(data.feats.len());
+    for chunk in data.feats.chunks(64) {
+        let items: Vec<&WindowFeatures> = chunk.iter().collect();
+        out.extend(model.predict(&items, use_));
+    }
+    out
+}
+
+/// Metrics of a split, with the predictions.
+pub fn evaluate(model: &Ubm, data: &SplitData, use_: Modalities) -> (Metrics, Vec<Prediction>) {
+    let preds = predict_split(model, data, use_);
+    let scores: Vec<f32> = preds.iter().map(|p| p.score).collect();
+    (metrics::compute(&scores, &data.labels), preds)
+}
+
+/// How tau1 is chosen.
+#[derive(Debug, Clone, Copy)]
+pub enum CalibrationRule {
+    /// tau(lambda) from the Gaussian fits.
+    Lambda(f32),
+    /// Escalate this share of validation windows.
+    Rate(f32),
+}
+
+/// Whether the 3-class prediction (argmax of probs) is right.
+fn correct(p: &Prediction, label: f32, band: f32) -> bool {
+    let argmax = (0..3)
+        .max_by(|&a, &b| p.probs[a].total_cmp(&p.probs[b]))
+        .unwrap_or(1);
+    argmax == class_index(label, band)
+}
+
+/// Fits the uncertainty calibration on `valid` and sets tau1.
+pub fn calibrate_model(
+    model: &mut Ubm,
+    valid: &SplitData,
+    rule: CalibrationRule,
+) -> Result<Calibration> {
+    let preds = predict_split(model, valid, Modalities::ALL);
+    let band = model.meta.band;
+    let samples: Vec<(f32, bool)> = preds
+        .iter()
+        .zip(&valid.labels)
+        .map(|(p, &y)| (p.uncertainty, correct(p, y, band)))
+        .collect();
+    let cal = Calibration::fit(&samples).ok_or_else(|| ModelError::Runtime {
+        name: "calibration".into(),
+        reason: "the validation split needs both correctly and wrongly classified windows".into(),
+    })?;
+    let (tau, rule_txt) = match rule {
+        CalibrationRule::Lambda(l) => (cal.tau(l), format!("lambda={l}")),
+        CalibrationRule::Rate(r) => {
+            let u: Vec<f32> = samples.iter().map(|s| s.0).collect();
+            (
+                thresholds::tau_for_rate(&u, r).unwrap_or(cal.tau(0.5)),
+                format!("rate={r}"),
+            )
+        }
+    };
+    model.meta.calibration = Some(cal);
+    model.meta.tau1 = Some(tau);
+    model.meta.tau1_rule = Some(rule_txt);
+    Ok(cal)
+}
+
+/// Uncertainty diagnostics on a split.
+#[derive(Debug, Clone, Serialize)]
+pub struct UncertaintyReport {
+    /// Mean entropy of correctly classified windows.
+    pub mean_correct: f32,
+    /// Mean entropy of wrongly classified windows.
+    pub mean_wrong: f32,
+    /// AUROC of entropy for detecting errors.
+    pub auroc: Option<f32>,
+    /// Pearson correlation of entropy with absolute score error.
+    pub corr_abs_error: f64,
+}
+
+/// How informative the uncertainty is.
+pub fn uncertainty_report(preds: &[Prediction], labels: &[f32], band: f32) -> UncertaintyReport {
+    let ok: Vec<bool> = preds
+        .iter()
+        .zip(labels)
+        .map(|(p, &y)| correct(p, y, band))
+        .collect();
+    let u: Vec<f32> = preds.iter().map(|p| p.uncertainty).collect();
+    let mean = |want: bool| {
+        let v: Vec<f32> = u
+            .iter()
+            .zip(&ok)
+            .filter(|(_, c)| **c == want)
+            .map(|(x, _)| *x)
+            .collect();
+        v.iter().sum::<f32>() / v.len().max(1) as f32
+    };
+    let wrong: Vec<bool> = ok.iter().map(|c| !c).collect();
+    let abs_err: Vec<f32> = preds
+        .iter()
+        .zip(labels)
+        .map(|(p, y)| (p.score - y).abs())
+        .collect();
+    UncertaintyReport {
+        mean_correct: mean(true),
+        mean_wrong: mean(false),
+        auroc: thresholds::auroc(&u, &wrong),
+        corr_abs_error: metrics::pearson(&u, &abs_err),
+    }
+}
+
+/// One row of the lambda sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepRow {
+    /// lambda.
+    pub lambda: f32,
+    /// tau1 at lambda.
+    pub tau: f32,
+    /// Share of windows escalated (u > tau).
+    pub escalation_rate: f64,
+    /// Has0-Acc2 of the windows the UBM accepts.
+    pub accepted_acc2: f64,
+    /// 3-class accuracy of the accepted windows.
+    pub accepted_acc3: f64,
+}
+
+/// Escalation rate vs accuracy of the accepted windows for lambda in 0.1..0.9.
+pub fn lambda_sweep(
+    cal: &Calibration,
+    preds: &[Prediction],
+    labels: &[f32],
+    band: f32,
+) -> Vec<SweepRow> {
+    (1..=9)
+        .map(|k| {
+            let lambda = k as f32 / 10.0;
+            let tau = cal.tau(lambda);
+            let acc: Vec<usize> = (0..preds.len())
+                .filter(|&i| preds[i].uncertainty <= tau)
+                .collect();
+            let n = acc.len().max(1) as f64;
+            SweepRow {
+                lambda,
+                tau,
+                escalation_rate: 1.0 - acc.len() as f64 / preds.len().max(1) as f64,
+                accepted_acc2: acc
+                    .iter()
+                    .filter(|&&i| (preds[i].score >= 0.0) == (labels[i] >= 0.0))
+                    .count() as f64
+                    / n,
+                accepted_acc3: acc
+                    .iter()
+                    .filter(|&&i| correct(&preds[i], labels[i], band))
+                    .count() as f64
+                    / n,
+            }
+        })
+        .collect()
+}
+
+/// Formats the metric table (one row per named result).
+pub fn format_table(rows: &[(String, Metrics)]) -> String {
+    let mut s = format!(
+        "| {:<16} | {:>9} | {:>7} | {:>9} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} |\n|{}|\n",
+        "model",
+        "Has0-Acc2",
+        "Has0-F1",
+        "Non0-Acc2",
+        "Non0-F1",
+        "Acc3",
+        "Acc5",
+        "Acc7",
+        "MAE",
+        "Corr",
+        "n",
+        "---|".repeat(11).trim_end_matches('|')
+    );
+    for (name, m) in rows {
+        s += &format!(
+            "| {:<16} | {:>9.4} | {:>7.4} | {:>9.4} | {:>7.4} | {:>6.4} | {:>6.4} | {:>6.4} | {:>6.4} | {:>6.4} | {:>5} |\n",
+            name,
+            m.has0_acc2,
+            m.has0_f1,
+            m.non0_acc2,
+            m.non0_f1,
+            m.acc3,
+            m.acc5,
+            m.acc7,
+            m.mae,
+            m.corr,
+            m.n
+        );
+    }
+    s
+}

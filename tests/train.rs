@@ -1,0 +1,159 @@
+//! A small end-to-end train -> calibrate -> eval on the committed tiny dataset
+//! (samples/dataset, MMSA raw layout), through the real CLI.
+
+mod common;
+
+fn have_models() -> bool {
+    common::model("all-MiniLM-L6-v2/model.safetensors").is_some()
+        && common::model("face/deploy.prototxt").is_some()
+}
+
+#[test]
+fn train_calibrate_eval_on_the_tiny_dataset() {
+    if !have_models() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A copy, so the feature cache is made fresh here and the source tree stays clean.
+    let data = dir.path().join("dataset");
+    copy_dir(&common::repo("samples/dataset"), &data);
+    let ubm = dir.path().join("ubm");
+    let (d, u) = (data.to_str().unwrap(), ubm.to_str().unwrap());
+    let out = common::sentistream(&[
+        "train", "ubm", "--data", d, "--ubm", u, "--epochs", "8", "--hidden", "32",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("trained on 12 clips (valid 4"), "{stdout}");
+    assert!(ubm.with_extension("safetensors").is_file() && ubm.with_extension("json").is_file());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ubm.with_extension("json")).unwrap())
+            .unwrap();
+    assert!(meta["tau1"].as_f64().unwrap() > 0.0);
+    assert!(
+        data.join(".sentistream-cache").is_dir(),
+        "features are cached"
+    );
+
+    let out = common::sentistream(&[
+        "calibrate",
+        "--data",
+        d,
+        "--ubm",
+        u,
+        "--escalation-rate",
+        "0.5",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tau(0.5)") && stdout.contains("rate=0.5"),
+        "{stdout}"
+    );
+
+    let out = common::sentistream(&["eval", "--data", d, "--ubm", u, "--lambda-sweep"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "Has0-Acc2",
+        "Non0-F1",
+        "Acc7",
+        "Corr",
+        "UBM T+A+V",
+        "without audio",
+        "visual only",
+        "AUROC",
+        "| 0.9 |",
+    ] {
+        assert!(stdout.contains(want), "{want} missing in:\n{stdout}");
+    }
+    // The test split has 4 clips.
+    assert!(stdout.contains("(4 clips"), "{stdout}");
+
+    // The trained model drives annotate's sentiment fields.
+    if common::model("ggml-tiny.en.bin").is_some() {
+        let sample = common::repo("samples/sample.mp4");
+        let out = common::sentistream(&[
+            "annotate",
+            sample.to_str().unwrap(),
+            "--ubm",
+            u,
+            "--whisper-model",
+            "ggml-tiny.en.bin",
+            "--no-progress",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for e in common::events(&out) {
+            assert_eq!(e["stage"], "ubm");
+            let p = &e["probs"];
+            let sum = p["negative"].as_f64().unwrap()
+                + p["neutral"].as_f64().unwrap()
+                + p["positive"].as_f64().unwrap();
+            assert!((sum - 1.0).abs() < 1e-3);
+            assert!(e["score"].as_f64().unwrap().abs() <= 3.0);
+            assert!(e["uncertainty"].as_f64().unwrap() >= 0.0);
+            assert!(e["latency_ms"]["features"].as_f64().unwrap() > 0.0);
+        }
+    }
+}
+
+#[test]
+fn bad_dataset_and_model_inputs_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = common::sentistream(&["train", "ubm", "--data", d, "--ubm", &format!("{d}/m")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no label.csv"));
+    std::fs::write(
+        dir.path().join("label.csv"),
+        "video_id,clip_id,text,label,mode\nv,1,t,9,train\n",
+    )
+    .unwrap();
+    let out = common::sentistream(&["train", "ubm", "--data", d, "--ubm", &format!("{d}/m")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("label.csv, row 2: label 9 is outside [-3, 3]"),
+        "{err}"
+    );
+    // Weights that do not fit: a clear error.
+    std::fs::write(dir.path().join("m.json"), "{\"broken\": true}").unwrap();
+    std::fs::write(dir.path().join("m.safetensors"), "nope").unwrap();
+    let out = common::sentistream(&["eval", "--data", d, "--ubm", &format!("{d}/m")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("m.json") && err.contains("corrupt"),
+        "{err}"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name == ".sentistream-cache" {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(name));
+        } else {
+            std::fs::copy(e.path(), to.join(name)).unwrap();
+        }
+    }
+}
