@@ -448,7 +448,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 u.auroc.map(|a| format!("{a:.4}")).unwrap_or("n/a".into()),
                 u.corr_abs_error
             );
-            println!("UBM forward (batched, features cached): {per_window_ms:.2} ms per window");
+            // Batch 1, as in live runs.
+            let n1 = data.feats.len().min(100);
+            let t1 = std::time::Instant::now();
+            for f in &data.feats[..n1] {
+                model.predict(&[f], Modalities::ALL);
+            }
+            let single_ms = t1.elapsed().as_secs_f64() * 1e3 / n1 as f64;
+            println!(
+                "UBM forward, features cached: {single_ms:.2} ms per window at batch 1, {per_window_ms:.2} ms batched"
+            );
             if e.lambda_sweep {
                 let cal = model.meta.calibration.ok_or_else(|| {
                     anyhow::anyhow!("the model is not calibrated; run `sentistream calibrate`")
