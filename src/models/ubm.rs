@@ -22,6 +22,9 @@ use crate::routing::uncertainty::entropy;
 
 /// Audio frames averaged into one encoder step (4 x 10 ms).
 pub const AUDIO_POOL: usize = 4;
+/// Normalised features are clipped to +-this many standard deviations, so inputs unlike
+/// the training data (another camera, a smile never seen) cannot saturate the model.
+const Z_CLIP: f32 = 5.0;
 /// Longest audio sequence fed to the encoder (steps of 40 ms: 30 s).
 const MAX_AUDIO_STEPS: usize = 750;
 
@@ -276,7 +279,8 @@ impl Ubm {
                             .iter()
                             .enumerate()
                         {
-                            dst[d] += (v - am[d]) / asd[d] / (hi - lo) as f32;
+                            dst[d] +=
+                                ((v - am[d]) / asd[d]).clamp(-Z_CLIP, Z_CLIP) / (hi - lo) as f32;
                         }
                     }
                     audio_mask[i * ta + s] = 1.0;
@@ -286,7 +290,7 @@ impl Ubm {
                 for fr in 0..f.visual_frames() {
                     for d in 0..VIS_DIM {
                         visual[(i * tv + fr) * VIS_DIM + d] =
-                            (f.visual[fr * VIS_DIM + d] - vm[d]) / vsd[d];
+                            ((f.visual[fr * VIS_DIM + d] - vm[d]) / vsd[d]).clamp(-Z_CLIP, Z_CLIP);
                     }
                     visual_mask[i * tv + fr] = 1.0;
                 }

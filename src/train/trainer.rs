@@ -98,6 +98,10 @@ pub fn load_split(
     Ok(out)
 }
 
+/// Floor of a feature's standard deviation: a feature nearly constant in training (a
+/// smile never seen) must not blow up when it moves in the field.
+const MIN_STD: f64 = 0.05;
+
 /// Per-dimension mean and standard deviation over all frames of `data`.
 fn mean_std(dim: usize, data: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
     let (mut sum, mut sq, mut n) = (vec![0f64; dim], vec![0f64; dim], 0f64);
@@ -115,7 +119,7 @@ fn mean_std(dim: usize, data: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
     let std = sq
         .iter()
         .zip(&mean)
-        .map(|(q, m)| ((q / n - (*m as f64).powi(2)).max(0.0).sqrt().max(1e-3)) as f32)
+        .map(|(q, m)| ((q / n - (*m as f64).powi(2)).max(0.0).sqrt().max(MIN_STD)) as f32)
         .collect();
     (mean, std)
 }
@@ -137,7 +141,7 @@ pub struct TrainReport {
     pub features_s: f64,
 }
 
-/// Trains the UBM, keeps the epoch with the best validation Has0-Acc2 (MAE breaks ties),
+/// Trains the UBM, keeps the epoch with the lowest validation MAE (Has0-Acc2 breaks ties),
 /// calibrates tau1 on the validation split and saves the model.
 pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
     let ds = Dataset::open(&o.data, o.scale)?;
@@ -215,8 +219,10 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
             valid_mae = m.mae,
             "epoch"
         );
-        let better = best
-            .is_none_or(|(acc, mae, _)| m.has0_acc2 > acc || (m.has0_acc2 == acc && m.mae < mae));
+        // Model selection on validation MAE (MMSA's key metric for regression): with a
+        // small validation split it is far steadier than Acc2.
+        let better =
+            best.is_none_or(|(acc, mae, _)| m.mae < mae || (m.mae == mae && m.has0_acc2 > acc));
         if better {
             best = Some((m.has0_acc2, m.mae, epoch));
             model.vs.save(&best_path).map_err(|e| ModelError::Runtime {
