@@ -157,3 +157,45 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn eval_with_asr_transcripts() {
+    if !have_models()
+        || common::model("ggml-tiny.en.bin").is_none()
+        || !common::repo("models/ubm.json").is_file()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dataset");
+    copy_dir(&common::repo("samples/dataset"), &data);
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "[asr]\nmodel = \"ggml-tiny.en.bin\"\nlanguage = \"en\"\n",
+    )
+    .unwrap();
+    let out = common::sentistream(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--text",
+        "asr",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("UBM T+A+V") && stdout.contains("(4 clips"),
+        "{stdout}"
+    );
+    assert!(
+        data.join(".sentistream-cache/v1-asr").is_dir(),
+        "ASR features are cached apart from given-text ones"
+    );
+}
