@@ -39,7 +39,7 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
         "features are cached"
     );
 
-    let out = common::sentistream(&[
+    let stdout = common::sentistream_ok(&[
         "calibrate",
         "--data",
         d,
@@ -48,24 +48,12 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
         "--escalation-rate",
         "0.5",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.contains("tau(0.5)") && stdout.contains("rate=0.5"),
         "{stdout}"
     );
 
-    let out = common::sentistream(&["eval", "--data", d, "--ubm", u, "--lambda-sweep"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::sentistream_ok(&["eval", "--data", d, "--ubm", u, "--lambda-sweep"]);
     for want in [
         "Has0-Acc2",
         "Non0-F1",
@@ -175,7 +163,7 @@ fn eval_with_asr_transcripts() {
         "[asr]\nmodel = \"ggml-tiny.en.bin\"\nlanguage = \"en\"\n",
     )
     .unwrap();
-    let out = common::sentistream(&[
+    let stdout = common::sentistream_ok(&[
         "--config",
         cfg.to_str().unwrap(),
         "eval",
@@ -184,12 +172,6 @@ fn eval_with_asr_transcripts() {
         "--text",
         "asr",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.contains("UBM T+A+V") && stdout.contains("(4 clips"),
         "{stdout}"

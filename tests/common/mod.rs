@@ -99,3 +99,14 @@ pub fn wer(reference: &str, hyp: &str) -> f64 {
     }
     prev[h.len()] as f64 / r.len().max(1) as f64
 }
+
+/// Runs sentistream, asserts success (showing stderr otherwise), returns stdout.
+pub fn sentistream_ok(args: &[&str]) -> String {
+    let out = sentistream(args);
+    assert!(
+        out.status.success(),
+        "sentistream {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
