@@ -283,7 +283,6 @@ pub fn annotate<W: Write>(
     let load_s = started.elapsed().as_secs_f64();
     let mut segmenter = Segmenter::new(cfg.segment.clone(), vad);
     let source = Source::open(&job.input, &cfg.source)?;
-    let total = source.duration();
     let mut progress = Progress::new(job.progress);
     let mut a = Annotator {
         job,
@@ -339,7 +338,10 @@ pub fn annotate<W: Write>(
         }
         a.pending.extend(ready.drain(..));
         a.drain(&source, false)?;
-        progress.draw(a.audio_high, total, a.stats.windows, false);
+        // Done up to the first window still waiting (decoding runs ahead of the work);
+        // the duration is known once the pipeline has prerolled, not at start.
+        let done = a.pending.front().map_or(a.audio_high, |w| w.start);
+        progress.draw(done, source.duration(), a.stats.windows, false);
     }
     if !got_audio && failure.is_none() {
         return Err(SourceError::NoAudio {
@@ -350,7 +352,7 @@ pub fn annotate<W: Write>(
     segmenter.finish(&mut ready)?;
     a.pending.extend(ready.drain(..));
     a.drain(&source, true)?;
-    progress.draw(a.audio_high, total, a.stats.windows, true);
+    progress.draw(a.audio_high, source.duration(), a.stats.windows, true);
     progress.finish();
     drop(source);
     let mut stats = a.stats;

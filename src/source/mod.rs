@@ -75,8 +75,6 @@ pub struct Source {
     pool_tx: Sender<Vec<f32>>,
     frame_pool_tx: Sender<Vec<u8>>,
     input: String,
-    /// Total duration in seconds, when the container says.
-    duration: Option<f64>,
 }
 
 /// Turns a path or URI into a URI, checking local files first so errors name the file.
@@ -244,24 +242,17 @@ impl Source {
                 input: input.to_string(),
                 reason: "the pipeline refused to start".into(),
             })?;
-        let mut source = Source {
+        Ok(Source {
             pipeline,
             rx: Some(rx),
             pool_tx,
             frame_pool_tx,
             input: input.to_string(),
-            duration: None,
-        };
-        source.duration = source.query_duration();
-        Ok(source)
+        })
     }
 
-    /// Total duration in seconds, when known.
+    /// Total duration in seconds, once the pipeline knows it (a cheap query).
     pub fn duration(&self) -> Option<f64> {
-        self.duration.or_else(|| self.query_duration())
-    }
-
-    fn query_duration(&self) -> Option<f64> {
         self.pipeline
             .query_duration::<gst::ClockTime>()
             .map(|d| d.nseconds() as f64 / 1e9)
