@@ -171,3 +171,44 @@ fn faces_found_in_the_sample_and_marked_absent_in_test_bars() {
     };
     assert_eq!(VisualFeaturizer::load(&haar).unwrap().detector(), "haar");
 }
+
+#[test]
+fn smollm2_gguf_reads_and_dequantises() {
+    use sentistream::models::gguf::{Gguf, TensorType};
+    let Some(path) = common::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let g = Gguf::open(&path).unwrap();
+    assert_eq!(g.tensors.len(), 272);
+    assert_eq!(g.str("general.architecture"), Some("llama"));
+    assert_eq!(g.uint("llama.block_count"), Some(30));
+    assert_eq!(g.uint("llama.embedding_length"), Some(576));
+    assert_eq!(g.uint("llama.attention.head_count_kv"), Some(3));
+    assert_eq!(g.strings("tokenizer.ggml.tokens").unwrap().len(), 49152);
+    assert!(
+        g.str("tokenizer.chat_template")
+            .unwrap()
+            .contains("<|im_start|>")
+    );
+    assert!(
+        g.info("output.weight").is_none(),
+        "the output projection is tied to the embedding"
+    );
+    let q = g.info("blk.0.attn_q.weight").unwrap();
+    assert_eq!(q.kind, TensorType::Q4_1);
+    let (shape, w) = g.tensor_f32("blk.0.attn_q.weight").unwrap();
+    assert_eq!(shape, vec![576, 576]);
+    assert_eq!(w.len(), 576 * 576);
+    let mean = w.iter().sum::<f32>() / w.len() as f32;
+    let std = (w.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / w.len() as f32).sqrt();
+    assert!(w.iter().all(|x| x.is_finite()));
+    assert!(
+        mean.abs() < 0.01 && std > 0.01 && std < 0.5,
+        "mean {mean} std {std}"
+    );
+    let (shape, emb) = g.tensor_f32("token_embd.weight").unwrap();
+    assert_eq!(shape, vec![49152, 576]);
+    assert!(emb.iter().any(|&x| x != 0.0));
+    let (_, norm) = g.tensor_f32("blk.0.attn_norm.weight").unwrap();
+    assert_eq!(norm.len(), 576);
+}

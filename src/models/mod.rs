@@ -2,4 +2,5 @@
 
 pub mod assets;
 pub mod convert;
+pub mod gguf;
 pub mod ubm;

@@ -1,0 +1,490 @@
+//! GGUF (v2/v3) reader: metadata, tensor directory, and dequantisation of F32, F16, Q4_1
+//! and Q8_0 tensors to f32. The large model (SmolLM2-135M-Instruct) ships as Q4_1 GGUF
+//! with its tokenizer and chat template in the metadata.
+//!
+//! Shapes: GGUF lists dimensions fastest-first (ne0, ne1, ...); [`Gguf::tensor_f32`]
+//! returns them reversed, i.e. row-major as PyTorch/tch expect.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use half::f16;
+
+use crate::error::ModelError;
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// Values per quantisation block (Q4_1, Q8_0).
+pub const QK: usize = 32;
+/// Bytes of a Q4_1 block: f16 scale, f16 minimum, 16 bytes of 4-bit values.
+pub const Q4_1_BLOCK: usize = 20;
+/// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
+pub const Q8_0_BLOCK: usize = 34;
+/// Refuse arrays or strings longer than this (a corrupt length must not exhaust memory).
+const MAX_LEN: u64 = 1 << 28;
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Unsigned integer (u8, u16, u32, u64).
+    UInt(u64),
+    /// Signed integer (i8, i16, i32, i64).
+    Int(i64),
+    /// Float (f32, f64).
+    Float(f64),
+    /// Boolean.
+    Bool(bool),
+    /// UTF-8 string.
+    Str(String),
+    /// Array of values.
+    Array(Vec<Value>),
+}
+
+/// ggml tensor types this reader dequantises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// 4-bit with per-block scale and minimum.
+    Q4_1,
+    /// 8-bit with per-block scale.
+    Q8_0,
+    /// Any other ggml type (listed, not dequantised).
+    Other(u32),
+}
+
+impl TensorType {
+    fn from_id(id: u32) -> Self {
+        match id {
+            0 => Self::F32,
+            1 => Self::F16,
+            3 => Self::Q4_1,
+            8 => Self::Q8_0,
+            other => Self::Other(other),
+        }
+    }
+
+    /// Bytes for `n` values, when the type is supported.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        match self {
+            Self::F32 => Some(n * 4),
+            Self::F16 => Some(n * 2),
+            Self::Q4_1 => n.is_multiple_of(QK).then(|| n / QK * Q4_1_BLOCK),
+            Self::Q8_0 => n.is_multiple_of(QK).then(|| n / QK * Q8_0_BLOCK),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+/// One entry of the tensor directory.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// Name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Dimensions as stored (fastest first).
+    pub dims: Vec<u64>,
+    /// Storage type.
+    pub kind: TensorType,
+    /// Offset from the start of the data section.
+    pub offset: u64,
+}
+
+impl TensorInfo {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.dims.iter().product::<u64>() as usize
+    }
+    /// Whether the tensor has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Row-major shape (the stored dimensions reversed).
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+}
+
+/// An opened GGUF file: metadata and tensor directory (tensor data is read on demand).
+#[derive(Debug)]
+pub struct Gguf {
+    /// File path.
+    pub path: PathBuf,
+    /// Format version.
+    pub version: u32,
+    /// Metadata by key.
+    pub metadata: BTreeMap<String, Value>,
+    /// Tensors in file order.
+    pub tensors: Vec<TensorInfo>,
+    data_start: u64,
+    file_len: u64,
+}
+
+struct Reader<R: Read> {
+    r: R,
+    pos: u64,
+}
+
+impl<R: Read> Reader<R> {
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut b = [0u8; N];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|_| format!("truncated at byte {}", self.pos))?;
+        self.pos += N as u64;
+        Ok(b)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        self.bytes::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        self.bytes::<8>().map(u64::from_le_bytes)
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.u64()?;
+        if n > MAX_LEN {
+            return Err(format!("string of {n} bytes at byte {}", self.pos));
+        }
+        let mut b = vec![0u8; n as usize];
+        self.r
+            .read_exact(&mut b)
+            .map_err(|_| format!("truncated string at byte {}", self.pos))?;
+        self.pos += n;
+        String::from_utf8(b).map_err(|_| format!("string at byte {} is not UTF-8", self.pos))
+    }
+    fn value(&mut self, kind: u32) -> Result<Value, String> {
+        Ok(match kind {
+            0 => Value::UInt(self.bytes::<1>()?[0] as u64),
+            1 => Value::Int(self.bytes::<1>()?[0] as i8 as i64),
+            2 => Value::UInt(u16::from_le_bytes(self.bytes::<2>()?) as u64),
+            3 => Value::Int(i16::from_le_bytes(self.bytes::<2>()?) as i64),
+            4 => Value::UInt(self.u32()? as u64),
+            5 => Value::Int(i32::from_le_bytes(self.bytes::<4>()?) as i64),
+            6 => Value::Float(f32::from_le_bytes(self.bytes::<4>()?) as f64),
+            7 => Value::Bool(self.bytes::<1>()?[0] != 0),
+            8 => Value::Str(self.string()?),
+            9 => {
+                let item = self.u32()?;
+                let n = self.u64()?;
+                if n > MAX_LEN {
+                    return Err(format!("array of {n} items at byte {}", self.pos));
+                }
+                let mut v = Vec::with_capacity(n.min(1 << 20) as usize);
+                for _ in 0..n {
+                    v.push(self.value(item)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::UInt(self.u64()?),
+            11 => Value::Int(i64::from_le_bytes(self.bytes::<8>()?)),
+            12 => Value::Float(f64::from_le_bytes(self.bytes::<8>()?)),
+            other => {
+                return Err(format!(
+                    "unknown metadata type {other} at byte {}",
+                    self.pos
+                ));
+            }
+        })
+    }
+}
+
+impl Gguf {
+    /// Reads the header, metadata and tensor directory, checking that every tensor lies
+    /// inside the file (so a truncated download fails here, not at first use).
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let corrupt = |reason: String| ModelError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ModelError::Missing {
+                path: path.to_path_buf(),
+                flag: "llm-model",
+            },
+            _ => ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut r = Reader {
+            r: BufReader::with_capacity(1 << 20, file),
+            pos: 0,
+        };
+        if &r.bytes::<4>().map_err(corrupt)? != GGUF_MAGIC {
+            return Err(corrupt("not a GGUF file (bad magic)".into()));
+        }
+        let version = r.u32().map_err(corrupt)?;
+        if !(2..=3).contains(&version) {
+            return Err(corrupt(format!(
+                "GGUF version {version} is not supported (2 or 3)"
+            )));
+        }
+        let n_tensors = r.u64().map_err(corrupt)?;
+        let n_kv = r.u64().map_err(corrupt)?;
+        if n_tensors > 1 << 20 || n_kv > 1 << 20 {
+            return Err(corrupt(format!(
+                "implausible counts: {n_tensors} tensors, {n_kv} keys"
+            )));
+        }
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = r.string().map_err(corrupt)?;
+            let kind = r.u32().map_err(corrupt)?;
+            let v = r.value(kind).map_err(corrupt)?;
+            metadata.insert(key, v);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        for _ in 0..n_tensors {
+            let name = r.string().map_err(corrupt)?;
+            let nd = r.u32().map_err(corrupt)?;
+            if nd == 0 || nd > 4 {
+                return Err(corrupt(format!("tensor {name} has {nd} dimensions")));
+            }
+            let dims = (0..nd)
+                .map(|_| r.u64())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?;
+            let kind = TensorType::from_id(r.u32().map_err(corrupt)?);
+            let offset = r.u64().map_err(corrupt)?;
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                kind,
+                offset,
+            });
+        }
+        let align = match metadata.get("general.alignment") {
+            Some(Value::UInt(a)) if *a > 0 => *a,
+            _ => DEFAULT_ALIGNMENT,
+        };
+        let data_start = r.pos.div_ceil(align) * align;
+        let g = Self {
+            path: path.to_path_buf(),
+            version,
+            metadata,
+            tensors,
+            data_start,
+            file_len,
+        };
+        for t in &g.tensors {
+            if let Some(n) = t.kind.bytes_for(t.len())
+                && g.data_start + t.offset + n as u64 > file_len
+            {
+                return Err(corrupt(format!(
+                    "tensor {} runs past the end of the file (truncated download?)",
+                    t.name
+                )));
+            }
+        }
+        Ok(g)
+    }
+
+    /// A metadata string.
+    pub fn str(&self, key: &str) -> Option<&str> {
+        match self.metadata.get(key)? {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A metadata unsigned integer.
+    pub fn uint(&self, key: &str) -> Option<u64> {
+        match self.metadata.get(key)? {
+            Value::UInt(v) => Some(*v),
+            Value::Int(v) if *v >= 0 => Some(*v as u64),
+            _ => None,
+        }
+    }
+
+    /// A metadata float.
+    pub fn float(&self, key: &str) -> Option<f64> {
+        match self.metadata.get(key)? {
+            Value::Float(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// A metadata array of strings (e.g. `tokenizer.ggml.tokens`).
+    pub fn strings(&self, key: &str) -> Option<Vec<&str>> {
+        match self.metadata.get(key)? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Str(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+
+    /// Directory entry of a tensor.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Reads and dequantises a tensor: (row-major shape, values).
+    pub fn tensor_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>), ModelError> {
+        let corrupt = |reason: String| ModelError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
+        let t = self
+            .info(name)
+            .ok_or_else(|| corrupt(format!("tensor {name} is missing")))?;
+        let n = t.len();
+        let bytes = t
+            .kind
+            .bytes_for(n)
+            .ok_or_else(|| corrupt(format!("tensor {name} has unsupported type {:?}", t.kind)))?;
+        let mut f = File::open(&self.path).map_err(|source| ModelError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let start = self.data_start + t.offset;
+        if start + bytes as u64 > self.file_len {
+            return Err(corrupt(format!(
+                "tensor {name} runs past the end of the file"
+            )));
+        }
+        f.seek(SeekFrom::Start(start))
+            .map_err(|source| ModelError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        let mut raw = vec![0u8; bytes];
+        f.read_exact(&mut raw).map_err(|source| ModelError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let mut out = Vec::with_capacity(n);
+        match t.kind {
+            TensorType::F32 => out.extend(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            TensorType::F16 => out.extend(
+                raw.chunks_exact(2)
+                    .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            TensorType::Q4_1 => raw
+                .chunks_exact(Q4_1_BLOCK)
+                .for_each(|b| dequantize_q4_1(b, &mut out)),
+            TensorType::Q8_0 => raw
+                .chunks_exact(Q8_0_BLOCK)
+                .for_each(|b| dequantize_q8_0(b, &mut out)),
+            TensorType::Other(_) => unreachable!("bytes_for rejected it"),
+        }
+        Ok((t.shape(), out))
+    }
+}
+
+/// Dequantises one Q4_1 block (20 bytes -> 32 values): x = d * q + m, where the low
+/// nibbles of the 16 bytes are values 0..16 and the high nibbles values 16..32.
+pub fn dequantize_q4_1(block: &[u8], out: &mut Vec<f32>) {
+    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
+    let qs = &block[4..Q4_1_BLOCK];
+    out.extend(qs.iter().map(|&b| d * (b & 0x0f) as f32 + m));
+    out.extend(qs.iter().map(|&b| d * (b >> 4) as f32 + m));
+}
+
+/// Dequantises one Q8_0 block (34 bytes -> 32 values): x = d * q.
+pub fn dequantize_q8_0(block: &[u8], out: &mut Vec<f32>) {
+    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    out.extend(block[2..Q8_0_BLOCK].iter().map(|&q| d * q as i8 as f32));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f16b(x: f32) -> [u8; 2] {
+        f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn q4_1_block_by_hand() {
+        // d = 0.5, m = -1; byte k holds low nibble k % 16 and high nibble 15 - k % 16.
+        let mut b = Vec::new();
+        b.extend_from_slice(&f16b(0.5));
+        b.extend_from_slice(&f16b(-1.0));
+        b.extend((0..16u8).map(|k| k | ((15 - k) << 4)));
+        let mut out = Vec::new();
+        dequantize_q4_1(&b, &mut out);
+        assert_eq!(out.len(), 32);
+        assert_eq!(out[0], -1.0); // q = 0
+        assert_eq!(out[15], 6.5); // q = 15 -> 0.5 * 15 - 1
+        assert_eq!(out[16], 6.5); // high nibble of byte 0 = 15
+        assert_eq!(out[31], -1.0); // high nibble of byte 15 = 0
+    }
+
+    #[test]
+    fn q8_0_block_by_hand() {
+        let mut b = Vec::new();
+        b.extend_from_slice(&f16b(0.25));
+        b.extend((0..32i32).map(|k| (k - 16) as i8 as u8));
+        let mut out = Vec::new();
+        dequantize_q8_0(&b, &mut out);
+        assert_eq!(out[0], -4.0);
+        assert_eq!(out[16], 0.0);
+        assert_eq!(out[31], 3.75);
+    }
+
+    fn gguf_string(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        b.extend_from_slice(s.as_bytes());
+    }
+
+    #[test]
+    fn synthetic_file_round_trip_and_truncation() {
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        b.extend_from_slice(&2u64.to_le_bytes()); // keys
+        gguf_string(&mut b, "general.architecture");
+        b.extend_from_slice(&8u32.to_le_bytes());
+        gguf_string(&mut b, "llama");
+        gguf_string(&mut b, "tokenizer.ggml.tokens");
+        b.extend_from_slice(&9u32.to_le_bytes());
+        b.extend_from_slice(&8u32.to_le_bytes());
+        b.extend_from_slice(&2u64.to_le_bytes());
+        gguf_string(&mut b, "a");
+        gguf_string(&mut b, "b");
+        gguf_string(&mut b, "w");
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&3u64.to_le_bytes()); // ne0 = 3 (fastest)
+        b.extend_from_slice(&2u64.to_le_bytes()); // ne1 = 2
+        b.extend_from_slice(&0u32.to_le_bytes()); // F32
+        b.extend_from_slice(&0u64.to_le_bytes());
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        for i in 0..6 {
+            b.extend_from_slice(&(i as f32).to_le_bytes());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.gguf");
+        std::fs::write(&p, &b).unwrap();
+        let g = Gguf::open(&p).unwrap();
+        assert_eq!(g.str("general.architecture"), Some("llama"));
+        assert_eq!(g.strings("tokenizer.ggml.tokens"), Some(vec!["a", "b"]));
+        let (shape, v) = g.tensor_f32("w").unwrap();
+        assert_eq!(shape, vec![2, 3], "row-major: stored dims reversed");
+        assert_eq!(v, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        std::fs::write(&p, &b[..b.len() - 8]).unwrap();
+        let e = Gguf::open(&p).unwrap_err().to_string();
+        assert!(e.contains("runs past the end"), "{e}");
+        std::fs::write(&p, b"GGML....").unwrap();
+        assert!(
+            Gguf::open(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("bad magic")
+        );
+    }
+}
