@@ -461,7 +461,7 @@ mod tests {
         b.extend_from_slice(&2u64.to_le_bytes()); // ne1 = 2
         b.extend_from_slice(&0u32.to_le_bytes()); // F32
         b.extend_from_slice(&0u64.to_le_bytes());
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         for i in 0..6 {
