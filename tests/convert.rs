@@ -7,22 +7,13 @@ use sentistream::config::{AsrConfig, AudioCtx, SourceConfig};
 use sentistream::features::asr::Asr;
 use sentistream::models::assets;
 use sentistream::models::convert::{self, ConvertInputs};
-use sentistream::source::{Source, SourceMsg};
 
 const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
 
 fn decode_all(path: &std::path::Path) -> Vec<f32> {
-    let src = Source::open(path.to_str().unwrap(), &SourceConfig::default()).unwrap();
-    let mut audio = Vec::new();
-    loop {
-        match src.recv() {
-            SourceMsg::Audio { samples, .. } => audio.extend_from_slice(&samples),
-            SourceMsg::Eos => break,
-            SourceMsg::Error(e) => panic!("{e}"),
-            _ => {}
-        }
-    }
-    audio
+    sentistream::source::decode_all(path, &SourceConfig::default())
+        .unwrap()
+        .0
 }
 
 fn transcribe_full(model: &std::path::Path, audio: &[f32]) -> String {

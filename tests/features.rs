@@ -70,16 +70,7 @@ fn audio_features_on_the_sample_separate_speech_from_pauses() {
         &std::fs::read_to_string(common::repo("samples/sample.json")).unwrap(),
     )
     .unwrap();
-    let src = Source::open(sample.to_str().unwrap(), &SourceConfig::default()).unwrap();
-    let mut audio = Vec::new();
-    loop {
-        match src.recv() {
-            SourceMsg::Audio { samples, .. } => audio.extend_from_slice(&samples),
-            SourceMsg::Eos => break,
-            SourceMsg::Error(e) => panic!("{e}"),
-            _ => {}
-        }
-    }
+    let (audio, _) = sentistream::source::decode_all(&sample, &SourceConfig::default()).unwrap();
     let mut f = AudioFeaturizer::new();
     let mut feats = Vec::new();
     f.compute(&audio, &mut feats);

@@ -397,3 +397,25 @@ fn attach_video(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Re
             .build(),
     );
 }
+
+/// Decodes a whole (short) file: all its audio samples and frames. For clips and tests;
+/// streams use [`Source::recv`].
+pub fn decode_all(
+    path: &Path,
+    cfg: &SourceConfig,
+) -> Result<(Vec<f32>, Vec<VideoFrame>), SourceError> {
+    let src = Source::open(&path.to_string_lossy(), cfg)?;
+    let (mut audio, mut frames) = (Vec::new(), Vec::new());
+    loop {
+        match src.recv() {
+            SourceMsg::Audio { samples, .. } => {
+                audio.extend_from_slice(&samples);
+                src.recycle_audio(samples);
+            }
+            SourceMsg::Video(f) => frames.push(f),
+            SourceMsg::Eos => return Ok((audio, frames)),
+            SourceMsg::Error(e) => return Err(e),
+            SourceMsg::StreamsKnown { .. } | SourceMsg::VideoEnd => {}
+        }
+    }
+}

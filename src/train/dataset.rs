@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{AsrConfig, SourceConfig};
-use crate::error::{DatasetError, Error, ModelError, Result};
+use crate::error::{DatasetError, ModelError, Result};
 use crate::features::asr::Asr;
 use crate::features::{Extractor, FEATURE_VERSION, WindowFeatures};
-use crate::source::{Source, SourceMsg, VideoFrame};
+use crate::source::decode_all;
 
 /// Label range of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -231,25 +231,6 @@ impl Dataset {
     }
 }
 
-/// Decodes a whole clip: all its audio and frames.
-pub fn decode_clip(path: &Path, cfg: &SourceConfig) -> Result<(Vec<f32>, Vec<VideoFrame>)> {
-    let src = Source::open(&path.to_string_lossy(), cfg)?;
-    let (mut audio, mut frames) = (Vec::new(), Vec::new());
-    loop {
-        match src.recv() {
-            SourceMsg::Audio { samples, .. } => {
-                audio.extend_from_slice(&samples);
-                src.recycle_audio(samples);
-            }
-            SourceMsg::Video(f) => frames.push(f),
-            SourceMsg::Eos => break,
-            SourceMsg::Error(e) => return Err(e.into()),
-            _ => {}
-        }
-    }
-    Ok((audio, frames))
-}
-
 /// Computes (or reads from the cache) the features of clips, on `workers` threads.
 /// Returns features in clip order; clips that fail to decode are `None` and counted.
 pub fn features(
@@ -287,7 +268,7 @@ pub fn features(
                                     Some(e) => e,
                                     None => extractor.insert(Extractor::load(models_dir)?),
                                 };
-                                match decode_clip(&clip.path, &SourceConfig::default()) {
+                                match decode_all(&clip.path, &SourceConfig::default()) {
                                     Ok((audio, frames)) => {
                                         let transcript = match text {
                                             TextSource::Given => clip.text.clone(),
@@ -312,11 +293,10 @@ pub fn features(
                                         let _ = std::fs::write(&cache, f.to_bytes());
                                         Some(f)
                                     }
-                                    Err(Error::Source(e)) => {
+                                    Err(e) => {
                                         tracing::warn!(clip = %clip.path.display(), "skipped: {e}");
                                         None
                                     }
-                                    Err(e) => return Err(e),
                                 }
                             }
                         };
