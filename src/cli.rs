@@ -366,18 +366,26 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             let cal = trainer::calibrate_model(&mut model, &valid, rule)?;
             model.save(&base)?;
-            println!(
-                "uncertainty on {} validation windows: correct mu {:.4} sigma {:.4} (n {}), wrong mu {:.4} sigma {:.4} (n {})",
-                valid.feats.len(),
-                cal.correct.mu,
-                cal.correct.sigma,
-                cal.correct.n,
-                cal.wrong.mu,
-                cal.wrong.sigma,
-                cal.wrong.n
-            );
-            for l in [0.1f32, 0.3, 0.5, 0.7, 0.9] {
-                println!("  tau({l}) = {:.4}", cal.tau(l));
+            match cal {
+                Some(cal) => {
+                    println!(
+                        "uncertainty on {} validation windows: correct mu {:.4} sigma {:.4} (n {}), wrong mu {:.4} sigma {:.4} (n {})",
+                        valid.feats.len(),
+                        cal.correct.mu,
+                        cal.correct.sigma,
+                        cal.correct.n,
+                        cal.wrong.mu,
+                        cal.wrong.sigma,
+                        cal.wrong.n
+                    );
+                    for l in [0.1f32, 0.3, 0.5, 0.7, 0.9] {
+                        println!("  tau({l}) = {:.4}", cal.tau(l));
+                    }
+                }
+                None => println!(
+                    "the {} validation windows are all classified alike: no Gaussian fits, tau1 from the rate only",
+                    valid.feats.len()
+                ),
             }
             println!(
                 "tau1 = {:.4} ({}) saved in {}",

@@ -238,7 +238,12 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
     })?;
     let _ = std::fs::remove_file(&best_path);
     let train_s = t1.elapsed().as_secs_f64();
-    calibrate_model(&mut model, &valid, CalibrationRule::Lambda(o.lambda))?;
+    // Training must not be lost to a validation split too small to calibrate on.
+    if let Err(e) = calibrate_model(&mut model, &valid, CalibrationRule::Lambda(o.lambda)) {
+        tracing::warn!(
+            "saved without tau1: {e}; run `sentistream calibrate` with more validation data"
+        );
+    }
     model.save(&o.out)?;
     let (valid_m, _) = evaluate(&model, &valid, Modalities::ALL);
     let report = TrainReport {
@@ -291,7 +296,7 @@ pub fn calibrate_model(
     model: &mut Ubm,
     valid: &SplitData,
     rule: CalibrationRule,
-) -> Result<Calibration> {
+) -> Result<Option<Calibration>> {
     let preds = predict_split(model, valid, Modalities::ALL);
     let band = model.meta.band;
     let samples: Vec<(f32, bool)> = preds
@@ -299,21 +304,31 @@ pub fn calibrate_model(
         .zip(&valid.labels)
         .map(|(p, &y)| (p.uncertainty, correct(p, y, band)))
         .collect();
-    let cal = Calibration::fit(&samples).ok_or_else(|| ModelError::Runtime {
-        name: "calibration".into(),
-        reason: "the validation split needs both correctly and wrongly classified windows".into(),
-    })?;
-    let (tau, rule_txt) = match rule {
-        CalibrationRule::Lambda(l) => (cal.tau(l), format!("lambda={l}")),
-        CalibrationRule::Rate(r) => {
+    // The Gaussian fits need right and wrong windows; the rate rule needs neither.
+    let cal = Calibration::fit(&samples);
+    let (tau, rule_txt) = match (rule, cal) {
+        (CalibrationRule::Lambda(l), Some(c)) => (c.tau(l), format!("lambda={l}")),
+        (CalibrationRule::Lambda(_), None) => {
+            return Err(ModelError::Runtime {
+                name: "calibration".into(),
+                reason: format!(
+                    "the {} validation windows are all classified {}; tau(lambda) needs both right and wrong ones (use --escalation-rate, or more validation data)",
+                    samples.len(),
+                    if samples.iter().all(|s| s.1) { "right" } else { "wrong" }
+                ),
+            }
+            .into());
+        }
+        (CalibrationRule::Rate(r), _) => {
             let u: Vec<f32> = samples.iter().map(|s| s.0).collect();
-            (
-                thresholds::tau_for_rate(&u, r).unwrap_or(cal.tau(0.5)),
-                format!("rate={r}"),
-            )
+            let tau = thresholds::tau_for_rate(&u, r).ok_or_else(|| ModelError::Runtime {
+                name: "calibration".into(),
+                reason: "the validation split is empty".into(),
+            })?;
+            (tau, format!("rate={r}"))
         }
     };
-    model.meta.calibration = Some(cal);
+    model.meta.calibration = cal;
     model.meta.tau1 = Some(tau);
     model.meta.tau1_rule = Some(rule_txt);
     Ok(cal)
