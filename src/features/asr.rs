@@ -102,11 +102,6 @@ impl Asr {
         })
     }
 
-    /// Whether the model knows many languages.
-    pub fn is_multilingual(&self) -> bool {
-        self.multilingual
-    }
-
     /// Encoder context for a window of `secs` seconds.
     pub fn audio_ctx_for(&self, secs: f64) -> i32 {
         match self.cfg.audio_ctx {

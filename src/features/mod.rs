@@ -103,11 +103,6 @@ impl Extractor {
         })
     }
 
-    /// Which face detector runs.
-    pub fn face_detector(&self) -> &'static str {
-        self.visual.detector()
-    }
-
     /// Features of one window: its audio, its frames and its transcript.
     pub fn extract<'a>(
         &mut self,

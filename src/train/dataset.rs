@@ -231,6 +231,75 @@ impl Dataset {
     }
 }
 
+/// One feature worker: models are loaded on the first clip that is not cached.
+struct ClipWorker<'a> {
+    ds: &'a Dataset,
+    text: TextSource,
+    models_dir: &'a Path,
+    asr_model: Option<&'a Path>,
+    extractor: Option<Extractor>,
+    asr: Option<Asr>,
+}
+
+impl ClipWorker<'_> {
+    /// Cached features, if the cache file is newer than the clip and readable.
+    fn cached(&self, clip: &Clip) -> Option<WindowFeatures> {
+        let cache = self.ds.cache_path(clip, self.text);
+        let (c, m) = (
+            std::fs::metadata(&cache).ok()?,
+            std::fs::metadata(&clip.path).ok()?,
+        );
+        if c.modified().ok()? < m.modified().ok()? {
+            return None;
+        }
+        WindowFeatures::from_bytes(&std::fs::read(&cache).ok()?)
+    }
+
+    fn transcript(&mut self, clip: &Clip, audio: &[f32]) -> Result<String> {
+        if self.text == TextSource::Given {
+            return Ok(clip.text.clone());
+        }
+        let asr = match &mut self.asr {
+            Some(a) => a,
+            None => {
+                let p = self.asr_model.ok_or_else(|| ModelError::Runtime {
+                    name: "asr".into(),
+                    reason: "--text asr needs a Whisper model".into(),
+                })?;
+                self.asr.insert(Asr::load(p, &AsrConfig::default())?)
+            }
+        };
+        Ok(asr.transcribe(audio)?.text)
+    }
+
+    /// Features of one clip (cached, or computed and cached); `None` if it cannot be decoded.
+    fn clip_features(&mut self, clip: &Clip) -> Result<Option<WindowFeatures>> {
+        if let Some(f) = self.cached(clip) {
+            return Ok(Some(f));
+        }
+        let (audio, frames) = match decode_all(&clip.path, &SourceConfig::default()) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(clip = %clip.path.display(), "skipped: {e}");
+                return Ok(None);
+            }
+        };
+        let transcript = self.transcript(clip, &audio)?;
+        let extractor = match &mut self.extractor {
+            Some(e) => e,
+            None => self.extractor.insert(Extractor::load(self.models_dir)?),
+        };
+        let f = extractor.extract(&audio, &frames, &transcript)?;
+        // The cache is an optimisation: failing to write it only costs a recomputation.
+        let cache = self.ds.cache_path(clip, self.text);
+        if let Some(d) = cache.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let _ = std::fs::write(&cache, f.to_bytes());
+        Ok(Some(f))
+    }
+}
+
 /// Computes (or reads from the cache) the features of clips, on `workers` threads.
 /// Returns features in clip order; clips that fail to decode are `None` and counted.
 pub fn features(
@@ -249,58 +318,19 @@ pub fn features(
             .chunks(chunk)
             .map(|part| {
                 let done = &done;
-                s.spawn(move || -> Result<Vec<Option<WindowFeatures>>> {
+                s.spawn(move || {
                     let _g = tch::no_grad_guard();
-                    let mut extractor: Option<Extractor> = None;
-                    let mut asr: Option<Asr> = None;
+                    let mut w = ClipWorker {
+                        ds,
+                        text,
+                        models_dir,
+                        asr_model,
+                        extractor: None,
+                        asr: None,
+                    };
                     let mut out = Vec::with_capacity(part.len());
                     for clip in part {
-                        let cache = ds.cache_path(clip, text);
-                        let fresh = match (std::fs::metadata(&cache), std::fs::metadata(&clip.path)) {
-                            (Ok(c), Ok(m)) => c.modified().ok() >= m.modified().ok(),
-                            _ => false,
-                        };
-                        let cached = if fresh { std::fs::read(&cache).ok().and_then(|b| WindowFeatures::from_bytes(&b)) } else { None };
-                        let f = match cached {
-                            Some(f) => Some(f),
-                            None => {
-                                let ex = match &mut extractor {
-                                    Some(e) => e,
-                                    None => extractor.insert(Extractor::load(models_dir)?),
-                                };
-                                match decode_all(&clip.path, &SourceConfig::default()) {
-                                    Ok((audio, frames)) => {
-                                        let transcript = match text {
-                                            TextSource::Given => clip.text.clone(),
-                                            TextSource::Asr => {
-                                                let a = match &mut asr {
-                                                    Some(a) => a,
-                                                    None => {
-                                                        let p = asr_model.ok_or_else(|| ModelError::Runtime {
-                                                            name: "asr".into(),
-                                                            reason: "--text asr needs a Whisper model".into(),
-                                                        })?;
-                                                        asr.insert(Asr::load(p, &AsrConfig::default())?)
-                                                    }
-                                                };
-                                                a.transcribe(&audio)?.text
-                                            }
-                                        };
-                                        let f = ex.extract(&audio, &frames, &transcript)?;
-                                        if let Some(d) = cache.parent() {
-                                            let _ = std::fs::create_dir_all(d);
-                                        }
-                                        let _ = std::fs::write(&cache, f.to_bytes());
-                                        Some(f)
-                                    }
-                                    Err(e) => {
-                                        tracing::warn!(clip = %clip.path.display(), "skipped: {e}");
-                                        None
-                                    }
-                                }
-                            }
-                        };
-                        out.push(f);
+                        out.push(w.clip_features(clip)?);
                         progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
                     }
                     Ok(out)
