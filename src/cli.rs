@@ -217,6 +217,14 @@ pub fn resolve_model(models: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// The configured Whisper settings with the model resolved against the models folder.
+fn asr_cfg(models: &Path, cfg: &Config) -> crate::config::AsrConfig {
+    crate::config::AsrConfig {
+        model: resolve_model(models, &cfg.asr.model),
+        ..cfg.asr.clone()
+    }
+}
+
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(match &cli.config {
         Some(p) => Config::load(p)?,
@@ -313,7 +321,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 scale: data.scale,
                 text: data.text,
                 models_dir: models.clone(),
-                asr_model: Some(resolve_model(&models, &cfg.asr.model)),
+                asr: Some(asr_cfg(&models, &cfg)),
                 out: data.ubm.clone().unwrap_or_else(|| models.join("ubm")),
                 epochs: *epochs,
                 batch: *batch,
@@ -351,7 +359,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let base = c.data.ubm.clone().unwrap_or_else(|| models.join("ubm"));
             let mut model = Ubm::load(&base)?;
             let ds = Dataset::open(&c.data.data, c.data.scale)?;
-            let asr = resolve_model(&models, &cfg.asr.model);
+            let asr = asr_cfg(&models, &cfg);
             let valid = trainer::load_split(
                 &ds,
                 Split::Valid,
@@ -399,7 +407,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let base = e.data.ubm.clone().unwrap_or_else(|| models.join("ubm"));
             let model = Ubm::load(&base)?;
             let ds = Dataset::open(&e.data.data, e.data.scale)?;
-            let asr = resolve_model(&models, &cfg.asr.model);
+            let asr = asr_cfg(&models, &cfg);
             let data = trainer::load_split(
                 &ds,
                 e.split,

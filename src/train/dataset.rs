@@ -236,7 +236,8 @@ struct ClipWorker<'a> {
     ds: &'a Dataset,
     text: TextSource,
     models_dir: &'a Path,
-    asr_model: Option<&'a Path>,
+    /// Whisper settings (with the model path resolved) for `--text asr`.
+    asr_cfg: Option<&'a AsrConfig>,
     extractor: Option<Extractor>,
     asr: Option<Asr>,
 }
@@ -262,11 +263,11 @@ impl ClipWorker<'_> {
         let asr = match &mut self.asr {
             Some(a) => a,
             None => {
-                let p = self.asr_model.ok_or_else(|| ModelError::Runtime {
+                let cfg = self.asr_cfg.ok_or_else(|| ModelError::Runtime {
                     name: "asr".into(),
                     reason: "--text asr needs a Whisper model".into(),
                 })?;
-                self.asr.insert(Asr::load(p, &AsrConfig::default())?)
+                self.asr.insert(Asr::load(&cfg.model, cfg)?)
             }
         };
         Ok(asr.transcribe(audio)?.text)
@@ -307,7 +308,7 @@ pub fn features(
     clips: &[&Clip],
     text: TextSource,
     models_dir: &Path,
-    asr_model: Option<&Path>,
+    asr_cfg: Option<&AsrConfig>,
     workers: usize,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<Option<WindowFeatures>>> {
@@ -324,7 +325,7 @@ pub fn features(
                         ds,
                         text,
                         models_dir,
-                        asr_model,
+                        asr_cfg,
                         extractor: None,
                         asr: None,
                     };

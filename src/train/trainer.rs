@@ -7,6 +7,7 @@ use serde::Serialize;
 use tch::nn::OptimizerConfig;
 use tch::{Kind, Tensor, nn};
 
+use crate::config::AsrConfig;
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
@@ -29,7 +30,7 @@ pub struct TrainOptions {
     /// Models folder (MiniLM, face detector, Whisper for `--text asr`).
     pub models_dir: PathBuf,
     /// Whisper model for `--text asr`.
-    pub asr_model: Option<PathBuf>,
+    pub asr: Option<AsrConfig>,
     /// Where to write the model (base path; `.safetensors` and `.json` are added).
     pub out: PathBuf,
     /// Epochs.
@@ -66,7 +67,7 @@ pub fn load_split(
     split: Split,
     text: TextSource,
     models_dir: &Path,
-    asr: Option<&Path>,
+    asr: Option<&AsrConfig>,
     workers: usize,
 ) -> Result<SplitData> {
     let clips = ds.split(split);
@@ -152,7 +153,7 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
         Split::Train,
         o.text,
         &o.models_dir,
-        o.asr_model.as_deref(),
+        o.asr.as_ref(),
         o.workers,
     )?;
     let valid = load_split(
@@ -160,7 +161,7 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
         Split::Valid,
         o.text,
         &o.models_dir,
-        o.asr_model.as_deref(),
+        o.asr.as_ref(),
         o.workers,
     )?;
     let features_s = t0.elapsed().as_secs_f64();
