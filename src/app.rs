@@ -6,6 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::cascade::Cascade;
 use crate::config::Config;
 use crate::error::{Error, Result, SourceError};
 use crate::event::{self, Event, Latency, Opinion, Probs, Stage};
@@ -39,6 +40,8 @@ pub struct AnnotateJob {
     pub models_dir: PathBuf,
     /// Small sentiment model (base path); `None` transcribes only.
     pub ubm: Option<PathBuf>,
+    /// Stages 2/3 (large model); `None`: the small model decides alone.
+    pub cascade: Option<crate::config::CascadeConfig>,
 }
 
 /// Figures of a finished run.
@@ -58,6 +61,12 @@ pub struct RunStats {
     pub features_s: f64,
     /// Wall time in the small model, seconds.
     pub ubm_s: f64,
+    /// Windows escalated to the large model.
+    pub escalated: u64,
+    /// Windows per final stage: mllm, fused, cross_verified, ubm_fallback.
+    pub stages: [u64; 4],
+    /// Wall time in large-model passes, seconds.
+    pub mllm_s: f64,
     /// Wall time to load the models, seconds.
     pub load_s: f64,
     /// Peak resident memory, KiB (from /proc/self/status).
@@ -73,7 +82,7 @@ impl RunStats {
             0.0
         };
         format!(
-            "{} windows, {:.1} s of media ({:.1} s in windows) in {:.2} s wall (models {:.2} s); whisper {:.2} s ({:.0}% of wall); features {:.2} s; ubm {:.3} s; real-time factor {:.3}; peak RSS {:.0} MiB",
+            "{} windows, {:.1} s of media ({:.1} s in windows) in {:.2} s wall (models {:.2} s); whisper {:.2} s ({:.0}% of wall); features {:.2} s; ubm {:.3} s; escalated {} (mllm {}, fused {}, cross-verified {}, fallback {}), large model {:.2} s; real-time factor {:.3}; peak RSS {:.0} MiB",
             self.windows,
             self.media_s,
             self.window_s,
@@ -87,6 +96,12 @@ impl RunStats {
             },
             self.features_s,
             self.ubm_s,
+            self.escalated,
+            self.stages[0],
+            self.stages[1],
+            self.stages[2],
+            self.stages[3],
+            self.mllm_s,
             rtf,
             self.peak_rss_kib as f64 / 1024.0
         )
@@ -158,7 +173,9 @@ struct Annotator<'a, W: Write> {
     job: &'a AnnotateJob,
     asr: Asr,
     sentiment: Option<(Extractor, Ubm)>,
+    cascade: Option<Cascade>,
     sink: &'a mut JsonlSink<W>,
+    sink_error: Option<Error>,
     frames: VecDeque<VideoFrame>,
     pending: VecDeque<Window>,
     has_video: Option<bool>,
@@ -221,6 +238,7 @@ impl<W: Write> Annotator<'_, W> {
             },
             emitted_at_ms: 0,
         };
+        let mut routed = None;
         if let Some((extractor, ubm)) = &mut self.sentiment {
             let t1 = Instant::now();
             let in_window = self
@@ -247,15 +265,64 @@ impl<W: Write> Annotator<'_, W> {
             });
             self.stats.features_s += e.latency_ms.features / 1e3;
             self.stats.ubm_s += e.latency_ms.ubm / 1e3;
+            routed = Some((p.probs, feats));
         }
-        e.latency_ms.total = t0.elapsed().as_secs_f64() * 1e3;
-        e.emitted_at_ms = event::now_ms();
-        tracing::debug!(stream = %e.stream, seq = e.seq, start = e.start, end = e.end, "window");
-        self.sink.write(&e)?;
-        self.stats.windows += 1;
-        self.stats.window_s += w.end - w.start;
         self.stats.asr_s += tr.asr_ms / 1e3;
-        Ok(())
+        let (sink, stats, err) = (&mut *self.sink, &mut self.stats, &mut self.sink_error);
+        let mut write = |ev: Event| write_event(sink, stats, err, ev);
+        match (&mut self.cascade, routed) {
+            (Some(c), Some((probs, feats))) => c.submit(0, e, probs, feats, t0, &mut write),
+            _ => {
+                e.latency_ms.total = t0.elapsed().as_secs_f64() * 1e3;
+                e.emitted_at_ms = event::now_ms();
+                write(e);
+            }
+        }
+        match self.sink_error.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Emits everything the cascade still holds (at the end of the input).
+    fn flush(&mut self) -> Result<()> {
+        if let Some(c) = &mut self.cascade {
+            let (sink, stats, err) = (&mut *self.sink, &mut self.stats, &mut self.sink_error);
+            c.finish(&mut |ev| write_event(sink, stats, err, ev));
+        }
+        match self.sink_error.take() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes one event and counts it; the first sink error is kept (later events are still
+/// offered to the sink, which fails the same way).
+fn write_event<W: Write>(
+    sink: &mut JsonlSink<W>,
+    stats: &mut RunStats,
+    err: &mut Option<Error>,
+    e: Event,
+) {
+    tracing::debug!(stream = %e.stream, seq = e.seq, start = e.start, end = e.end, stage = ?e.stage, "window");
+    match e.stage {
+        Some(Stage::Mllm) => stats.stages[0] += 1,
+        Some(Stage::Fused) => stats.stages[1] += 1,
+        Some(Stage::CrossVerified) => stats.stages[2] += 1,
+        Some(Stage::UbmFallback) => stats.stages[3] += 1,
+        _ => {}
+    }
+    if e.stage.is_some_and(|s| s != Stage::Ubm) {
+        stats.escalated += 1;
+    }
+    stats.mllm_s += e.latency_ms.mllm / 1e3;
+    stats.windows += 1;
+    stats.window_s += e.end - e.start;
+    if let Err(x) = sink.write(&e)
+        && err.is_none()
+    {
+        *err = Some(x.into());
     }
 }
 
@@ -280,6 +347,15 @@ pub fn annotate<W: Write>(
         Some(base) => Some((Extractor::load(&job.models_dir)?, Ubm::load(base)?)),
         None => None,
     };
+    let cascade = match (&job.cascade, &sentiment) {
+        (Some(c), Some((_, ubm))) => Some(crate::cascade::from_config(
+            c,
+            &job.models_dir,
+            &ubm.meta,
+            false,
+        )?),
+        _ => None,
+    };
     let load_s = started.elapsed().as_secs_f64();
     let mut segmenter = Segmenter::new(cfg.segment.clone(), vad);
     let source = Source::open(&job.input, &cfg.source)?;
@@ -288,7 +364,9 @@ pub fn annotate<W: Write>(
         job,
         asr,
         sentiment,
+        cascade,
         sink,
+        sink_error: None,
         frames: VecDeque::new(),
         pending: VecDeque::new(),
         has_video: None,
@@ -352,6 +430,7 @@ pub fn annotate<W: Write>(
     segmenter.finish(&mut ready)?;
     a.pending.extend(ready.drain(..));
     a.drain(&source, true)?;
+    a.flush()?;
     progress.draw(a.audio_high, source.duration(), a.stats.windows, true);
     progress.finish();
     drop(source);

@@ -8,9 +8,11 @@ use crate::app::{self, AnnotateJob};
 use crate::config::{AudioCtx, Config};
 use crate::models::assets::{self, AssetState, InstallOutcome};
 use crate::models::convert;
+use crate::models::mllm::Mllm;
 use crate::models::ubm::{Modalities, Ubm};
 use crate::sinks::JsonlSink;
 use crate::train::dataset::{Dataset, Scale, Split, TextSource};
+use crate::train::mllm::{self as mllm_train, MllmTrainOptions};
 use crate::train::trainer::{self, CalibrationRule, TrainOptions};
 
 /// sentistream: streaming video sentiment processor.
@@ -103,6 +105,52 @@ pub enum TrainCommand {
         #[arg(long, default_value_t = 0.5)]
         lambda: f32,
     },
+    /// Train the large model's adapter (LoRA on q/v, audio/visual projectors, value head).
+    Mllm(TrainMllmArgs),
+}
+
+/// Options of `train mllm`.
+#[derive(Debug, Args)]
+pub struct TrainMllmArgs {
+    /// Dataset options (the given transcripts are used).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The LLM's GGUF; default: cascade.gguf.
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
+    /// Output base path; default: <models>/mllm-adapter.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// LoRA rank (alpha = 2 x rank).
+    #[arg(long, default_value_t = 8)]
+    pub rank: i64,
+    /// Neutral band b of the 3 classes.
+    #[arg(long, default_value_t = 0.1)]
+    pub band: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Share of training clips that also get a cross-verification prompt.
+    #[arg(long, default_value_t = 0.5)]
+    pub cross_share: f32,
+    /// lambda of tau2.
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda: f32,
+    /// Use at most this many training clips (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Torch threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: i32,
 }
 
 /// Options of `calibrate`.
@@ -131,6 +179,13 @@ pub struct EvalArgs {
     /// Also print escalation rate vs accuracy of accepted windows for lambda 0.1..0.9.
     #[arg(long)]
     pub lambda_sweep: bool,
+    /// Compare UBM only, large model only and U-ACS (several lambdas, ablations) on the
+    /// same windows: accuracy and runtime.
+    #[arg(long)]
+    pub compare: bool,
+    /// Adapter of the large model for --compare; default: cascade.adapter.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 /// Options of `annotate`.
@@ -171,6 +226,12 @@ pub struct AnnotateArgs {
     /// Transcribe only: no sentiment fields.
     #[arg(long)]
     pub no_sentiment: bool,
+    /// Small model only: no escalation to the large model (sets cascade.enabled = false).
+    #[arg(long)]
+    pub no_cascade: bool,
+    /// lambda for tau1/tau2 (lower: more escalation); overrides cascade.lambda.
+    #[arg(long)]
+    pub lambda: Option<f32>,
 }
 
 /// `models` subcommands.
@@ -191,6 +252,17 @@ pub enum ModelsCommand {
     Verify,
     /// List assets, their files and state.
     List,
+    /// Generate text with the LLM (greedy): a check that the GGUF loads and works.
+    Generate {
+        /// Prompt (raw; chat tokens such as <|im_start|> are understood).
+        prompt: String,
+        /// New tokens at most.
+        #[arg(long, default_value_t = 16)]
+        max_tokens: usize,
+        /// GGUF; default: cascade.gguf.
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+    },
     /// Convert a CTranslate2 Whisper model.bin to a whisper.cpp ggml file.
     Convert {
         /// CT2 model.bin (concatenate split parts first).
@@ -260,6 +332,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if a.full_audio_ctx {
                 cfg.asr.audio_ctx = AudioCtx::Full;
             }
+            if a.no_cascade {
+                cfg.cascade.enabled = false;
+            }
+            if a.lambda.is_some() {
+                cfg.cascade.lambda = a.lambda;
+            }
             cfg.validate()?;
             let vad = a
                 .vad_model
@@ -293,6 +371,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 vad_model: resolve_model(&models, &vad),
                 progress: !a.no_progress,
                 models_dir: models.clone(),
+                cascade: (cfg.cascade.enabled && ubm.is_some()).then(|| cfg.cascade.clone()),
                 ubm,
             };
             let mut sink = JsonlSink::new(std::io::stdout().lock(), "stdout");
@@ -302,6 +381,26 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 tracing::info!("{}", stats.summary());
             }
+            Ok(0)
+        }
+        Command::Models(ModelsCommand::Generate {
+            prompt,
+            max_tokens,
+            gguf,
+        }) => {
+            let path = gguf
+                .clone()
+                .unwrap_or_else(|| resolve_model(&models, &cfg.cascade.gguf));
+            let t = std::time::Instant::now();
+            let llm = crate::models::llm::Llm::load(&path)?;
+            let load_s = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            let text = llm.generate(prompt, *max_tokens)?;
+            println!("{text}");
+            eprintln!(
+                "loaded in {load_s:.1} s, generated in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
             Ok(0)
         }
         Command::Models(m) => models_cmd(m, &models),
@@ -351,6 +450,51 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 "tau1 = {:.4} ({}); saved {}",
                 model.meta.tau1.unwrap_or(f32::NAN),
                 model.meta.tau1_rule.clone().unwrap_or_default(),
+                opts.out.display()
+            );
+            Ok(0)
+        }
+        Command::Train(TrainCommand::Mllm(t)) => {
+            tch::set_num_threads(t.threads.max(1));
+            if t.data.text != TextSource::Given {
+                anyhow::bail!("train mllm reads the given transcripts; drop --text asr");
+            }
+            let opts = MllmTrainOptions {
+                data: t.data.data.clone(),
+                scale: t.data.scale,
+                models_dir: models.clone(),
+                gguf: t
+                    .gguf
+                    .clone()
+                    .unwrap_or_else(|| resolve_model(&models, &cfg.cascade.gguf)),
+                out: t
+                    .out
+                    .clone()
+                    .unwrap_or_else(|| resolve_model(&models, &cfg.cascade.adapter)),
+                epochs: t.epochs,
+                batch: t.batch,
+                lr: t.lr,
+                rank: t.rank,
+                band: t.band,
+                seed: t.seed,
+                workers: t.data.workers,
+                cross_share: t.cross_share,
+                lambda: t.lambda,
+                limit: t.limit,
+            };
+            let (model, r) = mllm_train::train(&opts)?;
+            println!(
+                "trained on {} examples in {:.0} s; validation label-word accuracy {:.4}",
+                r.examples, r.train_s, r.valid_class_acc
+            );
+            println!(
+                "{}",
+                trainer::format_table(&[("large model (valid)".into(), r.valid)])
+            );
+            println!(
+                "tau2 = {:.4} (lambda {}); saved {}",
+                model.adapter.meta.tau2.unwrap_or(f32::NAN),
+                model.adapter.meta.lambda,
                 opts.out.display()
             );
             Ok(0)
@@ -474,6 +618,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             println!(
                 "UBM forward, features cached: {single_ms:.2} ms per window at batch 1, {per_window_ms:.2} ms batched"
             );
+            if e.compare {
+                if e.data.text != TextSource::Given {
+                    anyhow::bail!("--compare uses the given transcripts; drop --text asr");
+                }
+                let adapter = e
+                    .adapter
+                    .clone()
+                    .unwrap_or_else(|| resolve_model(&models, &cfg.cascade.adapter));
+                let llm = Mllm::load(&resolve_model(&models, &cfg.cascade.gguf), &adapter)?;
+                // The UBM's per-window cost includes encoding the transcript with MiniLM.
+                let enc =
+                    crate::features::text::TextEncoder::load(&models.join("all-MiniLM-L6-v2"))?;
+                let n_enc = data.texts.len().min(50);
+                let t = std::time::Instant::now();
+                for text in &data.texts[..n_enc] {
+                    enc.encode_one(text)?;
+                }
+                let text_s = t.elapsed().as_secs_f64() / n_enc.max(1) as f64;
+                let rows =
+                    mllm_train::compare(&model, &llm, &data, text_s, &[0.1, 0.3, 0.5, 0.7, 0.9])?;
+                println!(
+                    "\ncascade comparison ({} windows; runtime = model compute: MiniLM text encoding {:.1} ms + UBM, and large-model passes at batch 1; shared feature extraction excluded):",
+                    data.feats.len(),
+                    text_s * 1e3
+                );
+                println!("{}", mllm_train::format_compare(&rows));
+            }
             if e.lambda_sweep {
                 let cal = model.meta.calibration.ok_or_else(|| {
                     anyhow::anyhow!("the model is not calibrated; run `sentistream calibrate`")
@@ -558,6 +729,7 @@ fn models_cmd(m: &ModelsCommand, models: &Path) -> anyhow::Result<i32> {
             }
             Ok(if full && bad > 0 { 1 } else { 0 })
         }
+        ModelsCommand::Generate { .. } => unreachable!("handled in run"),
         ModelsCommand::Convert {
             ct2,
             mel,

@@ -62,6 +62,12 @@ pub struct Latency {
     pub features: f64,
     /// Small model forward.
     pub ubm: f64,
+    /// Waiting in the large-model queue (escalated windows).
+    #[serde(default)]
+    pub queue: f64,
+    /// Large model passes (escalated windows).
+    #[serde(default)]
+    pub mllm: f64,
     /// From the end of the window's audio being decoded to the event being emitted.
     pub total: f64,
 }
@@ -150,6 +156,7 @@ mod tests {
                 features: 1.0,
                 ubm: 0.5,
                 total: 12.0,
+                ..Latency::default()
             },
             emitted_at_ms: 1,
         };

@@ -1,15 +1,30 @@
 //! sentistream: a streaming video sentiment processor (U-ACS, arXiv 2509.04459).
 //!
 //! Map of the modules, in data-flow order:
-pub mod app; // jobs wiring the stages: annotate
+
+/// Jobs wiring the stages: `annotate`.
+pub mod app;
+/// Stages 2/3 at run time: large-model workers, queue policies, reordering.
+pub mod cascade;
+/// Command line (the thin main calls `cli::run`).
 pub mod cli;
-pub mod config; // typed, documented, validated configuration
-pub mod error; // error enums per boundary
-pub mod event; // the output event (one JSON object per window)
-pub mod features; // per-window features: ASR (whisper.cpp)
-pub mod models; // model assets: registry packages, install/verify, CT2 -> ggml conversion
-pub mod routing; // U-ACS decisions as pure functions: uncertainty, thresholds, fusion
-pub mod segment; // Silero VAD -> utterance windows (pure window logic in segment::windows)
-pub mod sinks; // where events go: JSON lines
+/// Typed, documented, validated configuration.
+pub mod config;
+/// Error enums per boundary.
+pub mod error;
+/// The output event (one JSON object per window).
+pub mod event;
+/// Per-window features: ASR, audio, face, text.
+pub mod features;
+/// Model files and models: assets, Whisper converter, GGUF, UBM, LLM, MLLM.
+pub mod models;
+/// U-ACS decisions as pure functions: uncertainty, thresholds, fusion.
+pub mod routing;
+/// Silero VAD -> utterance windows.
+pub mod segment;
+/// Where events go.
+pub mod sinks;
+/// GStreamer: decode files/URIs to 16 kHz mono audio + RGB frames, stream time.
 pub mod source;
-pub mod train; // training and evaluation: MMSA metrics // GStreamer: decode files/URIs to 16 kHz mono audio + RGB frames, stream time // command line (thin main calls cli::run)
+/// Training and evaluation: datasets, UBM and MLLM training, metrics.
+pub mod train;

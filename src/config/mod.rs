@@ -19,6 +19,92 @@ pub struct Config {
     pub asr: AsrConfig,
     /// Model file locations.
     pub models: ModelsConfig,
+    /// The large model and stages 2/3 of the cascade.
+    pub cascade: CascadeConfig,
+}
+
+/// Which large-model backend serves escalations.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// SmolLM2 + the trained adapter in libtorch (built in).
+    Local,
+    /// A TorchScript module following the documented contract (`cascade.torchscript`).
+    Torchscript,
+    /// An OpenAI-compatible chat endpoint (`cascade.url`).
+    Openai,
+}
+
+/// What happens to an escalation when the large-model queue is full.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueuePolicy {
+    /// `block` for files, `drop_newest` for live sources.
+    Auto,
+    /// Wait for room: nothing escalated is skipped.
+    Block,
+    /// Emit the window with the small model's verdict (`fallback_reason: "queue_full"`).
+    DropNewest,
+}
+
+/// The large model and stages 2/3.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CascadeConfig {
+    /// Escalate uncertain windows to the large model; false: the small model decides alone.
+    pub enabled: bool,
+    /// Backend serving escalations.
+    pub backend: BackendKind,
+    /// GGUF of the local LLM (path or name in the models folder).
+    pub gguf: PathBuf,
+    /// Trained adapter base path (`.safetensors` + `.json`; path or name in the models folder).
+    pub adapter: PathBuf,
+    /// TorchScript module for `backend = "torchscript"`.
+    pub torchscript: Option<PathBuf>,
+    /// Chat-completions URL for `backend = "openai"` (plain http).
+    pub url: String,
+    /// Model name sent to the endpoint.
+    pub remote_model: String,
+    /// Environment variable holding the endpoint's API key (unset: no key sent).
+    pub api_key_env: String,
+    /// Endpoint timeout per request, milliseconds.
+    pub timeout_ms: u64,
+    /// Worker threads, each with its own model.
+    pub workers: usize,
+    /// Escalations waiting for a worker, at most.
+    pub queue: usize,
+    /// Policy when the queue is full.
+    pub when_full: QueuePolicy,
+    /// Per-window deadline from escalation, milliseconds; 0: none.
+    pub deadline_ms: u64,
+    /// Recompute tau1 and tau2 at this lambda from the stored calibrations; unset: use
+    /// the thresholds stored with the models.
+    pub lambda: Option<f32>,
+    /// Fixed tau2 (overrides the calibrated one; the only one remote/TorchScript backends
+    /// have unless the local adapter's calibration is present).
+    pub tau2: Option<f32>,
+}
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backend: BackendKind::Local,
+            gguf: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            adapter: "mllm-adapter".into(),
+            torchscript: None,
+            url: "http://127.0.0.1:8080/v1/chat/completions".into(),
+            remote_model: "default".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            timeout_ms: 5000,
+            workers: 1,
+            queue: 8,
+            when_full: QueuePolicy::Auto,
+            deadline_ms: 0,
+            lambda: None,
+            tau2: None,
+        }
+    }
 }
 
 /// How media is decoded.
@@ -243,6 +329,36 @@ impl Config {
         }
         if a.model.as_os_str().is_empty() {
             p.push("asr.model is empty: name a ggml Whisper file".into());
+        }
+        let c = &self.cascade;
+        if !(1..=16).contains(&c.workers) {
+            p.push(format!("cascade.workers = {}: must be 1..=16", c.workers));
+        }
+        if !(1..=4096).contains(&c.queue) {
+            p.push(format!("cascade.queue = {}: must be 1..=4096", c.queue));
+        }
+        if c.backend == BackendKind::Torchscript && c.torchscript.is_none() {
+            p.push(
+                "cascade.backend = \"torchscript\" needs cascade.torchscript (a .pt file)".into(),
+            );
+        }
+        if c.backend == BackendKind::Openai
+            && let Err(e) = crate::cascade::http::Url::parse(&c.url)
+        {
+            p.push(format!("cascade.url = {:?}: {e}", c.url));
+        }
+        if c.timeout_ms == 0 {
+            p.push("cascade.timeout_ms = 0: must be at least 1".into());
+        }
+        if let Some(l) = c.lambda
+            && !(0.0..=1.0).contains(&l)
+        {
+            p.push(format!("cascade.lambda = {l}: must be in [0, 1]"));
+        }
+        if let Some(t) = c.tau2
+            && !(0.0..=1.1).contains(&t)
+        {
+            p.push(format!("cascade.tau2 = {t}: must be in [0, ln 3 = 1.0986]"));
         }
         if p.is_empty() {
             Ok(())

@@ -65,6 +65,44 @@ pub fn fuse(a: Verdict, b: Verdict) -> Verdict {
     }
 }
 
+/// Class probabilities fused with the same weights as [`fuse`].
+pub fn fuse_probs(a: &[f32; 3], ua: f32, b: &[f32; 3], ub: f32) -> [f32; 3] {
+    let wa = 1.0 / (ua + WEIGHT_EPS);
+    let wb = 1.0 / (ub + WEIGHT_EPS);
+    std::array::from_fn(|k| (wa * a[k] + wb * b[k]) / (wa + wb))
+}
+
+/// How an escalated window ended, with the large model's passes already made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// The large model's first answer (u_l <= tau2).
+    Large,
+    /// Both uncertain with the same polarity: the weighted average.
+    Fused(Verdict),
+    /// Polarities differed: the second (cross-verification) answer is final.
+    CrossVerified,
+}
+
+/// Variants of the cascade for ablations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Full U-ACS: stage 2 acceptance, fusion, cross-verification.
+    Full,
+    /// Without stage 3: disagreeing uncertain opinions are fused too.
+    NoCrossVerify,
+    /// Without fusion: the large model's first answer is always final.
+    LargeFinal,
+}
+
+/// Stage 2/3 under an ablation policy (pure): what to do once the large model answered.
+pub fn decide(small: Verdict, large: Verdict, tau2: f32, band: f32, policy: Policy) -> Stage2 {
+    match (policy, stage2(small, large, tau2, band)) {
+        (Policy::LargeFinal, _) => Stage2::AcceptLarge,
+        (Policy::NoCrossVerify, Stage2::CrossVerify) => Stage2::Fused(fuse(small, large)),
+        (_, d) => d,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +154,43 @@ mod tests {
         assert!((f.score - 2.0).abs() < 1e-6);
         // Zero uncertainty does not divide by zero.
         assert!(fuse(v(1.0, 0.0), v(3.0, 0.5)).score.is_finite());
+    }
+
+    #[test]
+    fn ablation_policies_table() {
+        let b = 0.1;
+        let (s, l) = (v(1.0, 0.9), v(-1.0, 0.8));
+        // (small, large, tau2, policy, expected)
+        let cases = [
+            (s, l, 0.4, Policy::Full, Stage2::CrossVerify),
+            (s, l, 0.4, Policy::NoCrossVerify, Stage2::Fused(fuse(s, l))),
+            (s, l, 0.4, Policy::LargeFinal, Stage2::AcceptLarge),
+            (
+                s,
+                v(-1.0, 0.3),
+                0.4,
+                Policy::NoCrossVerify,
+                Stage2::AcceptLarge,
+            ),
+            (
+                s,
+                v(2.0, 0.8),
+                0.4,
+                Policy::Full,
+                Stage2::Fused(fuse(s, v(2.0, 0.8))),
+            ),
+            (s, v(2.0, 0.8), 0.4, Policy::LargeFinal, Stage2::AcceptLarge),
+        ];
+        for (i, (a, c, tau2, p, want)) in cases.into_iter().enumerate() {
+            assert_eq!(decide(a, c, tau2, b, p), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn fused_probs_follow_the_weights() {
+        let p = fuse_probs(&[1.0, 0.0, 0.0], 0.5, &[0.0, 0.0, 1.0], 0.5);
+        assert_eq!(p, [0.5, 0.0, 0.5]);
+        let q = fuse_probs(&[1.0, 0.0, 0.0], 0.1, &[0.0, 0.0, 1.0], 0.9);
+        assert!(q[0] > 0.85 && (q.iter().sum::<f32>() - 1.0).abs() < 1e-5);
     }
 }

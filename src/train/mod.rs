@@ -2,4 +2,5 @@
 
 pub mod dataset;
 pub mod metrics;
+pub mod mllm;
 pub mod trainer;

@@ -59,6 +59,8 @@ pub struct SplitData {
     pub feats: Vec<WindowFeatures>,
     /// Labels.
     pub labels: Vec<f32>,
+    /// Transcripts (the given text column).
+    pub texts: Vec<String>,
 }
 
 /// Loads a dataset split's features (cached), skipping undecodable clips.
@@ -82,6 +84,7 @@ pub fn load_split(
     let mut out = SplitData {
         feats: Vec::new(),
         labels: Vec::new(),
+        texts: Vec::new(),
     };
     let mut failed = 0;
     for (c, f) in clips.iter().zip(feats) {
@@ -89,6 +92,7 @@ pub fn load_split(
             Some(f) => {
                 out.feats.push(f);
                 out.labels.push(c.label);
+                out.texts.push(c.text.clone());
             }
             None => failed += 1,
         }
@@ -104,7 +108,7 @@ pub fn load_split(
 const MIN_STD: f64 = 0.05;
 
 /// Per-dimension mean and standard deviation over all frames of `data`.
-fn mean_std(dim: usize, data: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn mean_std(dim: usize, data: &[&[f32]]) -> (Vec<f32>, Vec<f32>) {
     let (mut sum, mut sq, mut n) = (vec![0f64; dim], vec![0f64; dim], 0f64);
     for d in data {
         for frame in d.chunks_exact(dim) {
@@ -285,7 +289,7 @@ pub enum CalibrationRule {
 }
 
 /// Whether the 3-class prediction (argmax of probs) is right.
-fn correct(p: &Prediction, label: f32, band: f32) -> bool {
+pub(crate) fn correct(p: &Prediction, label: f32, band: f32) -> bool {
     let argmax = (0..3)
         .max_by(|&a, &b| p.probs[a].total_cmp(&p.probs[b]))
         .unwrap_or(1);

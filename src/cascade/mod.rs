@@ -1,0 +1,659 @@
+//! Stages 2 and 3 of U-ACS at run time: a bounded queue in front of large-model worker
+//! threads, the queue-full and deadline policies, and a per-stream reorder buffer so events
+//! leave in window order. The decisions themselves are the pure functions of
+//! [`crate::routing::fusion`].
+
+pub mod backend;
+pub mod http;
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Opinion, Probs, Stage};
+use crate::features::WindowFeatures;
+use crate::models::mllm::Answer;
+use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, fuse_probs, stage1};
+use crate::routing::uncertainty::polarity;
+use backend::Backend;
+
+/// What to do with an escalation when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait for room (files: nothing escalated is skipped).
+    Block,
+    /// Emit the window with the small model's verdict, `fallback_reason: "queue_full"`
+    /// (live: latency stays bounded).
+    DropNewest,
+}
+
+/// One escalated window.
+pub struct Escalation {
+    /// Stream index.
+    pub stream: usize,
+    /// Order index within the stream.
+    pub order: u64,
+    /// Transcript.
+    pub text: String,
+    /// Features.
+    pub features: WindowFeatures,
+    /// The small model's verdict.
+    pub small: Verdict,
+    /// The small model's class probabilities.
+    pub small_probs: [f32; 3],
+    /// Give up (fallback) after this instant.
+    pub deadline: Option<Instant>,
+    /// When it was offered.
+    pub offered: Instant,
+}
+
+/// How an escalated window was resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// The cascade's final verdict.
+    Final {
+        /// Stage that produced it.
+        stage: Stage,
+        /// Final verdict.
+        verdict: Verdict,
+        /// Final class probabilities.
+        probs: [f32; 3],
+        /// The large model's first answer.
+        first: Answer,
+        /// The cross-verification answer, if asked.
+        second: Option<Answer>,
+    },
+    /// The small model's verdict stands; why.
+    Fallback(String),
+}
+
+/// A worker's reply.
+pub struct Resolved {
+    /// Stream index.
+    pub stream: usize,
+    /// Order index.
+    pub order: u64,
+    /// Outcome.
+    pub resolution: Resolution,
+    /// Time waiting in the queue, ms.
+    pub queue_ms: f64,
+    /// Time in the large model, ms.
+    pub mllm_ms: f64,
+}
+
+/// Counters shared with the workers (also exported as metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Escalations offered.
+    pub offered: AtomicU64,
+    /// Large-model passes made.
+    pub passes: AtomicU64,
+    /// Fallbacks because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Fallbacks (counted when emitted) because the deadline passed.
+    pub deadline: AtomicU64,
+    /// Fallbacks (counted when emitted) because the backend failed or answered badly.
+    pub backend_error: AtomicU64,
+}
+
+/// The stage-2/3 logic a worker runs for one escalation (first pass, decision, maybe a
+/// cross-verification pass). Panics in the backend are caught by the caller.
+pub fn resolve(
+    backend: &mut dyn Backend,
+    job: &Escalation,
+    tau2: f32,
+    policy: Policy,
+) -> Resolution {
+    let band = backend.band();
+    let first = match backend.judge(&job.text, &job.features, None) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(order = job.order, "large model failed: {e}");
+            return Resolution::Fallback(e.reason());
+        }
+    };
+    let large = first.verdict();
+    match decide(job.small, large, tau2, band, policy) {
+        Stage2::AcceptLarge => Resolution::Final {
+            stage: Stage::Mllm,
+            verdict: large,
+            probs: first.probs,
+            first,
+            second: None,
+        },
+        Stage2::Fused(v) => Resolution::Final {
+            stage: Stage::Fused,
+            verdict: v,
+            probs: fuse_probs(
+                &job.small_probs,
+                job.small.uncertainty,
+                &first.probs,
+                first.uncertainty,
+            ),
+            first,
+            second: None,
+        },
+        Stage2::CrossVerify => {
+            if job.deadline.is_some_and(|d| Instant::now() > d) {
+                return Resolution::Fallback("deadline".into());
+            }
+            match backend.judge(&job.text, &job.features, Some((job.small, large))) {
+                Ok(second) => Resolution::Final {
+                    stage: Stage::CrossVerified,
+                    verdict: second.verdict(),
+                    probs: second.probs,
+                    first,
+                    second: Some(second),
+                },
+                Err(e) => {
+                    tracing::warn!(order = job.order, "cross-verification failed: {e}");
+                    Resolution::Fallback(e.reason())
+                }
+            }
+        }
+    }
+}
+
+/// Worker threads behind a bounded queue.
+pub struct Pool {
+    tx: Option<Sender<Escalation>>,
+    done: Receiver<Resolved>,
+    handles: Vec<JoinHandle<()>>,
+    when_full: WhenFull,
+    /// Shared counters.
+    pub counters: Arc<Counters>,
+}
+
+impl Pool {
+    /// Starts one thread per backend (each owns its model), behind a queue of `queue`.
+    pub fn start(
+        backends: Vec<Box<dyn Backend>>,
+        queue: usize,
+        when_full: WhenFull,
+        tau2: f32,
+        policy: Policy,
+    ) -> Self {
+        let (tx, rx) = bounded::<Escalation>(queue.max(1));
+        let (done_tx, done) = unbounded();
+        let counters = Arc::new(Counters::default());
+        let handles = backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut b)| {
+                let (rx, done_tx, counters) = (rx.clone(), done_tx.clone(), counters.clone());
+                std::thread::Builder::new()
+                    .name(format!("mllm-{i}"))
+                    .spawn(move || {
+                        let _g = tch::no_grad_guard();
+                        for job in rx {
+                            let started = Instant::now();
+                            let queue_ms = (started - job.offered).as_secs_f64() * 1e3;
+                            let resolution = if job.deadline.is_some_and(|d| started > d) {
+                                Resolution::Fallback("deadline".into())
+                            } else {
+                                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                    resolve(b.as_mut(), &job, tau2, policy)
+                                }))
+                                .unwrap_or_else(|_| Resolution::Fallback("worker_panic".into()))
+                            };
+                            if let Resolution::Final { second, .. } = &resolution {
+                                counters
+                                    .passes
+                                    .fetch_add(1 + second.is_some() as u64, Ordering::Relaxed);
+                            }
+                            let r = Resolved {
+                                stream: job.stream,
+                                order: job.order,
+                                resolution,
+                                queue_ms,
+                                mllm_ms: started.elapsed().as_secs_f64() * 1e3,
+                            };
+                            if done_tx.send(r).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .expect("spawn large-model worker")
+            })
+            .collect();
+        Self {
+            tx: Some(tx),
+            done,
+            handles,
+            when_full,
+            counters,
+        }
+    }
+
+    /// Offers an escalation; with `DropNewest` a full queue hands it back.
+    pub fn offer(&self, job: Escalation) -> Result<(), Escalation> {
+        self.counters.offered.fetch_add(1, Ordering::Relaxed);
+        let tx = self.tx.as_ref().expect("pool is running");
+        let res = match self.when_full {
+            WhenFull::Block => tx.send(job).map_err(|e| e.into_inner()),
+            WhenFull::DropNewest => tx.try_send(job).map_err(|e| match e {
+                TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+            }),
+        };
+        if res.is_err() {
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+        res
+    }
+
+    /// Replies from the workers.
+    pub fn results(&self) -> &Receiver<Resolved> {
+        &self.done
+    }
+
+    /// Escalations waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.tx.as_ref().map_or(0, |t| t.len())
+    }
+
+    /// Closes the queue and waits for the workers to finish what they hold.
+    pub fn close(&mut self) {
+        self.tx = None;
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Per-stream reorder buffer: items enter in any order with their order index and leave
+/// strictly in order.
+#[derive(Debug)]
+pub struct Reorder<T> {
+    next: u64,
+    ready: BTreeMap<u64, T>,
+}
+
+impl<T> Default for Reorder<T> {
+    fn default() -> Self {
+        Self {
+            next: 0,
+            ready: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Reorder<T> {
+    /// Adds item `order`.
+    pub fn insert(&mut self, order: u64, item: T) {
+        debug_assert!(order >= self.next, "order {order} already emitted");
+        self.ready.insert(order, item);
+    }
+    /// The next item in order, if it has arrived.
+    pub fn pop(&mut self) -> Option<T> {
+        let item = self.ready.remove(&self.next)?;
+        self.next += 1;
+        Some(item)
+    }
+    /// Index of the next item to leave.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+    /// Items held.
+    pub fn len(&self) -> usize {
+        self.ready.len()
+    }
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+}
+
+/// Settings of the run-time cascade.
+#[derive(Debug, Clone, Copy)]
+pub struct CascadeSettings {
+    /// Stage-1 threshold.
+    pub tau1: f32,
+    /// Neutral band.
+    pub band: f32,
+    /// Per-window deadline from the moment it is offered.
+    pub deadline: Option<Duration>,
+    /// Most windows held (waiting or reordering) per stream before the caller blocks.
+    pub max_held: usize,
+}
+
+struct Waiting {
+    event: Event,
+    deadline: Option<Instant>,
+    started: Instant,
+}
+
+/// Runs stage 1 for every window and routes escalations through a [`Pool`]; events leave
+/// in window order per stream, each exactly once.
+pub struct Cascade {
+    pool: Pool,
+    s: CascadeSettings,
+    waiting: HashMap<(usize, u64), Waiting>,
+    order: Vec<Reorder<Event>>,
+    next_order: Vec<u64>,
+}
+
+impl Cascade {
+    /// A cascade over a started pool.
+    pub fn new(pool: Pool, s: CascadeSettings) -> Self {
+        Self {
+            pool,
+            s,
+            waiting: HashMap::new(),
+            order: Vec::new(),
+            next_order: Vec::new(),
+        }
+    }
+
+    /// The pool (counters, depth).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    fn stream(&mut self, stream: usize) {
+        while self.order.len() <= stream {
+            self.order.push(Reorder::default());
+            self.next_order.push(0);
+        }
+    }
+
+    /// Takes a window whose event already carries the small model's verdict (stage
+    /// `ubm`); escalates it if stage 1 says so. `started` is when its processing began.
+    /// Ready events are passed to `emit` in order.
+    pub fn submit(
+        &mut self,
+        stream: usize,
+        event: Event,
+        small_probs: [f32; 3],
+        features: WindowFeatures,
+        started: Instant,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        self.stream(stream);
+        let order = self.next_order[stream];
+        self.next_order[stream] += 1;
+        let small = Verdict {
+            score: event.score.unwrap_or(0.0),
+            uncertainty: event.uncertainty.unwrap_or(0.0),
+        };
+        if event.score.is_none() || stage1(small, self.s.tau1) == Stage1::Accept {
+            self.order[stream].insert(order, finish(event, started));
+        } else {
+            let offered = Instant::now();
+            let deadline = self.s.deadline.map(|d| offered + d);
+            let job = Escalation {
+                stream,
+                order,
+                text: event.text.clone(),
+                features,
+                small,
+                small_probs,
+                deadline,
+                offered,
+            };
+            match self.pool.offer(job) {
+                Ok(()) => {
+                    self.waiting.insert(
+                        (stream, order),
+                        Waiting {
+                            event,
+                            deadline,
+                            started,
+                        },
+                    );
+                }
+                Err(_) => {
+                    let e = fallback(event, "queue_full", started);
+                    self.order[stream].insert(order, e);
+                }
+            }
+        }
+        self.poll(false, emit);
+        // Bound what is held: wait for the workers while a stream holds too much.
+        while self.order[stream].len() + self.waiting_for(stream) > self.s.max_held {
+            self.poll(true, emit);
+        }
+    }
+
+    fn waiting_for(&self, stream: usize) -> usize {
+        self.waiting.keys().filter(|k| k.0 == stream).count()
+    }
+
+    /// Applies worker replies and expired deadlines; emits what is ready. With `block`,
+    /// waits for at least one reply (or the nearest deadline) first.
+    pub fn poll(&mut self, block: bool, emit: &mut dyn FnMut(Event)) {
+        if block && !self.waiting.is_empty() {
+            let nearest = self.waiting.values().filter_map(|w| w.deadline).min();
+            let r = match nearest {
+                Some(d) => self
+                    .pool
+                    .results()
+                    .recv_timeout(d.saturating_duration_since(Instant::now()))
+                    .ok(),
+                None => self.pool.results().recv().ok(),
+            };
+            if let Some(r) = r {
+                self.apply(r);
+            }
+        }
+        while let Ok(r) = self.pool.results().try_recv() {
+            self.apply(r);
+        }
+        let now = Instant::now();
+        let expired: Vec<(usize, u64)> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.deadline.is_some_and(|d| now > d))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in expired {
+            let w = self.waiting.remove(&k).expect("listed above");
+            self.pool.counters.deadline.fetch_add(1, Ordering::Relaxed);
+            self.order[k.0].insert(k.1, fallback(w.event, "deadline", w.started));
+        }
+        for r in &mut self.order {
+            while let Some(e) = r.pop() {
+                emit(e);
+            }
+        }
+    }
+
+    fn apply(&mut self, r: Resolved) {
+        // A reply after its deadline fallback was emitted is dropped (already counted).
+        let Some(w) = self.waiting.remove(&(r.stream, r.order)) else {
+            return;
+        };
+        let mut e = w.event;
+        e.latency_ms.queue = round2(r.queue_ms);
+        e.latency_ms.mllm = round2(r.mllm_ms);
+        let e = match r.resolution {
+            Resolution::Final {
+                stage,
+                verdict,
+                probs,
+                first,
+                second,
+            } => {
+                let band = self.s.band;
+                let last = second.unwrap_or(first);
+                e.score = Some(verdict.score);
+                e.polarity = Some(polarity(verdict.score, band));
+                e.probs = Some(Probs {
+                    negative: probs[0],
+                    neutral: probs[1],
+                    positive: probs[2],
+                });
+                e.uncertainty = Some(verdict.uncertainty);
+                e.stage = Some(stage);
+                e.mllm = Some(Opinion {
+                    score: last.score,
+                    uncertainty: last.uncertainty,
+                });
+                finish(e, w.started)
+            }
+            Resolution::Fallback(reason) => {
+                let c = &self.pool.counters;
+                match reason.as_str() {
+                    "deadline" => c.deadline.fetch_add(1, Ordering::Relaxed),
+                    _ => c.backend_error.fetch_add(1, Ordering::Relaxed),
+                };
+                fallback(e, &reason, w.started)
+            }
+        };
+        self.order[r.stream].insert(r.order, e);
+    }
+
+    /// Waits for every escalation (or its deadline) and emits the rest in order.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(Event)) {
+        while !self.waiting.is_empty() {
+            self.poll(true, emit);
+        }
+        self.poll(false, emit);
+    }
+}
+
+fn round2(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
+}
+
+fn finish(mut e: Event, started: Instant) -> Event {
+    e.latency_ms.total = round2(started.elapsed().as_secs_f64() * 1e3);
+    e.emitted_at_ms = crate::event::now_ms();
+    e
+}
+
+fn fallback(mut e: Event, reason: &str, started: Instant) -> Event {
+    e.stage = Some(Stage::UbmFallback);
+    e.fallback_reason = Some(reason.to_string());
+    finish(e, started)
+}
+
+/// Default tau2 for backends without a calibration (half of ln 3).
+pub const UNCALIBRATED_TAU2: f32 = 0.55;
+
+/// Builds the configured backends (every model is loaded and checked here, at start-up)
+/// and the thresholds: returns a ready [`Cascade`].
+pub fn from_config(
+    cfg: &crate::config::CascadeConfig,
+    models: &std::path::Path,
+    ubm: &crate::models::ubm::UbmMeta,
+    live: bool,
+) -> Result<Cascade, crate::error::ModelError> {
+    use crate::config::{BackendKind, QueuePolicy};
+    use crate::error::ModelError;
+    use crate::models::mllm::{Adapter, AdapterMeta, Mllm};
+    let resolve = |p: &std::path::Path| crate::cli::resolve_model(models, p);
+    let adapter = resolve(&cfg.adapter);
+    let adapter_meta: Option<AdapterMeta> = std::fs::read_to_string(Adapter::paths(&adapter).1)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
+    for _ in 0..cfg.workers.max(1) {
+        backends.push(match cfg.backend {
+            BackendKind::Local => Box::new(backend::LocalBackend::new(Mllm::load(
+                &resolve(&cfg.gguf),
+                &adapter,
+            )?)),
+            BackendKind::Torchscript => {
+                let p = cfg
+                    .torchscript
+                    .as_deref()
+                    .ok_or_else(|| ModelError::Runtime {
+                        name: "cascade".into(),
+                        reason: "backend torchscript needs cascade.torchscript".into(),
+                    })?;
+                Box::new(backend::TorchScriptBackend::load(
+                    &resolve(p),
+                    ubm.band,
+                    ubm.score_limit,
+                )?)
+            }
+            BackendKind::Openai => Box::new(
+                backend::OpenAiBackend::new(
+                    &cfg.url,
+                    &cfg.remote_model,
+                    std::env::var(&cfg.api_key_env).ok(),
+                    Duration::from_millis(cfg.timeout_ms),
+                    ubm.band,
+                    ubm.score_limit,
+                )
+                .map_err(|e| ModelError::Runtime {
+                    name: "cascade".into(),
+                    reason: e.to_string(),
+                })?,
+            ),
+        });
+    }
+    let tau1 = match (cfg.lambda, ubm.calibration) {
+        (Some(l), Some(c)) => c.tau(l),
+        _ => ubm.tau1.ok_or_else(|| ModelError::Runtime {
+            name: "cascade".into(),
+            reason:
+                "the UBM has no tau1; run `sentistream calibrate` or set cascade.enabled = false"
+                    .into(),
+        })?,
+    };
+    let local_meta = adapter_meta.filter(|_| cfg.backend == BackendKind::Local);
+    let tau2 = cfg
+        .tau2
+        .or_else(|| {
+            let m = local_meta.as_ref()?;
+            match (cfg.lambda, m.calibration) {
+                (Some(l), Some(c)) => Some(c.tau(l)),
+                _ => m.tau2,
+            }
+        })
+        .unwrap_or(UNCALIBRATED_TAU2);
+    let when_full = match (cfg.when_full, live) {
+        (QueuePolicy::Block, _) | (QueuePolicy::Auto, false) => WhenFull::Block,
+        (QueuePolicy::DropNewest, _) | (QueuePolicy::Auto, true) => WhenFull::DropNewest,
+    };
+    tracing::info!(
+        backend = ?cfg.backend,
+        workers = cfg.workers,
+        tau1,
+        tau2,
+        ?when_full,
+        "cascade ready"
+    );
+    let pool = Pool::start(backends, cfg.queue, when_full, tau2, Policy::Full);
+    Ok(Cascade::new(
+        pool,
+        CascadeSettings {
+            tau1,
+            band: ubm.band,
+            deadline: (cfg.deadline_ms > 0).then(|| Duration::from_millis(cfg.deadline_ms)),
+            max_held: cfg.queue + cfg.workers + 64,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reorder_releases_in_order() {
+        let mut r = Reorder::default();
+        r.insert(2, "c");
+        r.insert(0, "a");
+        assert_eq!(r.pop(), Some("a"));
+        assert_eq!(r.pop(), None);
+        r.insert(1, "b");
+        assert_eq!((r.pop(), r.pop(), r.pop()), (Some("b"), Some("c"), None));
+        assert_eq!(r.next(), 3);
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,437 @@
+//! A Llama-architecture language model (SmolLM2-135M-Instruct) in libtorch, loaded from
+//! its GGUF file: weights dequantised to f32, the tokenizer rebuilt from the GGUF
+//! metadata and run through the `tokenizers` crate, a KV cache, optional LoRA on the
+//! query and value projections, and input embeddings that may carry soft tokens.
+//!
+//! Layout facts this code relies on (checked at load time where possible):
+//! - dequantised matrices are `[out, in]` (the reverse of the GGUF shape); they are kept
+//!   transposed (`[in, out]`) so a projection is one `matmul`;
+//! - q/k weights are stored permuted for adjacent-pair RoPE (llama.cpp's layout), so RoPE
+//!   here rotates pairs `(2i, 2i+1)`;
+//! - the output projection is tied to the token embedding (no `output.weight`).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+use tokenizers::Tokenizer;
+
+use crate::error::ModelError;
+use crate::models::gguf::Gguf;
+
+/// Longest sequence (prompt + cache) the RoPE tables cover.
+pub const MAX_POSITIONS: i64 = 2048;
+
+/// Hyper-parameters read from the GGUF metadata.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LlmShape {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Hidden width.
+    pub embd: i64,
+    /// Feed-forward width.
+    pub ffn: i64,
+    /// Query heads.
+    pub heads: i64,
+    /// Key/value heads (grouped-query attention).
+    pub kv_heads: i64,
+    /// RoPE frequency base.
+    pub rope_base: f64,
+    /// RMS-norm epsilon.
+    pub rms_eps: f64,
+    /// Vocabulary size.
+    pub vocab: i64,
+}
+
+impl LlmShape {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> i64 {
+        self.embd / self.heads
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    wv: Tensor,
+    wo: Tensor,
+    ffn_norm: Tensor,
+    w_gate: Tensor,
+    w_up: Tensor,
+    w_down: Tensor,
+}
+
+/// LoRA factors for one block's query and value projections: `x A B * scale` is added.
+pub struct LoraBlock {
+    /// Query down-projection `[embd, rank]`.
+    pub q_a: Tensor,
+    /// Query up-projection `[rank, embd]`.
+    pub q_b: Tensor,
+    /// Value down-projection `[embd, rank]`.
+    pub v_a: Tensor,
+    /// Value up-projection `[rank, kv_dim]`.
+    pub v_b: Tensor,
+}
+
+/// LoRA adapters for all blocks.
+pub struct Lora<'a> {
+    /// One entry per block.
+    pub blocks: &'a [LoraBlock],
+    /// alpha / rank.
+    pub scale: f64,
+}
+
+/// Keys and values of the tokens seen so far, per block: `[B, kv_heads, S, head_dim]`.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Cached positions.
+    pub len: i64,
+}
+
+impl KvCache {
+    /// The same cache repeated for a batch of `b` sequences (from a batch-1 cache).
+    pub fn expand(&self, b: i64) -> KvCache {
+        let rep = |t: &Tensor| {
+            let s = t.size();
+            t.expand([b, s[1], s[2], s[3]], false)
+        };
+        KvCache {
+            k: self.k.iter().map(rep).collect(),
+            v: self.v.iter().map(rep).collect(),
+            len: self.len,
+        }
+    }
+}
+
+/// The language model.
+pub struct Llm {
+    /// Hyper-parameters.
+    pub shape: LlmShape,
+    /// The GGUF file it was loaded from.
+    pub path: PathBuf,
+    /// Tokenizer rebuilt from the GGUF metadata.
+    pub tokenizer: Tokenizer,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    out_norm: Tensor,
+    rope_cos: Tensor,
+    rope_sin: Tensor,
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Builds a `tokenizers` BPE tokenizer (GPT-2 byte level, digits split one by one, as the
+/// GGUF's `smollm` pre-tokenizer type says) from the GGUF vocabulary and merges.
+pub fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
+    let model = g.str("tokenizer.ggml.model").unwrap_or("");
+    if model != "gpt2" {
+        return Err(corrupt(
+            &g.path,
+            format!("tokenizer model {model:?} is not supported (only gpt2 BPE)"),
+        ));
+    }
+    let tokens = g
+        .strings("tokenizer.ggml.tokens")
+        .ok_or_else(|| corrupt(&g.path, "tokenizer.ggml.tokens is missing"))?;
+    let merges = g
+        .strings("tokenizer.ggml.merges")
+        .ok_or_else(|| corrupt(&g.path, "tokenizer.ggml.merges is missing"))?;
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
+    // Control tokens (<|im_start|>, <|endoftext|>, ...) are matched whole, never split.
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.starts_with("<|") && t.ends_with("|>") || t.starts_with("<file_sep"))
+        .map(|(i, t)| {
+            json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let spec = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}
+        ]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges}
+    });
+    spec.to_string()
+        .parse::<Tokenizer>()
+        .map_err(|e| corrupt(&g.path, format!("tokenizer cannot be built: {e}")))
+}
+
+impl Llm {
+    /// Loads a Llama GGUF (SmolLM2); a missing, truncated or foreign file is a clear error.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        if !path.is_file() {
+            return Err(ModelError::Missing {
+                path: path.to_path_buf(),
+                flag: "llm",
+            });
+        }
+        let g = Gguf::open(path)?;
+        let arch = g.str("general.architecture").unwrap_or("");
+        if arch != "llama" {
+            return Err(corrupt(path, format!("architecture {arch:?} is not llama")));
+        }
+        let u = |k: &str| {
+            g.uint(&format!("llama.{k}"))
+                .ok_or_else(|| corrupt(path, format!("metadata llama.{k} is missing")))
+        };
+        let vocab = g
+            .strings("tokenizer.ggml.tokens")
+            .map(|t| t.len() as i64)
+            .ok_or_else(|| corrupt(path, "tokenizer.ggml.tokens is missing"))?;
+        let shape = LlmShape {
+            layers: u("block_count")? as usize,
+            embd: u("embedding_length")? as i64,
+            ffn: u("feed_forward_length")? as i64,
+            heads: u("attention.head_count")? as i64,
+            kv_heads: u("attention.head_count_kv")? as i64,
+            rope_base: g.float("llama.rope.freq_base").unwrap_or(10000.0),
+            rms_eps: g
+                .float("llama.attention.layer_norm_rms_epsilon")
+                .unwrap_or(1e-5),
+            vocab,
+        };
+        if shape.heads == 0 || shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+            return Err(corrupt(path, "head counts are inconsistent"));
+        }
+        let tensor = |name: &str, want: &[i64]| -> Result<Tensor, ModelError> {
+            let (dims, data) = g.tensor_f32(name)?;
+            let dims: Vec<i64> = dims.iter().map(|d| *d as i64).collect();
+            if dims != want {
+                return Err(corrupt(
+                    path,
+                    format!("tensor {name} has shape {dims:?}, expected {want:?}"),
+                ));
+            }
+            Ok(Tensor::from_slice(&data).view(want))
+        };
+        // Linear weights are [out, in]; keep them as [in, out] for x.matmul(w).
+        let linear = |name: &str, out: i64, inp: i64| -> Result<Tensor, ModelError> {
+            Ok(tensor(name, &[out, inp])?.tr().contiguous())
+        };
+        let (c, kv) = (shape.embd, shape.kv_heads * shape.head_dim());
+        let mut blocks = Vec::with_capacity(shape.layers);
+        for i in 0..shape.layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            blocks.push(Block {
+                attn_norm: tensor(&n("attn_norm"), &[c])?,
+                wq: linear(&n("attn_q"), c, c)?,
+                wk: linear(&n("attn_k"), kv, c)?,
+                wv: linear(&n("attn_v"), kv, c)?,
+                wo: linear(&n("attn_output"), c, c)?,
+                ffn_norm: tensor(&n("ffn_norm"), &[c])?,
+                w_gate: linear(&n("ffn_gate"), shape.ffn, c)?,
+                w_up: linear(&n("ffn_up"), shape.ffn, c)?,
+                w_down: linear(&n("ffn_down"), c, shape.ffn)?,
+            });
+        }
+        let embed = tensor("token_embd.weight", &[vocab, c])?;
+        let out_norm = tensor("output_norm.weight", &[c])?;
+        if g.info("output.weight").is_some() {
+            return Err(corrupt(
+                path,
+                "untied output.weight is not supported (SmolLM2 ties it to the embedding)",
+            ));
+        }
+        let tokenizer = tokenizer_from_gguf(&g)?;
+        let half = shape.head_dim() / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| {
+                (shape
+                    .rope_base
+                    .powf(-2.0 * i as f64 / shape.head_dim() as f64)) as f32
+            })
+            .collect();
+        let pos = Tensor::arange(MAX_POSITIONS, (Kind::Float, Device::Cpu)).unsqueeze(1);
+        let angles = pos * Tensor::from_slice(&inv).unsqueeze(0);
+        Ok(Self {
+            shape,
+            path: path.to_path_buf(),
+            tokenizer,
+            embed,
+            blocks,
+            out_norm,
+            rope_cos: angles.cos(),
+            rope_sin: angles.sin(),
+        })
+    }
+
+    /// Token ids of `text`; control tokens written in the text (`<|im_start|>`) are parsed.
+    pub fn tokenize(&self, text: &str) -> Result<Vec<i64>, ModelError> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Runtime {
+                name: "llm tokenizer".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(enc.get_ids().iter().map(|i| *i as i64).collect())
+    }
+
+    /// Text of token ids.
+    pub fn decode(&self, ids: &[i64]) -> String {
+        let ids: Vec<u32> = ids.iter().map(|i| *i as u32).collect();
+        self.tokenizer.decode(&ids, false).unwrap_or_default()
+    }
+
+    /// Id of a single-token word; an error names the word if it splits.
+    pub fn single_token(&self, word: &str) -> Result<i64, ModelError> {
+        match self.tokenize(word)?.as_slice() {
+            [id] => Ok(*id),
+            ids => Err(ModelError::Runtime {
+                name: "llm tokenizer".into(),
+                reason: format!("{word:?} is {} tokens, expected one", ids.len()),
+            }),
+        }
+    }
+
+    /// Input embeddings of token ids: `[T, embd]`.
+    pub fn embed(&self, ids: &[i64]) -> Tensor {
+        self.embed.index_select(0, &Tensor::from_slice(ids))
+    }
+
+    /// Output-projection rows of some tokens, `[n, embd]` (for label-word logits).
+    pub fn head_rows(&self, ids: &[i64]) -> Tensor {
+        self.embed(ids)
+    }
+
+    /// Logits over the whole vocabulary for hidden states `[.., embd]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.matmul(&self.embed.tr())
+    }
+
+    fn rms(&self, x: &Tensor, w: &Tensor) -> Tensor {
+        let var = x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        x * (var + self.shape.rms_eps).rsqrt() * w
+    }
+
+    /// Rotates adjacent pairs of `x` `[B, H, T, hd]` for positions `start..start+T`.
+    fn rope(&self, x: &Tensor, start: i64) -> Tensor {
+        let s = x.size();
+        let (t, hd) = (s[2], s[3]);
+        let cos = self.rope_cos.narrow(0, start, t);
+        let sin = self.rope_sin.narrow(0, start, t);
+        let pairs = x.reshape([s[0], s[1], t, hd / 2, 2]);
+        let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
+        let r0 = &x0 * &cos - &x1 * &sin;
+        let r1 = &x0 * &sin + &x1 * &cos;
+        Tensor::stack(&[r0, r1], -1).reshape([s[0], s[1], t, hd])
+    }
+
+    /// Runs the blocks over input embeddings `x` `[B, T, embd]` after the cached positions
+    /// (causal attention; right padding is harmless as padding comes after real tokens).
+    /// Returns the final-normed hidden states `[B, T, embd]` and the extended cache.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cache: Option<&KvCache>,
+        lora: Option<&Lora>,
+    ) -> Result<(Tensor, KvCache), ModelError> {
+        let s = x.size();
+        let (b, t) = (s[0], s[1]);
+        let past = cache.map_or(0, |c| c.len);
+        if past + t > MAX_POSITIONS {
+            return Err(ModelError::Runtime {
+                name: "llm".into(),
+                reason: format!(
+                    "prompt of {} tokens exceeds the {MAX_POSITIONS}-position limit",
+                    past + t
+                ),
+            });
+        }
+        let sh = &self.shape;
+        let (nh, kvh, hd) = (sh.heads, sh.kv_heads, sh.head_dim());
+        let groups = nh / kvh;
+        let total = past + t;
+        let mask = Tensor::ones([t, total], (Kind::Bool, Device::Cpu)).triu(past + 1);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut out = KvCache {
+            k: Vec::with_capacity(self.blocks.len()),
+            v: Vec::with_capacity(self.blocks.len()),
+            len: total,
+        };
+        let mut x = x.shallow_clone();
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let h = self.rms(&x, &blk.attn_norm);
+            let mut q = h.matmul(&blk.wq);
+            let k = h.matmul(&blk.wk);
+            let mut v = h.matmul(&blk.wv);
+            if let Some(l) = lora {
+                let lb = &l.blocks[i];
+                q = q + h.matmul(&lb.q_a).matmul(&lb.q_b) * l.scale;
+                v = v + h.matmul(&lb.v_a).matmul(&lb.v_b) * l.scale;
+            }
+            let q = self.rope(&q.view([b, t, nh, hd]).transpose(1, 2), past);
+            let k = self.rope(&k.view([b, t, kvh, hd]).transpose(1, 2), past);
+            let v = v.view([b, t, kvh, hd]).transpose(1, 2);
+            let (k, v) = match cache {
+                Some(c) => (
+                    Tensor::cat(&[&c.k[i], &k], 2),
+                    Tensor::cat(&[&c.v[i], &v], 2),
+                ),
+                None => (k, v),
+            };
+            // Grouped-query attention without copying keys: [B, kvh, g, T, S].
+            let q5 = q.reshape([b, kvh, groups, t, hd]);
+            let scores = q5.matmul(&k.unsqueeze(2).transpose(-1, -2)) * scale;
+            let att = scores
+                .masked_fill(&mask, f64::NEG_INFINITY)
+                .softmax(-1, Kind::Float);
+            let o = att
+                .matmul(&v.unsqueeze(2))
+                .reshape([b, nh, t, hd])
+                .transpose(1, 2)
+                .reshape([b, t, sh.embd]);
+            x = x + o.matmul(&blk.wo);
+            let h = self.rms(&x, &blk.ffn_norm);
+            let ff = (h.matmul(&blk.w_gate).silu() * h.matmul(&blk.w_up)).matmul(&blk.w_down);
+            x = x + ff;
+            out.k.push(k);
+            out.v.push(v);
+        }
+        Ok((self.rms(&x, &self.out_norm), out))
+    }
+
+    /// Greedy generation (for checks and the CLI's `llm` smoke test): up to `max` new tokens.
+    pub fn generate(&self, prompt: &str, max: usize) -> Result<String, ModelError> {
+        let _g = tch::no_grad_guard();
+        let ids = self.tokenize(prompt)?;
+        let (mut h, mut cache) = self.forward(&self.embed(&ids).unsqueeze(0), None, None)?;
+        let mut out = Vec::new();
+        for _ in 0..max {
+            let last = h.select(1, h.size()[1] - 1);
+            let next = self.logits(&last).argmax(-1, false).int64_value(&[0]);
+            if self.decode(&[next]).contains("<|im_end|>") || next == 0 {
+                break;
+            }
+            out.push(next);
+            let (h2, c2) = self.forward(&self.embed(&[next]).unsqueeze(0), Some(&cache), None)?;
+            h = h2;
+            cache = c2;
+        }
+        Ok(self.decode(&out))
+    }
+}

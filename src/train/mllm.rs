@@ -1,0 +1,515 @@
+//! Training the large model's adapter (`train mllm`) and the cascade comparison
+//! (`eval --compare`): small-only, large-only and U-ACS on the same windows.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tch::nn::OptimizerConfig;
+use tch::{Kind, Tensor, nn};
+
+use crate::error::{DatasetError, ModelError, Result};
+use crate::features::audio::AUDIO_DIM;
+use crate::features::visual::VIS_DIM;
+use crate::models::mllm::{AdapterMeta, Answer, Mllm, Query, argmax3};
+use crate::models::ubm::{Modalities, Prediction, Ubm};
+use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, stage1};
+use crate::routing::thresholds::Calibration;
+use crate::routing::uncertainty::{class_index, polarity};
+use crate::train::dataset::{Dataset, Scale, Split, TextSource};
+use crate::train::metrics::{self, Metrics};
+use crate::train::trainer::{SplitData, load_split, mean_std};
+
+/// Options of `train mllm`.
+#[derive(Debug, Clone)]
+pub struct MllmTrainOptions {
+    /// Dataset folder.
+    pub data: PathBuf,
+    /// Label range.
+    pub scale: Scale,
+    /// Models folder (MiniLM and face detector for features).
+    pub models_dir: PathBuf,
+    /// The LLM's GGUF.
+    pub gguf: PathBuf,
+    /// Output base path (`.safetensors` + `.json`).
+    pub out: PathBuf,
+    /// Epochs over the train split.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// LoRA rank.
+    pub rank: i64,
+    /// Neutral band.
+    pub band: f32,
+    /// Seed.
+    pub seed: u64,
+    /// Feature threads.
+    pub workers: usize,
+    /// Share of training clips that also get a cross-verification prompt.
+    pub cross_share: f32,
+    /// lambda for tau2.
+    pub lambda: f32,
+    /// Use at most this many training clips (0: all).
+    pub limit: usize,
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Two disagreeing earlier opinions for a cross-verification training prompt: two
+/// different classes, random which is right (if either), random uncertainties, so the
+/// model learns to weigh them against the evidence rather than copy one.
+fn disagreeing(rng: &mut Rng, limit: f32, band: f32) -> (Verdict, Verdict) {
+    let a = rng.below(3);
+    let b = (a + 1 + rng.below(2)) % 3;
+    let mut opinion = |cls: usize| {
+        let mag = rng.uniform(band * 3.0, limit * 0.85);
+        let score = match cls {
+            0 => -mag,
+            1 => rng.uniform(-band, band),
+            _ => mag,
+        };
+        Verdict {
+            score,
+            uncertainty: rng.uniform(0.3, 1.05),
+        }
+    };
+    (opinion(a), opinion(b))
+}
+
+/// What training reports.
+#[derive(Debug, Clone)]
+pub struct MllmReport {
+    /// Validation metrics (first pass, value-head scores).
+    pub valid: Metrics,
+    /// Validation accuracy of the label-word class.
+    pub valid_class_acc: f64,
+    /// Training wall time, seconds.
+    pub train_s: f64,
+    /// Training examples seen.
+    pub examples: usize,
+}
+
+fn runtime(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Runtime {
+        name: "mllm training".into(),
+        reason: e.to_string(),
+    }
+}
+
+/// Answers a whole split (first pass), in batches.
+pub fn judge_split(model: &Mllm, data: &SplitData, batch: usize) -> Result<Vec<Answer>> {
+    let mut out = Vec::with_capacity(data.feats.len());
+    let idx: Vec<usize> = (0..data.feats.len()).collect();
+    for chunk in idx.chunks(batch.max(1)) {
+        let qs: Vec<Query> = chunk
+            .iter()
+            .map(|&i| Query {
+                text: &data.texts[i],
+                features: &data.feats[i],
+                earlier: None,
+            })
+            .collect();
+        out.extend(model.judge_batch(&qs)?);
+    }
+    Ok(out)
+}
+
+/// Trains the adapter (LoRA + projectors + value head), calibrates tau2 on the validation
+/// split and saves it.
+pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
+    let ds = Dataset::open(&o.data, o.scale)?;
+    tch::manual_seed(o.seed as i64);
+    let mut train = load_split(
+        &ds,
+        Split::Train,
+        TextSource::Given,
+        &o.models_dir,
+        None,
+        o.workers,
+    )?;
+    let valid = load_split(
+        &ds,
+        Split::Valid,
+        TextSource::Given,
+        &o.models_dir,
+        None,
+        o.workers,
+    )?;
+    if train.feats.is_empty() || valid.feats.is_empty() {
+        return Err(DatasetError::Empty {
+            root: o.data.clone(),
+            reason: "training needs clips in both the train and valid splits".into(),
+        }
+        .into());
+    }
+    if o.limit > 0 && train.feats.len() > o.limit {
+        train.feats.truncate(o.limit);
+        train.labels.truncate(o.limit);
+        train.texts.truncate(o.limit);
+    }
+    let bytes = std::fs::metadata(&o.gguf).map(|m| m.len()).unwrap_or(0);
+    let mut meta = AdapterMeta::new(bytes, o.rank, o.band, o.scale.limit());
+    let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
+    let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
+    (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
+    (meta.visual_mean, meta.visual_std) = mean_std(VIS_DIM, &visual);
+    meta.lambda = o.lambda;
+    let mut model = Mllm::fresh(&o.gguf, meta)?;
+    let mut opt = nn::AdamW::default()
+        .wd(0.0)
+        .build(&model.adapter.vs, o.lr)
+        .map_err(runtime)?;
+    // Examples: every clip plainly, a share of them again with disagreeing opinions.
+    let mut rng = Rng(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let n = train.feats.len();
+    let limit = o.scale.limit();
+    let started = Instant::now();
+    let mut seen = 0usize;
+    for epoch in 1..=o.epochs {
+        let mut examples: Vec<(usize, Option<(Verdict, Verdict)>)> =
+            (0..n).map(|i| (i, None)).collect();
+        for i in 0..n {
+            if rng.uniform(0.0, 1.0) < o.cross_share {
+                examples.push((i, Some(disagreeing(&mut rng, limit, o.band))));
+            }
+        }
+        for i in (1..examples.len()).rev() {
+            examples.swap(i, rng.below(i + 1));
+        }
+        let total = examples.len();
+        let steps = total.div_ceil(o.batch);
+        let (mut run_loss, mut run_n) = (0.0, 0usize);
+        for (step, chunk) in examples.chunks(o.batch).enumerate() {
+            let qs: Vec<Query> = chunk
+                .iter()
+                .map(|(i, e)| Query {
+                    text: &train.texts[*i],
+                    features: &train.feats[*i],
+                    earlier: *e,
+                })
+                .collect();
+            let y: Vec<f32> = chunk.iter().map(|(i, _)| train.labels[*i]).collect();
+            let cls: Vec<i64> = y.iter().map(|&v| class_index(v, o.band) as i64).collect();
+            let out = model.forward(&qs, true)?;
+            let loss = out
+                .logits
+                .cross_entropy_for_logits(&Tensor::from_slice(&cls))
+                + (out.scores - Tensor::from_slice(&y))
+                    .abs()
+                    .mean(Kind::Float)
+                    * 0.5;
+            opt.backward_step(&loss);
+            run_loss += loss.double_value(&[]) * chunk.len() as f64;
+            run_n += chunk.len();
+            seen += chunk.len();
+            if (step + 1) % 20 == 0 || step + 1 == steps {
+                let el = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    "epoch {epoch}/{} step {}/{steps}: loss {:.4}, {:.2} s/example, {:.0} s elapsed",
+                    o.epochs,
+                    step + 1,
+                    run_loss / run_n as f64,
+                    el / seen as f64,
+                    el
+                );
+                (run_loss, run_n) = (0.0, 0);
+            }
+        }
+    }
+    let train_s = started.elapsed().as_secs_f64();
+    let answers = judge_split(&model, &valid, 16)?;
+    let samples: Vec<(f32, bool)> = answers
+        .iter()
+        .zip(&valid.labels)
+        .map(|(a, &y)| (a.uncertainty, model.correct(a, y)))
+        .collect();
+    let class_acc = samples.iter().filter(|s| s.1).count() as f64 / samples.len() as f64;
+    let scores: Vec<f32> = answers.iter().map(|a| a.score).collect();
+    let vm = metrics::compute(&scores, &valid.labels);
+    match Calibration::fit(&samples) {
+        Some(c) => {
+            model.adapter.meta.calibration = Some(c);
+            model.adapter.meta.tau2 = Some(c.tau(o.lambda));
+        }
+        None => tracing::warn!("validation too small or too uniform to calibrate tau2"),
+    }
+    model.adapter.save(&o.out)?;
+    Ok((
+        model,
+        MllmReport {
+            valid: vm,
+            valid_class_acc: class_acc,
+            train_s,
+            examples: seen,
+        },
+    ))
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone)]
+pub struct CompareRow {
+    /// Name.
+    pub name: String,
+    /// Metrics of the final scores.
+    pub metrics: Metrics,
+    /// Share of windows escalated to the large model.
+    pub escalation: f64,
+    /// Share of windows cross-verified.
+    pub stage3: f64,
+    /// Among cross-verified windows, the share whose polarity the second pass turned right
+    /// (the first large answer had it wrong).
+    pub correction: f64,
+    /// Model compute time, seconds.
+    pub runtime_s: f64,
+}
+
+/// Everything measured once per test window, reused by every row.
+pub struct CompareInputs {
+    /// Labels.
+    pub labels: Vec<f32>,
+    /// Small model's predictions.
+    pub small: Vec<Prediction>,
+    /// Small model's cost per window (text encoding + forward), seconds.
+    pub small_s: f64,
+    /// Large model's first answers, with their wall time in seconds.
+    pub first: Vec<(Answer, f64)>,
+    /// Cross-verification answers, computed on demand.
+    pub second: Vec<Option<(Answer, f64)>>,
+}
+
+fn verdict_of(p: &Prediction) -> Verdict {
+    Verdict {
+        score: p.score,
+        uncertainty: p.uncertainty,
+    }
+}
+
+/// Runs U-ACS over precomputed answers for one (tau1, tau2, policy); second passes are
+/// computed on demand with `ask` and memoised.
+pub fn cascade_row(
+    name: &str,
+    inp: &mut CompareInputs,
+    tau1: f32,
+    tau2: f32,
+    band: f32,
+    policy: Policy,
+    ask: &mut dyn FnMut(usize, (Verdict, Verdict)) -> Result<(Answer, f64)>,
+) -> Result<CompareRow> {
+    let n = inp.labels.len();
+    let (mut scores, mut esc, mut s3, mut corrected) = (Vec::with_capacity(n), 0, 0, 0);
+    let mut runtime = 0.0;
+    for i in 0..n {
+        let small = verdict_of(&inp.small[i]);
+        runtime += inp.small_s;
+        if stage1(small, tau1) == Stage1::Accept {
+            scores.push(small.score);
+            continue;
+        }
+        esc += 1;
+        let (first, t1) = inp.first[i];
+        runtime += t1;
+        let score = match decide(small, first.verdict(), tau2, band, policy) {
+            Stage2::AcceptLarge => first.score,
+            Stage2::Fused(v) => v.score,
+            Stage2::CrossVerify => {
+                s3 += 1;
+                if inp.second[i].is_none() {
+                    inp.second[i] = Some(ask(i, (small, first.verdict()))?);
+                }
+                let (second, t2) = inp.second[i].expect("set above");
+                runtime += t2;
+                let truth = polarity(inp.labels[i], band);
+                if polarity(second.score, band) == truth && polarity(first.score, band) != truth {
+                    corrected += 1;
+                }
+                second.score
+            }
+        };
+        scores.push(score);
+    }
+    Ok(CompareRow {
+        name: name.into(),
+        metrics: metrics::compute(&scores, &inp.labels),
+        escalation: esc as f64 / n as f64,
+        stage3: s3 as f64 / n as f64,
+        correction: if s3 > 0 {
+            corrected as f64 / s3 as f64
+        } else {
+            0.0
+        },
+        runtime_s: runtime,
+    })
+}
+
+/// The comparison table (runtime relative to the large-model-only row).
+pub fn format_compare(rows: &[CompareRow]) -> String {
+    let large = rows
+        .iter()
+        .find(|r| r.name.starts_with("large model only"))
+        .map_or(1.0, |r| r.runtime_s.max(1e-9));
+    let mut s = String::from(
+        "| system | Has0-Acc2 | Has0-F1 | MAE | Corr | Acc7 | escalated | stage 3 | corrected | runtime s | vs large |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let m = &r.metrics;
+        s.push_str(&format!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {:.3} | {:.3} | {:.1} | {:.2} |\n",
+            r.name,
+            m.has0_acc2,
+            m.has0_f1,
+            m.mae,
+            m.corr,
+            m.acc7,
+            r.escalation,
+            r.stage3,
+            r.correction,
+            r.runtime_s,
+            r.runtime_s / large
+        ));
+    }
+    s
+}
+
+/// `eval --compare`: measures the UBM and the large model on every window of `split`,
+/// then replays the cascade at several lambdas and the ablations.
+pub fn compare(
+    ubm: &Ubm,
+    model: &Mllm,
+    data: &SplitData,
+    text_encode_s: f64,
+    lambdas: &[f32],
+) -> Result<Vec<CompareRow>> {
+    let _g = tch::no_grad_guard();
+    let n = data.feats.len();
+    let band = model.adapter.meta.band;
+    // Small model, one window at a time (as served).
+    let t = Instant::now();
+    let small: Vec<Prediction> = data
+        .feats
+        .iter()
+        .map(|f| ubm.predict(&[f], Modalities::ALL)[0])
+        .collect();
+    let small_s = t.elapsed().as_secs_f64() / n as f64 + text_encode_s;
+    // Large model first pass on every window, one at a time.
+    let mut first = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let a = model.judge(&Query {
+            text: &data.texts[i],
+            features: &data.feats[i],
+            earlier: None,
+        })?;
+        first.push((a, t.elapsed().as_secs_f64()));
+        if (i + 1) % 50 == 0 {
+            tracing::info!(
+                "large model: {}/{n} windows ({:.0} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let mut inp = CompareInputs {
+        labels: data.labels.clone(),
+        small,
+        small_s,
+        first,
+        second: vec![None; n],
+    };
+    let mut ask = |i: usize, e: (Verdict, Verdict)| -> Result<(Answer, f64)> {
+        let t = Instant::now();
+        let a = model.judge(&Query {
+            text: &data.texts[i],
+            features: &data.feats[i],
+            earlier: Some(e),
+        })?;
+        Ok((a, t.elapsed().as_secs_f64()))
+    };
+    let mut rows = Vec::new();
+    let small_scores: Vec<f32> = inp.small.iter().map(|p| p.score).collect();
+    rows.push(CompareRow {
+        name: "UBM only".into(),
+        metrics: metrics::compute(&small_scores, &inp.labels),
+        escalation: 0.0,
+        stage3: 0.0,
+        correction: 0.0,
+        runtime_s: small_s * n as f64,
+    });
+    let large_scores: Vec<f32> = inp.first.iter().map(|a| a.0.score).collect();
+    let large_runtime: f64 = inp.first.iter().map(|a| a.1).sum();
+    rows.push(CompareRow {
+        name: "large model only".into(),
+        metrics: metrics::compute(&large_scores, &inp.labels),
+        escalation: 1.0,
+        stage3: 0.0,
+        correction: 0.0,
+        runtime_s: large_runtime,
+    });
+    let (c1, c2) = match (ubm.meta.calibration, model.adapter.meta.calibration) {
+        (Some(a), Some(b)) => (a, b),
+        _ => {
+            return Err(ModelError::Runtime {
+                name: "eval --compare".into(),
+                reason: "the UBM and the adapter must both be calibrated (run `sentistream calibrate` / retrain)".into(),
+            }
+            .into());
+        }
+    };
+    for &l in lambdas {
+        rows.push(cascade_row(
+            &format!("U-ACS lambda {l:.1}"),
+            &mut inp,
+            c1.tau(l),
+            c2.tau(l),
+            band,
+            Policy::Full,
+            &mut ask,
+        )?);
+    }
+    let l = 0.5;
+    for (name, p) in [
+        (
+            "U-ACS 0.5 without stage 3 (fusion only)",
+            Policy::NoCrossVerify,
+        ),
+        ("U-ACS 0.5 without fusion (large final)", Policy::LargeFinal),
+    ] {
+        rows.push(cascade_row(
+            name,
+            &mut inp,
+            c1.tau(l),
+            c2.tau(l),
+            band,
+            p,
+            &mut ask,
+        )?);
+    }
+    Ok(rows)
+}
+
+/// Class accuracy of answers (argmax of the label words) against labels.
+pub fn class_accuracy(answers: &[Answer], labels: &[f32], band: f32) -> f64 {
+    let ok = answers
+        .iter()
+        .zip(labels)
+        .filter(|(a, y)| argmax3(&a.probs) == class_index(**y, band))
+        .count();
+    ok as f64 / answers.len().max(1) as f64
+}

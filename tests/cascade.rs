@@ -1,0 +1,456 @@
+//! Stages 2/3 at run time: queue policies and deadlines with a slow backend, event order,
+//! worker failures, the OpenAI-compatible backend against a real local HTTP server that
+//! misbehaves on purpose, and a real TorchScript module.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use sentistream::cascade::backend::{Backend, BackendError, OpenAiBackend, TorchScriptBackend};
+use sentistream::cascade::{Cascade, CascadeSettings, Pool, WhenFull};
+use sentistream::event::{Event, Latency, Stage};
+use sentistream::features::WindowFeatures;
+use sentistream::models::mllm::Answer;
+use sentistream::routing::fusion::{Policy, Verdict};
+use sentistream::routing::uncertainty::entropy;
+
+/// A backend that takes `delay` per pass and answers `score` with fixed probabilities;
+/// panics on a text of "panic" and fails on "fail".
+struct Slow {
+    delay: Duration,
+    probs: [f32; 3],
+    score: f32,
+}
+
+impl Backend for Slow {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn band(&self) -> f32 {
+        0.1
+    }
+    fn judge(
+        &mut self,
+        text: &str,
+        _f: &WindowFeatures,
+        earlier: Option<(Verdict, Verdict)>,
+    ) -> Result<Answer, BackendError> {
+        std::thread::sleep(self.delay);
+        match text {
+            "panic" => panic!("backend bug"),
+            "fail" => {
+                return Err(BackendError::Failed {
+                    backend: "slow",
+                    reason: "injected".into(),
+                });
+            }
+            _ => {}
+        }
+        // The cross-verification pass answers with more confidence.
+        let probs = if earlier.is_some() {
+            [0.05, 0.05, 0.9]
+        } else {
+            self.probs
+        };
+        Ok(Answer {
+            score: self.score,
+            probs,
+            uncertainty: entropy(&probs),
+            prompt_tokens: 0,
+        })
+    }
+}
+
+fn slow(ms: u64) -> Box<dyn Backend> {
+    Box::new(Slow {
+        delay: Duration::from_millis(ms),
+        probs: [0.02, 0.03, 0.95],
+        score: 1.5,
+    })
+}
+
+fn event(seq: u64, text: &str, score: f32, u: f32) -> Event {
+    Event {
+        stream: "s".into(),
+        seq,
+        start: seq as f64,
+        end: seq as f64 + 1.0,
+        text: text.into(),
+        language: None,
+        asr_confidence: 1.0,
+        frames: 0,
+        score: Some(score),
+        polarity: None,
+        probs: None,
+        uncertainty: Some(u),
+        stage: Some(Stage::Ubm),
+        fallback_reason: None,
+        ubm: None,
+        mllm: None,
+        latency_ms: Latency::default(),
+        emitted_at_ms: 0,
+    }
+}
+
+fn settings(deadline: Option<Duration>) -> CascadeSettings {
+    CascadeSettings {
+        tau1: 0.5,
+        band: 0.1,
+        deadline,
+        max_held: 1000,
+    }
+}
+
+/// Offers `n` windows, every other one uncertain (escalated); returns the emitted events.
+fn run(cascade: &mut Cascade, n: u64, text: &str) -> Vec<Event> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let u = if i % 2 == 0 { 0.9 } else { 0.1 };
+        let e = event(i, text, 0.8, u);
+        cascade.submit(
+            0,
+            e,
+            [0.2, 0.3, 0.5],
+            WindowFeatures::default(),
+            Instant::now(),
+            &mut |e| out.push(e),
+        );
+    }
+    cascade.finish(&mut |e| out.push(e));
+    out
+}
+
+fn assert_in_order(events: &[Event], n: u64) {
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (0..n).collect::<Vec<_>>(),
+        "every window once, in order"
+    );
+}
+
+#[test]
+fn block_policy_escalates_everything_in_order() {
+    let pool = Pool::start(vec![slow(20)], 2, WhenFull::Block, 0.4, Policy::Full);
+    let mut c = Cascade::new(pool, settings(None));
+    let ev = run(&mut c, 20, "fine words");
+    assert_in_order(&ev, 20);
+    for (i, e) in ev.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(e.stage, Some(Stage::Mllm), "{e:?}");
+            assert!(e.latency_ms.mllm >= 19.0, "{:?}", e.latency_ms);
+            assert_eq!(e.mllm.as_ref().unwrap().score, 1.5);
+        } else {
+            assert_eq!(e.stage, Some(Stage::Ubm));
+        }
+    }
+}
+
+#[test]
+fn drop_newest_falls_back_when_full_and_keeps_order() {
+    let pool = Pool::start(vec![slow(100)], 1, WhenFull::DropNewest, 0.4, Policy::Full);
+    let mut c = Cascade::new(pool, settings(None));
+    let started = Instant::now();
+    let ev = run(&mut c, 30, "fine words");
+    assert_in_order(&ev, 30);
+    let full = ev
+        .iter()
+        .filter(|e| e.fallback_reason.as_deref() == Some("queue_full"))
+        .count();
+    let served = ev.iter().filter(|e| e.stage == Some(Stage::Mllm)).count();
+    assert!(
+        full >= 10,
+        "most of 15 escalations offered at once are dropped: {full}"
+    );
+    assert_eq!(full + served, 15, "each escalation is served or falls back");
+    for e in ev.iter().filter(|e| e.stage == Some(Stage::UbmFallback)) {
+        assert_eq!(
+            e.score,
+            Some(0.8),
+            "the fallback keeps the small model's verdict"
+        );
+    }
+    // Offering never waited for the slow worker.
+    assert!(started.elapsed() < Duration::from_millis(100 * 15));
+    assert_eq!(
+        c.pool()
+            .counters
+            .queue_full
+            .load(std::sync::atomic::Ordering::Relaxed) as usize,
+        full
+    );
+}
+
+#[test]
+fn deadline_falls_back_without_waiting_for_the_worker() {
+    let pool = Pool::start(vec![slow(400)], 8, WhenFull::Block, 0.4, Policy::Full);
+    let mut c = Cascade::new(pool, settings(Some(Duration::from_millis(50))));
+    let t = Instant::now();
+    let ev = run(&mut c, 4, "fine words");
+    assert_in_order(&ev, 4);
+    assert_eq!(ev[0].fallback_reason.as_deref(), Some("deadline"));
+    assert_eq!(ev[2].fallback_reason.as_deref(), Some("deadline"));
+    assert_eq!(ev[1].stage, Some(Stage::Ubm));
+    // The deadline, not the 400 ms backend, bounds the wait for the emitted events.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn worker_failures_fall_back_and_the_pipeline_continues() {
+    for (text, reason) in [("panic", "worker_panic"), ("fail", "backend_error")] {
+        let pool = Pool::start(vec![slow(1)], 4, WhenFull::Block, 0.4, Policy::Full);
+        let mut c = Cascade::new(pool, settings(None));
+        let ev = run(&mut c, 6, text);
+        assert_in_order(&ev, 6);
+        for e in ev.iter().step_by(2) {
+            assert_eq!(e.stage, Some(Stage::UbmFallback));
+            assert_eq!(e.fallback_reason.as_deref(), Some(reason));
+        }
+    }
+}
+
+#[test]
+fn uncertain_large_model_fuses_or_cross_verifies() {
+    // Large model uncertain (u ~ 1.0 > tau2 0.4): same polarity as the small model fuses,
+    // opposite polarity asks again (the second pass is final).
+    let uncertain = |score| -> Box<dyn Backend> {
+        Box::new(Slow {
+            delay: Duration::from_millis(1),
+            probs: [0.3, 0.3, 0.4],
+            score,
+        })
+    };
+    let pool = Pool::start(vec![uncertain(1.2)], 4, WhenFull::Block, 0.4, Policy::Full);
+    let mut c = Cascade::new(pool, settings(None));
+    let ev = run(&mut c, 2, "x");
+    assert_eq!(ev[0].stage, Some(Stage::Fused));
+    let s = ev[0].score.unwrap();
+    assert!(s > 0.8 && s < 1.2, "between the two opinions: {s}");
+    let pool = Pool::start(vec![uncertain(-1.2)], 4, WhenFull::Block, 0.4, Policy::Full);
+    let mut c = Cascade::new(pool, settings(None));
+    let ev = run(&mut c, 2, "x");
+    assert_eq!(ev[0].stage, Some(Stage::CrossVerified));
+    assert!((ev[0].probs.unwrap().positive - 0.9).abs() < 1e-6);
+}
+
+#[test]
+fn two_workers_serve_in_parallel_and_order_holds() {
+    let pool = Pool::start(
+        vec![slow(60), slow(60)],
+        4,
+        WhenFull::Block,
+        0.4,
+        Policy::Full,
+    );
+    let mut c = Cascade::new(pool, settings(None));
+    let t = Instant::now();
+    let ev = run(&mut c, 20, "fine words");
+    assert_in_order(&ev, 20);
+    // 10 escalations x 60 ms on two workers: well under the 600 ms one worker needs.
+    assert!(
+        t.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// A one-connection-at-a-time HTTP server on loopback; `reply(body)` gives the raw
+/// response, or `None` to close without answering.
+fn server(reply: fn(&str) -> Option<String>, delay: Duration) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read the head and the body (content-length).
+            loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(i) = text.find("\r\n\r\n") {
+                    let len: usize = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= i + 4 + len {
+                        break;
+                    }
+                }
+            }
+            std::thread::sleep(delay);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+            if let Some(r) = reply(&body) {
+                let _ = s.write_all(r.as_bytes());
+            }
+        }
+    });
+    format!("http://{addr}/v1/chat/completions")
+}
+
+fn ok(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn logprobs_reply(req: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(req).ok()?;
+    assert_eq!(v["logprobs"], true);
+    let user = v["messages"][1]["content"].as_str()?;
+    assert!(user.contains("great day"), "{user}");
+    Some(ok(
+        r#"{"choices":[{"message":{"content":"positive"},"logprobs":{"content":[{"token":"positive","logprob":-0.1,"top_logprobs":[{"token":"positive","logprob":-0.1},{"token":" negative","logprob":-2.5},{"token":"Neutral","logprob":-3.0},{"token":"the","logprob":-4.0}]}]}}]}"#,
+    ))
+}
+
+fn plain_reply(_: &str) -> Option<String> {
+    Some(ok(r#"{"choices":[{"message":{"content":"Negative."}}]}"#))
+}
+
+fn error_reply(_: &str) -> Option<String> {
+    Some("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 8\r\n\r\noverload".into())
+}
+
+fn garbage_reply(_: &str) -> Option<String> {
+    Some(ok("{\"choices\": [ this is not json"))
+}
+
+fn wrong_word_reply(_: &str) -> Option<String> {
+    Some(ok(
+        r#"{"choices":[{"message":{"content":"I cannot tell."}}]}"#,
+    ))
+}
+
+fn hang_up(_: &str) -> Option<String> {
+    None
+}
+
+fn remote(url: &str, timeout_ms: u64) -> OpenAiBackend {
+    OpenAiBackend::new(url, "m", None, Duration::from_millis(timeout_ms), 0.1, 3.0).unwrap()
+}
+
+#[test]
+fn openai_backend_reads_label_word_logprobs_and_plain_answers() {
+    let f = WindowFeatures::default();
+    let mut b = remote(&server(logprobs_reply, Duration::ZERO), 2000);
+    let a = b.judge("what a great day", &f, None).unwrap();
+    assert!(a.probs[2] > 0.8 && a.probs[0] > a.probs[1], "{a:?}");
+    assert!((a.probs.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    assert!(a.score > 2.0);
+    let mut b = remote(&server(plain_reply, Duration::ZERO), 2000);
+    let a = b.judge("bad", &f, None).unwrap();
+    assert!(
+        (a.probs[0] - 0.8).abs() < 1e-6 && (a.probs[2] - 0.1).abs() < 1e-6,
+        "{a:?}"
+    );
+}
+
+#[test]
+fn misbehaving_endpoint_falls_back_with_the_reason_and_the_pipeline_continues() {
+    // A closed port: bind, learn the address, drop the listener.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/v1/chat/completions", l.local_addr().unwrap())
+    };
+    let cases: Vec<(String, u64, &str)> = vec![
+        (closed, 500, "backend_unreachable"),
+        (
+            server(error_reply, Duration::ZERO),
+            2000,
+            "backend_unreachable",
+        ),
+        (
+            server(garbage_reply, Duration::ZERO),
+            2000,
+            "malformed_output",
+        ),
+        (
+            server(wrong_word_reply, Duration::ZERO),
+            2000,
+            "malformed_output",
+        ),
+        (server(hang_up, Duration::ZERO), 2000, "backend_unreachable"),
+        (
+            server(logprobs_reply, Duration::from_millis(800)),
+            200,
+            "backend_timeout",
+        ),
+    ];
+    for (url, timeout, reason) in cases {
+        let pool = Pool::start(
+            vec![Box::new(remote(&url, timeout))],
+            4,
+            WhenFull::Block,
+            0.4,
+            Policy::Full,
+        );
+        let mut c = Cascade::new(pool, settings(None));
+        let t = Instant::now();
+        let ev = run(&mut c, 4, "what a great day");
+        assert_in_order(&ev, 4);
+        assert_eq!(ev[0].stage, Some(Stage::UbmFallback), "{url}");
+        assert_eq!(ev[0].fallback_reason.as_deref(), Some(reason), "{url}");
+        assert_eq!(ev[1].stage, Some(Stage::Ubm));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{url}: {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn torchscript_backend_follows_the_contract() {
+    use tch::{CModule, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.pt");
+    // A real TorchScript module traced from a closure: logits from the mean audio frame.
+    let inputs = [
+        Tensor::zeros([1, 384], (tch::Kind::Float, tch::Device::Cpu)),
+        Tensor::ones([1, 10, 47], (tch::Kind::Float, tch::Device::Cpu)),
+        Tensor::ones([1, 3, 11], (tch::Kind::Float, tch::Device::Cpu)),
+        Tensor::zeros([1, 4], (tch::Kind::Float, tch::Device::Cpu)),
+    ];
+    let mut f = |x: &[Tensor]| {
+        let a = x[1].mean_dim(1, false, tch::Kind::Float); // [1, 47]
+        let s = a
+            .narrow(1, 0, 1)
+            .sum_dim_intlist(1, false, tch::Kind::Float); // [1]
+        vec![
+            Tensor::cat(
+                &[-&s, s.zeros_like(), s.shallow_clone(), s.shallow_clone()],
+                0,
+            )
+            .view([1, 4]),
+        ]
+    };
+    let m = CModule::create_by_tracing("M", "forward", &inputs, &mut f).unwrap();
+    m.save(&path).unwrap();
+    let mut b = TorchScriptBackend::load(&path, 0.1, 3.0).unwrap();
+    let feats = WindowFeatures {
+        text: None,
+        audio: vec![2.0; 5 * 47],
+        visual: vec![],
+    };
+    let a = b.judge("", &feats, None).unwrap();
+    assert!(a.probs[2] > 0.85 && (a.score - 2.0).abs() < 1e-5, "{a:?}");
+    // Not a module: a clear error at load time.
+    std::fs::write(dir.path().join("bad.pt"), b"not a module").unwrap();
+    let e = TorchScriptBackend::load(&dir.path().join("bad.pt"), 0.1, 3.0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("bad.pt") && e.contains("TorchScript"), "{e}");
+}
