@@ -10,7 +10,15 @@ use crate::models::assets::{self, AssetState, InstallOutcome};
 use crate::models::convert;
 use crate::models::mllm::Mllm;
 use crate::models::ubm::{Modalities, Ubm};
-use crate::sinks::JsonlSink;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::app::stream::StreamJob;
+use crate::metrics::Metrics;
+use crate::sinks::files::{FileSink, Format};
+use crate::sinks::websocket::WsServer;
+use crate::sinks::{Fanout, JsonlSink, Sink};
+use crate::source::Input;
 use crate::train::dataset::{Dataset, Scale, Split, TextSource};
 use crate::train::mllm::{self as mllm_train, MllmTrainOptions};
 use crate::train::trainer::{self, CalibrationRule, TrainOptions};
@@ -36,8 +44,12 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Annotate a recorded file or URI: one JSON line per utterance window on stdout.
+    /// Annotate a recorded file or URI: one JSON line per utterance window on stdout
+    /// (and, with --out, JSONL / WebVTT / SRT files).
     Annotate(AnnotateArgs),
+    /// Run one or more sources (files, URIs, rtsp://, /dev/videoN, pipelines/*.gst) in one
+    /// process, live ones in real time, until they end or Ctrl-C / SIGTERM.
+    Run(RunArgs),
     /// Install, verify, list or convert model files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -188,14 +200,9 @@ pub struct EvalArgs {
     pub adapter: Option<PathBuf>,
 }
 
-/// Options of `annotate`.
-#[derive(Debug, Args)]
-pub struct AnnotateArgs {
-    /// Media file path or URI (file://, http://, rtsp://, ...).
-    pub input: String,
-    /// Stream id in the events (default: the file name).
-    #[arg(long)]
-    pub stream_id: Option<String>,
+/// Options shared by `annotate` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
     /// Whisper ggml model (path or name in the models folder); overrides asr.model.
     #[arg(long)]
     pub whisper_model: Option<PathBuf>,
@@ -211,15 +218,6 @@ pub struct AnnotateArgs {
     /// Video frames per second for the analysis; overrides source.video_fps.
     #[arg(long)]
     pub fps: Option<u32>,
-    /// Use Whisper's full 30 s context for every window (slower; as upstream).
-    #[arg(long)]
-    pub full_audio_ctx: bool,
-    /// No progress bar.
-    #[arg(long)]
-    pub no_progress: bool,
-    /// Print run figures (wall time, Whisper time, real-time factor, peak RSS) on stderr.
-    #[arg(long)]
-    pub stats: bool,
     /// Small sentiment model (base path of .safetensors + .json); default: <models>/ubm.
     #[arg(long)]
     pub ubm: Option<PathBuf>,
@@ -232,6 +230,58 @@ pub struct AnnotateArgs {
     /// lambda for tau1/tau2 (lower: more escalation); overrides cascade.lambda.
     #[arg(long)]
     pub lambda: Option<f32>,
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Sources: file paths, URIs (rtsp://, http://, file://), V4L2 webcams (/dev/video0),
+    /// or launch descriptions (pipelines/NAME.gst?key=value).
+    #[arg(required = true)]
+    pub sources: Vec<String>,
+    /// Stream ids, in the order of the sources (default: file name, host, or device).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Outputs, any number: `stdout`, `ws://ADDR:PORT` (websocket + live page + /metrics
+    /// + /health), or a file `PATH.jsonl|.vtt|.srt` (`{stream}` in PATH: one per stream).
+    /// Default: stdout.
+    #[arg(long = "sink")]
+    pub sinks: Vec<String>,
+    /// Treat every source as live: reopen it when it ends or fails (a file loops).
+    #[arg(long)]
+    pub live: bool,
+    /// Print per-stream figures (real-time factor, lag, drops) on stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+    /// Models and languages.
+    #[command(flatten)]
+    pub m: ModelArgs,
+}
+
+/// Options of `annotate`.
+#[derive(Debug, Args)]
+pub struct AnnotateArgs {
+    /// Media file path or URI (file://, http://, rtsp://, ...).
+    pub input: String,
+    /// Stream id in the events (default: the file name).
+    #[arg(long)]
+    pub stream_id: Option<String>,
+    /// Use Whisper's full 30 s context for every window (slower; as upstream).
+    #[arg(long)]
+    pub full_audio_ctx: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Print run figures (wall time, Whisper time, real-time factor, peak RSS) on stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// Also write the events to files, written as they come: `PATH.jsonl`, `PATH.vtt`
+    /// (WebVTT) or `PATH.srt` subtitles with text and sentiment. Repeatable.
+    #[arg(long = "out")]
+    pub outs: Vec<PathBuf>,
+    /// Models and languages.
+    #[command(flatten)]
+    pub m: ModelArgs,
 }
 
 /// `models` subcommands.
@@ -311,71 +361,236 @@ fn models_dir(cli: &Cli, cfg: &Config) -> PathBuf {
         .unwrap_or_else(assets::default_models_dir)
 }
 
+/// Applies the model/language flags and validates; returns the shared run settings and
+/// the VAD model path.
+fn prepare(
+    cfg: &mut Config,
+    m: &ModelArgs,
+    models: &Path,
+    live: bool,
+) -> anyhow::Result<(app::Shared, PathBuf)> {
+    if let Some(l) = &m.language {
+        cfg.asr.language = l.clone();
+    }
+    if let Some(t) = m.threads {
+        cfg.asr.threads = t;
+    }
+    if let Some(f) = m.fps {
+        cfg.source.video_fps = f;
+    }
+    if let Some(w) = &m.whisper_model {
+        cfg.asr.model = w.clone();
+    }
+    if m.no_cascade {
+        cfg.cascade.enabled = false;
+    }
+    if m.lambda.is_some() {
+        cfg.cascade.lambda = m.lambda;
+    }
+    cfg.validate()?;
+    let vad = m
+        .vad_model
+        .clone()
+        .or_else(|| cfg.models.vad.clone())
+        .unwrap_or_else(|| PathBuf::from("ggml-silero-v6.2.0.bin"));
+    let ubm = if m.no_sentiment {
+        None
+    } else {
+        let base = m.ubm.clone().unwrap_or_else(|| models.join("ubm"));
+        if m.ubm.is_none() && !base.with_extension("json").is_file() {
+            tracing::warn!(
+                "no sentiment model at {}: events carry transcripts only; train one with `sentistream train ubm` or pass --ubm",
+                base.display()
+            );
+            None
+        } else {
+            Some(base)
+        }
+    };
+    Ok((
+        app::Shared {
+            cascade: (cfg.cascade.enabled && ubm.is_some()).then(|| cfg.cascade.clone()),
+            ubm,
+            models_dir: models.to_path_buf(),
+            live,
+            notices: cfg.sinks.notices,
+        },
+        resolve_model(models, &vad),
+    ))
+}
+
+/// Default stream id of a source: the file name, the URI's host and path, or the device.
+fn default_id(input: &str) -> String {
+    let base = input.split('?').next().unwrap_or(input);
+    if let Some((_, rest)) = base.split_once("://") {
+        return rest.trim_end_matches('/').replace('/', "_");
+    }
+    Path::new(base)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| input.to_string())
+}
+
+/// A file sink for a path (format from the extension).
+fn file_sink(path: &Path) -> anyhow::Result<Box<dyn Sink>> {
+    let format = Format::from_path(path).ok_or_else(|| {
+        anyhow::anyhow!(
+            "output {}: unknown format; use a .jsonl, .vtt or .srt file name",
+            path.display()
+        )
+    })?;
+    Ok(Box::new(FileSink::new(path, format)?))
+}
+
+fn run_cmd(r: &RunArgs, mut cfg: Config, models: &Path) -> anyhow::Result<i32> {
+    let (shared, vad) = prepare(&mut cfg, &r.m, models, true)?;
+    let inputs = r
+        .sources
+        .iter()
+        .map(|s| Input::parse(s, &cfg.source))
+        .collect::<Result<Vec<_>, _>>()?;
+    if r.ids.len() > r.sources.len() {
+        anyhow::bail!("{} --id given for {} sources", r.ids.len(), r.sources.len());
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for (i, src) in r.sources.iter().enumerate() {
+        let mut id = r.ids.get(i).cloned().unwrap_or_else(|| default_id(src));
+        if ids.contains(&id) {
+            id = format!("{id}#{}", i + 1);
+        }
+        ids.push(id);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let mut sinks = Fanout::default();
+    let specs = if r.sinks.is_empty() {
+        vec!["stdout".to_string()]
+    } else {
+        r.sinks.clone()
+    };
+    for spec in &specs {
+        if spec == "stdout" {
+            sinks.push(Box::new(JsonlSink::new(std::io::stdout(), "stdout")));
+        } else if let Some(addr) = spec.strip_prefix("ws://") {
+            let server = WsServer::start(
+                addr.trim_end_matches('/'),
+                cfg.sinks.ws_client_buffer,
+                metrics.clone(),
+            )?;
+            eprintln!(
+                "sentistream: live page http://{0}/  websocket ws://{0}/ws  metrics http://{0}/metrics  health http://{0}/health",
+                server.addr
+            );
+            sinks.push(Box::new(server));
+        } else {
+            let path = spec.strip_prefix("file:").unwrap_or(spec);
+            sinks.push(file_sink(Path::new(path))?);
+        }
+    }
+    let jobs: Vec<StreamJob> = inputs
+        .into_iter()
+        .zip(&ids)
+        .map(|(input, id)| StreamJob {
+            reconnect: r.live || input.known_live(),
+            id: id.clone(),
+            input,
+            whisper_model: resolve_model(models, &cfg.asr.model),
+            vad_model: vad.clone(),
+            models_dir: models.to_path_buf(),
+            sentiment: shared.ubm.is_some(),
+            progress: false,
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(stop.clone());
+    let (stats, results) = app::execute(&cfg, jobs, &shared, sinks, metrics.clone(), stop)?;
+    let mut failed = 0;
+    for res in &results {
+        let f = metrics.stream(&res.id);
+        let line = format!(
+            "stream {}: {} windows, {:.1} s of media, real-time factor {:.3}, lag {:.2} s, dropped audio/video buffers {}/{}, interruptions {}",
+            res.id,
+            res.stats.windows,
+            res.stats.media_s,
+            f.as_ref().map_or(0.0, |f| f.rtf()),
+            f.as_ref().map_or(0.0, |f| f.lag_s),
+            f.as_ref().map_or(0, |f| f.dropped_audio),
+            f.as_ref().map_or(0, |f| f.dropped_video),
+            res.stats.interruptions
+        );
+        if r.stats {
+            eprintln!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+        if let Some(e) = &res.error {
+            eprintln!("error: stream {}: {e}", res.id);
+            failed += 1;
+        }
+    }
+    if r.stats {
+        eprintln!("{}", stats.summary());
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// Ctrl-C / SIGTERM set `stop` (streams finish their windows, files close, websocket
+/// clients get a close frame); a second signal exits at once.
+fn watch_signals(stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
+                for round in 0..2 {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    if round == 0 {
+                        eprintln!("sentistream: stopping (finishing windows in flight; signal again to exit at once)");
+                        stop.store(true, Ordering::SeqCst);
+                    } else {
+                        std::process::exit(130);
+                    }
+                }
+            });
+        })
+        .expect("spawn signal thread");
+}
+
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let mut cfg = load_config(&cli)?;
     let models = models_dir(&cli, &cfg);
     match &cli.command {
         Command::Annotate(a) => {
-            if let Some(l) = &a.language {
-                cfg.asr.language = l.clone();
-            }
-            if let Some(t) = a.threads {
-                cfg.asr.threads = t;
-            }
-            if let Some(f) = a.fps {
-                cfg.source.video_fps = f;
-            }
-            if let Some(m) = &a.whisper_model {
-                cfg.asr.model = m.clone();
-            }
             if a.full_audio_ctx {
                 cfg.asr.audio_ctx = AudioCtx::Full;
             }
-            if a.no_cascade {
-                cfg.cascade.enabled = false;
-            }
-            if a.lambda.is_some() {
-                cfg.cascade.lambda = a.lambda;
-            }
-            cfg.validate()?;
-            let vad = a
-                .vad_model
-                .clone()
-                .or_else(|| cfg.models.vad.clone())
-                .unwrap_or_else(|| PathBuf::from("ggml-silero-v6.2.0.bin"));
-            let stream_id = a.stream_id.clone().unwrap_or_else(|| {
-                Path::new(&a.input)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| a.input.clone())
-            });
-            let ubm = if a.no_sentiment {
-                None
-            } else {
-                let base = a.ubm.clone().unwrap_or_else(|| models.join("ubm"));
-                if a.ubm.is_none() && !base.with_extension("json").is_file() {
-                    tracing::warn!(
-                        "no sentiment model at {}: events carry transcripts only; train one with `sentistream train ubm` or pass --ubm",
-                        base.display()
-                    );
-                    None
-                } else {
-                    Some(base)
-                }
-            };
+            let (shared, vad) = prepare(&mut cfg, &a.m, &models, false)?;
+            let stream_id = a.stream_id.clone().unwrap_or_else(|| default_id(&a.input));
             let job = AnnotateJob {
                 input: a.input.clone(),
                 stream_id,
                 whisper_model: resolve_model(&models, &cfg.asr.model),
-                vad_model: resolve_model(&models, &vad),
+                vad_model: vad,
                 progress: !a.no_progress,
                 models_dir: models.clone(),
-                cascade: (cfg.cascade.enabled && ubm.is_some()).then(|| cfg.cascade.clone()),
-                ubm,
+                cascade: shared.cascade,
+                ubm: shared.ubm,
             };
-            let mut sink = JsonlSink::new(std::io::stdout().lock(), "stdout");
-            let stats = app::annotate(&cfg, &job, &mut sink)?;
+            let mut sinks = Fanout::default();
+            sinks.push(Box::new(JsonlSink::new(std::io::stdout(), "stdout")));
+            for o in &a.outs {
+                sinks.push(file_sink(o)?);
+            }
+            let stats = app::annotate(&cfg, &job, sinks)?;
             if a.stats {
                 eprintln!("{}", stats.summary());
             } else {
@@ -383,6 +598,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Run(r) => run_cmd(r, cfg, &models),
         Command::Models(ModelsCommand::Generate {
             prompt,
             max_tokens,

@@ -72,6 +72,63 @@ pub struct Latency {
     pub total: f64,
 }
 
+/// What happened to a stream (not a window): interruptions, resumption, its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamStatus {
+    /// The stream started delivering media.
+    Started,
+    /// The source failed or went away; sentistream is reconnecting.
+    Interrupted,
+    /// Media flows again after an interruption.
+    Resumed,
+    /// The stream ended (end of input, shutdown, or given up).
+    Ended,
+}
+
+/// A stream-level notice, written to the same sinks as window events (a JSON object with
+/// a `status` field instead of `seq`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// Stream id.
+    pub stream: String,
+    /// What happened.
+    pub status: StreamStatus,
+    /// Stream time (seconds) at which it happened.
+    pub at: f64,
+    /// Why (errors, shutdown), if known.
+    pub reason: Option<String>,
+    /// Wall-clock emission time, ms since the Unix epoch.
+    pub emitted_at_ms: u64,
+}
+
+/// Anything a sink receives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// One window's result.
+    Window(Event),
+    /// A stream-level notice.
+    Status(StatusEvent),
+}
+
+impl Output {
+    /// The JSON line (without newline).
+    pub fn to_json(&self) -> String {
+        match self {
+            Output::Window(e) => serde_json::to_string(e),
+            Output::Status(s) => serde_json::to_string(s),
+        }
+        .expect("events serialise")
+    }
+    /// Stream id.
+    pub fn stream(&self) -> &str {
+        match self {
+            Output::Window(e) => &e.stream,
+            Output::Status(s) => &s.stream,
+        }
+    }
+}
+
 /// One utterance window's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -167,5 +224,42 @@ mod tests {
         assert!(v["mllm"].is_null());
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+}
+
+/// An event with every field set, for unit tests of sinks and metrics.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    /// A window event of `stream` at 1.0-2.5 s.
+    pub fn event(stream: &str) -> Event {
+        Event {
+            stream: stream.into(),
+            seq: 0,
+            start: 1.0,
+            end: 2.5,
+            text: "hello there".into(),
+            language: Some("en".into()),
+            asr_confidence: 0.9,
+            frames: 7,
+            score: Some(1.25),
+            polarity: Some(Polarity::Positive),
+            probs: Some(Probs {
+                negative: 0.1,
+                neutral: 0.2,
+                positive: 0.7,
+            }),
+            uncertainty: Some(0.8),
+            stage: Some(Stage::Ubm),
+            fallback_reason: None,
+            ubm: Some(Opinion {
+                score: 1.25,
+                uncertainty: 0.8,
+            }),
+            mllm: None,
+            latency_ms: Latency::default(),
+            emitted_at_ms: 1,
+        }
     }
 }

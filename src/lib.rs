@@ -16,6 +16,8 @@ pub mod error;
 pub mod event;
 /// Per-window features: ASR, audio, face, text.
 pub mod features;
+/// Prometheus metrics and health.
+pub mod metrics;
 /// Model files and models: assets, Whisper converter, GGUF, UBM, LLM, MLLM.
 pub mod models;
 /// U-ACS decisions as pure functions: uncertainty, thresholds, fusion.

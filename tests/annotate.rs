@@ -72,9 +72,14 @@ fn sample_windows_match_the_speech_and_the_words() {
         ] {
             assert!(e.get(k).is_some(), "field {k} missing");
         }
-        // With the committed default UBM, every window carries its verdict.
+        // With the committed default UBM, every window carries a verdict.
         if common::repo("models/ubm.json").is_file() {
-            assert_eq!(e["stage"], "ubm");
+            let stage = e["stage"].as_str().unwrap();
+            assert!(
+                ["ubm", "mllm", "fused", "cross_verified"].contains(&stage),
+                "{e}"
+            );
+            assert_eq!(stage == "ubm", e["mllm"].is_null(), "{e}");
             assert!(e["score"].as_f64().unwrap().abs() <= 3.0);
             assert!(e["uncertainty"].as_f64().unwrap() >= 0.0);
         }
@@ -127,4 +132,63 @@ fn auto_language_and_tiny_model_work_on_the_sample() {
         stderr.contains("real-time factor"),
         "--stats prints the run figures: {stderr}"
     );
+}
+
+#[test]
+fn escalated_windows_go_through_the_large_model_in_order() {
+    if common::model("ggml-base.bin").is_none()
+        || common::model("SmolLM2-135M-Instruct.Q4_1.gguf").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("all.toml");
+    // tau1 = 0: every window is escalated.
+    std::fs::write(&cfg, "[cascade]\ntau1 = 0.0\n").unwrap();
+    let sample = common::repo("samples/sample.mp4");
+    let out = common::sentistream(&[
+        "annotate",
+        sample.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--language",
+        "en",
+        "--no-progress",
+        "--stats",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = common::events(&out);
+    assert_eq!(events.len(), 4);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64);
+        let stage = e["stage"].as_str().unwrap();
+        assert!(["mllm", "fused", "cross_verified"].contains(&stage), "{e}");
+        assert!(e["mllm"]["uncertainty"].as_f64().unwrap() >= 0.0, "{e}");
+        assert!(e["ubm"]["score"].is_number());
+        assert!(e["latency_ms"]["mllm"].as_f64().unwrap() > 0.0, "{e}");
+        let p = &e["probs"];
+        let sum: f64 = ["negative", "neutral", "positive"]
+            .iter()
+            .map(|k| p[k].as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-3, "{e}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("escalated 4"), "{stderr}");
+    // --no-cascade: the small model decides every window.
+    let out = common::sentistream(&[
+        "annotate",
+        sample.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--language",
+        "en",
+        "--no-progress",
+        "--no-cascade",
+    ]);
+    assert!(common::events(&out).iter().all(|e| e["stage"] == "ubm"));
 }

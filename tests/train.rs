@@ -138,6 +138,64 @@ fn bad_dataset_and_model_inputs_are_reported() {
     );
 }
 
+#[test]
+fn train_mllm_and_compare_on_the_tiny_dataset() {
+    if !have_models()
+        || common::model("SmolLM2-135M-Instruct.Q4_1.gguf").is_none()
+        || common::model("ubm.json").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dataset");
+    copy_dir(&common::repo("samples/dataset"), &data);
+    let adapter = dir.path().join("adapter");
+    let (d, a) = (data.to_str().unwrap(), adapter.to_str().unwrap());
+    let stdout = common::sentistream_ok(&[
+        "train", "mllm", "--data", d, "--out", a, "--epochs", "1", "--batch", "4", "--rank", "2",
+    ]);
+    assert!(stdout.contains("trained on"), "{stdout}");
+    assert!(stdout.contains("large model (valid)"), "{stdout}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["rank"], 2);
+    assert_eq!(meta["audio_mean"].as_array().unwrap().len(), 47);
+    assert!(adapter.with_extension("safetensors").is_file());
+    // The comparison on the 4 test clips, with the committed (calibrated) UBM.
+    let stdout = common::sentistream_ok(&["eval", "--data", d, "--compare", "--adapter", a]);
+    for row in [
+        "| UBM only |",
+        "| large model only |",
+        "| U-ACS lambda 0.1 |",
+        "| U-ACS lambda 0.9 |",
+        "without stage 3 (fusion only)",
+        "without fusion (large final)",
+    ] {
+        assert!(stdout.contains(row), "{row} missing:\n{stdout}");
+    }
+    // Large model only: everything escalated, relative runtime 1.
+    let large = stdout
+        .lines()
+        .find(|l| l.starts_with("| large model only"))
+        .unwrap();
+    assert!(
+        large.contains("| 1.000 |") && large.trim_end().ends_with("| 1.00 |"),
+        "{large}"
+    );
+    // Bad adapter path: a clear error naming it.
+    let out = common::sentistream(&[
+        "eval",
+        "--data",
+        d,
+        "--compare",
+        "--adapter",
+        "/nonexistent/ad",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ad"));
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

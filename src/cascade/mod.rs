@@ -596,8 +596,9 @@ pub fn from_config(
             ),
         });
     }
-    let tau1 = match (cfg.lambda, ubm.calibration) {
-        (Some(l), Some(c)) => c.tau(l),
+    let tau1 = match (cfg.tau1, cfg.lambda, ubm.calibration) {
+        (Some(t), _, _) => t,
+        (None, Some(l), Some(c)) => c.tau(l),
         _ => ubm.tau1.ok_or_else(|| ModelError::Runtime {
             name: "cascade".into(),
             reason:

@@ -21,6 +21,27 @@ pub struct Config {
     pub models: ModelsConfig,
     /// The large model and stages 2/3 of the cascade.
     pub cascade: CascadeConfig,
+    /// Outputs of `run`.
+    pub sinks: SinksConfig,
+}
+
+/// Outputs of `run` (which ones is chosen on the command line with `--sink`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// Events buffered per websocket client; a slower client loses its oldest (and is told).
+    pub ws_client_buffer: usize,
+    /// Stream notices (started, interrupted, resumed, ended) in the JSON outputs.
+    pub notices: bool,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        Self {
+            ws_client_buffer: 256,
+            notices: true,
+        }
+    }
 }
 
 /// Which large-model backend serves escalations.
@@ -80,6 +101,9 @@ pub struct CascadeConfig {
     /// Recompute tau1 and tau2 at this lambda from the stored calibrations; unset: use
     /// the thresholds stored with the models.
     pub lambda: Option<f32>,
+    /// Fixed tau1 (overrides the UBM's stored or lambda-derived one; 0 escalates every
+    /// window with any uncertainty).
+    pub tau1: Option<f32>,
     /// Fixed tau2 (overrides the calibrated one; the only one remote/TorchScript backends
     /// have unless the local adapter's calibration is present).
     pub tau2: Option<f32>,
@@ -102,6 +126,7 @@ impl Default for CascadeConfig {
             when_full: QueuePolicy::Auto,
             deadline_ms: 0,
             lambda: None,
+            tau1: None,
             tau2: None,
         }
     }
@@ -115,8 +140,14 @@ pub struct SourceConfig {
     pub video_fps: u32,
     /// Width of delivered video frames in pixels; height follows the aspect ratio.
     pub video_width: u32,
-    /// Bound on decoded-but-unprocessed buffers between GStreamer and the analysis.
+    /// Bound on decoded-but-unprocessed buffers between GStreamer and the analysis. Files
+    /// pause decoding when it is full; live sources drop (and count) buffers instead.
     pub channel_capacity: usize,
+    /// Live network sources: reconnect attempts after a failure before giving up (0: never
+    /// give up).
+    pub reconnect_attempts: u32,
+    /// Longest wait between reconnect attempts, seconds (waits double from 0.5 s).
+    pub reconnect_max_s: f32,
 }
 
 impl Default for SourceConfig {
@@ -125,6 +156,8 @@ impl Default for SourceConfig {
             video_fps: 5,
             video_width: 320,
             channel_capacity: 256,
+            reconnect_attempts: 0,
+            reconnect_max_s: 10.0,
         }
     }
 }
@@ -267,6 +300,12 @@ impl Config {
         if s.channel_capacity == 0 {
             p.push("source.channel_capacity = 0: must be at least 1".into());
         }
+        if !(0.5..=3600.0).contains(&s.reconnect_max_s) {
+            p.push(format!(
+                "source.reconnect_max_s = {}: must be in [0.5, 3600] seconds",
+                s.reconnect_max_s
+            ));
+        }
         let g = &self.segment;
         if !(0.0..=1.0).contains(&g.threshold) {
             p.push(format!(
@@ -330,6 +369,12 @@ impl Config {
         if a.model.as_os_str().is_empty() {
             p.push("asr.model is empty: name a ggml Whisper file".into());
         }
+        if !(1..=100_000).contains(&self.sinks.ws_client_buffer) {
+            p.push(format!(
+                "sinks.ws_client_buffer = {}: must be 1..=100000",
+                self.sinks.ws_client_buffer
+            ));
+        }
         let c = &self.cascade;
         if !(1..=16).contains(&c.workers) {
             p.push(format!("cascade.workers = {}: must be 1..=16", c.workers));
@@ -355,10 +400,12 @@ impl Config {
         {
             p.push(format!("cascade.lambda = {l}: must be in [0, 1]"));
         }
-        if let Some(t) = c.tau2
-            && !(0.0..=1.1).contains(&t)
-        {
-            p.push(format!("cascade.tau2 = {t}: must be in [0, ln 3 = 1.0986]"));
+        for (k, v) in [("tau1", c.tau1), ("tau2", c.tau2)] {
+            if let Some(t) = v
+                && !(0.0..=1.1).contains(&t)
+            {
+                p.push(format!("cascade.{k} = {t}: must be in [0, ln 3 = 1.0986]"));
+            }
         }
         if p.is_empty() {
             Ok(())

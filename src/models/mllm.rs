@@ -364,6 +364,11 @@ impl Mllm {
         })
     }
 
+    /// Length of the fixed, cached prompt prefix in tokens.
+    pub fn prefix_tokens(&self) -> usize {
+        self.prefix_ids.len()
+    }
+
     /// Token ids of the label words.
     pub fn label_ids(&self) -> [i64; 3] {
         self.label_ids

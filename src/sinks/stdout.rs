@@ -4,7 +4,8 @@
 use std::io::Write;
 
 use crate::error::SinkError;
-use crate::event::Event;
+use crate::event::{Event, Output};
+use crate::sinks::Sink;
 
 /// Writes events as JSON lines to any writer (stdout, a file, a `Vec<u8>` in tests).
 pub struct JsonlSink<W: Write> {
@@ -30,6 +31,24 @@ impl<W: Write> JsonlSink<W> {
             target: self.target.clone(),
             source: err.into(),
         })?;
+        self.finish_line()
+    }
+
+    /// Writes any output (window or stream notice) and flushes.
+    pub fn write_output(&mut self, o: &Output) -> Result<(), SinkError> {
+        self.line.clear();
+        let r = match o {
+            Output::Window(e) => serde_json::to_writer(&mut self.line, e),
+            Output::Status(s) => serde_json::to_writer(&mut self.line, s),
+        };
+        r.map_err(|err| SinkError::Io {
+            target: self.target.clone(),
+            source: err.into(),
+        })?;
+        self.finish_line()
+    }
+
+    fn finish_line(&mut self) -> Result<(), SinkError> {
         self.line.push(b'\n');
         let io = |source| SinkError::Io {
             target: self.target.clone(),
@@ -45,5 +64,20 @@ impl<W: Write> JsonlSink<W> {
     /// Gives the writer back.
     pub fn into_inner(self) -> W {
         self.out
+    }
+}
+
+impl<W: Write + Send> Sink for JsonlSink<W> {
+    fn name(&self) -> String {
+        self.target.clone()
+    }
+    fn write(&mut self, out: &Output) -> Result<(), SinkError> {
+        self.write_output(out)
+    }
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.out.flush().map_err(|source| SinkError::Io {
+            target: self.target.clone(),
+            source,
+        })
     }
 }

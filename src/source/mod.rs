@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -23,6 +23,7 @@ use crate::error::SourceError;
 pub const SAMPLE_RATE: u32 = 16_000;
 const AUDIO_BRANCH: &str = include_str!("../../pipelines/audio.gst");
 const VIDEO_BRANCH: &str = include_str!("../../pipelines/video.gst");
+const WEBCAM: &str = include_str!("../../pipelines/webcam.gst");
 /// With no data or bus message for this long, a file source is declared stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Audio buffers waiting for reuse; bounded so a burst cannot pin memory.
@@ -68,6 +69,152 @@ pub enum SourceMsg {
     Error(SourceError),
 }
 
+/// Buffers dropped by a live source because the analysis fell behind.
+#[derive(Debug, Default)]
+pub struct Drops {
+    /// Audio buffers.
+    pub audio: AtomicU64,
+    /// Video frames.
+    pub video: AtomicU64,
+}
+
+/// Shared delivery state of the appsink callbacks.
+#[derive(Clone)]
+struct Delivery {
+    tx: Sender<SourceMsg>,
+    /// Live: never block GStreamer's streaming threads; drop and count instead.
+    leaky: Arc<AtomicBool>,
+    drops: Arc<Drops>,
+}
+
+impl Delivery {
+    /// Sends data; `Err` only when the receiver is gone.
+    fn data(&self, m: SourceMsg, video: bool) -> Result<(), gst::FlowError> {
+        if self.leaky.load(Ordering::Relaxed) {
+            match self.tx.try_send(m) {
+                Ok(()) => Ok(()),
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    let c = if video {
+                        &self.drops.video
+                    } else {
+                        &self.drops.audio
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    Err(gst::FlowError::Flushing)
+                }
+            }
+        } else {
+            self.tx.send(m).map_err(|_| gst::FlowError::Flushing)
+        }
+    }
+}
+
+/// What to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A file path or any URI GStreamer opens (file://, http://, rtsp://, ...).
+    Uri(String),
+    /// A complete launch description with appsinks named `audio` (required) and `video`.
+    Launch {
+        /// Where it came from (for messages).
+        name: String,
+        /// The description, placeholders filled.
+        description: String,
+    },
+}
+
+impl Input {
+    /// Parses a source argument: `/dev/videoN` (V4L2 webcam via pipelines/webcam.gst),
+    /// `FILE.gst[?key=value&...]` (a launch description; `{key}` placeholders are filled,
+    /// plus `{fps}` and `{width}` from the config), otherwise a path or URI.
+    pub fn parse(arg: &str, cfg: &SourceConfig) -> Result<Self, SourceError> {
+        let fill = |desc: &str, params: &[(&str, &str)]| {
+            let mut d = desc
+                .replace("{fps}", &cfg.video_fps.to_string())
+                .replace("{width}", &cfg.video_width.to_string());
+            for (k, v) in params {
+                d = d.replace(&format!("{{{k}}}"), v);
+            }
+            d
+        };
+        let strip = |text: &str| -> String {
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        if arg.starts_with("/dev/video") {
+            return Ok(Self::Launch {
+                name: arg.into(),
+                description: fill(&strip(WEBCAM), &[("device", arg)]),
+            });
+        }
+        let (file, query) = arg.split_once('?').unwrap_or((arg, ""));
+        if file.ends_with(".gst") && !arg.contains("://") {
+            let text = std::fs::read_to_string(file).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => SourceError::NotFound { path: file.into() },
+                _ => SourceError::Unreadable {
+                    path: file.into(),
+                    reason: e.to_string(),
+                },
+            })?;
+            let body = strip(&text);
+            let params: Vec<(&str, &str)> = query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| p.split_once('='))
+                .collect();
+            let description = fill(&body, &params);
+            if let Some(i) = description.find('{')
+                && let Some(j) = description[i..].find('}')
+            {
+                return Err(pipeline_err(
+                    arg,
+                    format!(
+                        "placeholder {} is not filled; pass it as {file}?{}=VALUE",
+                        &description[i..i + j + 1],
+                        &description[i + 1..i + j]
+                    ),
+                ));
+            }
+            return Ok(Self::Launch {
+                name: arg.into(),
+                description,
+            });
+        }
+        Ok(Self::Uri(arg.into()))
+    }
+
+    /// Whether the input is known to be live before it is opened.
+    pub fn known_live(&self) -> bool {
+        match self {
+            Self::Uri(u) => {
+                let u = u.to_ascii_lowercase();
+                u.starts_with("rtsp://")
+                    || u.starts_with("rtsps://")
+                    || u.starts_with("udp://")
+                    || u.starts_with("srt://")
+            }
+            Self::Launch { description, .. } => {
+                description.contains("v4l2src")
+                    || description.contains("is-live=true")
+                    || description.contains("rtspsrc")
+            }
+        }
+    }
+
+    /// Name for messages.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Uri(u) => u,
+            Self::Launch { name, .. } => name,
+        }
+    }
+}
+
 /// A running media source. Dropping it stops the pipeline.
 pub struct Source {
     pipeline: gst::Pipeline,
@@ -75,6 +222,8 @@ pub struct Source {
     pool_tx: Sender<Vec<f32>>,
     frame_pool_tx: Sender<Vec<u8>>,
     input: String,
+    live: bool,
+    drops: Arc<Drops>,
 }
 
 /// Turns a path or URI into a URI, checking local files first so errors name the file.
@@ -130,14 +279,136 @@ pub fn init() -> Result<(), SourceError> {
 }
 
 impl Source {
-    /// Builds and starts the pipeline for `input` (a path or URI).
+    /// Builds and starts the pipeline for `input` (a path or URI), as a file: a slow
+    /// consumer pauses decoding and nothing is dropped.
     pub fn open(input: &str, cfg: &SourceConfig) -> Result<Self, SourceError> {
+        Self::open_input(&Input::Uri(input.into()), cfg)
+    }
+
+    /// Opens any [`Input`]. Live inputs (RTSP, webcams, live launch descriptions, or
+    /// whatever GStreamer reports as live) never block their streaming threads: when the
+    /// analysis falls behind, buffers are dropped and counted ([`Source::drops`]).
+    pub fn open_input(input: &Input, cfg: &SourceConfig) -> Result<Self, SourceError> {
         init()?;
-        let uri = input_to_uri(input)?;
+        let leaky = Arc::new(AtomicBool::new(input.known_live()));
+        let drops = Arc::new(Drops::default());
         let (tx, rx) = crossbeam_channel::bounded(cfg.channel_capacity);
+        let delivery = Delivery {
+            tx: tx.clone(),
+            leaky: leaky.clone(),
+            drops: drops.clone(),
+        };
         let (pool_tx, pool_rx) = crossbeam_channel::bounded::<Vec<f32>>(POOL_CAPACITY);
         let (frame_pool_tx, frame_pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(POOL_CAPACITY);
+        let input_name = input.name().to_string();
+        let pipeline = match input {
+            Input::Uri(u) => Self::build_uri(u, cfg, &delivery, &pool_rx, &frame_pool_rx)?,
+            Input::Launch { name, description } => {
+                let p = gst::parse::launch(description)
+                    .map_err(|e| pipeline_err(name, format!("bad launch description: {e}")))?
+                    .downcast::<gst::Pipeline>()
+                    .map_err(|_| pipeline_err(name, "the launch description is not a pipeline"))?;
+                let find = |n: &str| {
+                    p.by_name(n)
+                        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+                };
+                let audio = find("audio").ok_or_else(|| {
+                    pipeline_err(name, "the launch description needs an appsink named \"audio\" (16 kHz mono F32LE)")
+                })?;
+                let video = find("video");
+                attach_audio(&Some(audio), delivery.clone(), pool_rx.clone());
+                let has_video = video.is_some();
+                attach_video(&video, delivery.clone(), frame_pool_rx.clone());
+                let _ = tx.send(SourceMsg::StreamsKnown {
+                    has_audio: true,
+                    has_video,
+                });
+                p
+            }
+        };
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| pipeline_err(&input_name, "pipeline has no bus"))?;
+        {
+            let input_name = input_name.clone();
+            bus.set_sync_handler(move |_, msg| {
+                use gst::MessageView;
+                let out = match msg.view() {
+                    MessageView::Eos(_) => Some(SourceMsg::Eos),
+                    MessageView::Error(e) => {
+                        let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                        let detail = debug.lines().last().unwrap_or("").trim().to_string();
+                        let reason = if detail.is_empty() || detail.len() > 200 {
+                            e.error().to_string()
+                        } else {
+                            format!("{} ({detail})", e.error())
+                        };
+                        Some(SourceMsg::Error(SourceError::Decode {
+                            input: input_name.clone(),
+                            reason,
+                        }))
+                    }
+                    _ => None,
+                };
+                if let Some(m) = out {
+                    let _ = tx.send(m);
+                }
+                gst::BusSyncReply::Drop
+            });
+        }
+        let state = pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| SourceError::Decode {
+                input: input_name.clone(),
+                reason: "the pipeline refused to start".into(),
+            })?;
+        if state == gst::StateChangeSuccess::NoPreroll {
+            leaky.store(true, Ordering::Relaxed);
+        }
+        Ok(Source {
+            pipeline,
+            rx: Some(rx),
+            pool_tx,
+            frame_pool_tx,
+            input: input_name,
+            live: leaky.load(Ordering::Relaxed),
+            drops,
+        })
+    }
 
+    /// Whether the source is live (drops instead of blocking).
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Buffers dropped so far (live sources).
+    pub fn drops(&self) -> (u64, u64) {
+        (
+            self.drops.audio.load(Ordering::Relaxed),
+            self.drops.video.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Next message, or `None` if nothing arrived within `wait` (for callers that must
+    /// also watch a stop flag). A stall of [`STALL_TIMEOUT`] is still reported by `recv`.
+    pub fn recv_timeout(&self, wait: Duration) -> Option<SourceMsg> {
+        let rx = self.rx.as_ref()?;
+        match rx.recv_timeout(wait) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(SourceMsg::Eos),
+        }
+    }
+
+    fn build_uri(
+        input: &str,
+        cfg: &SourceConfig,
+        delivery: &Delivery,
+        pool_rx: &Receiver<Vec<f32>>,
+        frame_pool_rx: &Receiver<Vec<u8>>,
+    ) -> Result<gst::Pipeline, SourceError> {
+        let uri = input_to_uri(input)?;
+        let tx = delivery.tx.clone();
         let pipeline = gst::Pipeline::with_name("sentistream-source");
         let decode = gst::ElementFactory::make("uridecodebin")
             .property("uri", &uri)
@@ -154,6 +425,7 @@ impl Source {
 
         {
             let (tx, pool_rx, frame_pool_rx) = (tx.clone(), pool_rx.clone(), frame_pool_rx.clone());
+            let delivery = delivery.clone();
             let (la, lv) = (linked_audio.clone(), linked_video.clone());
             let input_name = input.to_string();
             decode.connect_pad_added(move |dbin, pad| {
@@ -170,11 +442,11 @@ impl Source {
                 };
                 let result = if media == "audio/x-raw" && !la.swap(true, Ordering::SeqCst) {
                     link_branch(&pipeline, pad, AUDIO_BRANCH.trim(), "audio").map(|sink| {
-                        attach_audio(&sink, tx.clone(), pool_rx.clone());
+                        attach_audio(&sink, delivery.clone(), pool_rx.clone());
                     })
                 } else if media == "video/x-raw" && !lv.swap(true, Ordering::SeqCst) {
                     link_branch(&pipeline, pad, &video_desc, "video").map(|sink| {
-                        attach_video(&sink, tx.clone(), frame_pool_rx.clone());
+                        attach_video(&sink, delivery.clone(), frame_pool_rx.clone());
                     })
                 } else {
                     // Extra or undecodable streams go nowhere, without stalling the rest.
@@ -205,50 +477,7 @@ impl Source {
             });
         }
 
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| pipeline_err(input, "pipeline has no bus"))?;
-        {
-            let input_name = input.to_string();
-            bus.set_sync_handler(move |_, msg| {
-                use gst::MessageView;
-                let out = match msg.view() {
-                    MessageView::Eos(_) => Some(SourceMsg::Eos),
-                    MessageView::Error(e) => {
-                        let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
-                        let detail = debug.lines().last().unwrap_or("").trim().to_string();
-                        let reason = if detail.is_empty() || detail.len() > 200 {
-                            e.error().to_string()
-                        } else {
-                            format!("{} ({detail})", e.error())
-                        };
-                        Some(SourceMsg::Error(SourceError::Decode {
-                            input: input_name.clone(),
-                            reason,
-                        }))
-                    }
-                    _ => None,
-                };
-                if let Some(m) = out {
-                    let _ = tx.send(m);
-                }
-                gst::BusSyncReply::Drop
-            });
-        }
-
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|_| SourceError::Decode {
-                input: input.to_string(),
-                reason: "the pipeline refused to start".into(),
-            })?;
-        Ok(Source {
-            pipeline,
-            rx: Some(rx),
-            pool_tx,
-            frame_pool_tx,
-            input: input.to_string(),
-        })
+        Ok(pipeline)
     }
 
     /// Total duration in seconds, once the pipeline knows it (a cheap query).
@@ -328,7 +557,7 @@ fn pts_seconds(buf: &gst::BufferRef) -> Option<f64> {
     buf.pts().map(|t| t.nseconds() as f64 / 1e9)
 }
 
-fn attach_audio(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Receiver<Vec<f32>>) {
+fn attach_audio(sink: &Option<gst_app::AppSink>, tx: Delivery, pool: Receiver<Vec<f32>>) {
     let Some(sink) = sink else { return };
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -342,20 +571,22 @@ fn attach_audio(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Re
                         .chunks_exact(4)
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
                 );
-                tx.send(SourceMsg::Audio {
-                    pts: pts_seconds(buf),
-                    samples,
-                })
-                .map_err(|_| gst::FlowError::Flushing)?;
+                tx.data(
+                    SourceMsg::Audio {
+                        pts: pts_seconds(buf),
+                        samples,
+                    },
+                    false,
+                )?;
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),
     );
 }
 
-fn attach_video(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Receiver<Vec<u8>>) {
+fn attach_video(sink: &Option<gst_app::AppSink>, tx: Delivery, pool: Receiver<Vec<u8>>) {
     let Some(sink) = sink else { return };
-    let eos_tx = tx.clone();
+    let eos_tx = tx.tx.clone();
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .eos(move |_| {
@@ -390,8 +621,7 @@ fn attach_video(sink: &Option<gst_app::AppSink>, tx: Sender<SourceMsg>, pool: Re
                     height: h as u32,
                     data,
                 };
-                tx.send(SourceMsg::Video(frame))
-                    .map_err(|_| gst::FlowError::Flushing)?;
+                tx.data(SourceMsg::Video(frame), true)?;
                 Ok(gst::FlowSuccess::Ok)
             })
             .build(),

@@ -462,22 +462,25 @@ pub fn compare(
         correction: 0.0,
         runtime_s: large_runtime,
     });
-    let (c1, c2) = match (ubm.meta.calibration, model.adapter.meta.calibration) {
-        (Some(a), Some(b)) => (a, b),
-        _ => {
-            return Err(ModelError::Runtime {
-                name: "eval --compare".into(),
-                reason: "the UBM and the adapter must both be calibrated (run `sentistream calibrate` / retrain)".into(),
-            }
-            .into());
-        }
-    };
+    let c1 = ubm.meta.calibration.ok_or_else(|| ModelError::Runtime {
+        name: "eval --compare".into(),
+        reason: "the UBM is not calibrated; run `sentistream calibrate`".into(),
+    })?;
+    // An adapter trained on a tiny validation split may have no calibration.
+    let c2 = model.adapter.meta.calibration;
+    if c2.is_none() {
+        tracing::warn!(
+            "the adapter has no tau2 calibration; using tau2 = {}",
+            crate::cascade::UNCALIBRATED_TAU2
+        );
+    }
+    let tau2 = |l: f32| c2.map_or(crate::cascade::UNCALIBRATED_TAU2, |c| c.tau(l));
     for &l in lambdas {
         rows.push(cascade_row(
             &format!("U-ACS lambda {l:.1}"),
             &mut inp,
             c1.tau(l),
-            c2.tau(l),
+            tau2(l),
             band,
             Policy::Full,
             &mut ask,
@@ -495,7 +498,7 @@ pub fn compare(
             name,
             &mut inp,
             c1.tau(l),
-            c2.tau(l),
+            tau2(l),
             band,
             p,
             &mut ask,

@@ -1,0 +1,356 @@
+//! Files for recorded calls: JSON lines, WebVTT and SRT subtitles carrying the transcript
+//! and its sentiment. Every file is written incrementally and flushed per window, so a
+//! crash leaves a valid file up to the last finished window.
+//!
+//! A path may contain `{stream}`, replaced by the stream id (one file per stream);
+//! without it all streams share the file and cues name their stream.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::SinkError;
+use crate::event::{Event, Output, Stage};
+use crate::sinks::Sink;
+
+/// File formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line (windows and stream notices).
+    Jsonl,
+    /// WebVTT subtitles (notices as NOTE blocks).
+    Vtt,
+    /// SubRip subtitles.
+    Srt,
+}
+
+impl Format {
+    /// Format from a path's extension (`.jsonl`/`.json`, `.vtt`, `.srt`).
+    pub fn from_path(p: &Path) -> Option<Self> {
+        match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "jsonl" | "json" | "ndjson" => Some(Self::Jsonl),
+            "vtt" => Some(Self::Vtt),
+            "srt" => Some(Self::Srt),
+            _ => None,
+        }
+    }
+}
+
+struct Open {
+    w: BufWriter<File>,
+    path: PathBuf,
+    cue: u64,
+}
+
+/// A file sink of one format.
+pub struct FileSink {
+    template: PathBuf,
+    format: Format,
+    files: HashMap<String, Open>,
+    streams_seen: usize,
+}
+
+/// `HH:MM:SS.mmm` (VTT) or `HH:MM:SS,mmm` (SRT).
+pub fn timestamp(t: f64, sep: char) -> String {
+    let ms = (t.max(0.0) * 1000.0).round() as u64;
+    format!(
+        "{:02}:{:02}:{:02}{sep}{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+/// The cue text of a window: `[positive +2.10 ubm] transcript`.
+pub fn cue_text(e: &Event, with_stream: bool) -> String {
+    let mut s = String::new();
+    if with_stream {
+        s.push_str(&e.stream);
+        s.push_str(": ");
+    }
+    if let (Some(score), Some(p)) = (e.score, e.polarity) {
+        let stage = match e.stage {
+            Some(Stage::Ubm) => "ubm",
+            Some(Stage::Mllm) => "mllm",
+            Some(Stage::Fused) => "fused",
+            Some(Stage::CrossVerified) => "cross-verified",
+            Some(Stage::UbmFallback) => "ubm fallback",
+            None => "",
+        };
+        let pol = match p {
+            crate::event::Polarity::Negative => "negative",
+            crate::event::Polarity::Neutral => "neutral",
+            crate::event::Polarity::Positive => "positive",
+        };
+        s.push_str(&format!("[{pol} {score:+.2} {stage}] "));
+    }
+    // A blank line would end the cue; "-->" would confuse parsers.
+    let text = e.text.replace("-->", "->");
+    let text: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if text.is_empty() {
+        s.push_str("(no speech recognised)");
+    } else {
+        s.push_str(&text.join("\n"));
+    }
+    s
+}
+
+impl FileSink {
+    /// A sink writing `format` to `template` (files are created on the first event of
+    /// each stream; a bad folder is reported now).
+    pub fn new(template: &Path, format: Format) -> Result<Self, SinkError> {
+        let dir = template
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(SinkError::Io {
+                target: template.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("folder {} does not exist", dir.display()),
+                ),
+            });
+        }
+        Ok(Self {
+            template: template.into(),
+            format,
+            files: HashMap::new(),
+            streams_seen: 0,
+        })
+    }
+
+    fn shared(&self) -> bool {
+        !self.template.to_string_lossy().contains("{stream}")
+    }
+
+    fn file(&mut self, stream: &str) -> Result<&mut Open, SinkError> {
+        let key = if self.shared() { "" } else { stream };
+        if !self.files.contains_key(key) {
+            let path = PathBuf::from(
+                self.template
+                    .to_string_lossy()
+                    .replace("{stream}", &sanitize(stream)),
+            );
+            let io = |source| SinkError::Io {
+                target: path.display().to_string(),
+                source,
+            };
+            let mut w = BufWriter::new(File::create(&path).map_err(io)?);
+            if self.format == Format::Vtt {
+                w.write_all(b"WEBVTT\n\n").map_err(io)?;
+                w.flush().map_err(io)?;
+            }
+            self.files.insert(
+                key.to_string(),
+                Open {
+                    w,
+                    path: path.clone(),
+                    cue: 0,
+                },
+            );
+        }
+        Ok(self.files.get_mut(key).expect("inserted above"))
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Sink for FileSink {
+    fn name(&self) -> String {
+        self.template.display().to_string()
+    }
+
+    fn write(&mut self, out: &Output) -> Result<(), SinkError> {
+        let stream = out.stream().to_string();
+        if !self
+            .files
+            .contains_key(if self.shared() { "" } else { &stream })
+        {
+            self.streams_seen += 1;
+        }
+        let with_stream = self.shared() && self.streams_seen > 1;
+        let format = self.format;
+        let f = self.file(&stream)?;
+        let text = match (format, out) {
+            (Format::Jsonl, o) => format!("{}\n", o.to_json()),
+            (Format::Vtt, Output::Window(e)) => {
+                f.cue += 1;
+                format!(
+                    "{}\n{} --> {}\n{}\n\n",
+                    f.cue,
+                    timestamp(e.start, '.'),
+                    timestamp(e.end.max(e.start + 0.001), '.'),
+                    cue_text(e, with_stream)
+                )
+            }
+            (Format::Vtt, Output::Status(s)) => format!(
+                "NOTE stream {} {} at {:.3} s{}\n\n",
+                s.stream,
+                serde_json::to_value(s.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                s.at,
+                s.reason
+                    .as_deref()
+                    .map(|r| format!(": {}", r.replace("-->", "->").replace('\n', " ")))
+                    .unwrap_or_default()
+            ),
+            (Format::Srt, Output::Window(e)) => {
+                f.cue += 1;
+                format!(
+                    "{}\n{} --> {}\n{}\n\n",
+                    f.cue,
+                    timestamp(e.start, ','),
+                    timestamp(e.end.max(e.start + 0.001), ','),
+                    cue_text(e, with_stream)
+                )
+            }
+            (Format::Srt, Output::Status(_)) => return Ok(()), // SRT has no comments.
+        };
+        let io = |source| SinkError::Io {
+            target: f.path.display().to_string(),
+            source,
+        };
+        f.w.write_all(text.as_bytes()).map_err(io)?;
+        f.w.flush().map_err(io)
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        for f in self.files.values_mut() {
+            f.w.flush().map_err(|source| SinkError::Io {
+                target: f.path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed subtitle cue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cue {
+    /// Start, seconds.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
+    /// Text lines joined by newlines.
+    pub text: String,
+}
+
+fn parse_ts(s: &str, sep: char) -> Result<f64, String> {
+    let (hms, ms) = s
+        .trim()
+        .rsplit_once(sep)
+        .ok_or_else(|| format!("bad timestamp {s:?}"))?;
+    let parts: Vec<&str> = hms.split(':').collect();
+    if parts.len() != 3 || ms.len() != 3 {
+        return Err(format!("bad timestamp {s:?}"));
+    }
+    let n = |x: &str| x.parse::<u64>().map_err(|_| format!("bad timestamp {s:?}"));
+    let (h, m, sec, milli) = (n(parts[0])?, n(parts[1])?, n(parts[2])?, n(ms)?);
+    if m >= 60 || sec >= 60 {
+        return Err(format!("bad timestamp {s:?}"));
+    }
+    Ok((h * 3600 + m * 60 + sec) as f64 + milli as f64 / 1000.0)
+}
+
+fn parse_blocks(body: &str, sep: char, numbered: bool) -> Result<Vec<Cue>, String> {
+    let mut cues = Vec::new();
+    for block in body
+        .split("\n\n")
+        .map(|b| b.trim_matches('\n'))
+        .filter(|b| !b.is_empty())
+    {
+        if block.starts_with("NOTE") {
+            continue;
+        }
+        let mut lines = block.lines();
+        let mut first = lines.next().ok_or("empty cue")?;
+        if !first.contains("-->") {
+            if numbered {
+                first
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("cue number expected, got {first:?}"))?;
+            }
+            first = lines.next().ok_or("cue without timing")?;
+        } else if numbered {
+            return Err(format!("SRT cue without a number: {first:?}"));
+        }
+        let (a, b) = first
+            .split_once("-->")
+            .ok_or_else(|| format!("timing line expected, got {first:?}"))?;
+        let (start, end) = (
+            parse_ts(a, sep)?,
+            parse_ts(b.split_whitespace().next().unwrap_or(""), sep)?,
+        );
+        if end < start {
+            return Err(format!("cue ends before it starts: {first:?}"));
+        }
+        let text: Vec<&str> = lines.collect();
+        if text.is_empty() {
+            return Err(format!("cue without text at {first:?}"));
+        }
+        cues.push(Cue {
+            start,
+            end,
+            text: text.join("\n"),
+        });
+    }
+    Ok(cues)
+}
+
+/// Parses (and so validates) a WebVTT file.
+pub fn parse_vtt(s: &str) -> Result<Vec<Cue>, String> {
+    let body = s
+        .strip_prefix("WEBVTT")
+        .ok_or("a WebVTT file starts with WEBVTT")?;
+    if !body.starts_with('\n') && !body.is_empty() {
+        return Err("WEBVTT must be followed by a line break".into());
+    }
+    parse_blocks(body, '.', false)
+}
+
+/// Parses (and so validates) an SRT file.
+pub fn parse_srt(s: &str) -> Result<Vec<Cue>, String> {
+    parse_blocks(s, ',', true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp(3723.4567, '.'), "01:02:03.457");
+        assert_eq!(timestamp(0.0, ','), "00:00:00,000");
+        assert_eq!(parse_ts("01:02:03.457", '.').unwrap(), 3723.457);
+        assert!(parse_ts("1:2", '.').is_err());
+    }
+
+    #[test]
+    fn parsers_reject_broken_files() {
+        assert!(parse_vtt("no header").is_err());
+        assert!(parse_vtt("WEBVTT\n\n00:00:01.000 --> 00:00:00.500\nx\n").is_err());
+        assert!(parse_srt("00:00:01,000 --> 00:00:02,000\nx\n").is_err());
+        assert!(parse_srt("1\n00:00:01,000 --> 00:00:02,000\n").is_err());
+        assert_eq!(
+            parse_srt("1\n00:00:01,000 --> 00:00:02,000\nhi\n\n").unwrap()[0].text,
+            "hi"
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The websocket server (tokio): streams every event to every client as the same JSON as
+//! stdout, serves the live page (`/`), Prometheus metrics (`/metrics`) and health
+//! (`/health`) on the same port.
+//!
+//! Each client has a bounded queue: publishing never waits for a client. A slow client
+//! loses its own oldest events and is told so (`{"notice":"lagged","lost":N}`) before its
+//! next event; other clients and the pipeline are unaffected. On shutdown every client
+//! gets a close frame.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::error::SinkError;
+use crate::event::Output;
+use crate::metrics::Metrics;
+use crate::sinks::Sink;
+
+/// The live page.
+pub const LIVE_PAGE: &str = include_str!("live.html");
+
+struct Client {
+    queue: Mutex<VecDeque<Arc<str>>>,
+    lost: AtomicU64,
+    notify: Notify,
+}
+
+/// Fan-out to websocket clients.
+pub struct Hub {
+    clients: Mutex<Vec<Arc<Client>>>,
+    capacity: usize,
+    closed: AtomicBool,
+    metrics: Arc<Metrics>,
+    /// Recent events, replayed to a client that connects (so the page has a history).
+    recent: Mutex<VecDeque<Arc<str>>>,
+}
+
+/// Events replayed to a new client.
+const REPLAY: usize = 200;
+
+impl Hub {
+    fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            clients: Mutex::new(Vec::new()),
+            capacity: capacity.max(1),
+            closed: AtomicBool::new(false),
+            metrics,
+            recent: Mutex::new(VecDeque::with_capacity(REPLAY)),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `json` to every client without waiting.
+    pub fn publish(&self, json: &str) {
+        let msg: Arc<str> = json.into();
+        {
+            let mut r = Self::lock(&self.recent);
+            if r.len() == REPLAY {
+                r.pop_front();
+            }
+            r.push_back(msg.clone());
+        }
+        let mut lost = 0;
+        for c in Self::lock(&self.clients).iter() {
+            let mut q = Self::lock(&c.queue);
+            if q.len() >= self.capacity {
+                q.pop_front();
+                c.lost.fetch_add(1, Ordering::Relaxed);
+                lost += 1;
+            }
+            q.push_back(msg.clone());
+            drop(q);
+            c.notify.notify_one();
+        }
+        if lost > 0 {
+            self.metrics.ws(self.client_count(), lost);
+        }
+    }
+
+    /// Connected clients.
+    pub fn client_count(&self) -> usize {
+        Self::lock(&self.clients).len()
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for c in Self::lock(&self.clients).iter() {
+            c.notify.notify_one();
+        }
+    }
+
+    fn add(&self) -> Arc<Client> {
+        let c = Arc::new(Client {
+            queue: Mutex::new(Self::lock(&self.recent).iter().cloned().collect()),
+            lost: AtomicU64::new(0),
+            notify: Notify::new(),
+        });
+        c.notify.notify_one();
+        let mut v = Self::lock(&self.clients);
+        v.push(c.clone());
+        self.metrics.ws(v.len(), 0);
+        c
+    }
+
+    fn remove(&self, c: &Arc<Client>) {
+        let mut v = Self::lock(&self.clients);
+        v.retain(|x| !Arc::ptr_eq(x, c));
+        self.metrics.ws(v.len(), 0);
+    }
+}
+
+/// The running server; also a [`Sink`].
+pub struct WsServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    hub: Arc<Hub>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<Notify>,
+}
+
+impl WsServer {
+    /// Binds `addr` and serves in a background thread.
+    pub fn start(addr: &str, capacity: usize, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
+        let err = |e: std::io::Error| SinkError::Io {
+            target: format!("websocket server {addr}"),
+            source: e,
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name("ws-server")
+            .build()
+            .map_err(err)?;
+        let listener = rt.block_on(TcpListener::bind(addr)).map_err(|e| {
+            err(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen: {e}; is the port free?"),
+            ))
+        })?;
+        let local = listener.local_addr().map_err(err)?;
+        let hub = Arc::new(Hub::new(capacity, metrics.clone()));
+        let stop = Arc::new(Notify::new());
+        let (h, s) = (hub.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("ws-server".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    loop {
+                        tokio::select! {
+                            _ = s.notified() => break,
+                            r = listener.accept() => {
+                                if let Ok((stream, _)) = r {
+                                    tasks.spawn(serve(stream, h.clone(), metrics.clone()));
+                                }
+                            }
+                        }
+                    }
+                    // Let clients get their close frames (bounded wait).
+                    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                        while tasks.join_next().await.is_some() {}
+                    })
+                    .await;
+                });
+            })
+            .map_err(err)?;
+        Ok(Self {
+            addr: local,
+            hub,
+            thread: Some(thread),
+            stop,
+        })
+    }
+
+    /// The hub (client count).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Closes every client with a close frame and stops the server.
+    pub fn shutdown(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.hub.close();
+            self.stop.notify_one();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WsServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Sink for WsServer {
+    fn name(&self) -> String {
+        format!("websocket ws://{}/ws", self.addr)
+    }
+    fn write(&mut self, out: &Output) -> Result<(), SinkError> {
+        self.hub.publish(&out.to_json());
+        Ok(())
+    }
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.shutdown();
+        Ok(())
+    }
+}
+
+/// Reads a request head without consuming it (the websocket handshake reads it again).
+async fn peek_head(stream: &TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..50 {
+        let n = stream.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(String::from_utf8_lossy(&buf[..i]).into_owned());
+        }
+        if n == buf.len() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+async fn respond(mut stream: TcpStream, status: &str, ctype: &str, body: &[u8]) {
+    // Consume the request head first so the client sees a clean response.
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await;
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve(stream: TcpStream, hub: Arc<Hub>, metrics: Arc<Metrics>) {
+    let Some(head) = peek_head(&stream).await else {
+        return;
+    };
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let upgrade = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("upgrade:")
+            && l.to_ascii_lowercase().contains("websocket")
+    });
+    match (path.as_str(), upgrade) {
+        ("/ws", true) => client(stream, hub).await,
+        ("/" | "/index.html", false) => {
+            respond(
+                stream,
+                "200 OK",
+                "text/html; charset=utf-8",
+                LIVE_PAGE.as_bytes(),
+            )
+            .await
+        }
+        ("/metrics", false) => {
+            respond(
+                stream,
+                "200 OK",
+                "text/plain; version=0.0.4",
+                metrics.render().as_bytes(),
+            )
+            .await
+        }
+        ("/health", false) => {
+            let body = metrics.health().to_string();
+            respond(stream, "200 OK", "application/json", body.as_bytes()).await
+        }
+        _ => {
+            respond(
+                stream,
+                "404 Not Found",
+                "text/plain",
+                b"not found; try /, /ws, /metrics or /health\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn client(stream: TcpStream, hub: Arc<Hub>) {
+    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    let (mut tx, mut rx) = ws.split();
+    let me = hub.add();
+    'outer: loop {
+        tokio::select! {
+            _ = me.notify.notified() => {
+                if hub.closed.load(Ordering::SeqCst) {
+                    // Deliver what is queued, then say goodbye.
+                    let rest: Vec<Arc<str>> = Hub::lock(&me.queue).drain(..).collect();
+                    for m in rest {
+                        if tx.send(Message::text(m.to_string())).await.is_err() {
+                            break 'outer;
+                        }
+                    }
+                    let _ = tx
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: "sentistream is shutting down".into(),
+                        })))
+                        .await;
+                    break;
+                }
+                loop {
+                    let lost = me.lost.swap(0, Ordering::Relaxed);
+                    if lost > 0 {
+                        let notice = format!("{{\"notice\":\"lagged\",\"lost\":{lost}}}");
+                        if tx.send(Message::text(notice)).await.is_err() {
+                            break 'outer;
+                        }
+                    }
+                    let next = Hub::lock(&me.queue).pop_front();
+                    let Some(m) = next else { break };
+                    if tx.send(Message::text(m.to_string())).await.is_err() {
+                        break 'outer;
+                    }
+                }
+            }
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            }
+        }
+    }
+    hub.remove(&me);
+}

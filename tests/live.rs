@@ -1,0 +1,670 @@
+//! `run` end to end with real components: the sample played in real time through a
+//! launch description (a live-like source), two streams in one process, the websocket
+//! server with a real client and the live page in headless Chromium, an RTSP server on
+//! loopback (gst-rtsp-server) that is stopped and restarted mid-stream, and shutdown by
+//! SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The real-time tests share 2 cores: run them one at a time, so each stream keeps up
+/// with its clock as it would on a machine of its own.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn have_models() -> bool {
+    common::model("ggml-base.bin").is_some()
+        && common::model("ggml-silero-v6.2.0.bin").is_some()
+        && common::model("all-MiniLM-L6-v2/model.safetensors").is_some()
+}
+
+fn realtime_sample() -> String {
+    format!(
+        "{}?location={}",
+        common::repo("pipelines/realtime-file.gst").display(),
+        common::repo("samples/sample.mp4").display()
+    )
+}
+
+/// A running sentistream with its stdout and stderr lines arriving on channels.
+struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sentistream"))
+        .args(args)
+        .env("SENTISTREAM_MODELS", common::models_dir())
+        .env("RUST_LOG", "sentistream=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sentistream");
+    let lines = |r: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(r).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let stdout = lines(Box::new(child.stdout.take().unwrap()));
+    let stderr = lines(Box::new(child.stderr.take().unwrap()));
+    Running {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Running {
+    /// Waits for a stdout JSON object matching `f` (collecting everything seen).
+    fn wait_stdout(
+        &self,
+        seen: &mut Vec<Value>,
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Ok(l) = self.stdout.recv_timeout(Duration::from_millis(100)) {
+                let v: Value =
+                    serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+                let hit = f(&v);
+                seen.push(v);
+                if hit {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    /// The server address from the stderr banner.
+    fn address(&self, log: &mut Vec<String>) -> String {
+        let until = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < until {
+            if let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(100)) {
+                log.push(l.clone());
+                if let Some(rest) = l.split("live page http://").nth(1) {
+                    return rest.split('/').next().unwrap().to_string();
+                }
+            }
+        }
+        panic!("no server banner: {log:#?}");
+    }
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    /// Waits for the exit; returns (success, remaining stdout JSON, stderr lines).
+    fn finish(mut self, timeout: Duration) -> (bool, Vec<Value>, Vec<String>) {
+        let until = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                panic!("sentistream did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let out = self
+            .stdout
+            .try_iter()
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect();
+        let err = self.stderr.try_iter().collect();
+        (status.success(), out, err)
+    }
+}
+
+fn windows<'a>(events: &'a [Value], stream: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["stream"] == stream && e.get("seq").is_some())
+        .collect()
+}
+
+#[test]
+fn two_live_streams_in_one_process_with_files_and_figures() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let src = realtime_sample();
+    let vtt = dir.path().join("{stream}.vtt");
+    let srt = dir.path().join("{stream}.srt");
+    let jsonl = dir.path().join("all.jsonl");
+    let t = Instant::now();
+    let r = start(&[
+        "run",
+        &src,
+        &src,
+        "--id",
+        "left",
+        "--id",
+        "right",
+        "--language",
+        "en",
+        "--stats",
+        "--sink",
+        "stdout",
+        "--sink",
+        vtt.to_str().unwrap(),
+        "--sink",
+        &format!("file:{}", srt.display()),
+        "--sink",
+        jsonl.to_str().unwrap(),
+    ]);
+    let (ok, events, err) = r.finish(Duration::from_secs(240));
+    let wall = t.elapsed().as_secs_f64();
+    assert!(ok, "{err:#?}");
+    let err = err.join("\n");
+    eprintln!("{err}");
+    for id in ["left", "right"] {
+        let w = windows(&events, id);
+        assert_eq!(w.len(), 4, "{id}: {events:#?}");
+        for (i, e) in w.iter().enumerate() {
+            assert_eq!(e["seq"], i as u64);
+        }
+        let statuses: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["stream"] == id && e.get("status").is_some())
+            .map(|e| &e["status"])
+            .collect();
+        assert_eq!(statuses, ["started", "ended"], "{id}");
+        // The files hold the same windows and parse back.
+        let v = std::fs::read_to_string(dir.path().join(format!("{id}.vtt"))).unwrap();
+        let cues = sentistream::sinks::files::parse_vtt(&v).unwrap();
+        assert_eq!(cues.len(), 4);
+        assert!((cues[0].start - w[0]["start"].as_f64().unwrap()).abs() < 0.002);
+        assert!(v.contains("NOTE stream"), "notices in WebVTT: {v}");
+        let s = std::fs::read_to_string(dir.path().join(format!("{id}.srt"))).unwrap();
+        assert_eq!(sentistream::sinks::files::parse_srt(&s).unwrap().len(), 4);
+        assert!(err.contains(&format!("stream {id}: 4 windows")), "{err}");
+    }
+    let lines = std::fs::read_to_string(&jsonl).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        events.len(),
+        "the JSONL file equals stdout"
+    );
+    // Real time: 21 s of media per stream, played at the pipeline clock.
+    assert!(wall > 20.0, "live sources run on the clock ({wall:.1} s)");
+}
+
+#[test]
+fn websocket_clients_get_the_stdout_events_and_the_page_draws_them() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let r = start(&[
+        "run",
+        &realtime_sample(),
+        "--id",
+        "cam",
+        "--language",
+        "en",
+        "--sink",
+        "stdout",
+        "--sink",
+        "ws://127.0.0.1:0",
+    ]);
+    let mut log = Vec::new();
+    let addr = r.address(&mut log);
+    // A real websocket client, connected before the first window ends.
+    let url = format!("ws://{addr}/ws");
+    let client = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use futures_util::StreamExt;
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let mut got = Vec::new();
+            let mut closed = false;
+            while let Some(m) = ws.next().await {
+                match m {
+                    Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => got.push(t.to_string()),
+                    Ok(tokio_tungstenite::tungstenite::Message::Close(_)) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            (got, closed)
+        })
+    });
+    // Metrics and health while it runs.
+    let mut seen = Vec::new();
+    assert!(r.wait_stdout(&mut seen, Duration::from_secs(60), |e| {
+        e.get("seq").is_some()
+    }));
+    let metrics = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("sentistream_windows_total{stream=\"cam\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sentistream_stage_latency_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sentistream_lag_seconds{stream=\"cam\"}"),
+        "{metrics}"
+    );
+    let health: Value =
+        serde_json::from_str(http_get(&addr, "/health").split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["streams"]["cam"]["state"], "started");
+    // The live page in headless Chromium draws the events it receives.
+    let page = chromium_dom(&addr);
+    let (ok, rest, err) = r.finish(Duration::from_secs(120));
+    assert!(ok, "{err:#?}");
+    seen.extend(rest);
+    let (ws, closed) = client.join().unwrap();
+    assert!(closed, "clients get a close frame at the end");
+    let stdout: Vec<String> = seen.iter().map(|v| v.to_string()).collect();
+    let ws_values: Vec<String> = ws
+        .iter()
+        .map(|t| serde_json::from_str::<Value>(t).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ws_values, stdout,
+        "websocket and stdout carry identical events"
+    );
+    assert_eq!(windows(&seen, "cam").len(), 4);
+    if let Some(dom) = page {
+        let n: u32 = dom
+            .split("<b id=\"count\">")
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            n >= 1,
+            "the page counted events: {}",
+            &dom[..dom.len().min(2000)]
+        );
+        assert!(
+            dom.contains("data-stream=\"cam\""),
+            "a chart for the stream"
+        );
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// Loads the page in headless Chromium for a few seconds; returns its DOM (and saves a
+/// screenshot to target/live-page.png). `None` with a printed reason if Chromium is
+/// missing (scripts/setup installs it).
+fn chromium_dom(addr: &str) -> Option<String> {
+    let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        eprintln!("SKIPPED (page check): chromium is not installed; run scripts/setup");
+        return None;
+    };
+    let url = format!("http://{addr}/");
+    let common_args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,800",
+        "--virtual-time-budget=8000",
+    ];
+    let shot = common::repo("target/live-page.png");
+    let _ = Command::new(bin)
+        .args(common_args)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output();
+    let out = Command::new(bin)
+        .args(common_args)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        shot.exists(),
+        "screenshot written: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn sigterm_drains_and_closes_files_valid() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let vtt = dir.path().join("out.vtt");
+    let r = start(&[
+        "run",
+        &realtime_sample(),
+        "--id",
+        "call",
+        "--language",
+        "en",
+        "--sink",
+        "stdout",
+        "--sink",
+        vtt.to_str().unwrap(),
+    ]);
+    let mut seen = Vec::new();
+    assert!(r.wait_stdout(&mut seen, Duration::from_secs(60), |e| {
+        e.get("seq").is_some()
+    }));
+    r.signal("-TERM");
+    let t = Instant::now();
+    let (ok, rest, err) = r.finish(Duration::from_secs(60));
+    assert!(ok, "a drained shutdown exits 0: {err:#?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "shutdown does not wait for the input to end"
+    );
+    seen.extend(rest);
+    let last = seen.last().unwrap();
+    assert_eq!(last["status"], "ended", "{seen:#?}");
+    assert_eq!(last["reason"], "shutdown");
+    assert!(err.iter().any(|l| l.contains("stopping")), "{err:#?}");
+    let n = windows(&seen, "call").len();
+    assert!((1..4).contains(&n), "stopped early: {n} windows");
+    let cues =
+        sentistream::sinks::files::parse_vtt(&std::fs::read_to_string(&vtt).unwrap()).unwrap();
+    assert_eq!(
+        cues.len(),
+        n,
+        "the file is valid and complete up to the last window"
+    );
+}
+
+#[test]
+fn webcam_and_custom_pipelines_are_checked_up_to_the_device() {
+    let cfg = sentistream::config::SourceConfig::default();
+    let input = sentistream::source::Input::parse("/dev/video7", &cfg).unwrap();
+    let sentistream::source::Input::Launch { description, .. } = &input else {
+        panic!("{input:?}");
+    };
+    assert!(description.contains("v4l2src device=/dev/video7"));
+    assert!(description.contains("framerate=5/1,width=320"));
+    assert!(input.known_live());
+    gstreamer::init().unwrap();
+    // The description is a valid pipeline with both appsinks (the device is only opened
+    // when it plays; no webcam exists here).
+    let p = gstreamer::parse::launch(description).expect("webcam description parses");
+    let bin = p.downcast::<gstreamer::Bin>().unwrap();
+    use gstreamer::prelude::*;
+    assert!(bin.by_name("audio").is_some() && bin.by_name("video").is_some());
+    // A missing webcam is a clear error, not a hang.
+    let out = common::sentistream(&["run", "/dev/video7", "--no-sentiment", "--sink", "stdout"]);
+    if common::model("ggml-base.bin").is_some() {
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("/dev/video7"), "{e}");
+    }
+    // Launch descriptions: placeholders must be filled; appsinks are required.
+    let e = sentistream::source::Input::parse(
+        common::repo("pipelines/realtime-file.gst")
+            .to_str()
+            .unwrap(),
+        &cfg,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("{location}") && e.contains("location=VALUE"),
+        "{e}"
+    );
+}
+
+#[test]
+fn slow_websocket_client_loses_its_own_oldest_events_and_never_stalls_the_publisher() {
+    use sentistream::event::{Output, StatusEvent, StreamStatus};
+    use sentistream::sinks::Sink;
+    let _serial = serial();
+    let metrics = std::sync::Arc::new(sentistream::metrics::Metrics::default());
+    let mut server =
+        sentistream::sinks::websocket::WsServer::start("127.0.0.1:0", 64, metrics.clone()).unwrap();
+    let url = format!("ws://{}/ws", server.addr);
+    let client = |slow: bool| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use futures_util::StreamExt;
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                if slow {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                }
+                let (mut events, mut lost) = (0u64, 0u64);
+                while let Some(Ok(m)) = ws.next().await {
+                    match m {
+                        tokio_tungstenite::tungstenite::Message::Text(t) => {
+                            let v: Value = serde_json::from_str(&t).unwrap();
+                            if v["notice"] == "lagged" {
+                                lost += v["lost"].as_u64().unwrap();
+                            } else {
+                                events += 1;
+                            }
+                        }
+                        tokio_tungstenite::tungstenite::Message::Close(_) => break,
+                        _ => {}
+                    }
+                }
+                (events, lost)
+            })
+        })
+    };
+    let fast = client(false);
+    let slow = client(true);
+    while server.hub().client_count() < 2 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pad = "x".repeat(8000);
+    let n = 2000u64;
+    let mut worst = Duration::ZERO;
+    let t = Instant::now();
+    for i in 0..n {
+        let o = Output::Status(StatusEvent {
+            stream: format!("s{i}"),
+            status: StreamStatus::Started,
+            at: i as f64,
+            reason: Some(pad.clone()),
+            emitted_at_ms: 0,
+        });
+        let t1 = Instant::now();
+        server.write(&o).unwrap();
+        worst = worst.max(t1.elapsed());
+        // ~1000 events (8 MB) per second: a reading client keeps up, a stalled one
+        // fills its socket buffers within its 4 s pause.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let publish = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    server.close().unwrap();
+    let (fe, fl) = fast.join().unwrap();
+    let (se, sl) = slow.join().unwrap();
+    eprintln!(
+        "publish {publish:?} (worst call {worst:?}); fast client {fe} events, {fl} lost; slow client {se} events, {sl} lost"
+    );
+    assert!(
+        worst < Duration::from_millis(50),
+        "publishing never waits for a client: {worst:?}"
+    );
+    assert_eq!((fe, fl), (n, 0), "the fast client got everything");
+    assert!(sl > 0, "the slow client was told it lost events");
+    assert_eq!(se + sl, n, "every event is delivered or reported lost");
+    assert!(
+        metrics
+            .render()
+            .contains("sentistream_websocket_lost_total")
+    );
+}
+
+#[test]
+fn rtsp_source_reconnects_after_the_server_goes_away() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = rtsp::Server::start(port);
+    let url = format!("rtsp://127.0.0.1:{port}/sample");
+    let r = start(&[
+        "run",
+        &url,
+        "--id",
+        "cam",
+        "--language",
+        "en",
+        "--sink",
+        "stdout",
+    ]);
+    let mut seen = Vec::new();
+    assert!(
+        r.wait_stdout(&mut seen, Duration::from_secs(90), |e| e
+            .get("seq")
+            .is_some()),
+        "a first window over RTSP: {seen:#?}"
+    );
+    drop(server); // the server goes away mid-stream
+    assert!(
+        r.wait_stdout(&mut seen, Duration::from_secs(60), |e| e["status"]
+            == "interrupted"),
+        "{seen:#?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let server = rtsp::Server::start(port);
+    assert!(
+        r.wait_stdout(&mut seen, Duration::from_secs(90), |e| e["status"]
+            == "resumed"),
+        "{seen:#?}"
+    );
+    let before = windows(&seen, "cam").len();
+    assert!(
+        r.wait_stdout(&mut seen, Duration::from_secs(90), |e| e
+            .get("seq")
+            .is_some()),
+        "windows after the reconnect: {seen:#?}"
+    );
+    r.signal("-INT");
+    let (ok, rest, err) = r.finish(Duration::from_secs(60));
+    drop(server);
+    assert!(ok, "{err:#?}");
+    seen.extend(rest);
+    let w = windows(&seen, "cam");
+    assert!(w.len() > before);
+    // Window numbers and stream time keep increasing across the gap.
+    for pair in w.windows(2) {
+        assert_eq!(
+            pair[1]["seq"].as_u64().unwrap(),
+            pair[0]["seq"].as_u64().unwrap() + 1
+        );
+        assert!(pair[1]["start"].as_f64().unwrap() >= pair[0]["end"].as_f64().unwrap());
+    }
+}
+
+/// An RTSP server on loopback (GStreamer's gst-rtsp-server) serving the sample clip,
+/// re-encoded live (H.264 + Opus), one fresh media per client.
+mod rtsp {
+    use gstreamer_rtsp_server as rs;
+    use gstreamer_rtsp_server::prelude::*;
+
+    pub struct Server {
+        main_loop: gstreamer::glib::MainLoop,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Server {
+        pub fn start(port: u16) -> Self {
+            gstreamer::init().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let sample = super::common::repo("samples/sample.mp4");
+            let thread = std::thread::spawn(move || {
+                let ctx = gstreamer::glib::MainContext::new();
+                let _guard = ctx.acquire().unwrap();
+                let main_loop = gstreamer::glib::MainLoop::new(Some(&ctx), false);
+                let server = rs::RTSPServer::new();
+                server.set_address("127.0.0.1");
+                server.set_service(&port.to_string());
+                let factory = rs::RTSPMediaFactory::new();
+                factory.set_launch(&format!(
+                    "( filesrc location={} ! decodebin name=d d. ! queue ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast ! rtph264pay name=pay0 pt=96 d. ! queue ! audioconvert ! audioresample ! opusenc ! rtpopuspay name=pay1 pt=97 )",
+                    sample.display()
+                ));
+                factory.set_shared(false);
+                server
+                    .mount_points()
+                    .unwrap()
+                    .add_factory("/sample", factory);
+                let id = server.attach(Some(&ctx)).unwrap();
+                tx.send(main_loop.clone()).unwrap();
+                main_loop.run();
+                // Going away: drop every client session and stop listening.
+                server.client_filter(Some(&mut |_, _| rs::RTSPFilterResult::Remove));
+                id.remove();
+                while ctx.iteration(false) {}
+            });
+            let main_loop = rx.recv().unwrap();
+            Self {
+                main_loop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.main_loop.quit();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
