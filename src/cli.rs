@@ -242,8 +242,8 @@ pub struct RunArgs {
     /// Stream ids, in the order of the sources (default: file name, host, or device).
     #[arg(long = "id")]
     pub ids: Vec<String>,
-    /// Outputs, any number: `stdout`, `ws://ADDR:PORT` (websocket + live page + /metrics
-    /// + /health), or a file `PATH.jsonl|.vtt|.srt` (`{stream}` in PATH: one per stream).
+    /// Outputs, any number: `stdout`, `ws://ADDR:PORT` (websocket, live page, /metrics and
+    /// /health), or a file `PATH.jsonl|.vtt|.srt` (`{stream}` in PATH: one per stream).
     /// Default: stdout.
     #[arg(long = "sink")]
     pub sinks: Vec<String>,
@@ -443,12 +443,18 @@ fn file_sink(path: &Path) -> anyhow::Result<Box<dyn Sink>> {
 }
 
 fn run_cmd(r: &RunArgs, mut cfg: Config, models: &Path) -> anyhow::Result<i32> {
-    let (shared, vad) = prepare(&mut cfg, &r.m, models, true)?;
+    // Parse with the flags applied (fps), then decide live vs files for the queue policy.
+    let mut probe = cfg.clone();
+    if let Some(f) = r.m.fps {
+        probe.source.video_fps = f;
+    }
     let inputs = r
         .sources
         .iter()
-        .map(|s| Input::parse(s, &cfg.source))
+        .map(|s| Input::parse(s, &probe.source))
         .collect::<Result<Vec<_>, _>>()?;
+    let live = r.live || inputs.iter().any(Input::known_live);
+    let (shared, vad) = prepare(&mut cfg, &r.m, models, live)?;
     if r.ids.len() > r.sources.len() {
         anyhow::bail!("{} --id given for {} sources", r.ids.len(), r.sources.len());
     }

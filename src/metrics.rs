@@ -159,10 +159,8 @@ impl Metrics {
             ("mllm", l.mllm),
             ("total", l.total),
         ] {
-            if k == "queue" || k == "mllm" {
-                if e.stage.is_none_or(|s| s == Stage::Ubm) {
-                    continue;
-                }
+            if (k == "queue" || k == "mllm") && e.stage.is_none_or(|s| s == Stage::Ubm) {
+                continue;
             }
             g.latency.entry(k).or_default().observe(v / 1e3);
         }

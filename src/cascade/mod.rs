@@ -233,7 +233,7 @@ impl Pool {
     }
 
     /// Offers an escalation; with `DropNewest` a full queue hands it back.
-    pub fn offer(&self, job: Escalation) -> Result<(), Escalation> {
+    pub fn offer(&self, job: Escalation) -> Result<(), Box<Escalation>> {
         self.counters.offered.fetch_add(1, Ordering::Relaxed);
         let tx = self.tx.as_ref().expect("pool is running");
         let res = match self.when_full {
@@ -245,7 +245,7 @@ impl Pool {
         if res.is_err() {
             self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
         }
-        res
+        res.map_err(Box::new)
     }
 
     /// Replies from the workers.

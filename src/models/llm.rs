@@ -341,6 +341,9 @@ impl Llm {
         Tensor::stack(&[r0, r1], -1).reshape([s[0], s[1], t, hd])
     }
 
+    // `x = x + ..` on purpose: an in-place `+=` would modify tensors autograd saved for
+    // the backward pass (the residual stream feeds the RMS norms).
+    #[allow(clippy::assign_op_pattern)]
     /// Runs the blocks over input embeddings `x` `[B, T, embd]` after the cached positions
     /// (causal attention; right padding is harmless as padding comes after real tokens).
     /// Returns the final-normed hidden states `[B, T, embd]` and the extended cache.

@@ -283,6 +283,8 @@ pub struct Outputs {
     pub logits: Tensor,
     /// Value-head scores (unclipped).
     pub scores: Tensor,
+    /// Prompt length in tokens per query (cached prefix included).
+    pub tokens: Vec<usize>,
 }
 
 impl Mllm {
@@ -472,7 +474,15 @@ impl Mllm {
         let hl = h.gather(1, &idx, false).squeeze_dim(1);
         let logits = hl.matmul(&self.llm.head_rows(&self.label_ids).tr());
         let scores = hl.apply(&self.adapter.value).squeeze_dim(-1);
-        Ok(Outputs { logits, scores })
+        let tokens = lens
+            .iter()
+            .map(|l| self.prefix_ids.len() + *l as usize)
+            .collect();
+        Ok(Outputs {
+            logits,
+            scores,
+            tokens,
+        })
     }
 
     /// Prompt length in tokens of a query (prefix included).
@@ -487,7 +497,7 @@ impl Mllm {
         let probs = out.logits.softmax(-1, Kind::Float);
         let limit = self.adapter.meta.score_limit;
         let mut answers = Vec::with_capacity(qs.len());
-        for (i, q) in qs.iter().enumerate() {
+        for i in 0..qs.len() {
             let p: Vec<f32> =
                 Vec::<f32>::try_from(probs.get(i as i64)).map_err(|e| ModelError::Runtime {
                     name: "mllm".into(),
@@ -499,7 +509,7 @@ impl Mllm {
                 score: score.clamp(-limit, limit),
                 probs,
                 uncertainty: entropy(&probs),
-                prompt_tokens: self.prompt_tokens(q)?,
+                prompt_tokens: out.tokens[i],
             });
         }
         Ok(answers)
