@@ -72,12 +72,27 @@ impl Rng {
     }
 }
 
-/// Two disagreeing earlier opinions for a cross-verification training prompt: two
-/// different classes, random which is right (if either), random uncertainties, so the
-/// model learns to weigh them against the evidence rather than copy one.
-fn disagreeing(rng: &mut Rng, limit: f32, band: f32) -> (Verdict, Verdict) {
-    let a = rng.below(3);
-    let b = (a + 1 + rng.below(2)) % 3;
+/// Two disagreeing earlier opinions for a cross-verification training prompt, as stage 3
+/// meets them: two different classes, and usually (`right_share`) one of them is the true
+/// class (random which, with random uncertainties), otherwise neither. The model must use
+/// the evidence to pick, rather than copy an opinion or ignore both.
+fn disagreeing(
+    rng: &mut Rng,
+    truth: usize,
+    right_share: f32,
+    limit: f32,
+    band: f32,
+) -> (Verdict, Verdict) {
+    let (a, b) = if rng.uniform(0.0, 1.0) < right_share {
+        let other = (truth + 1 + rng.below(2)) % 3;
+        if rng.below(2) == 0 {
+            (truth, other)
+        } else {
+            (other, truth)
+        }
+    } else {
+        ((truth + 1) % 3, (truth + 2) % 3)
+    };
     let mut opinion = |cls: usize| {
         let mag = rng.uniform(band * 3.0, limit * 0.85);
         let score = match cls {
@@ -92,6 +107,9 @@ fn disagreeing(rng: &mut Rng, limit: f32, band: f32) -> (Verdict, Verdict) {
     };
     (opinion(a), opinion(b))
 }
+
+/// Share of cross-verification training prompts in which one earlier opinion is right.
+const RIGHT_SHARE: f32 = 0.8;
 
 /// What training reports.
 #[derive(Debug, Clone)]
@@ -187,7 +205,11 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
             (0..n).map(|i| (i, None)).collect();
         for i in 0..n {
             if rng.uniform(0.0, 1.0) < o.cross_share {
-                examples.push((i, Some(disagreeing(&mut rng, limit, o.band))));
+                let truth = class_index(train.labels[i], o.band);
+                examples.push((
+                    i,
+                    Some(disagreeing(&mut rng, truth, RIGHT_SHARE, limit, o.band)),
+                ));
             }
         }
         for i in (1..examples.len()).rev() {
