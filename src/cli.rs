@@ -513,12 +513,13 @@ fn run_cmd(r: &RunArgs, mut cfg: Config, models: &Path) -> anyhow::Result<i32> {
     for res in &results {
         let f = metrics.stream(&res.id);
         let line = format!(
-            "stream {}: {} windows, {:.1} s of media, real-time factor {:.3}, lag {:.2} s, dropped audio/video buffers {}/{}, interruptions {}",
+            "stream {}: {} windows, {:.1} s of media, real-time factor {:.3}, lag last {:.2} s max {:.2} s, dropped audio/video buffers {}/{}, interruptions {}",
             res.id,
             res.stats.windows,
             res.stats.media_s,
             f.as_ref().map_or(0.0, |f| f.rtf()),
             f.as_ref().map_or(0.0, |f| f.lag_s),
+            f.as_ref().map_or(0.0, |f| f.max_lag_s),
             f.as_ref().map_or(0, |f| f.dropped_audio),
             f.as_ref().map_or(0, |f| f.dropped_video),
             res.stats.interruptions

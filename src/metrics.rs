@@ -43,8 +43,11 @@ pub struct StreamFigures {
     pub media_s: f64,
     /// Wall seconds spent in ASR and features for this stream.
     pub busy_s: f64,
-    /// How far the last event trailed the live edge, seconds (0 for files).
+    /// How far the last event trailed the live edge (emission time minus the moment its
+    /// utterance ended, on the stream's clock), seconds.
     pub lag_s: f64,
+    /// The largest such lag so far, seconds.
+    pub max_lag_s: f64,
     /// Wall clock origin: the instant stream time 0 corresponds to (live sources).
     origin: Option<Instant>,
     /// Decoded buffers dropped because analysis fell behind (live sources).
@@ -63,6 +66,7 @@ impl Default for StreamFigures {
             media_s: 0.0,
             busy_s: 0.0,
             lag_s: 0.0,
+            max_lag_s: 0.0,
             origin: None,
             dropped_audio: 0,
             dropped_video: 0,
@@ -139,8 +143,12 @@ impl Metrics {
         f.windows += 1;
         f.media_s = f.media_s.max(e.end);
         f.busy_s += (e.latency_ms.asr + e.latency_ms.features) / 1e3;
-        if let Some(o) = f.origin {
-            f.lag_s = (o.elapsed().as_secs_f64() - e.end).max(0.0);
+        let lag = f
+            .origin
+            .map(|o| (o.elapsed().as_secs_f64() - e.end).max(0.0));
+        if let Some(l) = lag {
+            f.lag_s = l;
+            f.max_lag_s = f.max_lag_s.max(l);
         }
         let stage = stage_name(e.stage);
         *g.stages.entry((e.stream.clone(), stage)).or_default() += 1;
@@ -149,6 +157,9 @@ impl Metrics {
         }
         if let Some(r) = &e.fallback_reason {
             *g.fallbacks.entry(r.clone()).or_default() += 1;
+        }
+        if let Some(l) = lag {
+            g.latency.entry("live_delay").or_default().observe(l);
         }
         let l = &e.latency_ms;
         for (k, v) in [
@@ -398,6 +409,7 @@ impl Metrics {
                         "windows": f.windows,
                         "media_s": f.media_s,
                         "lag_s": f.lag_s,
+                        "max_lag_s": f.max_lag_s,
                         "realtime_factor": f.rtf(),
                         "interruptions": f.interruptions,
                     }),

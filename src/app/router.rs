@@ -159,6 +159,10 @@ impl Router {
                 Ok(ToRouter::Status(s)) => {
                     // A notice follows the windows before it (escalated ones included).
                     self.drain_cascade();
+                    if s.status == crate::event::StreamStatus::Started {
+                        // Stream time `at` is live now: the origin for lag.
+                        self.metrics.set_origin(&s.stream, s.at);
+                    }
                     self.metrics.status(&s);
                     if self.notices {
                         self.sinks.write(&Output::Status(s));
