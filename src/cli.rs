@@ -455,6 +455,18 @@ fn run_cmd(r: &RunArgs, mut cfg: Config, models: &Path) -> anyhow::Result<i32> {
         .collect::<Result<Vec<_>, _>>()?;
     let live = r.live || inputs.iter().any(Input::known_live);
     let (shared, vad) = prepare(&mut cfg, &r.m, models, live)?;
+    // Whisper's threads spin while they wait: more threads than cores (two streams with 2
+    // threads each on 2 cores) made every window 10x slower. Split the cores instead.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let fair = (cores / inputs.len().max(1) as u32).max(1);
+    if r.m.threads.is_none() && cfg.asr.threads > fair {
+        tracing::info!(
+            "{} streams on {cores} cores: Whisper uses {fair} thread(s) per stream (asr.threads = {}; --threads overrides)",
+            inputs.len(),
+            cfg.asr.threads
+        );
+        cfg.asr.threads = fair;
+    }
     if r.ids.len() > r.sources.len() {
         anyhow::bail!("{} --id given for {} sources", r.ids.len(), r.sources.len());
     }
