@@ -25,6 +25,10 @@ use crate::source::{Input, Source, SourceMsg, VideoFrame};
 const MAX_VIDEO_WAIT_S: f64 = 30.0;
 /// How often a stream checks the stop flag while waiting for media.
 const POLL: Duration = Duration::from_millis(100);
+/// A file or URI with no data for this long has stalled (an error).
+const FILE_STALL: Duration = Duration::from_secs(60);
+/// A live source with no data for this long has stalled (reconnect).
+const LIVE_STALL: Duration = Duration::from_secs(10);
 
 /// What a stream thread tells the router.
 pub enum ToRouter {
@@ -301,19 +305,28 @@ pub fn run_stream(
         };
         let mut got_audio = false;
         let mut last_drop_report = Instant::now();
+        let mut last_data = Instant::now();
         let ended = loop {
             if stop.load(Ordering::SeqCst) {
                 break Ended::Stopped;
             }
             let Some(msg) = source.recv_timeout(POLL) else {
-                if interrupted_at.is_some_and(|t| t.elapsed() > Duration::from_secs(60)) {
+                let limit = if source.is_live() || job.reconnect {
+                    LIVE_STALL
+                } else {
+                    FILE_STALL
+                };
+                if last_data.elapsed() > limit {
                     break Ended::Failed(SourceError::Decode {
                         input: job.input.name().into(),
-                        reason: "no data for 60 s after reconnecting".into(),
+                        reason: format!("no data for {} s; the input stalled", limit.as_secs()),
                     });
                 }
                 continue;
             };
+            if matches!(msg, SourceMsg::Audio { .. } | SourceMsg::Video(_)) {
+                last_data = Instant::now();
+            }
             match msg {
                 SourceMsg::Audio { pts, samples } => {
                     if !got_audio {
