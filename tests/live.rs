@@ -648,7 +648,10 @@ mod rtsp {
                 main_loop.run();
                 // Going away: drop every client session and stop listening.
                 server.client_filter(Some(&mut |_, _| rs::RTSPFilterResult::Remove));
-                id.remove();
+                // The listening socket's source lives in this context, not the default one.
+                if let Some(src) = ctx.find_source_by_id(&id) {
+                    src.destroy();
+                }
                 while ctx.iteration(false) {}
             });
             let main_loop = rx.recv().unwrap();
