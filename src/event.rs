@@ -184,38 +184,14 @@ mod tests {
 
     #[test]
     fn serialises_with_stable_field_names() {
-        let e = Event {
-            stream: "cam1".into(),
-            seq: 3,
-            start: 1.25,
-            end: 2.5,
-            text: "hello".into(),
-            language: Some("en".into()),
-            asr_confidence: 0.9,
-            frames: 6,
-            score: Some(1.5),
-            polarity: Some(Polarity::Positive),
-            probs: Some(Probs {
-                negative: 0.1,
-                neutral: 0.2,
-                positive: 0.7,
-            }),
-            uncertainty: Some(0.8),
-            stage: Some(Stage::CrossVerified),
-            fallback_reason: None,
-            ubm: Some(Opinion {
-                score: 1.0,
-                uncertainty: 0.9,
-            }),
-            mllm: None,
-            latency_ms: Latency {
-                asr: 10.0,
-                features: 1.0,
-                ubm: 0.5,
-                total: 12.0,
-                ..Latency::default()
-            },
-            emitted_at_ms: 1,
+        let mut e = tests_support::event("cam1");
+        e.stage = Some(Stage::CrossVerified);
+        e.latency_ms = Latency {
+            asr: 10.0,
+            features: 1.0,
+            ubm: 0.5,
+            total: 12.0,
+            ..Latency::default()
         };
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         assert_eq!(v["stage"], "cross_verified");

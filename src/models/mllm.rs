@@ -150,29 +150,14 @@ impl Adapter {
         }
     }
 
-    /// Paths of weights and metadata for a base path (e.g. `models/mllm-adapter`).
+    /// Paths of the weights and metadata for a base path (e.g. `models/mllm-adapter`).
     pub fn paths(base: &Path) -> (PathBuf, PathBuf) {
-        (
-            base.with_extension("safetensors"),
-            base.with_extension("json"),
-        )
+        crate::models::weight_paths(base)
     }
 
-    /// Saves weights and metadata.
+    /// Saves weights (`.safetensors`) and metadata (`.json`).
     pub fn save(&self, base: &Path) -> Result<(), ModelError> {
-        let (w, m) = Self::paths(base);
-        if let Some(d) = w.parent() {
-            std::fs::create_dir_all(d).map_err(|source| ModelError::Io {
-                path: d.into(),
-                source,
-            })?;
-        }
-        self.vs.save(&w).map_err(|e| ModelError::Runtime {
-            name: "mllm adapter".into(),
-            reason: format!("cannot save {}: {e}", w.display()),
-        })?;
-        let json = serde_json::to_string_pretty(&self.meta).expect("metadata serialises");
-        std::fs::write(&m, json).map_err(|source| ModelError::Io { path: m, source })
+        crate::models::save_weights(&self.vs, &self.meta, base, "mllm adapter")
     }
 }
 

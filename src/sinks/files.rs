@@ -186,13 +186,15 @@ impl Sink for FileSink {
         let f = self.file(&stream)?;
         let text = match (format, out) {
             (Format::Jsonl, o) => format!("{}\n", o.to_json()),
-            (Format::Vtt, Output::Window(e)) => {
+            (Format::Vtt | Format::Srt, Output::Window(e)) => {
+                // WebVTT writes milliseconds after '.', SRT after ','.
+                let sep = if format == Format::Vtt { '.' } else { ',' };
                 f.cue += 1;
                 format!(
                     "{}\n{} --> {}\n{}\n\n",
                     f.cue,
-                    timestamp(e.start, '.'),
-                    timestamp(e.end.max(e.start + 0.001), '.'),
+                    timestamp(e.start, sep),
+                    timestamp(e.end.max(e.start + 0.001), sep),
                     cue_text(e, with_stream)
                 )
             }
@@ -209,16 +211,6 @@ impl Sink for FileSink {
                     .map(|r| format!(": {}", r.replace("-->", "->").replace('\n', " ")))
                     .unwrap_or_default()
             ),
-            (Format::Srt, Output::Window(e)) => {
-                f.cue += 1;
-                format!(
-                    "{}\n{} --> {}\n{}\n\n",
-                    f.cue,
-                    timestamp(e.start, ','),
-                    timestamp(e.end.max(e.start + 0.001), ','),
-                    cue_text(e, with_stream)
-                )
-            }
             (Format::Srt, Output::Status(_)) => return Ok(()), // SRT has no comments.
         };
         let io = |source| SinkError::Io {
