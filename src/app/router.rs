@@ -130,12 +130,7 @@ impl Router {
                 });
                 metrics.queue_depth(c.pool().depth());
             }
-            _ => {
-                event.latency_ms.total =
-                    (started.elapsed().as_secs_f64() * 1e3 * 100.0).round() / 100.0;
-                event.emitted_at_ms = crate::event::now_ms();
-                emit(sinks, metrics, stats, event);
-            }
+            _ => emit(sinks, metrics, stats, crate::cascade::stamp(event, started)),
         }
     }
 

@@ -389,7 +389,7 @@ impl Cascade {
             uncertainty: event.uncertainty.unwrap_or(0.0),
         };
         if event.score.is_none() || stage1(small, self.s.tau1) == Stage1::Accept {
-            self.order[stream].insert(order, finish(event, started));
+            self.order[stream].insert(order, stamp(event, started));
         } else {
             let offered = Instant::now();
             let deadline = self.s.deadline.map(|d| offered + d);
@@ -501,7 +501,7 @@ impl Cascade {
                     score: last.score,
                     uncertainty: last.uncertainty,
                 });
-                finish(e, w.started)
+                stamp(e, w.started)
             }
             Resolution::Fallback(reason) => {
                 let c = &self.pool.counters;
@@ -528,7 +528,8 @@ fn round2(ms: f64) -> f64 {
     (ms * 100.0).round() / 100.0
 }
 
-fn finish(mut e: Event, started: Instant) -> Event {
+/// Stamps an event's total latency and emission time as it leaves.
+pub(crate) fn stamp(mut e: Event, started: Instant) -> Event {
     e.latency_ms.total = round2(started.elapsed().as_secs_f64() * 1e3);
     e.emitted_at_ms = crate::event::now_ms();
     e
@@ -537,7 +538,7 @@ fn finish(mut e: Event, started: Instant) -> Event {
 fn fallback(mut e: Event, reason: &str, started: Instant) -> Event {
     e.stage = Some(Stage::UbmFallback);
     e.fallback_reason = Some(reason.to_string());
-    finish(e, started)
+    stamp(e, started)
 }
 
 /// Default tau2 for backends without a calibration (half of ln 3).

@@ -507,11 +507,7 @@ impl Mllm {
 
     /// Is an answer's class (argmax of the label-word probabilities) right for a label?
     pub fn correct(&self, a: &Answer, label: f32) -> bool {
-        argmax3(&a.probs) == crate::routing::uncertainty::class_index(label, self.adapter.meta.band)
+        crate::routing::uncertainty::argmax(&a.probs)
+            == crate::routing::uncertainty::class_index(label, self.adapter.meta.band)
     }
-}
-
-/// Index of the largest of three probabilities (ties: the first).
-pub fn argmax3(p: &[f32; 3]) -> usize {
-    (0..3).fold(0, |best, i| if p[i] > p[best] { i } else { best })
 }

@@ -72,17 +72,6 @@ pub fn fuse_probs(a: &[f32; 3], ua: f32, b: &[f32; 3], ub: f32) -> [f32; 3] {
     std::array::from_fn(|k| (wa * a[k] + wb * b[k]) / (wa + wb))
 }
 
-/// How an escalated window ended, with the large model's passes already made.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Decision {
-    /// The large model's first answer (u_l <= tau2).
-    Large,
-    /// Both uncertain with the same polarity: the weighted average.
-    Fused(Verdict),
-    /// Polarities differed: the second (cross-verification) answer is final.
-    CrossVerified,
-}
-
 /// Variants of the cascade for ablations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {

@@ -31,6 +31,11 @@ pub fn polarity(score: f32, band: f32) -> Polarity {
     }
 }
 
+/// Index of the most probable class (ties: the first), e.g. of a 3-class distribution.
+pub fn argmax(p: &[f32; 3]) -> usize {
+    (0..3).fold(0, |best, i| if p[i] > p[best] { i } else { best })
+}
+
 /// Class index (0 negative, 1 neutral, 2 positive) of a score.
 pub fn class_index(score: f32, band: f32) -> usize {
     match polarity(score, band) {
@@ -43,6 +48,13 @@ pub fn class_index(score: f32, band: f32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_picks_the_most_probable_class() {
+        assert_eq!(argmax(&[0.1, 0.7, 0.2]), 1);
+        assert_eq!(argmax(&[0.2, 0.2, 0.6]), 2);
+        assert_eq!(argmax(&[0.5, 0.2, 0.3]), 0);
+    }
 
     #[test]
     fn entropy_of_known_distributions() {

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor, nn};
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::audio::AUDIO_DIM;
 use crate::features::visual::VIS_DIM;
-use crate::models::mllm::{AdapterMeta, Answer, Mllm, Query, argmax3};
+use crate::models::mllm::{AdapterMeta, Answer, Mllm, Query};
 use crate::models::ubm::{Modalities, Prediction, Ubm};
 use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, stage1};
 use crate::routing::thresholds::Calibration;
@@ -527,14 +527,4 @@ pub fn compare(
         )?);
     }
     Ok(rows)
-}
-
-/// Class accuracy of answers (argmax of the label words) against labels.
-pub fn class_accuracy(answers: &[Answer], labels: &[f32], band: f32) -> f64 {
-    let ok = answers
-        .iter()
-        .zip(labels)
-        .filter(|(a, y)| argmax3(&a.probs) == class_index(**y, band))
-        .count();
-    ok as f64 / answers.len().max(1) as f64
 }

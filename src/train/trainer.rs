@@ -289,11 +289,8 @@ pub enum CalibrationRule {
 }
 
 /// Whether the 3-class prediction (argmax of probs) is right.
-pub(crate) fn correct(p: &Prediction, label: f32, band: f32) -> bool {
-    let argmax = (0..3)
-        .max_by(|&a, &b| p.probs[a].total_cmp(&p.probs[b]))
-        .unwrap_or(1);
-    argmax == class_index(label, band)
+fn correct(p: &Prediction, label: f32, band: f32) -> bool {
+    crate::routing::uncertainty::argmax(&p.probs) == class_index(label, band)
 }
 
 /// Fits the uncertainty calibration on `valid` and sets tau1.
