@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sentistream::cascade::backend::{Backend, LocalBackend};
 use sentistream::cascade::{Cascade, CascadeSettings, Pool, WhenFull};
-use sentistream::event::{Event, Latency, Stage};
+use sentistream::event::{Event, FallbackReason, Polarity, Sentiment, Stage};
 use sentistream::models::mllm::{Mllm, Query};
 use sentistream::routing::fusion::{Policy, Verdict};
 use sentistream::train::dataset::{Dataset, Scale, Split, TextSource};
@@ -22,26 +22,14 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn event(seq: u64, text: &str) -> Event {
-    Event {
-        stream: "bench".into(),
-        seq,
-        start: seq as f64,
-        end: seq as f64 + 1.0,
-        text: text.into(),
-        language: None,
-        asr_confidence: 1.0,
-        frames: 0,
-        score: Some(0.5),
-        polarity: None,
-        probs: None,
-        uncertainty: Some(1.0),
-        stage: Some(Stage::Ubm),
-        fallback_reason: None,
-        ubm: None,
-        mllm: None,
-        latency_ms: Latency::default(),
-        emitted_at_ms: 0,
-    }
+    let mut e = Event::transcribed("bench", seq, seq as f64, seq as f64 + 1.0);
+    e.text = text.into();
+    e
+}
+
+/// An unsure small-model verdict (every window escalates).
+fn unsure() -> Sentiment {
+    Sentiment::small(0.5, Polarity::Positive, [0.3, 0.3, 0.4], 1.0)
 }
 
 /// Offers every window (all escalated: tau1 below any uncertainty) `gap` apart; returns
@@ -72,7 +60,7 @@ fn offer_all(
         c.submit(
             0,
             event(k as u64, &data.texts[i]),
-            [0.3, 0.3, 0.4],
+            unsure(),
             data.feats[i].clone(),
             Instant::now(),
             &mut |e| out.push(e),
@@ -218,9 +206,9 @@ fn main() {
         "\noverload (1 worker, queue 2, drop_newest, one escalation every 20 ms): offered {}, served {}, fallbacks queue_full {}, other fallbacks {}, emitted {} in order, wall {wall:.2} s",
         ev.len(),
         count(&|e| !matches!(e.stage, Some(Stage::UbmFallback))),
-        count(&|e| e.fallback_reason.as_deref() == Some("queue_full")),
+        count(&|e| e.fallback_reason == Some(FallbackReason::QueueFull)),
         count(&|e| e.stage == Some(Stage::UbmFallback)
-            && e.fallback_reason.as_deref() != Some("queue_full")),
+            && e.fallback_reason != Some(FallbackReason::QueueFull)),
         ev.len()
     );
     let mut lat: Vec<f64> = ev.iter().map(|e| e.latency_ms.total).collect();

@@ -86,6 +86,9 @@ pub enum ConfigError {
 /// Errors of output sinks.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// An output named on the command line cannot be used.
+    #[error("output {spec:?}: {reason}")]
+    Spec { spec: String, reason: String },
     /// Writing an event failed.
     #[error("output {target}: {source}")]
     Io {
@@ -113,6 +116,14 @@ pub enum Error {
     /// See [`DatasetError`].
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    /// A stream's thread panicked (a bug): the stream's output stopped there.
+    #[error(
+        "stream {stream}: its thread crashed ({reason}); the events before the crash were written; please report this with the log"
+    )]
+    StreamPanicked { stream: String, reason: String },
+    /// The command line asks for something that cannot be done.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Result with the top-level [`Error`].

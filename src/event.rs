@@ -3,11 +3,50 @@
 //! The sentiment fields are filled by the models of later stages (UBM, large model); a
 //! window that was only transcribed leaves them `null`, so consumers see one stable schema.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An enum whose values travel as fixed names (JSON, metric labels): the names are
+/// defined once, in `name`, and serde uses them.
+pub trait Named: Sized + Copy + 'static {
+    /// Every value, in declaration order.
+    const ALL: &'static [Self];
+    /// The value's name.
+    fn name(self) -> &'static str;
+    /// The value with this name.
+    fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.name() == s)
+    }
+}
+
+fn serialize_named<S: Serializer, T: Named>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.name())
+}
+
+fn deserialize_named<'de, D: Deserializer<'de>, T: Named>(d: D) -> Result<T, D::Error> {
+    let s = String::deserialize(d)?;
+    T::from_name(&s).ok_or_else(|| {
+        let names: Vec<&str> = T::ALL.iter().map(|v| v.name()).collect();
+        serde::de::Error::custom(format!("unknown value {s:?}; expected one of {names:?}"))
+    })
+}
+
+macro_rules! named_serde {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize_named(self, s)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                deserialize_named(d)
+            }
+        }
+    };
+}
 
 /// Which stage of the U-ACS cascade produced the final verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Stage {
     /// Accepted from the small model (u_s <= tau1).
     Ubm,
@@ -21,9 +60,141 @@ pub enum Stage {
     UbmFallback,
 }
 
+impl Named for Stage {
+    const ALL: &'static [Self] = &[
+        Self::Ubm,
+        Self::Mllm,
+        Self::Fused,
+        Self::CrossVerified,
+        Self::UbmFallback,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ubm => "ubm",
+            Self::Mllm => "mllm",
+            Self::Fused => "fused",
+            Self::CrossVerified => "cross_verified",
+            Self::UbmFallback => "ubm_fallback",
+        }
+    }
+}
+named_serde!(Stage);
+
+impl Stage {
+    /// Whether the window went to the large model (anything but an accepted small verdict).
+    pub fn escalated(self) -> bool {
+        self != Self::Ubm
+    }
+    /// Position in [`Named::ALL`] (for per-stage counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    /// The words subtitle files show for the stage (the machine name is [`Named::name`]).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::CrossVerified => "cross-verified",
+            Self::UbmFallback => "ubm fallback",
+            s => s.name(),
+        }
+    }
+}
+
+/// Why an escalated window kept the small model's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FallbackReason {
+    /// The large-model queue was full (`drop_newest`).
+    QueueFull,
+    /// The window's deadline passed before the large model answered.
+    Deadline,
+    /// The worker panicked on this window.
+    WorkerPanic,
+    /// Every large-model worker had stopped.
+    WorkerLost,
+    /// The backend ran but failed.
+    BackendError,
+    /// A remote endpoint did not answer in time.
+    BackendTimeout,
+    /// A remote endpoint could not be reached or answered with an HTTP error.
+    BackendUnreachable,
+    /// The large model's answer could not be understood.
+    MalformedOutput,
+}
+
+impl Named for FallbackReason {
+    const ALL: &'static [Self] = &[
+        Self::QueueFull,
+        Self::Deadline,
+        Self::WorkerPanic,
+        Self::WorkerLost,
+        Self::BackendError,
+        Self::BackendTimeout,
+        Self::BackendUnreachable,
+        Self::MalformedOutput,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::Deadline => "deadline",
+            Self::WorkerPanic => "worker_panic",
+            Self::WorkerLost => "worker_lost",
+            Self::BackendError => "backend_error",
+            Self::BackendTimeout => "backend_timeout",
+            Self::BackendUnreachable => "backend_unreachable",
+            Self::MalformedOutput => "malformed_output",
+        }
+    }
+}
+named_serde!(FallbackReason);
+
+/// A window's sentiment verdict, typed: what the router and the cascade decide, turned
+/// into the event's sentiment fields by [`Event::set_sentiment`] only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sentiment {
+    /// Final score.
+    pub score: f32,
+    /// Final polarity.
+    pub polarity: Polarity,
+    /// Final class probabilities (negative, neutral, positive).
+    pub probs: [f32; 3],
+    /// Final uncertainty (entropy, nats).
+    pub uncertainty: f32,
+    /// The stage that decided.
+    pub stage: Stage,
+    /// Why an escalation kept the small model's verdict.
+    pub fallback: Option<FallbackReason>,
+    /// The small model's opinion.
+    pub small: Opinion,
+    /// The large model's (last) opinion.
+    pub large: Option<Opinion>,
+}
+
+impl Sentiment {
+    /// The small model's verdict, accepted at stage 1.
+    pub fn small(score: f32, polarity: Polarity, probs: [f32; 3], uncertainty: f32) -> Self {
+        Self {
+            score,
+            polarity,
+            probs,
+            uncertainty,
+            stage: Stage::Ubm,
+            fallback: None,
+            small: Opinion { score, uncertainty },
+            large: None,
+        }
+    }
+
+    /// This (small-model) verdict standing after a failed escalation.
+    pub fn fallback(self, reason: FallbackReason) -> Self {
+        Self {
+            stage: Stage::UbmFallback,
+            fallback: Some(reason),
+            ..self
+        }
+    }
+}
+
 /// Three-way polarity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Polarity {
     /// Score below -b.
     Negative,
@@ -32,6 +203,18 @@ pub enum Polarity {
     /// Score above b.
     Positive,
 }
+
+impl Named for Polarity {
+    const ALL: &'static [Self] = &[Self::Negative, Self::Neutral, Self::Positive];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Negative => "negative",
+            Self::Neutral => "neutral",
+            Self::Positive => "positive",
+        }
+    }
+}
+named_serde!(Polarity);
 
 /// Class probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -45,7 +228,7 @@ pub struct Probs {
 }
 
 /// One model's opinion on a window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Opinion {
     /// Sentiment score (dataset range, e.g. [-3, 3]).
     pub score: f32,
@@ -159,7 +342,7 @@ pub struct Event {
     /// Stage that decided.
     pub stage: Option<Stage>,
     /// Why an escalation fell back to the small model.
-    pub fallback_reason: Option<String>,
+    pub fallback_reason: Option<FallbackReason>,
     /// The small model's opinion.
     pub ubm: Option<Opinion>,
     /// The large model's opinion.
@@ -168,6 +351,49 @@ pub struct Event {
     pub latency_ms: Latency,
     /// Wall-clock emission time, milliseconds since the Unix epoch.
     pub emitted_at_ms: u64,
+}
+
+impl Event {
+    /// A transcribed window without a verdict yet (sentiment fields `null`).
+    pub fn transcribed(stream: &str, seq: u64, start: f64, end: f64) -> Self {
+        Self {
+            stream: stream.into(),
+            seq,
+            start,
+            end,
+            text: String::new(),
+            language: None,
+            asr_confidence: 0.0,
+            frames: 0,
+            score: None,
+            polarity: None,
+            probs: None,
+            uncertainty: None,
+            stage: None,
+            fallback_reason: None,
+            ubm: None,
+            mllm: None,
+            latency_ms: Latency::default(),
+            emitted_at_ms: 0,
+        }
+    }
+
+    /// Writes a verdict into the sentiment fields: the one place they are filled.
+    pub fn set_sentiment(&mut self, s: &Sentiment) {
+        let [negative, neutral, positive] = s.probs;
+        self.score = Some(s.score);
+        self.polarity = Some(s.polarity);
+        self.probs = Some(Probs {
+            negative,
+            neutral,
+            positive,
+        });
+        self.uncertainty = Some(s.uncertainty);
+        self.stage = Some(s.stage);
+        self.fallback_reason = s.fallback;
+        self.ubm = Some(s.small);
+        self.mllm = s.large;
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -181,6 +407,22 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_round_trip_through_serde() {
+        for s in Stage::ALL {
+            let v = serde_json::to_value(s).unwrap();
+            assert_eq!(v, s.name());
+            assert_eq!(serde_json::from_value::<Stage>(v).unwrap(), *s);
+        }
+        for r in FallbackReason::ALL {
+            let v = serde_json::to_value(r).unwrap();
+            assert_eq!(v, r.name());
+            assert_eq!(serde_json::from_value::<FallbackReason>(v).unwrap(), *r);
+        }
+        let e = serde_json::from_value::<Stage>("large".into()).unwrap_err();
+        assert!(e.to_string().contains("cross_verified"), "{e}");
+    }
 
     #[test]
     fn serialises_with_stable_field_names() {

@@ -2,11 +2,13 @@
 //!
 //! Map of the modules, in data-flow order:
 
-/// Jobs wiring the stages: `annotate`.
+/// Jobs wiring the stages: stream threads, the router, the shutdown signal, the report.
 pub mod app;
+/// Model files: where they are, the registry installer, the Whisper converter, GGUF.
+pub mod assets;
 /// Stages 2/3 at run time: large-model workers, queue policies, reordering.
 pub mod cascade;
-/// Command line (the thin main calls `cli::run`).
+/// Command line: argument definitions and one file per command (main calls `cli::run`).
 pub mod cli;
 /// Typed, documented, validated configuration.
 pub mod config;
@@ -18,8 +20,10 @@ pub mod event;
 pub mod features;
 /// Prometheus metrics and health.
 pub mod metrics;
-/// Model files and models: assets, Whisper converter, GGUF, UBM, LLM, MLLM.
+/// The models: UBM, LLM, MLLM.
 pub mod models;
+/// The composition root: configuration + overrides -> a run plan.
+pub mod plan;
 /// U-ACS decisions as pure functions: uncertainty, thresholds, fusion.
 pub mod routing;
 /// Silero VAD -> utterance windows.

@@ -20,8 +20,8 @@ fn main() {
     match sentistream::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            // Every error's message already names its cause: print it once.
+            eprintln!("error: {e}");
             std::process::exit(1);
         }
     }

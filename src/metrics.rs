@@ -2,11 +2,19 @@
 //! the health summary (served at `/health`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use std::time::Instant;
 
-use crate::event::{Event, Stage, StatusEvent, StreamStatus};
+use crate::event::{Event, FallbackReason, Named, Stage, StatusEvent, StreamStatus};
 
 /// Histogram bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -21,28 +29,38 @@ struct Histogram {
 }
 
 impl Histogram {
+    /// Counts `v` in its bucket (the first bound at or above it; none past the last).
     fn observe(&mut self, v: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
+        if let Some(i) = BUCKETS.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
         }
         self.sum += v;
         self.n += 1;
     }
 }
 
-/// Per-stream figures.
+/// Per-stream figures: the one place a run's windows and times are counted (the live
+/// `/metrics` and `/health`, and the report printed at the end, all read them).
 #[derive(Debug, Clone)]
 pub struct StreamFigures {
     /// State: running, interrupted or ended.
     pub state: StreamStatus,
     /// Windows emitted.
     pub windows: u64,
-    /// Stream time of the last emitted window's end, seconds.
+    /// Windows per final stage (indexed by [`Stage::index`]).
+    pub stages: [u64; 5],
+    /// Stream time seen, seconds: the last window's end, or where the stream ended.
     pub media_s: f64,
-    /// Wall seconds spent in ASR and features for this stream.
-    pub busy_s: f64,
+    /// Seconds of stream time inside windows.
+    pub window_s: f64,
+    /// Wall seconds in Whisper.
+    pub asr_s: f64,
+    /// Wall seconds computing audio, face and text features.
+    pub features_s: f64,
+    /// Wall seconds in the small model.
+    pub ubm_s: f64,
+    /// Wall seconds in large-model passes.
+    pub mllm_s: f64,
     /// How far the last event trailed the live edge (emission time minus the moment its
     /// utterance ended, on the stream's clock), seconds.
     pub lag_s: f64,
@@ -63,8 +81,13 @@ impl Default for StreamFigures {
         Self {
             state: StreamStatus::Started,
             windows: 0,
+            stages: [0; 5],
             media_s: 0.0,
-            busy_s: 0.0,
+            window_s: 0.0,
+            asr_s: 0.0,
+            features_s: 0.0,
+            ubm_s: 0.0,
+            mllm_s: 0.0,
             lag_s: 0.0,
             max_lag_s: 0.0,
             origin: None,
@@ -76,26 +99,34 @@ impl Default for StreamFigures {
 }
 
 impl StreamFigures {
-    /// Real-time factor: processing time / media time.
+    /// Real-time factor: ASR + feature time / media time.
     pub fn rtf(&self) -> f64 {
         if self.media_s > 0.0 {
-            self.busy_s / self.media_s
+            (self.asr_s + self.features_s) / self.media_s
         } else {
             0.0
         }
     }
+
+    /// Windows that went to the large model.
+    pub fn escalated(&self) -> u64 {
+        Stage::ALL
+            .iter()
+            .filter(|s| s.escalated())
+            .map(|s| self.stages[s.index()])
+            .sum()
+    }
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 struct Inner {
     streams: BTreeMap<String, StreamFigures>,
-    stages: BTreeMap<(String, &'static str), u64>,
-    escalations: u64,
-    fallbacks: BTreeMap<String, u64>,
+    fallbacks: BTreeMap<FallbackReason, u64>,
     latency: BTreeMap<&'static str, Histogram>,
     queue_depth: u64,
     ws_clients: u64,
     ws_lost: u64,
+    ws_refused: u64,
 }
 
 /// All metrics of the process; shared by reference (`Arc`).
@@ -110,17 +141,6 @@ impl Default for Metrics {
             inner: Mutex::new(Inner::default()),
             started: Instant::now(),
         }
-    }
-}
-
-fn stage_name(s: Option<Stage>) -> &'static str {
-    match s {
-        Some(Stage::Ubm) => "ubm",
-        Some(Stage::Mllm) => "mllm",
-        Some(Stage::Fused) => "fused",
-        Some(Stage::CrossVerified) => "cross_verified",
-        Some(Stage::UbmFallback) => "ubm_fallback",
-        None => "none",
     }
 }
 
@@ -140,28 +160,29 @@ impl Metrics {
     pub fn window(&self, e: &Event) {
         let mut g = self.lock();
         let f = g.streams.entry(e.stream.clone()).or_default();
+        let l = &e.latency_ms;
         f.windows += 1;
         f.media_s = f.media_s.max(e.end);
-        f.busy_s += (e.latency_ms.asr + e.latency_ms.features) / 1e3;
+        f.window_s += e.end - e.start;
+        f.asr_s += l.asr / 1e3;
+        f.features_s += l.features / 1e3;
+        f.ubm_s += l.ubm / 1e3;
+        f.mllm_s += l.mllm / 1e3;
+        if let Some(s) = e.stage {
+            f.stages[s.index()] += 1;
+        }
         let lag = f
             .origin
             .map(|o| (o.elapsed().as_secs_f64() - e.end).max(0.0));
-        if let Some(l) = lag {
-            f.lag_s = l;
-            f.max_lag_s = f.max_lag_s.max(l);
+        if let Some(lag) = lag {
+            f.lag_s = lag;
+            f.max_lag_s = f.max_lag_s.max(lag);
+            g.latency.entry("live_delay").or_default().observe(lag);
         }
-        let stage = stage_name(e.stage);
-        *g.stages.entry((e.stream.clone(), stage)).or_default() += 1;
-        if e.stage.is_some_and(|s| s != Stage::Ubm) {
-            g.escalations += 1;
+        if let Some(r) = e.fallback_reason {
+            *g.fallbacks.entry(r).or_default() += 1;
         }
-        if let Some(r) = &e.fallback_reason {
-            *g.fallbacks.entry(r.clone()).or_default() += 1;
-        }
-        if let Some(l) = lag {
-            g.latency.entry("live_delay").or_default().observe(l);
-        }
-        let l = &e.latency_ms;
+        let escalated = e.stage.is_some_and(Stage::escalated);
         for (k, v) in [
             ("asr", l.asr),
             ("features", l.features),
@@ -170,7 +191,7 @@ impl Metrics {
             ("mllm", l.mllm),
             ("total", l.total),
         ] {
-            if (k == "queue" || k == "mllm") && e.stage.is_none_or(|s| s == Stage::Ubm) {
+            if (k == "queue" || k == "mllm") && !escalated {
                 continue;
             }
             g.latency.entry(k).or_default().observe(v / 1e3);
@@ -182,8 +203,10 @@ impl Metrics {
         let mut g = self.lock();
         let f = g.streams.entry(s.stream.clone()).or_default();
         f.state = s.status;
-        if s.status == StreamStatus::Interrupted {
-            f.interruptions += 1;
+        match s.status {
+            StreamStatus::Interrupted => f.interruptions += 1,
+            StreamStatus::Ended => f.media_s = f.media_s.max(s.at),
+            _ => {}
         }
     }
 
@@ -207,192 +230,37 @@ impl Metrics {
         g.ws_lost += lost_add;
     }
 
+    /// A websocket client was refused because the server was full.
+    pub fn ws_refused(&self) {
+        self.lock().ws_refused += 1;
+    }
+
     /// Snapshot of one stream.
     pub fn stream(&self, id: &str) -> Option<StreamFigures> {
         self.lock().streams.get(id).cloned()
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4, written by `prometheus-client`
+    /// from a snapshot of these figures).
     pub fn render(&self) -> String {
-        let g = self.lock();
-        let mut s = String::with_capacity(4096);
-        let head = |s: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(
-                s,
-                "# HELP sentistream_{name} {help}\n# TYPE sentistream_{name} {kind}"
-            );
+        let snapshot = Snapshot {
+            inner: self.lock().clone(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
         };
-        head(
-            &mut s,
-            "uptime_seconds",
-            "gauge",
-            "Seconds since the process started.",
-        );
-        let _ = writeln!(
-            s,
-            "sentistream_uptime_seconds {:.3}",
-            self.started.elapsed().as_secs_f64()
-        );
-        head(
-            &mut s,
-            "windows_total",
-            "counter",
-            "Utterance windows emitted.",
-        );
-        for (id, f) in &g.streams {
-            let _ = writeln!(
-                s,
-                "sentistream_windows_total{{stream=\"{}\"}} {}",
-                esc(id),
-                f.windows
-            );
-        }
-        head(
-            &mut s,
-            "events_total",
-            "counter",
-            "Window events by final stage.",
-        );
-        for ((id, stage), n) in &g.stages {
-            let _ = writeln!(
-                s,
-                "sentistream_events_total{{stream=\"{}\",stage=\"{stage}\"}} {n}",
-                esc(id)
-            );
-        }
-        head(
-            &mut s,
-            "escalations_total",
-            "counter",
-            "Windows escalated to the large model.",
-        );
-        let _ = writeln!(s, "sentistream_escalations_total {}", g.escalations);
-        head(
-            &mut s,
-            "fallbacks_total",
-            "counter",
-            "Escalations that fell back to the small model, by reason.",
-        );
-        for (r, n) in &g.fallbacks {
-            let _ = writeln!(
-                s,
-                "sentistream_fallbacks_total{{reason=\"{}\"}} {n}",
-                esc(r)
-            );
-        }
-        head(
-            &mut s,
-            "queue_depth",
-            "gauge",
-            "Escalations waiting for a large-model worker.",
-        );
-        let _ = writeln!(s, "sentistream_queue_depth {}", g.queue_depth);
-        head(
-            &mut s,
-            "stage_latency_seconds",
-            "histogram",
-            "Time per window in each stage.",
-        );
-        for (stage, h) in &g.latency {
-            for (b, c) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(
-                    s,
-                    "sentistream_stage_latency_seconds_bucket{{stage=\"{stage}\",le=\"{b}\"}} {c}"
-                );
-            }
-            let _ = writeln!(
-                s,
-                "sentistream_stage_latency_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}",
-                h.n
-            );
-            let _ = writeln!(
-                s,
-                "sentistream_stage_latency_seconds_sum{{stage=\"{stage}\"}} {:.6}",
-                h.sum
-            );
-            let _ = writeln!(
-                s,
-                "sentistream_stage_latency_seconds_count{{stage=\"{stage}\"}} {}",
-                h.n
-            );
-        }
-        head(
-            &mut s,
-            "lag_seconds",
-            "gauge",
-            "How far the last event trailed the live edge of its stream.",
-        );
-        for (id, f) in &g.streams {
-            let _ = writeln!(
-                s,
-                "sentistream_lag_seconds{{stream=\"{}\"}} {:.3}",
-                esc(id),
-                f.lag_s
-            );
-        }
-        head(
-            &mut s,
-            "realtime_factor",
-            "gauge",
-            "ASR + feature time divided by media time, per stream.",
-        );
-        for (id, f) in &g.streams {
-            let _ = writeln!(
-                s,
-                "sentistream_realtime_factor{{stream=\"{}\"}} {:.4}",
-                esc(id),
-                f.rtf()
-            );
-        }
-        head(
-            &mut s,
-            "dropped_buffers_total",
-            "counter",
-            "Decoded buffers dropped because analysis fell behind a live source.",
-        );
-        for (id, f) in &g.streams {
-            let _ = writeln!(
-                s,
-                "sentistream_dropped_buffers_total{{stream=\"{}\",kind=\"audio\"}} {}",
-                esc(id),
-                f.dropped_audio
-            );
-            let _ = writeln!(
-                s,
-                "sentistream_dropped_buffers_total{{stream=\"{}\",kind=\"video\"}} {}",
-                esc(id),
-                f.dropped_video
-            );
-        }
-        head(
-            &mut s,
-            "interruptions_total",
-            "counter",
-            "Times a stream's source failed and was reconnected.",
-        );
-        for (id, f) in &g.streams {
-            let _ = writeln!(
-                s,
-                "sentistream_interruptions_total{{stream=\"{}\"}} {}",
-                esc(id),
-                f.interruptions
-            );
-        }
-        head(
-            &mut s,
-            "websocket_clients",
-            "gauge",
-            "Connected websocket clients.",
-        );
-        let _ = writeln!(s, "sentistream_websocket_clients {}", g.ws_clients);
-        head(
-            &mut s,
-            "websocket_lost_total",
-            "counter",
-            "Events a slow websocket client lost (its oldest).",
-        );
-        let _ = writeln!(s, "sentistream_websocket_lost_total {}", g.ws_lost);
-        s
+        let mut registry = Registry::with_prefix("sentistream");
+        registry.register_collector(Box::new(snapshot));
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Every stream's figures, by id.
+    pub fn streams(&self) -> Vec<(String, StreamFigures)> {
+        self.lock()
+            .streams
+            .iter()
+            .map(|(id, f)| (id.clone(), f.clone()))
+            .collect()
     }
 
     /// The health summary (JSON).
@@ -429,10 +297,169 @@ impl Metrics {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The figures at one scrape, encoded by `prometheus-client`.
+#[derive(Debug)]
+struct Snapshot {
+    inner: Inner,
+    uptime_s: f64,
+}
+
+/// Writes one family with one sample per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One family without labels.
+fn single<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> Result<(), std::fmt::Error> {
+    let kind = metric.metric_type();
+    metric.encode(enc.encode_descriptor(name, help, None, kind)?)
+}
+
+impl Snapshot {
+    /// Per-stream families.
+    fn streams(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = &self.inner;
+        let by_stream = |v: fn(&StreamFigures) -> f64| {
+            g.streams
+                .iter()
+                .map(move |(id, f)| ([("stream", id.as_str())], ConstGauge::new(v(f))))
+        };
+        let counted = |v: fn(&StreamFigures) -> u64| {
+            g.streams
+                .iter()
+                .map(move |(id, f)| ([("stream", id.as_str())], ConstCounter::new(v(f))))
+        };
+        let c = MetricType::Counter;
+        family(
+            enc,
+            "windows",
+            "Utterance windows emitted.",
+            c,
+            counted(|f| f.windows),
+        )?;
+        let help = "How far the last event trailed the live edge of its stream.";
+        family(
+            enc,
+            "lag_seconds",
+            help,
+            MetricType::Gauge,
+            by_stream(|f| f.lag_s),
+        )?;
+        let help = "ASR + feature time divided by media time, per stream.";
+        family(
+            enc,
+            "realtime_factor",
+            help,
+            MetricType::Gauge,
+            by_stream(StreamFigures::rtf),
+        )?;
+        let help = "Times a stream's source failed and was reconnected.";
+        family(enc, "interruptions", help, c, counted(|f| f.interruptions))?;
+        let events = g.streams.iter().flat_map(|(id, f)| {
+            Stage::ALL
+                .iter()
+                .filter(|s| f.stages[s.index()] > 0)
+                .map(move |s| {
+                    let labels = [("stream", id.as_str()), ("stage", s.name())];
+                    (labels, ConstCounter::new(f.stages[s.index()]))
+                })
+        });
+        family(enc, "events", "Window events by final stage.", c, events)?;
+        let drops = g.streams.iter().flat_map(|(id, f)| {
+            [("audio", f.dropped_audio), ("video", f.dropped_video)].map(|(kind, n)| {
+                (
+                    [("stream", id.as_str()), ("kind", kind)],
+                    ConstCounter::new(n),
+                )
+            })
+        });
+        let help = "Decoded buffers dropped because analysis fell behind a live source.";
+        family(enc, "dropped_buffers", help, c, drops)
+    }
+
+    /// Cascade families: escalations, fallbacks, queue depth.
+    fn cascade(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = &self.inner;
+        let escalated: u64 = g.streams.values().map(StreamFigures::escalated).sum();
+        let help = "Windows escalated to the large model.";
+        single(enc, "escalations", help, ConstCounter::new(escalated))?;
+        let fallbacks = g
+            .fallbacks
+            .iter()
+            .map(|(r, n)| ([("reason", r.name())], ConstCounter::new(*n)));
+        let help = "Escalations that fell back to the small model, by reason.";
+        family(enc, "fallbacks", help, MetricType::Counter, fallbacks)?;
+        let help = "Escalations waiting for a large-model worker.";
+        single(
+            enc,
+            "queue_depth",
+            help,
+            ConstGauge::new(g.queue_depth as i64),
+        )?;
+        let mut m = enc.encode_descriptor(
+            "stage_latency_seconds",
+            "Time per window in each stage.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (stage, h) in &g.latency {
+            let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(h.counts).collect();
+            m.encode_family(&[("stage", *stage)])?
+                .encode_histogram::<NoLabelSet>(h.sum, h.n, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    /// Websocket families.
+    fn websocket(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = &self.inner;
+        let help = "Connected websocket clients.";
+        single(
+            enc,
+            "websocket_clients",
+            help,
+            ConstGauge::new(g.ws_clients as i64),
+        )?;
+        let help = "Events a slow websocket client lost (its oldest).";
+        single(enc, "websocket_lost", help, ConstCounter::new(g.ws_lost))?;
+        let help = "Websocket connections refused because the server had its maximum of clients.";
+        single(
+            enc,
+            "websocket_refused",
+            help,
+            ConstCounter::new(g.ws_refused),
+        )
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let help = "Seconds since the process started.";
+        single(
+            &mut enc,
+            "uptime_seconds",
+            help,
+            ConstGauge::new(self.uptime_s),
+        )?;
+        self.streams(&mut enc)?;
+        self.cascade(&mut enc)?;
+        self.websocket(&mut enc)
+    }
 }
 
 #[cfg(test)]
@@ -444,7 +471,7 @@ mod tests {
         let m = Metrics::default();
         let mut e = crate::event::tests_support::event("cam \"1\"");
         e.stage = Some(Stage::UbmFallback);
-        e.fallback_reason = Some("queue_full".into());
+        e.fallback_reason = Some(FallbackReason::QueueFull);
         e.latency_ms.total = 120.0;
         m.window(&e);
         let text = m.render();

@@ -185,7 +185,7 @@ fn missing_model_file() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("ggml-silero") {
-        eprintln!("SKIPPED: VAD model not installed; run scripts/setup");
+        common::skip("the VAD model is not installed");
         return;
     }
     assert_clean_error(&out, "/no/such/ggml-model.bin", "models install");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use sentistream::cascade::backend::{Backend, BackendError, OpenAiBackend, TorchScriptBackend};
 use sentistream::cascade::{Cascade, CascadeSettings, Pool, WhenFull};
-use sentistream::event::{Event, Latency, Stage};
+use sentistream::event::{Event, FallbackReason, Polarity, Sentiment, Stage};
 use sentistream::features::WindowFeatures;
 use sentistream::models::mllm::Answer;
 use sentistream::routing::fusion::{Policy, Verdict};
@@ -69,27 +69,15 @@ fn slow(ms: u64) -> Box<dyn Backend> {
     })
 }
 
-fn event(seq: u64, text: &str, score: f32, u: f32) -> Event {
-    Event {
-        stream: "s".into(),
-        seq,
-        start: seq as f64,
-        end: seq as f64 + 1.0,
-        text: text.into(),
-        language: None,
-        asr_confidence: 1.0,
-        frames: 0,
-        score: Some(score),
-        polarity: None,
-        probs: None,
-        uncertainty: Some(u),
-        stage: Some(Stage::Ubm),
-        fallback_reason: None,
-        ubm: None,
-        mllm: None,
-        latency_ms: Latency::default(),
-        emitted_at_ms: 0,
-    }
+fn event(seq: u64, text: &str) -> Event {
+    let mut e = Event::transcribed("s", seq, seq as f64, seq as f64 + 1.0);
+    e.text = text.into();
+    e
+}
+
+/// The small model's verdict: score 0.8 with uncertainty `u`.
+fn small(u: f32) -> Sentiment {
+    Sentiment::small(0.8, Polarity::Positive, [0.2, 0.3, 0.5], u)
 }
 
 fn settings(deadline: Option<Duration>) -> CascadeSettings {
@@ -106,11 +94,10 @@ fn run(cascade: &mut Cascade, n: u64, text: &str) -> Vec<Event> {
     let mut out = Vec::new();
     for i in 0..n {
         let u = if i % 2 == 0 { 0.9 } else { 0.1 };
-        let e = event(i, text, 0.8, u);
         cascade.submit(
             0,
-            e,
-            [0.2, 0.3, 0.5],
+            event(i, text),
+            small(u),
             WindowFeatures::default(),
             Instant::now(),
             &mut |e| out.push(e),
@@ -138,7 +125,7 @@ fn block_policy_escalates_everything_in_order() {
     for (i, e) in ev.iter().enumerate() {
         if i % 2 == 0 {
             assert_eq!(e.stage, Some(Stage::Mllm), "{e:?}");
-            assert!(e.latency_ms.mllm >= 19.0, "{:?}", e.latency_ms);
+            assert!(e.latency_ms.mllm > 0.0, "{:?}", e.latency_ms);
             assert_eq!(e.mllm.as_ref().unwrap().score, 1.5);
         } else {
             assert_eq!(e.stage, Some(Stage::Ubm));
@@ -150,12 +137,11 @@ fn block_policy_escalates_everything_in_order() {
 fn drop_newest_falls_back_when_full_and_keeps_order() {
     let pool = Pool::start(vec![slow(100)], 1, WhenFull::DropNewest, 0.4, Policy::Full);
     let mut c = Cascade::new(pool, settings(None));
-    let started = Instant::now();
     let ev = run(&mut c, 30, "fine words");
     assert_in_order(&ev, 30);
     let full = ev
         .iter()
-        .filter(|e| e.fallback_reason.as_deref() == Some("queue_full"))
+        .filter(|e| e.fallback_reason == Some(FallbackReason::QueueFull))
         .count();
     let served = ev.iter().filter(|e| e.stage == Some(Stage::Mllm)).count();
     assert!(
@@ -170,45 +156,80 @@ fn drop_newest_falls_back_when_full_and_keeps_order() {
             "the fallback keeps the small model's verdict"
         );
     }
-    // Offering never waited for the slow worker.
-    assert!(started.elapsed() < Duration::from_millis(100 * 15));
-    assert_eq!(
-        c.pool()
-            .counters
-            .queue_full
-            .load(std::sync::atomic::Ordering::Relaxed) as usize,
-        full
-    );
+}
+
+/// A backend that answers only when the test opens its gate; it records whether it has.
+struct Gated {
+    gate: crossbeam_channel::Receiver<()>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Backend for Gated {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+    fn band(&self) -> f32 {
+        0.1
+    }
+    fn judge(
+        &mut self,
+        _text: &str,
+        _f: &WindowFeatures,
+        _earlier: Option<(Verdict, Verdict)>,
+    ) -> Result<Answer, BackendError> {
+        // The timeout only keeps a broken test from hanging forever.
+        let _ = self.gate.recv_timeout(Duration::from_secs(120));
+        self.answered
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Err(BackendError::Failed {
+            backend: "gated",
+            reason: "answered after the gate opened".into(),
+        })
+    }
 }
 
 #[test]
 fn deadline_falls_back_without_waiting_for_the_worker() {
-    let pool = Pool::start(vec![slow(400)], 8, WhenFull::Block, 0.4, Policy::Full);
-    let mut c = Cascade::new(pool, settings(Some(Duration::from_millis(50))));
-    let t = Instant::now();
-    let ev = run(&mut c, 4, "fine words");
-    assert_in_order(&ev, 4);
-    assert_eq!(ev[0].fallback_reason.as_deref(), Some("deadline"));
-    assert_eq!(ev[2].fallback_reason.as_deref(), Some("deadline"));
-    assert_eq!(ev[1].stage, Some(Stage::Ubm));
-    // The deadline, not the 400 ms backend, bounds the wait for the emitted events.
-    assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        t.elapsed()
+    let (open, gate) = crossbeam_channel::unbounded();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let backend = Gated {
+        gate,
+        answered: answered.clone(),
+    };
+    let pool = Pool::start(
+        vec![Box::new(backend)],
+        8,
+        WhenFull::Block,
+        0.4,
+        Policy::Full,
     );
+    let mut c = Cascade::new(pool, settings(Some(Duration::from_millis(50))));
+    let ev = run(&mut c, 4, "fine words");
+    // Every event was emitted while the worker was still blocked: the deadline, not the
+    // backend, ended the wait.
+    assert!(!answered.load(std::sync::atomic::Ordering::SeqCst));
+    assert_in_order(&ev, 4);
+    assert_eq!(ev[0].fallback_reason, Some(FallbackReason::Deadline));
+    assert_eq!(ev[2].fallback_reason, Some(FallbackReason::Deadline));
+    assert_eq!(ev[1].stage, Some(Stage::Ubm));
+    for _ in 0..2 {
+        open.send(()).unwrap();
+    }
 }
 
 #[test]
 fn worker_failures_fall_back_and_the_pipeline_continues() {
-    for (text, reason) in [("panic", "worker_panic"), ("fail", "backend_error")] {
+    for (text, reason) in [
+        ("panic", FallbackReason::WorkerPanic),
+        ("fail", FallbackReason::BackendError),
+    ] {
         let pool = Pool::start(vec![slow(1)], 4, WhenFull::Block, 0.4, Policy::Full);
         let mut c = Cascade::new(pool, settings(None));
         let ev = run(&mut c, 6, text);
         assert_in_order(&ev, 6);
         for e in ev.iter().step_by(2) {
             assert_eq!(e.stage, Some(Stage::UbmFallback));
-            assert_eq!(e.fallback_reason.as_deref(), Some(reason));
+            assert_eq!(e.fallback_reason, Some(reason));
         }
     }
 }
@@ -400,28 +421,25 @@ fn misbehaving_endpoint_falls_back_with_the_reason_and_the_pipeline_continues() 
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/v1/chat/completions", l.local_addr().unwrap())
     };
-    let cases: Vec<(String, u64, &str)> = vec![
-        (closed, 500, "backend_unreachable"),
+    use FallbackReason::{BackendTimeout, BackendUnreachable, MalformedOutput};
+    let cases: Vec<(String, u64, FallbackReason)> = vec![
+        (closed, 500, BackendUnreachable),
         (
             server(error_reply, Duration::ZERO),
             2000,
-            "backend_unreachable",
+            BackendUnreachable,
         ),
-        (
-            server(garbage_reply, Duration::ZERO),
-            2000,
-            "malformed_output",
-        ),
+        (server(garbage_reply, Duration::ZERO), 2000, MalformedOutput),
         (
             server(wrong_word_reply, Duration::ZERO),
             2000,
-            "malformed_output",
+            MalformedOutput,
         ),
-        (server(hang_up, Duration::ZERO), 2000, "backend_unreachable"),
+        (server(hang_up, Duration::ZERO), 2000, BackendUnreachable),
         (
             server(logprobs_reply, Duration::from_millis(800)),
             200,
-            "backend_timeout",
+            BackendTimeout,
         ),
     ];
     for (url, timeout, reason) in cases {
@@ -433,17 +451,11 @@ fn misbehaving_endpoint_falls_back_with_the_reason_and_the_pipeline_continues() 
             Policy::Full,
         );
         let mut c = Cascade::new(pool, settings(None));
-        let t = Instant::now();
         let ev = run(&mut c, 4, "what a great day");
         assert_in_order(&ev, 4);
         assert_eq!(ev[0].stage, Some(Stage::UbmFallback), "{url}");
-        assert_eq!(ev[0].fallback_reason.as_deref(), Some(reason), "{url}");
+        assert_eq!(ev[0].fallback_reason, Some(reason), "{url}");
         assert_eq!(ev[1].stage, Some(Stage::Ubm));
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{url}: {:?}",
-            t.elapsed()
-        );
     }
 }
 

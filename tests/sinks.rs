@@ -5,7 +5,8 @@
 mod common;
 
 use sentistream::event::{
-    Event, Latency, Opinion, Output, Polarity, Probs, Stage, StatusEvent, StreamStatus,
+    Event, FallbackReason, Latency, Opinion, Output, Polarity, Probs, Stage, StatusEvent,
+    StreamStatus,
 };
 use sentistream::sinks::Sink;
 use sentistream::sinks::files::{FileSink, Format, parse_srt, parse_vtt};
@@ -36,7 +37,7 @@ fn event(seq: u64, start: f64, end: f64, text: &str, score: f32, stage: Stage) -
         }),
         uncertainty: Some(0.5),
         stage: Some(stage),
-        fallback_reason: (stage == Stage::UbmFallback).then(|| "queue_full".to_string()),
+        fallback_reason: (stage == Stage::UbmFallback).then_some(FallbackReason::QueueFull),
         ubm: Some(Opinion {
             score,
             uncertainty: 0.5,

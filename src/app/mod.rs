@@ -1,108 +1,95 @@
-//! Jobs that wire the stages together. `annotate` runs one recorded input as fast as the
-//! machine allows; `run` runs one or more sources (files, URIs, RTSP, webcams, launch
-//! descriptions) in one process, live ones on their own clock. Both use the same parts:
-//! one thread per stream (source -> segmenter -> Whisper -> features, [`stream`]) and one
-//! router (shared small model, cascade, sinks, [`router`]).
+//! Jobs that wire the stages together: one or more sources (files, URIs, RTSP, webcams,
+//! launch descriptions) in one process, live ones on their own clock, recorded ones as
+//! fast as the machine allows. One thread per stream (source -> segmenter -> Whisper ->
+//! features, [`stream`]) and one router (shared small model, cascade, sinks,
+//! [`router`]); one shutdown signal for all of them ([`shutdown`]).
 
 pub mod router;
+pub mod shutdown;
 pub mod stream;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::assets::ModelFiles;
 use crate::config::{CascadeConfig, Config};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StreamFigures};
 use crate::models::ubm::Ubm;
 use crate::sinks::Fanout;
-use crate::source::Input;
-use router::Router;
-use stream::{StreamJob, StreamModels, StreamStats};
+use router::{Router, SmallModel, StreamEnd};
+use shutdown::Shutdown;
+use stream::{StreamJob, StreamModels};
 
-/// What to annotate and with which models.
-#[derive(Debug, Clone)]
-pub struct AnnotateJob {
-    /// File path or URI.
-    pub input: String,
-    /// Stream id written in every event.
-    pub stream_id: String,
-    /// Whisper ggml model file.
-    pub whisper_model: PathBuf,
-    /// Silero VAD ggml model file.
-    pub vad_model: PathBuf,
-    /// Draw a progress bar on stderr (only when stderr is a terminal).
-    pub progress: bool,
-    /// Models folder (MiniLM, face detector).
-    pub models_dir: PathBuf,
-    /// Small sentiment model (base path); `None` transcribes only.
-    pub ubm: Option<PathBuf>,
-    /// Stages 2/3 (large model); `None`: the small model decides alone.
-    pub cascade: Option<CascadeConfig>,
-}
-
-/// Figures of a finished run.
+/// Figures of a finished run: per stream (from the metrics, the one place windows are
+/// counted) and for the whole job.
 #[derive(Debug, Clone, Default)]
-pub struct RunStats {
-    /// Events written.
-    pub windows: u64,
-    /// Seconds of media processed (stream time).
-    pub media_s: f64,
-    /// Seconds of speech inside windows.
-    pub window_s: f64,
+pub struct RunReport {
+    /// Per stream: id and figures, in the order of the jobs.
+    pub streams: Vec<(String, StreamFigures)>,
     /// Wall time of the whole job, seconds (model loading included).
     pub wall_s: f64,
-    /// Wall time spent inside Whisper, seconds.
-    pub asr_s: f64,
-    /// Wall time computing audio, face and text features, seconds.
-    pub features_s: f64,
-    /// Wall time in the small model, seconds.
-    pub ubm_s: f64,
-    /// Windows escalated to the large model.
-    pub escalated: u64,
-    /// Windows per final stage: mllm, fused, cross_verified, ubm_fallback.
-    pub stages: [u64; 4],
-    /// Wall time in large-model passes, seconds.
-    pub mllm_s: f64,
     /// Wall time to load the models, seconds.
     pub load_s: f64,
     /// Peak resident memory, KiB (from /proc/self/status).
     pub peak_rss_kib: u64,
 }
 
-impl RunStats {
+impl RunReport {
+    fn total(&self, f: impl Fn(&StreamFigures) -> f64) -> f64 {
+        self.streams.iter().map(|(_, s)| f(s)).sum()
+    }
+
     /// A one-line human summary.
     pub fn summary(&self) -> String {
-        let rtf = if self.media_s > 0.0 {
-            self.wall_s / self.media_s
-        } else {
-            0.0
-        };
+        let media_s = self
+            .streams
+            .iter()
+            .map(|(_, s)| s.media_s)
+            .fold(0.0, f64::max);
+        let stage = |k: usize| self.total(|s| s.stages[k] as f64) as u64;
+        let asr_s = self.total(|s| s.asr_s);
+        let pct = |x: f64, of: f64| if of > 0.0 { 100.0 * x / of } else { 0.0 };
         format!(
             "{} windows, {:.1} s of media ({:.1} s in windows) in {:.2} s wall (models {:.2} s); whisper {:.2} s ({:.0}% of wall); features {:.2} s; ubm {:.3} s; escalated {} (mllm {}, fused {}, cross-verified {}, fallback {}), large model {:.2} s; real-time factor {:.3}; peak RSS {:.0} MiB",
-            self.windows,
-            self.media_s,
-            self.window_s,
+            self.total(|s| s.windows as f64) as u64,
+            media_s,
+            self.total(|s| s.window_s),
             self.wall_s,
             self.load_s,
-            self.asr_s,
-            if self.wall_s > 0.0 {
-                100.0 * self.asr_s / self.wall_s
+            asr_s,
+            pct(asr_s, self.wall_s),
+            self.total(|s| s.features_s),
+            self.total(|s| s.ubm_s),
+            self.total(|s| s.escalated() as f64) as u64,
+            stage(1),
+            stage(2),
+            stage(3),
+            stage(4),
+            self.total(|s| s.mllm_s),
+            if media_s > 0.0 {
+                self.wall_s / media_s
             } else {
                 0.0
             },
-            self.features_s,
-            self.ubm_s,
-            self.escalated,
-            self.stages[0],
-            self.stages[1],
-            self.stages[2],
-            self.stages[3],
-            self.mllm_s,
-            rtf,
             self.peak_rss_kib as f64 / 1024.0
+        )
+    }
+
+    /// One line about one stream (`--stats`, and the log).
+    pub fn stream_line(id: &str, f: &StreamFigures) -> String {
+        format!(
+            "stream {id}: {} windows, {:.1} s of media, real-time factor {:.3}, lag last {:.2} s max {:.2} s, dropped audio/video buffers {}/{}, interruptions {}",
+            f.windows,
+            f.media_s,
+            f.rtf(),
+            f.lag_s,
+            f.max_lag_s,
+            f.dropped_audio,
+            f.dropped_video,
+            f.interruptions
         )
     }
 }
@@ -119,187 +106,288 @@ pub fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Progress bar on stderr, drawn only when stderr is a terminal.
+/// Progress bar on stderr (indicatif), drawn only when stderr is a terminal.
 pub(crate) struct Progress {
-    enabled: bool,
-    last_draw: Instant,
+    bar: Option<indicatif::ProgressBar>,
+    known_length: bool,
 }
 
 impl Progress {
     pub(crate) fn new(wanted: bool) -> Self {
+        let bar = (wanted && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr_with_hz(5),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                    .expect("valid progress template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
         Self {
-            enabled: wanted && std::io::stderr().is_terminal(),
-            last_draw: Instant::now(),
+            bar,
+            known_length: false,
         }
     }
 
-    pub(crate) fn draw(&mut self, done_s: f64, total_s: Option<f64>, windows: u64, force: bool) {
-        if !self.enabled || (!force && self.last_draw.elapsed().as_millis() < 200) {
-            return;
-        }
-        self.last_draw = Instant::now();
-        let mut err = std::io::stderr().lock();
-        match total_s.filter(|t| *t > 0.0) {
-            Some(t) => {
-                let frac = (done_s / t).clamp(0.0, 1.0);
-                let filled = (frac * 30.0) as usize;
-                let _ = write!(
-                    err,
-                    "\r[{}{}] {:5.1}% {:.1}/{:.1} s, {windows} windows ",
-                    "#".repeat(filled),
-                    "-".repeat(30 - filled),
-                    frac * 100.0,
-                    done_s,
-                    t
+    /// Media seconds done of `total_s` (when known), windows so far.
+    pub(crate) fn draw(&mut self, done_s: f64, total_s: Option<f64>, windows: u64) {
+        let Some(bar) = &self.bar else { return };
+        if let Some(t) = total_s.filter(|t| *t > 0.0) {
+            if !self.known_length {
+                self.known_length = true;
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("[{bar:30}] {percent:>3}% {msg}")
+                        .expect("valid progress template")
+                        .progress_chars("#-"),
                 );
             }
-            None => {
-                let _ = write!(err, "\r{done_s:.1} s, {windows} windows ");
-            }
+            bar.set_length((t * 1000.0) as u64);
+            bar.set_position((done_s.clamp(0.0, t) * 1000.0) as u64);
+            bar.set_message(format!("{done_s:.1}/{t:.1} s, {windows} windows"));
+        } else {
+            bar.set_message(format!("{done_s:.1} s, {windows} windows"));
         }
-        let _ = err.flush();
     }
 
-    pub(crate) fn finish(&mut self) {
-        if self.enabled {
-            let _ = writeln!(std::io::stderr());
+    /// Draws the final state and leaves the bar on screen.
+    pub(crate) fn finish(&mut self, done_s: f64, windows: u64) {
+        if let Some(bar) = self.bar.take() {
+            bar.set_message(format!("{done_s:.1} s, {windows} windows"));
+            bar.finish();
         }
     }
 }
 
 /// Shared models and settings of a run.
+#[derive(Debug, Clone)]
 pub struct Shared {
     /// Small model base path (`None`: transcription only).
     pub ubm: Option<PathBuf>,
     /// Cascade settings (`None`: the small model decides alone).
     pub cascade: Option<CascadeConfig>,
     /// Models folder.
-    pub models_dir: PathBuf,
+    pub models: ModelFiles,
     /// Live run (queue policy `auto` becomes drop_newest).
     pub live: bool,
     /// Write stream notices (started, interrupted, resumed, ended) to the sinks.
     pub notices: bool,
 }
 
-/// Per-stream results of a run.
+/// How one stream ended.
+#[derive(Debug)]
 pub struct StreamResult {
     /// Stream id.
     pub id: String,
-    /// Figures.
-    pub stats: StreamStats,
-    /// Why it ended early.
+    /// Why it ended early (an error, or a panic of its thread).
     pub error: Option<Error>,
 }
 
-/// Runs stream jobs to their end (or until `stop`), with every event going to `sinks`.
-/// Models load first, so a bad model file fails before any media work.
+/// The small model and the cascade, loaded and checked before any media work.
+fn load_shared(
+    shared: &Shared,
+) -> Result<(Option<Box<dyn SmallModel>>, Option<crate::cascade::Cascade>)> {
+    let Some(base) = &shared.ubm else {
+        return Ok((None, None));
+    };
+    let ubm = Ubm::load(base)?;
+    let cascade = match &shared.cascade {
+        Some(c) => Some(crate::cascade::from_config(
+            c,
+            &shared.models,
+            &ubm.meta,
+            shared.live,
+        )?),
+        None => None,
+    };
+    Ok((Some(Box::new(ubm)), cascade))
+}
+
+/// The message of a thread's panic payload.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Joins stream threads and pairs each with how the router saw it end: a thread that
+/// panicked is an error naming the panic, never a success.
+fn join_streams(
+    ids: Vec<String>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    ends: Vec<StreamEnd>,
+) -> Vec<StreamResult> {
+    ids.into_iter()
+        .zip(handles)
+        .zip(ends)
+        .map(|((id, h), end)| {
+            let error = match (h.join(), end) {
+                (Err(p), _) => Some(Error::StreamPanicked {
+                    stream: id.clone(),
+                    reason: panic_message(p.as_ref()),
+                }),
+                (Ok(()), StreamEnd::Failed(e)) => Some(e),
+                (Ok(()), StreamEnd::Finished) => None,
+                (Ok(()), StreamEnd::Vanished) => Some(Error::StreamPanicked {
+                    stream: id.clone(),
+                    reason: "its thread ended without a report".into(),
+                }),
+            };
+            StreamResult { id, error }
+        })
+        .collect()
+}
+
+/// Runs stream jobs to their end (or until `shutdown`), with every event going to
+/// `sinks`. Models load first, so a bad model file fails before any media work.
+/// `body` is what each stream thread runs (the real one is [`stream::run_stream`]).
+pub fn execute_with<F>(
+    cfg: &Config,
+    jobs: Vec<StreamJob>,
+    shared: &Shared,
+    sinks: Fanout,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    body: F,
+) -> Result<(RunReport, Vec<StreamResult>)>
+where
+    F: Fn(usize, StreamJob, Config, crossbeam_channel::Sender<stream::ToRouter>, Shutdown)
+        + Send
+        + Sync
+        + Clone
+        + 'static,
+{
+    let started = Instant::now();
+    let (small, cascade) = load_shared(shared)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let (tx, rx) = crossbeam_channel::bounded(256);
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let mut handles = Vec::new();
+    for (i, job) in jobs.into_iter().enumerate() {
+        let (tx, shutdown, cfg, body) = (tx.clone(), shutdown.clone(), cfg.clone(), body.clone());
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("stream-{i}"))
+                .spawn(move || body(i, job, cfg, tx, shutdown))
+                .expect("spawn stream thread"),
+        );
+    }
+    drop(tx);
+    let n = ids.len();
+    let finished = Router::new(small, cascade, sinks, metrics.clone(), shared.notices).run(rx, n);
+    let results = join_streams(ids.clone(), handles, finished.streams);
+    let report = RunReport {
+        streams: ids
+            .iter()
+            .map(|id| (id.clone(), metrics.stream(id).unwrap_or_default()))
+            .collect(),
+        wall_s: started.elapsed().as_secs_f64(),
+        load_s,
+        peak_rss_kib: peak_rss_kib(),
+    };
+    if let Some(e) = finished.sink_errors.into_iter().next() {
+        return Err(e.into());
+    }
+    Ok((report, results))
+}
+
+/// Runs stream jobs with the real stream threads; each stream's models (VAD, Whisper,
+/// features) load before any thread starts.
 pub fn execute(
     cfg: &Config,
     jobs: Vec<StreamJob>,
     shared: &Shared,
     sinks: Fanout,
     metrics: Arc<Metrics>,
-    stop: Arc<AtomicBool>,
-) -> Result<(RunStats, Vec<StreamResult>)> {
-    let started = Instant::now();
-    let mut loaded = Vec::with_capacity(jobs.len());
-    for j in &jobs {
-        loaded.push(StreamModels::load(j, cfg)?);
+    shutdown: Shutdown,
+) -> Result<(RunReport, Vec<StreamResult>)> {
+    let mut loaded = std::collections::HashMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        loaded.insert(i, StreamModels::load(j, cfg)?);
     }
-    let ubm = match &shared.ubm {
-        Some(base) => Some(Ubm::load(base)?),
-        None => None,
-    };
-    let cascade = match (&shared.cascade, &ubm) {
-        (Some(c), Some(u)) => Some(crate::cascade::from_config(
-            c,
-            &shared.models_dir,
-            &u.meta,
-            shared.live,
-        )?),
-        _ => None,
-    };
-    let load_s = started.elapsed().as_secs_f64();
-    let (tx, rx) = crossbeam_channel::bounded(256);
-    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-    let mut handles = Vec::new();
-    for (i, (job, models)) in jobs.into_iter().zip(loaded).enumerate() {
-        let (tx, stop, cfg) = (tx.clone(), stop.clone(), cfg.clone());
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("stream-{i}"))
-                .spawn(move || stream::run_stream(i, job, cfg, models, tx, stop))
-                .expect("spawn stream thread"),
-        );
-    }
-    drop(tx);
-    let n = ids.len();
-    let finished = Router::new(ubm, cascade, sinks, metrics, shared.notices).run(rx, n);
-    for h in handles {
-        let _ = h.join();
-    }
-    let r = finished.stats;
-    let mut stats = RunStats {
-        windows: r.windows,
-        ubm_s: r.ubm_s,
-        escalated: r.escalated,
-        stages: r.stages,
-        mllm_s: r.mllm_s,
-        load_s,
-        ..RunStats::default()
-    };
-    let mut results = Vec::with_capacity(n);
-    for (id, (s, error)) in ids.into_iter().zip(finished.streams) {
-        stats.media_s = stats.media_s.max(s.media_s);
-        stats.window_s += s.window_s;
-        stats.asr_s += s.asr_s;
-        stats.features_s += s.features_s;
-        results.push(StreamResult {
-            id,
-            stats: s,
-            error,
-        });
-    }
-    stats.wall_s = started.elapsed().as_secs_f64();
-    stats.peak_rss_kib = peak_rss_kib();
-    if let Some(e) = finished.sink_errors.into_iter().next() {
-        return Err(e.into());
-    }
-    Ok((stats, results))
+    let loaded = Arc::new(std::sync::Mutex::new(loaded));
+    execute_with(
+        cfg,
+        jobs,
+        shared,
+        sinks,
+        metrics,
+        shutdown,
+        move |i, job, cfg, tx, stop| {
+            let models = loaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&i)
+                .expect("models loaded for every stream");
+            stream::run_stream(i, job, cfg, models, tx, stop)
+        },
+    )
 }
 
-/// Runs `annotate`: every utterance window of the input becomes one event on `sinks`.
-///
-/// On a decoding error part-way, the windows found so far are still emitted before the
-/// error is returned.
-pub fn annotate(cfg: &Config, job: &AnnotateJob, sinks: Fanout) -> Result<RunStats> {
-    let stream = StreamJob {
-        id: job.stream_id.clone(),
-        input: Input::Uri(job.input.clone()),
-        whisper_model: job.whisper_model.clone(),
-        vad_model: job.vad_model.clone(),
-        models_dir: job.models_dir.clone(),
-        sentiment: job.ubm.is_some(),
-        reconnect: false,
-        progress: job.progress,
-    };
-    let shared = Shared {
-        ubm: job.ubm.clone(),
-        cascade: job.cascade.clone(),
-        models_dir: job.models_dir.clone(),
-        live: false,
-        notices: false,
-    };
-    let (stats, mut results) = execute(
-        cfg,
-        vec![stream],
-        &shared,
-        sinks,
-        Arc::new(Metrics::default()),
-        Arc::new(AtomicBool::new(false)),
-    )?;
-    match results.pop().and_then(|r| r.error) {
-        Some(e) => Err(e),
-        None => Ok(stats),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Input;
+    use stream::ToRouter;
+
+    fn job(id: &str) -> StreamJob {
+        StreamJob {
+            id: id.into(),
+            input: Input::Uri(format!("{id}.mp4")),
+            whisper_model: PathBuf::new(),
+            vad_model: PathBuf::new(),
+            models_dir: PathBuf::new(),
+            sentiment: false,
+            reconnect: false,
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn a_panicking_stream_is_an_error_that_names_it() {
+        let shared = Shared {
+            ubm: None,
+            cascade: None,
+            models: ModelFiles::new("models"),
+            live: false,
+            notices: false,
+        };
+        let body = |i: usize,
+                    job: StreamJob,
+                    _cfg: Config,
+                    tx: crossbeam_channel::Sender<ToRouter>,
+                    _s: Shutdown| {
+            if job.id == "cam2" {
+                panic!("injected failure in {}", job.id);
+            }
+            let _ = tx.send(ToRouter::Done {
+                stream: i,
+                error: None,
+            });
+        };
+        let (report, results) = execute_with(
+            &Config::default(),
+            vec![job("cam1"), job("cam2")],
+            &shared,
+            Fanout::default(),
+            Arc::new(Metrics::default()),
+            Shutdown::never(),
+            body,
+        )
+        .unwrap();
+        assert_eq!(report.streams.len(), 2);
+        assert!(results[0].error.is_none());
+        let e = results[1]
+            .error
+            .as_ref()
+            .expect("the panic is an error")
+            .to_string();
+        assert!(
+            e.contains("cam2") && e.contains("injected failure in cam2"),
+            "{e}"
+        );
     }
 }

@@ -1,94 +1,92 @@
 //! The router: the one place events are finished. It owns the small model (shared by all
 //! streams), the cascade (shared large-model workers) and the sinks; it turns windows from
-//! the stream threads into events, in window order per stream.
+//! the stream threads into events, in window order per stream. It talks to the small
+//! model through [`SmallModel`] and to the large model through the cascade's backends, so
+//! it is tested with fakes of both.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, Select};
 
-use crate::app::stream::{StreamStats, ToRouter, Windowed};
-use crate::cascade::Cascade;
-use crate::error::Error;
-use crate::event::{Event, Opinion, Output, Probs, Stage};
+use crate::app::stream::{ToRouter, Windowed};
+use crate::cascade::{Cascade, stamp};
+use crate::error::{Error, SinkError};
+use crate::event::{Event, Output, Sentiment, StreamStatus};
+use crate::features::WindowFeatures;
 use crate::metrics::Metrics;
 use crate::models::ubm::{Modalities, Ubm};
 use crate::routing::uncertainty::polarity;
 use crate::sinks::Fanout;
 
-/// Figures the router collects.
-#[derive(Debug, Clone, Default)]
-pub struct RouterStats {
-    /// Events written.
-    pub windows: u64,
-    /// Wall time in the small model, seconds.
-    pub ubm_s: f64,
-    /// Windows escalated.
-    pub escalated: u64,
-    /// Windows per final stage: mllm, fused, cross_verified, ubm_fallback.
-    pub stages: [u64; 4],
-    /// Wall time in large-model passes, seconds.
-    pub mllm_s: f64,
+/// The small model as the router sees it: a verdict per window (stage `ubm`).
+pub trait SmallModel {
+    /// Scores one window.
+    fn score(&self, features: &WindowFeatures) -> Sentiment;
+}
+
+impl SmallModel for Ubm {
+    fn score(&self, features: &WindowFeatures) -> Sentiment {
+        let p = self.predict(&[features], Modalities::ALL)[0];
+        Sentiment::small(
+            p.score,
+            polarity(p.score, self.meta.band),
+            p.probs,
+            p.uncertainty,
+        )
+    }
+}
+
+/// How a stream thread ended, as far as the router knows.
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// It reported that it finished (end of input or shutdown).
+    Finished,
+    /// It reported the error that ended it early.
+    Failed(Error),
+    /// It hung up without reporting (it panicked or was killed).
+    Vanished,
 }
 
 /// What the router ends with.
 pub struct Finished {
-    /// Router figures.
-    pub stats: RouterStats,
-    /// Per stream: figures and the error that ended it early.
-    pub streams: Vec<(StreamStats, Option<Error>)>,
+    /// Per stream (by index): how it ended.
+    pub streams: Vec<StreamEnd>,
     /// Errors of sinks that failed.
-    pub sink_errors: Vec<crate::error::SinkError>,
+    pub sink_errors: Vec<SinkError>,
 }
 
 /// Shared stages and outputs.
 pub struct Router {
-    /// Small model.
-    pub ubm: Option<Ubm>,
-    /// Large-model cascade.
-    pub cascade: Option<Cascade>,
-    /// Outputs.
-    pub sinks: Fanout,
-    /// Metrics.
-    pub metrics: std::sync::Arc<Metrics>,
-    /// Write stream notices (started, interrupted, ...) to the sinks.
-    pub notices: bool,
-    stats: RouterStats,
+    small: Option<Box<dyn SmallModel>>,
+    cascade: Option<Cascade>,
+    sinks: Fanout,
+    metrics: std::sync::Arc<Metrics>,
+    notices: bool,
 }
 
-fn emit(sinks: &mut Fanout, metrics: &Metrics, stats: &mut RouterStats, e: Event) {
-    match e.stage {
-        Some(Stage::Mllm) => stats.stages[0] += 1,
-        Some(Stage::Fused) => stats.stages[1] += 1,
-        Some(Stage::CrossVerified) => stats.stages[2] += 1,
-        Some(Stage::UbmFallback) => stats.stages[3] += 1,
-        _ => {}
-    }
-    if e.stage.is_some_and(|s| s != Stage::Ubm) {
-        stats.escalated += 1;
-    }
-    stats.mllm_s += e.latency_ms.mllm / 1e3;
-    stats.windows += 1;
+/// Writes one finished event to the metrics and the sinks.
+fn emit(sinks: &mut Fanout, metrics: &Metrics, e: Event) {
     metrics.window(&e);
     tracing::debug!(stream = %e.stream, seq = e.seq, start = e.start, end = e.end, stage = ?e.stage, "event");
     sinks.write(&Output::Window(e));
 }
 
 impl Router {
-    /// A router over loaded models and opened sinks.
+    /// A router over loaded models and opened sinks; `notices`: write stream notices
+    /// (started, interrupted, ...) to the sinks too.
     pub fn new(
-        ubm: Option<Ubm>,
+        small: Option<Box<dyn SmallModel>>,
         cascade: Option<Cascade>,
         sinks: Fanout,
         metrics: std::sync::Arc<Metrics>,
         notices: bool,
     ) -> Self {
         Self {
-            ubm,
+            small,
             cascade,
             sinks,
             metrics,
             notices,
-            stats: RouterStats::default(),
         }
     }
 
@@ -99,103 +97,316 @@ impl Router {
             features,
             started,
         } = w;
-        let scored = match (&self.ubm, features) {
-            (Some(ubm), Some(feats)) => {
-                let t = Instant::now();
-                let p = ubm.predict(&[&feats], Modalities::ALL)[0];
-                event.latency_ms.ubm = t.elapsed().as_secs_f64() * 1e3;
-                self.stats.ubm_s += event.latency_ms.ubm / 1e3;
-                event.score = Some(p.score);
-                event.polarity = Some(polarity(p.score, ubm.meta.band));
-                event.probs = Some(Probs {
-                    negative: p.probs[0],
-                    neutral: p.probs[1],
-                    positive: p.probs[2],
-                });
-                event.uncertainty = Some(p.uncertainty);
-                event.stage = Some(Stage::Ubm);
-                event.ubm = Some(Opinion {
-                    score: p.score,
-                    uncertainty: p.uncertainty,
-                });
-                Some((p.probs, feats))
-            }
-            _ => None,
+        let (sinks, metrics) = (&mut self.sinks, &*self.metrics);
+        let (Some(small), Some(feats)) = (&self.small, features) else {
+            emit(sinks, metrics, stamp(event, started));
+            return;
         };
-        let (sinks, metrics, stats) = (&mut self.sinks, &*self.metrics, &mut self.stats);
-        match (&mut self.cascade, scored) {
-            (Some(c), Some((probs, feats))) => {
-                c.submit(stream, event, probs, feats, started, &mut |e| {
-                    emit(sinks, metrics, stats, e)
+        let t = Instant::now();
+        let verdict = small.score(&feats);
+        event.latency_ms.ubm = t.elapsed().as_secs_f64() * 1e3;
+        match &mut self.cascade {
+            Some(c) => {
+                c.submit(stream, event, verdict, feats, started, &mut |e| {
+                    emit(sinks, metrics, e)
                 });
-                metrics.queue_depth(c.pool().depth());
+                metrics.queue_depth(c.depth());
             }
-            _ => emit(sinks, metrics, stats, crate::cascade::stamp(event, started)),
+            None => {
+                event.set_sentiment(&verdict);
+                emit(sinks, metrics, stamp(event, started));
+            }
         }
     }
 
-    fn poll(&mut self) {
-        let (sinks, metrics, stats) = (&mut self.sinks, &*self.metrics, &mut self.stats);
+    fn poll_cascade(&mut self) {
+        let (sinks, metrics) = (&mut self.sinks, &*self.metrics);
         if let Some(c) = &mut self.cascade {
-            c.poll(false, &mut |e| emit(sinks, metrics, stats, e));
-            metrics.queue_depth(c.pool().depth());
+            c.poll(false, &mut |e| emit(sinks, metrics, e));
+            metrics.queue_depth(c.depth());
         }
     }
 
-    /// Runs until every one of `streams` stream threads has reported `Done`, then
-    /// finishes the cascade and closes the sinks.
-    pub fn run(mut self, rx: Receiver<ToRouter>, streams: usize) -> Finished {
-        let mut done: Vec<Option<(StreamStats, Option<Error>)>> =
-            (0..streams).map(|_| None).collect();
-        let mut left = streams;
-        while left > 0 {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(ToRouter::Window(w)) => self.window(*w),
-                Ok(ToRouter::Status(s)) => {
-                    // A notice follows the windows before it (escalated ones included).
-                    self.drain_cascade();
-                    if s.status == crate::event::StreamStatus::Started {
-                        // Stream time `at` is live now: the origin for lag.
-                        self.metrics.set_origin(&s.stream, s.at);
-                    }
-                    self.metrics.status(&s);
-                    if self.notices {
-                        self.sinks.write(&Output::Status(s));
-                    }
+    fn message(&mut self, msg: ToRouter, done: &mut [Option<StreamEnd>]) {
+        match msg {
+            ToRouter::Window(w) => self.window(*w),
+            ToRouter::Status(s) => {
+                // A notice follows the windows before it (escalated ones included).
+                self.drain_cascade();
+                if s.status == StreamStatus::Started {
+                    // Stream time `at` is live now: the origin for lag.
+                    self.metrics.set_origin(&s.stream, s.at);
                 }
-                Ok(ToRouter::Dropped {
-                    stream,
-                    audio,
-                    video,
-                }) => self.metrics.dropped(&stream, audio, video),
-                Ok(ToRouter::Done {
-                    stream,
-                    stats,
-                    error,
-                }) => {
-                    if done[stream].is_none() {
-                        left -= 1;
-                    }
-                    done[stream] = Some((stats, error));
+                self.metrics.status(&s);
+                if self.notices {
+                    self.sinks.write(&Output::Status(s));
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
-            self.poll();
+            ToRouter::Dropped {
+                stream,
+                audio,
+                video,
+            } => self.metrics.dropped(&stream, audio, video),
+            ToRouter::Done { stream, error } => {
+                done[stream] = Some(error.map_or(StreamEnd::Finished, StreamEnd::Failed));
+            }
+        }
+    }
+
+    /// Runs until every one of `streams` stream threads has reported `Done` (or hung up),
+    /// then finishes the cascade and closes the sinks. It sleeps until a window, a
+    /// large-model reply or a cascade deadline is due: nothing is polled on a timer.
+    pub fn run(mut self, rx: Receiver<ToRouter>, streams: usize) -> Finished {
+        let mut done: Vec<Option<StreamEnd>> = (0..streams).map(|_| None).collect();
+        let never = crossbeam_channel::never();
+        // Once every worker is gone their channel is always "ready": stop waiting on it.
+        let mut replies_open = true;
+        while done.iter().any(Option::is_none) {
+            let replies = match &self.cascade {
+                Some(c) if replies_open => c.replies().clone(),
+                _ => never.clone(),
+            };
+            let deadline = self.cascade.as_ref().and_then(Cascade::next_deadline);
+            let mut sel = Select::new();
+            let from_streams = sel.recv(&rx);
+            sel.recv(&replies);
+            let ready = match deadline {
+                Some(d) => sel.ready_deadline(d).ok(),
+                None => Some(sel.ready()),
+            };
+            if ready == Some(from_streams) {
+                match rx.try_recv() {
+                    Ok(msg) => self.message(msg, &mut done),
+                    Err(e) if e.is_disconnected() => break,
+                    Err(_) => {}
+                }
+            }
+            if let Some(c) = &mut self.cascade {
+                loop {
+                    match replies.try_recv() {
+                        Ok(r) => c.apply(r),
+                        Err(e) => {
+                            replies_open &= !e.is_disconnected();
+                            break;
+                        }
+                    }
+                }
+            }
+            self.poll_cascade();
         }
         self.drain_cascade();
         self.sinks.close();
         Finished {
-            stats: self.stats,
-            streams: done.into_iter().map(|d| d.unwrap_or_default()).collect(),
+            streams: done
+                .into_iter()
+                .map(|d| d.unwrap_or(StreamEnd::Vanished))
+                .collect(),
             sink_errors: std::mem::take(&mut self.sinks.errors),
         }
     }
 
     fn drain_cascade(&mut self) {
-        let (sinks, metrics, stats) = (&mut self.sinks, &*self.metrics, &mut self.stats);
+        let (sinks, metrics) = (&mut self.sinks, &*self.metrics);
         if let Some(c) = &mut self.cascade {
-            c.finish(&mut |e| emit(sinks, metrics, stats, e));
+            c.finish(&mut |e| emit(sinks, metrics, e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::stream::Windowed;
+    use crate::cascade::backend::{Backend, BackendError};
+    use crate::cascade::{CascadeSettings, Pool, WhenFull};
+    use crate::event::{FallbackReason, Polarity, Stage};
+    use crate::models::mllm::Answer;
+    use crate::routing::fusion::{Policy, Verdict};
+    use crate::sinks::Sink;
+    use std::sync::{Arc, Mutex};
+
+    /// A small model that is sure of windows whose text starts with "sure".
+    struct FakeSmall;
+
+    impl SmallModel for FakeSmall {
+        fn score(&self, f: &WindowFeatures) -> Sentiment {
+            let sure = f.text.as_ref().is_some_and(|t| t[0] > 0.0);
+            let (probs, u) = if sure {
+                ([0.01, 0.01, 0.98], 0.1)
+            } else {
+                ([0.3, 0.3, 0.4], 1.08)
+            };
+            Sentiment::small(1.0, Polarity::Positive, probs, u)
+        }
+    }
+
+    /// A large model that is sure and negative, or fails on demand.
+    struct FakeLarge {
+        fail: bool,
+    }
+
+    impl Backend for FakeLarge {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn band(&self) -> f32 {
+            0.1
+        }
+        fn judge(
+            &mut self,
+            _text: &str,
+            _f: &WindowFeatures,
+            _earlier: Option<(Verdict, Verdict)>,
+        ) -> Result<Answer, BackendError> {
+            if self.fail {
+                return Err(BackendError::Failed {
+                    backend: "fake",
+                    reason: "injected".into(),
+                });
+            }
+            Ok(Answer {
+                score: -2.0,
+                probs: [0.98, 0.01, 0.01],
+                uncertainty: 0.1,
+                prompt_tokens: 0,
+            })
+        }
+    }
+
+    /// Collects what the router writes.
+    struct Memory(Arc<Mutex<Vec<Output>>>);
+
+    impl Sink for Memory {
+        fn name(&self) -> String {
+            "memory".into()
+        }
+        fn write(&mut self, out: &Output) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(out.clone());
+            Ok(())
+        }
+    }
+
+    fn windowed(stream: usize, seq: u64, sure: bool) -> ToRouter {
+        let features = WindowFeatures {
+            text: Some(vec![if sure { 1.0 } else { -1.0 }]),
+            ..WindowFeatures::default()
+        };
+        ToRouter::Window(Box::new(Windowed {
+            stream,
+            event: Event::transcribed(&format!("s{stream}"), seq, seq as f64, seq as f64 + 1.0),
+            features: Some(features),
+            started: Instant::now(),
+        }))
+    }
+
+    fn route(fail: bool, msgs: Vec<ToRouter>, streams: usize) -> (Vec<Event>, Finished) {
+        let pool = Pool::start(
+            vec![Box::new(FakeLarge { fail })],
+            4,
+            WhenFull::Block,
+            0.4,
+            Policy::Full,
+        );
+        let settings = CascadeSettings {
+            tau1: 0.5,
+            band: 0.1,
+            deadline: None,
+            max_held: 100,
+        };
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let mut sinks = Fanout::default();
+        sinks.push(Box::new(Memory(out.clone())));
+        let router = Router::new(
+            Some(Box::new(FakeSmall)),
+            Some(Cascade::new(pool, settings)),
+            sinks,
+            Arc::new(Metrics::default()),
+            false,
+        );
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for m in msgs {
+            tx.send(m).unwrap();
+        }
+        drop(tx);
+        let finished = router.run(rx, streams);
+        let events = out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|o| match o {
+                Output::Window(e) => Some(e.clone()),
+                Output::Status(_) => None,
+            })
+            .collect();
+        (events, finished)
+    }
+
+    #[test]
+    fn sure_windows_stay_small_unsure_ones_go_large_in_order() {
+        let msgs = vec![
+            windowed(0, 0, true),
+            windowed(0, 1, false),
+            windowed(1, 0, false),
+            windowed(0, 2, true),
+            ToRouter::Done {
+                stream: 0,
+                error: None,
+            },
+            ToRouter::Done {
+                stream: 1,
+                error: None,
+            },
+        ];
+        let (ev, finished) = route(false, msgs, 2);
+        let s0: Vec<(u64, Option<Stage>)> = ev
+            .iter()
+            .filter(|e| e.stream == "s0")
+            .map(|e| (e.seq, e.stage))
+            .collect();
+        assert_eq!(
+            s0,
+            vec![
+                (0, Some(Stage::Ubm)),
+                (1, Some(Stage::Mllm)),
+                (2, Some(Stage::Ubm))
+            ]
+        );
+        let large = ev.iter().find(|e| e.stream == "s1").unwrap();
+        assert_eq!(large.polarity, Some(Polarity::Negative));
+        assert_eq!(large.ubm.unwrap().score, 1.0, "the small opinion is kept");
+        assert_eq!(large.mllm.unwrap().score, -2.0);
+        assert!(
+            finished
+                .streams
+                .iter()
+                .all(|s| matches!(s, StreamEnd::Finished))
+        );
+    }
+
+    #[test]
+    fn a_failing_large_model_falls_back_with_a_typed_reason() {
+        let msgs = vec![
+            windowed(0, 0, false),
+            windowed(0, 1, true),
+            ToRouter::Done {
+                stream: 0,
+                error: None,
+            },
+        ];
+        let (ev, _) = route(true, msgs, 1);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[0].stage, Some(Stage::UbmFallback));
+        assert_eq!(ev[0].fallback_reason, Some(FallbackReason::BackendError));
+        assert_eq!(ev[0].score, Some(1.0), "the small verdict stands");
+        assert_eq!(ev[1].stage, Some(Stage::Ubm));
+    }
+
+    #[test]
+    fn a_stream_that_hangs_up_without_done_ends_the_run() {
+        // The stream thread died (its sender dropped) before saying Done: the router
+        // must not wait forever, and the stream counts as not finished cleanly.
+        let (ev, finished) = route(false, vec![windowed(0, 0, true)], 1);
+        assert_eq!(ev.len(), 1);
+        assert!(matches!(finished.streams[..], [StreamEnd::Vanished]));
     }
 }

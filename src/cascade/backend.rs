@@ -7,6 +7,7 @@ use std::time::Duration;
 use tch::{CModule, IValue, Kind, Tensor};
 
 use crate::cascade::http;
+use crate::event::FallbackReason;
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
 use crate::features::text::TEXT_DIM;
@@ -54,13 +55,13 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    /// Short machine-readable reason for `fallback_reason`.
-    pub fn reason(&self) -> String {
+    /// The event's `fallback_reason` for this failure.
+    pub fn reason(&self) -> FallbackReason {
         match self {
-            Self::Failed { .. } => "backend_error".into(),
-            Self::Timeout { .. } => "backend_timeout".into(),
-            Self::Unreachable { .. } => "backend_unreachable".into(),
-            Self::Malformed { .. } => "malformed_output".into(),
+            Self::Failed { .. } => FallbackReason::BackendError,
+            Self::Timeout { .. } => FallbackReason::BackendTimeout,
+            Self::Unreachable { .. } => FallbackReason::BackendUnreachable,
+            Self::Malformed { .. } => FallbackReason::MalformedOutput,
         }
     }
 }
@@ -284,7 +285,7 @@ impl OpenAiBackend {
         band: f32,
         limit: f32,
     ) -> Result<Self, BackendError> {
-        http::Url::parse(url).map_err(|reason| BackendError::Unreachable {
+        crate::config::check_url(url).map_err(|reason| BackendError::Unreachable {
             url: url.into(),
             reason,
         })?;

@@ -8,18 +8,21 @@ pub mod http;
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded, unbounded};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Opinion, Probs, Stage};
+use crate::assets::ModelFiles;
+use crate::config::{BackendKind, CascadeConfig, QueuePolicy};
+use crate::error::ModelError;
+use crate::event::{Event, FallbackReason, Opinion, Sentiment, Stage};
 use crate::features::WindowFeatures;
-use crate::models::mllm::Answer;
+use crate::models::mllm::{Adapter, AdapterMeta, Answer, Mllm};
+use crate::models::ubm::UbmMeta;
 use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, fuse_probs, stage1};
+use crate::routing::thresholds::{ThresholdSources, UNCALIBRATED_TAU2};
 use crate::routing::uncertainty::polarity;
 use backend::Backend;
 
@@ -71,7 +74,7 @@ pub enum Resolution {
         second: Option<Answer>,
     },
     /// The small model's verdict stands; why.
-    Fallback(String),
+    Fallback(FallbackReason),
 }
 
 /// A worker's reply.
@@ -86,21 +89,6 @@ pub struct Resolved {
     pub queue_ms: f64,
     /// Time in the large model, ms.
     pub mllm_ms: f64,
-}
-
-/// Counters shared with the workers (also exported as metrics).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Escalations offered.
-    pub offered: AtomicU64,
-    /// Large-model passes made.
-    pub passes: AtomicU64,
-    /// Fallbacks because the queue was full.
-    pub queue_full: AtomicU64,
-    /// Fallbacks (counted when emitted) because the deadline passed.
-    pub deadline: AtomicU64,
-    /// Fallbacks (counted when emitted) because the backend failed or answered badly.
-    pub backend_error: AtomicU64,
 }
 
 /// The stage-2/3 logic a worker runs for one escalation (first pass, decision, maybe a
@@ -142,7 +130,7 @@ pub fn resolve(
         },
         Stage2::CrossVerify => {
             if job.deadline.is_some_and(|d| Instant::now() > d) {
-                return Resolution::Fallback("deadline".into());
+                return Resolution::Fallback(FallbackReason::Deadline);
             }
             match backend.judge(&job.text, &job.features, Some((job.small, large))) {
                 Ok(second) => Resolution::Final {
@@ -167,8 +155,6 @@ pub struct Pool {
     done: Receiver<Resolved>,
     handles: Vec<JoinHandle<()>>,
     when_full: WhenFull,
-    /// Shared counters.
-    pub counters: Arc<Counters>,
 }
 
 impl Pool {
@@ -182,44 +168,14 @@ impl Pool {
     ) -> Self {
         let (tx, rx) = bounded::<Escalation>(queue.max(1));
         let (done_tx, done) = unbounded();
-        let counters = Arc::new(Counters::default());
         let handles = backends
             .into_iter()
             .enumerate()
-            .map(|(i, mut b)| {
-                let (rx, done_tx, counters) = (rx.clone(), done_tx.clone(), counters.clone());
+            .map(|(i, b)| {
+                let (rx, done_tx) = (rx.clone(), done_tx.clone());
                 std::thread::Builder::new()
                     .name(format!("mllm-{i}"))
-                    .spawn(move || {
-                        let _g = tch::no_grad_guard();
-                        for job in rx {
-                            let started = Instant::now();
-                            let queue_ms = (started - job.offered).as_secs_f64() * 1e3;
-                            let resolution = if job.deadline.is_some_and(|d| started > d) {
-                                Resolution::Fallback("deadline".into())
-                            } else {
-                                std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                    resolve(b.as_mut(), &job, tau2, policy)
-                                }))
-                                .unwrap_or_else(|_| Resolution::Fallback("worker_panic".into()))
-                            };
-                            if let Resolution::Final { second, .. } = &resolution {
-                                counters
-                                    .passes
-                                    .fetch_add(1 + second.is_some() as u64, Ordering::Relaxed);
-                            }
-                            let r = Resolved {
-                                stream: job.stream,
-                                order: job.order,
-                                resolution,
-                                queue_ms,
-                                mllm_ms: started.elapsed().as_secs_f64() * 1e3,
-                            };
-                            if done_tx.send(r).is_err() {
-                                break;
-                            }
-                        }
-                    })
+                    .spawn(move || work(b, rx, done_tx, tau2, policy))
                     .expect("spawn large-model worker")
             })
             .collect();
@@ -228,24 +184,24 @@ impl Pool {
             done,
             handles,
             when_full,
-            counters,
         }
     }
 
-    /// Offers an escalation; with `DropNewest` a full queue hands it back.
-    pub fn offer(&self, job: Escalation) -> Result<(), Box<Escalation>> {
-        self.counters.offered.fetch_add(1, Ordering::Relaxed);
-        let tx = self.tx.as_ref().expect("pool is running");
-        let res = match self.when_full {
-            WhenFull::Block => tx.send(job).map_err(|e| e.into_inner()),
-            WhenFull::DropNewest => tx.try_send(job).map_err(|e| match e {
-                TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
-            }),
+    /// Offers an escalation; when it cannot be queued it is handed back with the reason
+    /// (a full queue under `DropNewest`, or no worker left).
+    pub fn offer(&self, job: Escalation) -> Result<(), (Box<Escalation>, FallbackReason)> {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err((Box::new(job), FallbackReason::WorkerLost));
         };
-        if res.is_err() {
-            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+        match self.when_full {
+            WhenFull::Block => tx
+                .send(job)
+                .map_err(|e| (Box::new(e.into_inner()), FallbackReason::WorkerLost)),
+            WhenFull::DropNewest => tx.try_send(job).map_err(|e| match e {
+                TrySendError::Full(j) => (Box::new(j), FallbackReason::QueueFull),
+                TrySendError::Disconnected(j) => (Box::new(j), FallbackReason::WorkerLost),
+            }),
         }
-        res.map_err(Box::new)
     }
 
     /// Replies from the workers.
@@ -263,6 +219,40 @@ impl Pool {
         self.tx = None;
         for h in self.handles.drain(..) {
             let _ = h.join();
+        }
+    }
+}
+
+/// One worker thread: answers escalations until the queue closes. Grad mode is per
+/// thread, so it is switched off here; a panicking backend answers `worker_panic`.
+fn work(
+    mut backend: Box<dyn Backend>,
+    rx: Receiver<Escalation>,
+    done: Sender<Resolved>,
+    tau2: f32,
+    policy: Policy,
+) {
+    let _g = tch::no_grad_guard();
+    for job in rx {
+        let started = Instant::now();
+        let queue_ms = (started - job.offered).as_secs_f64() * 1e3;
+        let resolution = if job.deadline.is_some_and(|d| started > d) {
+            Resolution::Fallback(FallbackReason::Deadline)
+        } else {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                resolve(backend.as_mut(), &job, tau2, policy)
+            }))
+            .unwrap_or(Resolution::Fallback(FallbackReason::WorkerPanic))
+        };
+        let r = Resolved {
+            stream: job.stream,
+            order: job.order,
+            resolution,
+            queue_ms,
+            mllm_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        if done.send(r).is_err() {
+            break;
         }
     }
 }
@@ -331,6 +321,7 @@ pub struct CascadeSettings {
 
 struct Waiting {
     event: Event,
+    small: Sentiment,
     deadline: Option<Instant>,
     started: Instant,
 }
@@ -345,6 +336,14 @@ pub struct Cascade {
     next_order: Vec<u64>,
 }
 
+/// The small model's verdict as the routing functions see it.
+fn verdict(s: &Sentiment) -> Verdict {
+    Verdict {
+        score: s.score,
+        uncertainty: s.uncertainty,
+    }
+}
+
 impl Cascade {
     /// A cascade over a started pool.
     pub fn new(pool: Pool, s: CascadeSettings) -> Self {
@@ -357,9 +356,20 @@ impl Cascade {
         }
     }
 
-    /// The pool (counters, depth).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// Escalations waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.pool.depth()
+    }
+
+    /// The workers' replies, for a caller that waits on several channels at once; give
+    /// what arrives to [`Cascade::apply`].
+    pub fn replies(&self) -> &Receiver<Resolved> {
+        self.pool.results()
+    }
+
+    /// The nearest deadline of a window still waiting for the large model.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waiting.values().filter_map(|w| w.deadline).min()
     }
 
     fn stream(&mut self, stream: usize) {
@@ -369,14 +379,14 @@ impl Cascade {
         }
     }
 
-    /// Takes a window whose event already carries the small model's verdict (stage
-    /// `ubm`); escalates it if stage 1 says so. `started` is when its processing began.
-    /// Ready events are passed to `emit` in order.
+    /// Takes a transcribed window and the small model's verdict on it; escalates it if
+    /// stage 1 says so. `started` is when its processing began. Ready events are passed
+    /// to `emit` in order.
     pub fn submit(
         &mut self,
         stream: usize,
-        event: Event,
-        small_probs: [f32; 3],
+        mut event: Event,
+        small: Sentiment,
         features: WindowFeatures,
         started: Instant,
         emit: &mut dyn FnMut(Event),
@@ -384,11 +394,8 @@ impl Cascade {
         self.stream(stream);
         let order = self.next_order[stream];
         self.next_order[stream] += 1;
-        let small = Verdict {
-            score: event.score.unwrap_or(0.0),
-            uncertainty: event.uncertainty.unwrap_or(0.0),
-        };
-        if event.score.is_none() || stage1(small, self.s.tau1) == Stage1::Accept {
+        if stage1(verdict(&small), self.s.tau1) == Stage1::Accept {
+            event.set_sentiment(&small);
             self.order[stream].insert(order, stamp(event, started));
         } else {
             let offered = Instant::now();
@@ -398,25 +405,24 @@ impl Cascade {
                 order,
                 text: event.text.clone(),
                 features,
-                small,
-                small_probs,
+                small: verdict(&small),
+                small_probs: small.probs,
                 deadline,
                 offered,
             };
             match self.pool.offer(job) {
                 Ok(()) => {
-                    self.waiting.insert(
-                        (stream, order),
-                        Waiting {
-                            event,
-                            deadline,
-                            started,
-                        },
-                    );
+                    let w = Waiting {
+                        event,
+                        small,
+                        deadline,
+                        started,
+                    };
+                    self.waiting.insert((stream, order), w);
                 }
-                Err(_) => {
-                    let e = fallback(event, "queue_full", started);
-                    self.order[stream].insert(order, e);
+                Err((_, reason)) => {
+                    event.set_sentiment(&small.fallback(reason));
+                    self.order[stream].insert(order, stamp(event, started));
                 }
             }
         }
@@ -432,26 +438,44 @@ impl Cascade {
     }
 
     /// Applies worker replies and expired deadlines; emits what is ready. With `block`,
-    /// waits for at least one reply (or the nearest deadline) first.
+    /// waits for at least one reply (or the nearest deadline) first. When every worker
+    /// is gone, what still waits falls back (`worker_lost`) instead of waiting forever.
     pub fn poll(&mut self, block: bool, emit: &mut dyn FnMut(Event)) {
         if block && !self.waiting.is_empty() {
-            let nearest = self.waiting.values().filter_map(|w| w.deadline).min();
-            let r = match nearest {
+            let r = match self.next_deadline() {
                 Some(d) => self
                     .pool
                     .results()
                     .recv_timeout(d.saturating_duration_since(Instant::now()))
-                    .ok(),
-                None => self.pool.results().recv().ok(),
+                    .map_err(|e| e.is_disconnected()),
+                None => self.pool.results().recv().map_err(|_| true),
             };
-            if let Some(r) = r {
-                self.apply(r);
+            match r {
+                Ok(r) => self.apply(r),
+                Err(true) => self.fall_back_all(FallbackReason::WorkerLost),
+                Err(false) => {}
             }
         }
-        while let Ok(r) = self.pool.results().try_recv() {
-            self.apply(r);
+        loop {
+            match self.pool.results().try_recv() {
+                Ok(r) => self.apply(r),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.fall_back_all(FallbackReason::WorkerLost);
+                    break;
+                }
+            }
         }
-        let now = Instant::now();
+        self.expire(Instant::now());
+        for r in &mut self.order {
+            while let Some(e) = r.pop() {
+                emit(e);
+            }
+        }
+    }
+
+    /// Windows whose deadline passed keep the small model's verdict.
+    fn expire(&mut self, now: Instant) {
         let expired: Vec<(usize, u64)> = self
             .waiting
             .iter()
@@ -460,17 +484,26 @@ impl Cascade {
             .collect();
         for k in expired {
             let w = self.waiting.remove(&k).expect("listed above");
-            self.pool.counters.deadline.fetch_add(1, Ordering::Relaxed);
-            self.order[k.0].insert(k.1, fallback(w.event, "deadline", w.started));
-        }
-        for r in &mut self.order {
-            while let Some(e) = r.pop() {
-                emit(e);
-            }
+            self.fall_back(k, w, FallbackReason::Deadline);
         }
     }
 
-    fn apply(&mut self, r: Resolved) {
+    fn fall_back_all(&mut self, reason: FallbackReason) {
+        let keys: Vec<(usize, u64)> = self.waiting.keys().copied().collect();
+        for k in keys {
+            let w = self.waiting.remove(&k).expect("listed above");
+            self.fall_back(k, w, reason);
+        }
+    }
+
+    fn fall_back(&mut self, (stream, order): (usize, u64), w: Waiting, reason: FallbackReason) {
+        let mut e = w.event;
+        e.set_sentiment(&w.small.fallback(reason));
+        self.order[stream].insert(order, stamp(e, w.started));
+    }
+
+    /// Applies one worker reply (see [`Cascade::replies`]); emit with a later `poll`.
+    pub fn apply(&mut self, r: Resolved) {
         // A reply after its deadline fallback was emitted is dropped (already counted).
         let Some(w) = self.waiting.remove(&(r.stream, r.order)) else {
             return;
@@ -478,7 +511,7 @@ impl Cascade {
         let mut e = w.event;
         e.latency_ms.queue = round2(r.queue_ms);
         e.latency_ms.mllm = round2(r.mllm_ms);
-        let e = match r.resolution {
+        let sentiment = match r.resolution {
             Resolution::Final {
                 stage,
                 verdict,
@@ -486,33 +519,25 @@ impl Cascade {
                 first,
                 second,
             } => {
-                let band = self.s.band;
                 let last = second.unwrap_or(first);
-                e.score = Some(verdict.score);
-                e.polarity = Some(polarity(verdict.score, band));
-                e.probs = Some(Probs {
-                    negative: probs[0],
-                    neutral: probs[1],
-                    positive: probs[2],
-                });
-                e.uncertainty = Some(verdict.uncertainty);
-                e.stage = Some(stage);
-                e.mllm = Some(Opinion {
-                    score: last.score,
-                    uncertainty: last.uncertainty,
-                });
-                stamp(e, w.started)
+                Sentiment {
+                    score: verdict.score,
+                    polarity: polarity(verdict.score, self.s.band),
+                    probs,
+                    uncertainty: verdict.uncertainty,
+                    stage,
+                    fallback: None,
+                    small: w.small.small,
+                    large: Some(Opinion {
+                        score: last.score,
+                        uncertainty: last.uncertainty,
+                    }),
+                }
             }
-            Resolution::Fallback(reason) => {
-                let c = &self.pool.counters;
-                match reason.as_str() {
-                    "deadline" => c.deadline.fetch_add(1, Ordering::Relaxed),
-                    _ => c.backend_error.fetch_add(1, Ordering::Relaxed),
-                };
-                fallback(e, &reason, w.started)
-            }
+            Resolution::Fallback(reason) => w.small.fallback(reason),
         };
-        self.order[r.stream].insert(r.order, e);
+        e.set_sentiment(&sentiment);
+        self.order[r.stream].insert(r.order, stamp(e, w.started));
     }
 
     /// Waits for every escalation (or its deadline) and emits the rest in order.
@@ -535,36 +560,19 @@ pub(crate) fn stamp(mut e: Event, started: Instant) -> Event {
     e
 }
 
-fn fallback(mut e: Event, reason: &str, started: Instant) -> Event {
-    e.stage = Some(Stage::UbmFallback);
-    e.fallback_reason = Some(reason.to_string());
-    stamp(e, started)
-}
-
-/// Default tau2 for backends without a calibration (half of ln 3).
-pub const UNCALIBRATED_TAU2: f32 = 0.55;
-
-/// Builds the configured backends (every model is loaded and checked here, at start-up)
-/// and the thresholds: returns a ready [`Cascade`].
-pub fn from_config(
-    cfg: &crate::config::CascadeConfig,
-    models: &std::path::Path,
-    ubm: &crate::models::ubm::UbmMeta,
-    live: bool,
-) -> Result<Cascade, crate::error::ModelError> {
-    use crate::config::{BackendKind, QueuePolicy};
-    use crate::error::ModelError;
-    use crate::models::mllm::{Adapter, AdapterMeta, Mllm};
-    let resolve = |p: &std::path::Path| crate::cli::resolve_model(models, p);
-    let adapter = resolve(&cfg.adapter);
-    let adapter_meta: Option<AdapterMeta> = std::fs::read_to_string(Adapter::paths(&adapter).1)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+/// Loads one backend per worker as configured (every model is loaded and checked here,
+/// at start-up).
+fn load_backends(
+    cfg: &CascadeConfig,
+    models: &ModelFiles,
+    ubm: &UbmMeta,
+) -> Result<Vec<Box<dyn Backend>>, ModelError> {
+    let adapter = models.resolve(&cfg.adapter);
     let mut backends: Vec<Box<dyn Backend>> = Vec::new();
     for _ in 0..cfg.workers.max(1) {
         backends.push(match cfg.backend {
             BackendKind::Local => Box::new(backend::LocalBackend::new(Mllm::load(
-                &resolve(&cfg.gguf),
+                &models.resolve(&cfg.gguf),
                 &adapter,
             )?)),
             BackendKind::Torchscript => {
@@ -576,7 +584,7 @@ pub fn from_config(
                         reason: "backend torchscript needs cascade.torchscript".into(),
                     })?;
                 Box::new(backend::TorchScriptBackend::load(
-                    &resolve(p),
+                    &models.resolve(p),
                     ubm.band,
                     ubm.score_limit,
                 )?)
@@ -597,27 +605,55 @@ pub fn from_config(
             ),
         });
     }
-    let tau1 = match (cfg.tau1, cfg.lambda, ubm.calibration) {
-        (Some(t), _, _) => t,
-        (None, Some(l), Some(c)) => c.tau(l),
-        _ => ubm.tau1.ok_or_else(|| ModelError::Runtime {
-            name: "cascade".into(),
-            reason:
-                "the UBM has no tau1; run `sentistream calibrate` or set cascade.enabled = false"
-                    .into(),
-        })?,
-    };
-    let local_meta = adapter_meta.filter(|_| cfg.backend == BackendKind::Local);
-    let tau2 = cfg
-        .tau2
-        .or_else(|| {
-            let m = local_meta.as_ref()?;
-            match (cfg.lambda, m.calibration) {
-                (Some(l), Some(c)) => Some(c.tau(l)),
-                _ => m.tau2,
-            }
-        })
-        .unwrap_or(UNCALIBRATED_TAU2);
+    Ok(backends)
+}
+
+/// tau1 and tau2: fixed in the config, else from the stored calibrations at the
+/// configured lambda, else the thresholds stored with the models (tau2 of the local
+/// adapter only; other backends get [`UNCALIBRATED_TAU2`] unless set).
+fn thresholds(
+    cfg: &CascadeConfig,
+    models: &ModelFiles,
+    ubm: &UbmMeta,
+) -> Result<(f32, f32), ModelError> {
+    let tau1 = ThresholdSources {
+        fixed: cfg.tau1,
+        lambda: cfg.lambda,
+        calibration: ubm.calibration,
+        stored: ubm.tau1,
+    }
+    .resolve()
+    .ok_or_else(|| ModelError::Runtime {
+        name: "cascade".into(),
+        reason: "the UBM has no tau1; run `sentistream calibrate` or set cascade.enabled = false"
+            .into(),
+    })?;
+    let adapter = models.resolve(&cfg.adapter);
+    let adapter_meta: Option<AdapterMeta> = std::fs::read_to_string(Adapter::paths(&adapter).1)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(|_| cfg.backend == BackendKind::Local);
+    let tau2 = ThresholdSources {
+        fixed: cfg.tau2,
+        lambda: cfg.lambda,
+        calibration: adapter_meta.as_ref().and_then(|m| m.calibration),
+        stored: adapter_meta.as_ref().and_then(|m| m.tau2),
+    }
+    .resolve()
+    .unwrap_or(UNCALIBRATED_TAU2);
+    Ok((tau1, tau2))
+}
+
+/// Builds the configured backends and the thresholds: returns a ready [`Cascade`].
+/// `live`: queue policy `auto` becomes `drop_newest`.
+pub fn from_config(
+    cfg: &CascadeConfig,
+    models: &ModelFiles,
+    ubm: &UbmMeta,
+    live: bool,
+) -> Result<Cascade, ModelError> {
+    let backends = load_backends(cfg, models, ubm)?;
+    let (tau1, tau2) = thresholds(cfg, models, ubm)?;
     let when_full = match (cfg.when_full, live) {
         (QueuePolicy::Block, _) | (QueuePolicy::Auto, false) => WhenFull::Block,
         (QueuePolicy::DropNewest, _) | (QueuePolicy::Auto, true) => WhenFull::DropNewest,

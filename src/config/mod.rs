@@ -31,6 +31,9 @@ pub struct Config {
 pub struct SinksConfig {
     /// Events buffered per websocket client; a slower client loses its oldest (and is told).
     pub ws_client_buffer: usize,
+    /// Connections the websocket server serves at once (page, websocket, /metrics,
+    /// /health); more are answered 503 and closed.
+    pub ws_max_clients: usize,
     /// Stream notices (started, interrupted, resumed, ended) in the JSON outputs.
     pub notices: bool,
 }
@@ -39,6 +42,7 @@ impl Default for SinksConfig {
     fn default() -> Self {
         Self {
             ws_client_buffer: 256,
+            ws_max_clients: 64,
             notices: true,
         }
     }
@@ -82,7 +86,7 @@ pub struct CascadeConfig {
     pub adapter: PathBuf,
     /// TorchScript module for `backend = "torchscript"`.
     pub torchscript: Option<PathBuf>,
-    /// Chat-completions URL for `backend = "openai"` (plain http).
+    /// Chat-completions URL for `backend = "openai"` (http:// or https://).
     pub url: String,
     /// Model name sent to the endpoint.
     pub remote_model: String,
@@ -284,133 +288,240 @@ impl Config {
     /// Checks every key and reports all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut p = Vec::new();
-        let s = &self.source;
-        if !(1..=60).contains(&s.video_fps) {
-            p.push(format!(
-                "source.video_fps = {}: must be 1..=60",
-                s.video_fps
-            ));
+        self.source.check(&mut p);
+        self.segment.check(&mut p);
+        self.asr.check(&mut p);
+        self.sinks.check(&mut p);
+        self.cascade.check(&mut p);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
         }
-        if !(16..=3840).contains(&s.video_width) || !s.video_width.is_multiple_of(2) {
-            p.push(format!(
-                "source.video_width = {}: must be an even number in 16..=3840",
-                s.video_width
-            ));
-        }
-        if s.channel_capacity == 0 {
-            p.push("source.channel_capacity = 0: must be at least 1".into());
-        }
-        if !(0.5..=3600.0).contains(&s.reconnect_max_s) {
-            p.push(format!(
-                "source.reconnect_max_s = {}: must be in [0.5, 3600] seconds",
-                s.reconnect_max_s
-            ));
-        }
-        let g = &self.segment;
-        if !(0.0..=1.0).contains(&g.threshold) {
-            p.push(format!(
-                "segment.threshold = {}: must be in [0, 1]",
-                g.threshold
-            ));
-        }
-        if !(0.0..=1.0).contains(&g.neg_threshold) || g.neg_threshold > g.threshold {
-            p.push(format!(
-                "segment.neg_threshold = {}: must be in [0, segment.threshold]",
-                g.neg_threshold
-            ));
-        }
+    }
+}
+
+/// Adds "KEY = VALUE: must be ..." to `p` unless `ok`.
+fn need(p: &mut Vec<String>, ok: bool, key: &str, value: impl std::fmt::Display, rule: &str) {
+    if !ok {
+        p.push(format!("{key} = {value}: {rule}"));
+    }
+}
+
+impl SourceConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        let s = self;
+        need(
+            p,
+            (1..=60).contains(&s.video_fps),
+            "source.video_fps",
+            s.video_fps,
+            "must be 1..=60",
+        );
+        need(
+            p,
+            (16..=3840).contains(&s.video_width) && s.video_width.is_multiple_of(2),
+            "source.video_width",
+            s.video_width,
+            "must be an even number in 16..=3840",
+        );
+        need(
+            p,
+            s.channel_capacity > 0,
+            "source.channel_capacity",
+            s.channel_capacity,
+            "must be at least 1",
+        );
+        need(
+            p,
+            (0.5..=3600.0).contains(&s.reconnect_max_s),
+            "source.reconnect_max_s",
+            s.reconnect_max_s,
+            "must be in [0.5, 3600] seconds",
+        );
+    }
+}
+
+impl SegmentConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        let g = self;
+        need(
+            p,
+            (0.0..=1.0).contains(&g.threshold),
+            "segment.threshold",
+            g.threshold,
+            "must be in [0, 1]",
+        );
+        need(
+            p,
+            (0.0..=1.0).contains(&g.neg_threshold) && g.neg_threshold <= g.threshold,
+            "segment.neg_threshold",
+            g.neg_threshold,
+            "must be in [0, segment.threshold]",
+        );
         for (k, v) in [
             ("min_speech_s", g.min_speech_s),
             ("min_window_s", g.min_window_s),
             ("padding_s", g.padding_s),
             ("merge_gap_s", g.merge_gap_s),
         ] {
-            if !(0.0..=10.0).contains(&v) {
-                p.push(format!("segment.{k} = {v}: must be in [0, 10] seconds"));
-            }
+            need(
+                p,
+                (0.0..=10.0).contains(&v),
+                &format!("segment.{k}"),
+                v,
+                "must be in [0, 10] seconds",
+            );
         }
-        if !(2.0..=30.0).contains(&g.max_window_s) {
-            p.push(format!(
-                "segment.max_window_s = {}: must be in [2, 30] seconds (Whisper sees at most 30 s)",
-                g.max_window_s
-            ));
-        }
+        need(
+            p,
+            (2.0..=30.0).contains(&g.max_window_s),
+            "segment.max_window_s",
+            g.max_window_s,
+            "must be in [2, 30] seconds (Whisper sees at most 30 s)",
+        );
         if g.min_window_s >= g.max_window_s {
             p.push("segment.min_window_s must be below segment.max_window_s".into());
         }
-        if !(0.1..=10.0).contains(&g.step_s) {
-            p.push(format!(
-                "segment.step_s = {}: must be in [0.1, 10] seconds",
-                g.step_s
-            ));
-        }
-        let a = &self.asr;
+        need(
+            p,
+            (0.1..=10.0).contains(&g.step_s),
+            "segment.step_s",
+            g.step_s,
+            "must be in [0.1, 10] seconds",
+        );
+    }
+}
+
+impl AsrConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        let a = self;
         if a.language != "auto" && !LANGUAGES.contains(&a.language.as_str()) {
             p.push(format!(
                 "asr.language = {:?}: use \"auto\" or a Whisper language code such as \"en\"",
                 a.language
             ));
         }
-        if !(1..=64).contains(&a.threads) {
-            p.push(format!("asr.threads = {}: must be 1..=64", a.threads));
-        }
-        if !(0.0..=1.0).contains(&a.no_speech_threshold) {
-            p.push(format!(
-                "asr.no_speech_threshold = {}: must be in [0, 1]",
-                a.no_speech_threshold
-            ));
-        }
-        if a.logprob_threshold > 0.0 {
-            p.push(format!(
-                "asr.logprob_threshold = {}: must be <= 0",
-                a.logprob_threshold
-            ));
-        }
+        need(
+            p,
+            (1..=64).contains(&a.threads),
+            "asr.threads",
+            a.threads,
+            "must be 1..=64",
+        );
+        need(
+            p,
+            (0.0..=1.0).contains(&a.no_speech_threshold),
+            "asr.no_speech_threshold",
+            a.no_speech_threshold,
+            "must be in [0, 1]",
+        );
+        need(
+            p,
+            a.logprob_threshold <= 0.0,
+            "asr.logprob_threshold",
+            a.logprob_threshold,
+            "must be <= 0",
+        );
         if a.model.as_os_str().is_empty() {
             p.push("asr.model is empty: name a ggml Whisper file".into());
         }
-        if !(1..=100_000).contains(&self.sinks.ws_client_buffer) {
-            p.push(format!(
-                "sinks.ws_client_buffer = {}: must be 1..=100000",
-                self.sinks.ws_client_buffer
-            ));
-        }
-        let c = &self.cascade;
-        if !(1..=16).contains(&c.workers) {
-            p.push(format!("cascade.workers = {}: must be 1..=16", c.workers));
-        }
-        if !(1..=4096).contains(&c.queue) {
-            p.push(format!("cascade.queue = {}: must be 1..=4096", c.queue));
-        }
+    }
+}
+
+impl SinksConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        let b = self.ws_client_buffer;
+        need(
+            p,
+            (1..=100_000).contains(&b),
+            "sinks.ws_client_buffer",
+            b,
+            "must be 1..=100000",
+        );
+        let m = self.ws_max_clients;
+        need(
+            p,
+            (1..=10_000).contains(&m),
+            "sinks.ws_max_clients",
+            m,
+            "must be 1..=10000",
+        );
+    }
+}
+
+/// Checks an endpoint URL: `http://` or `https://` with a host (and a numeric port).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|e| {
+        format!("not a URL ({e}); expected e.g. http://127.0.0.1:8080/v1/chat/completions")
+    })?;
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let port_given = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.ends_with(']'));
+    if port_given && uri.port_u16().is_none() {
+        return Err("the port is not a number in 1..=65535".into());
+    }
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(()),
+        (Some("http" | "https"), _) => Err("the URL has no host".into()),
+        _ => Err("expected an http:// or https:// URL".into()),
+    }
+}
+
+impl CascadeConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        let c = self;
+        need(
+            p,
+            (1..=16).contains(&c.workers),
+            "cascade.workers",
+            c.workers,
+            "must be 1..=16",
+        );
+        need(
+            p,
+            (1..=4096).contains(&c.queue),
+            "cascade.queue",
+            c.queue,
+            "must be 1..=4096",
+        );
         if c.backend == BackendKind::Torchscript && c.torchscript.is_none() {
             p.push(
                 "cascade.backend = \"torchscript\" needs cascade.torchscript (a .pt file)".into(),
             );
         }
         if c.backend == BackendKind::Openai
-            && let Err(e) = crate::cascade::http::Url::parse(&c.url)
+            && let Err(e) = check_url(&c.url)
         {
             p.push(format!("cascade.url = {:?}: {e}", c.url));
         }
-        if c.timeout_ms == 0 {
-            p.push("cascade.timeout_ms = 0: must be at least 1".into());
-        }
-        if let Some(l) = c.lambda
-            && !(0.0..=1.0).contains(&l)
-        {
-            p.push(format!("cascade.lambda = {l}: must be in [0, 1]"));
+        need(
+            p,
+            c.timeout_ms > 0,
+            "cascade.timeout_ms",
+            c.timeout_ms,
+            "must be at least 1",
+        );
+        if let Some(l) = c.lambda {
+            need(
+                p,
+                (0.0..=1.0).contains(&l),
+                "cascade.lambda",
+                l,
+                "must be in [0, 1]",
+            );
         }
         for (k, v) in [("tau1", c.tau1), ("tau2", c.tau2)] {
-            if let Some(t) = v
-                && !(0.0..=1.1).contains(&t)
-            {
-                p.push(format!("cascade.{k} = {t}: must be in [0, ln 3 = 1.0986]"));
+            if let Some(t) = v {
+                need(
+                    p,
+                    (0.0..=1.1).contains(&t),
+                    &format!("cascade.{k}"),
+                    t,
+                    "must be in [0, ln 3 = 1.0986]",
+                );
             }
-        }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(p))
         }
     }
 }
@@ -440,6 +551,25 @@ mod tests {
             panic!("wrong error kind")
         };
         assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn endpoint_urls_are_checked() {
+        for ok in [
+            "http://127.0.0.1:8080/v1/chat/completions",
+            "https://llm.example.com/v1/chat/completions",
+            "http://host",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ftp://x/",
+            "http://:80/",
+            "http://host:port/",
+            "127.0.0.1:8080",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,9 +10,9 @@ use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
+use crate::assets::convert;
 use crate::config::{AsrConfig, AudioCtx};
 use crate::error::ModelError;
-use crate::models::convert;
 use crate::source::SAMPLE_RATE;
 
 /// Encoder positions per second of audio (Whisper: 1500 for 30 s).
@@ -123,26 +123,12 @@ impl Asr {
         }
         let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
 
-        let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         let language = match (&self.detected, self.multilingual) {
             (_, false) => "en",
             (Some(lang), true) => lang.as_str(),
             (None, true) => self.cfg.language.as_str(),
         };
-        p.set_language(Some(language));
-        p.set_n_threads(self.cfg.threads as i32);
-        p.set_audio_ctx(self.audio_ctx_for(secs));
-        p.set_no_context(true);
-        p.set_single_segment(true);
-        p.set_no_timestamps(true);
-        p.set_suppress_blank(true);
-        p.set_suppress_nst(true);
-        p.set_print_progress(false);
-        p.set_print_realtime(false);
-        p.set_print_special(false);
-        p.set_print_timestamps(false);
-        p.set_no_speech_thold(self.cfg.no_speech_threshold);
-        p.set_logprob_thold(self.cfg.logprob_threshold);
+        let p = full_params(&self.cfg, language, self.audio_ctx_for(secs));
 
         self.state
             .full(p, &self.padded)
@@ -151,42 +137,8 @@ impl Asr {
                 reason: format!("transcription failed: {e}"),
             })?;
 
-        let eot = self.ctx.token_eot();
-        let mut text = String::new();
-        let (mut prob_sum, mut logp_sum, mut n_tok) = (0.0f32, 0.0f32, 0usize);
-        let mut no_speech = 0.0f32;
-        for seg in self.state.as_iter() {
-            no_speech = no_speech.max(seg.no_speech_probability());
-            text.push_str(&seg.to_str_lossy().map_err(|e| ModelError::Runtime {
-                name: "whisper".into(),
-                reason: e.to_string(),
-            })?);
-            for i in 0..seg.n_tokens() {
-                if let Some(tok) = seg.get_token(i) {
-                    if tok.token_id() >= eot {
-                        continue; // special and timestamp tokens
-                    }
-                    let pr = tok.token_probability();
-                    prob_sum += pr;
-                    logp_sum += pr.max(1e-9).ln();
-                    n_tok += 1;
-                }
-            }
-        }
-        let mut text = text.trim().to_string();
-        let avg_logp = if n_tok > 0 {
-            logp_sum / n_tok as f32
-        } else {
-            f32::NEG_INFINITY
-        };
-        // Whisper's own rule for silence: high no-speech probability and low confidence.
-        if no_speech > self.cfg.no_speech_threshold && avg_logp < self.cfg.logprob_threshold {
-            text.clear();
-        }
-        if is_non_speech(&text) {
-            text.clear();
-        }
-        let text = collapse_repeats(&text);
+        let heard = self.read_segments()?;
+        let text = self.clean_text(&heard);
         let lang_id = self.state.full_lang_id_from_state();
         let language = if self.multilingual {
             whisper_rs::get_lang_str(lang_id).map(str::to_string)
@@ -200,19 +152,106 @@ impl Asr {
         {
             self.detected = language.clone();
         }
-        let confidence = if text.is_empty() || n_tok == 0 {
+        let confidence = if text.is_empty() || heard.n_tok == 0 {
             0.0
         } else {
-            prob_sum / n_tok as f32
+            heard.prob_sum / heard.n_tok as f32
         };
         Ok(Transcript {
             text,
             confidence,
-            no_speech_prob: no_speech,
+            no_speech_prob: heard.no_speech,
             language,
             asr_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }
+
+    /// Collects the text and token statistics of the segments Whisper just decoded.
+    fn read_segments(&self) -> Result<Heard, ModelError> {
+        let eot = self.ctx.token_eot();
+        let mut heard = Heard {
+            text: String::new(),
+            prob_sum: 0.0,
+            logp_sum: 0.0,
+            n_tok: 0,
+            no_speech: 0.0,
+        };
+        for seg in self.state.as_iter() {
+            heard.no_speech = heard.no_speech.max(seg.no_speech_probability());
+            heard
+                .text
+                .push_str(&seg.to_str_lossy().map_err(|e| ModelError::Runtime {
+                    name: "whisper".into(),
+                    reason: e.to_string(),
+                })?);
+            for i in 0..seg.n_tokens() {
+                if let Some(tok) = seg.get_token(i) {
+                    if tok.token_id() >= eot {
+                        continue; // special and timestamp tokens
+                    }
+                    let pr = tok.token_probability();
+                    heard.prob_sum += pr;
+                    heard.logp_sum += pr.max(1e-9).ln();
+                    heard.n_tok += 1;
+                }
+            }
+        }
+        Ok(heard)
+    }
+
+    /// The window's final text: trimmed, emptied for silence and non-speech markers, with
+    /// back-to-back repeats collapsed.
+    fn clean_text(&self, heard: &Heard) -> String {
+        let mut text = heard.text.trim().to_string();
+        let avg_logp = if heard.n_tok > 0 {
+            heard.logp_sum / heard.n_tok as f32
+        } else {
+            f32::NEG_INFINITY
+        };
+        // Whisper's own rule for silence: high no-speech probability and low confidence.
+        if heard.no_speech > self.cfg.no_speech_threshold && avg_logp < self.cfg.logprob_threshold {
+            text.clear();
+        }
+        if is_non_speech(&text) {
+            text.clear();
+        }
+        collapse_repeats(&text)
+    }
+}
+
+/// Raw text and token statistics of one window's Whisper segments.
+struct Heard {
+    /// Segment texts, concatenated.
+    text: String,
+    /// Sum of text token probabilities.
+    prob_sum: f32,
+    /// Sum of text token log-probabilities.
+    logp_sum: f32,
+    /// Number of text tokens.
+    n_tok: usize,
+    /// Highest no-speech probability of a segment.
+    no_speech: f32,
+}
+
+/// Greedy decoding parameters for one window: one segment, no context, timestamps or
+/// printing, with the configured threads and silence thresholds.
+fn full_params<'a>(cfg: &AsrConfig, language: &'a str, audio_ctx: i32) -> FullParams<'a, 'a> {
+    let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    p.set_language(Some(language));
+    p.set_n_threads(cfg.threads as i32);
+    p.set_audio_ctx(audio_ctx);
+    p.set_no_context(true);
+    p.set_single_segment(true);
+    p.set_no_timestamps(true);
+    p.set_suppress_blank(true);
+    p.set_suppress_nst(true);
+    p.set_print_progress(false);
+    p.set_print_realtime(false);
+    p.set_print_special(false);
+    p.set_print_timestamps(false);
+    p.set_no_speech_thold(cfg.no_speech_threshold);
+    p.set_logprob_thold(cfg.logprob_threshold);
+    p
 }
 
 /// Text that Whisper emits for non-speech ("[Music]", "(applause)", "...").

@@ -99,7 +99,7 @@ impl Extractor {
         Ok(Self {
             audio: AudioFeaturizer::new(),
             visual: VisualFeaturizer::load(&VisualModels::installed(models_dir))?,
-            text: TextEncoder::load(&models_dir.join("all-MiniLM-L6-v2"))?,
+            text: TextEncoder::load(&models_dir.join(crate::assets::MINILM_DIR))?,
         })
     }
 

@@ -47,6 +47,94 @@ fn layer_norm(x: &Tensor, p: &(Tensor, Tensor)) -> Tensor {
     x.layer_norm([TEXT_DIM as i64], Some(&p.0), Some(&p.1), LN_EPS, false)
 }
 
+/// A model file that exists but cannot be used, with why.
+fn corrupt(p: &Path, reason: String) -> ModelError {
+    ModelError::Corrupt {
+        path: p.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads `tokenizer.json`, without its fixed padding and truncating to `MAX_TOKENS`.
+fn load_tokenizer(tok_path: &Path) -> Result<Tokenizer, ModelError> {
+    let mut tokenizer =
+        Tokenizer::from_file(tok_path).map_err(|e| corrupt(tok_path, e.to_string()))?;
+    // The shipped tokenizer pads every input to 128; batches are padded here instead.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: MAX_TOKENS,
+            ..Default::default()
+        }))
+        .map_err(|e| corrupt(tok_path, e.to_string()))?;
+    Ok(tokenizer)
+}
+
+/// The checkpoint's tensors, taken out by name with their shapes checked.
+struct Weights<'a> {
+    path: &'a Path,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl<'a> Weights<'a> {
+    /// Reads every tensor of the safetensors file at `path`.
+    fn read(path: &'a Path) -> Result<Self, ModelError> {
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| corrupt(path, e.to_string()))?
+            .into_iter()
+            .collect();
+        Ok(Self { path, tensors })
+    }
+
+    /// Removes tensor `name`, checks its shape and returns it as f32.
+    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+        let t = self.tensors.remove(name).ok_or_else(|| {
+            corrupt(
+                self.path,
+                format!("tensor {name} is missing; not a MiniLM-L6 (BERT) checkpoint"),
+            )
+        })?;
+        if t.size() != shape {
+            return Err(corrupt(
+                self.path,
+                format!("tensor {name} has shape {:?}, expected {shape:?}", t.size()),
+            ));
+        }
+        Ok(t.to_kind(Kind::Float))
+    }
+
+    /// Removes `{name}.weight` (`[rows, cols]`, or `[rows]` without cols) and `{name}.bias`.
+    fn pair(
+        &mut self,
+        name: &str,
+        rows: i64,
+        cols: Option<i64>,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
+        let weight = match cols {
+            Some(c) => self.take(&wn, &[rows, c])?,
+            None => self.take(&wn, &[rows])?,
+        };
+        Ok((weight, self.take(&bn, &[rows])?))
+    }
+
+    /// Removes the weights of encoder layer `l`.
+    fn layer(&mut self, l: usize) -> Result<Layer, ModelError> {
+        let d = TEXT_DIM as i64;
+        let p = format!("encoder.layer.{l}");
+        Ok(Layer {
+            q: self.pair(&format!("{p}.attention.self.query"), d, Some(d))?,
+            k: self.pair(&format!("{p}.attention.self.key"), d, Some(d))?,
+            v: self.pair(&format!("{p}.attention.self.value"), d, Some(d))?,
+            attn_out: self.pair(&format!("{p}.attention.output.dense"), d, Some(d))?,
+            attn_ln: self.pair(&format!("{p}.attention.output.LayerNorm"), d, None)?,
+            inter: self.pair(&format!("{p}.intermediate.dense"), 4 * d, Some(d))?,
+            out: self.pair(&format!("{p}.output.dense"), d, Some(4 * d))?,
+            out_ln: self.pair(&format!("{p}.output.LayerNorm"), d, None)?,
+        })
+    }
+}
+
 impl TextEncoder {
     /// Loads `model.safetensors` and `tokenizer.json` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
@@ -60,67 +148,17 @@ impl TextEncoder {
                 });
             }
         }
-        let corrupt = |p: &Path, reason: String| ModelError::Corrupt {
-            path: p.to_path_buf(),
-            reason,
-        };
-        let mut tokenizer =
-            Tokenizer::from_file(&tok_path).map_err(|e| corrupt(&tok_path, e.to_string()))?;
-        // The shipped tokenizer pads every input to 128; batches are padded here instead.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: MAX_TOKENS,
-                ..Default::default()
-            }))
-            .map_err(|e| corrupt(&tok_path, e.to_string()))?;
-        let mut w: HashMap<String, Tensor> = Tensor::read_safetensors(&weights_path)
-            .map_err(|e| corrupt(&weights_path, e.to_string()))?
-            .into_iter()
-            .collect();
-        let mut take = |name: &str, shape: &[i64]| -> Result<Tensor, ModelError> {
-            let t = w.remove(name).ok_or_else(|| {
-                corrupt(
-                    &weights_path,
-                    format!("tensor {name} is missing; not a MiniLM-L6 (BERT) checkpoint"),
-                )
-            })?;
-            if t.size() != shape {
-                return Err(corrupt(
-                    &weights_path,
-                    format!("tensor {name} has shape {:?}, expected {shape:?}", t.size()),
-                ));
-            }
-            Ok(t.to_kind(Kind::Float))
-        };
+        let tokenizer = load_tokenizer(&tok_path)?;
+        let mut w = Weights::read(&weights_path)?;
         let d = TEXT_DIM as i64;
-        let mut pair =
-            |name: &str, rows: i64, cols: Option<i64>| -> Result<(Tensor, Tensor), ModelError> {
-                let (wn, bn) = (format!("{name}.weight"), format!("{name}.bias"));
-                let weight = match cols {
-                    Some(c) => take(&wn, &[rows, c])?,
-                    None => take(&wn, &[rows])?,
-                };
-                Ok((weight, take(&bn, &[rows])?))
-            };
-        let emb_ln = pair("embeddings.LayerNorm", d, None)?;
+        let emb_ln = w.pair("embeddings.LayerNorm", d, None)?;
         let mut layers = Vec::with_capacity(LAYERS);
         for l in 0..LAYERS {
-            let p = format!("encoder.layer.{l}");
-            layers.push(Layer {
-                q: pair(&format!("{p}.attention.self.query"), d, Some(d))?,
-                k: pair(&format!("{p}.attention.self.key"), d, Some(d))?,
-                v: pair(&format!("{p}.attention.self.value"), d, Some(d))?,
-                attn_out: pair(&format!("{p}.attention.output.dense"), d, Some(d))?,
-                attn_ln: pair(&format!("{p}.attention.output.LayerNorm"), d, None)?,
-                inter: pair(&format!("{p}.intermediate.dense"), 4 * d, Some(d))?,
-                out: pair(&format!("{p}.output.dense"), d, Some(4 * d))?,
-                out_ln: pair(&format!("{p}.output.LayerNorm"), d, None)?,
-            });
+            layers.push(w.layer(l)?);
         }
-        let word = take("embeddings.word_embeddings.weight", &[30522, d])?;
-        let pos = take("embeddings.position_embeddings.weight", &[512, d])?;
-        let token_type = take("embeddings.token_type_embeddings.weight", &[2, d])?;
+        let word = w.take("embeddings.word_embeddings.weight", &[30522, d])?;
+        let pos = w.take("embeddings.position_embeddings.weight", &[512, d])?;
+        let token_type = w.take("embeddings.token_type_embeddings.weight", &[2, d])?;
         Ok(Self {
             tokenizer,
             word,

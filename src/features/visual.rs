@@ -63,8 +63,12 @@ pub const HAAR_DIR: &str = "/usr/share/opencv4/haarcascades";
 impl VisualModels {
     /// The installed models: res10 from the models folder when present, Haar from opencv-data.
     pub fn installed(models_dir: &Path) -> Self {
-        let proto = models_dir.join("face/deploy.prototxt");
-        let caffe = models_dir.join("face/res10_300x300_ssd_iter_140000.caffemodel");
+        let proto = models_dir
+            .join(crate::assets::FACE_DIR)
+            .join("deploy.prototxt");
+        let caffe = models_dir
+            .join(crate::assets::FACE_DIR)
+            .join("res10_300x300_ssd_iter_140000.caffemodel");
         let both = proto.is_file() && caffe.is_file();
         Self {
             prototxt: both.then_some(proto),
@@ -178,61 +182,8 @@ impl VisualFeaturizer {
         let img = Mat::new_rows_cols_with_bytes::<Vec3b>(h, w, rgb).map_err(runtime)?;
         imgproc::cvt_color_def(&img, &mut self.gray, imgproc::COLOR_RGB2GRAY).map_err(runtime)?;
         let found = match &mut self.net {
-            Some(net) => {
-                let blob = dnn::blob_from_image(
-                    &img,
-                    1.0,
-                    Size::new(self.ssd_size, self.ssd_size),
-                    // The frame is RGB and the network wants BGR: swap, with its means given
-                    // in the network's (BGR) order.
-                    Scalar::new(104.0, 177.0, 123.0, 0.0),
-                    true,
-                    false,
-                    opencv::core::CV_32F,
-                )
-                .map_err(runtime)?;
-                net.set_input_def(&blob).map_err(runtime)?;
-                let det = net.forward_single_def().map_err(runtime)?;
-                // [1, 1, N, 7]: (image, class, confidence, x1, y1, x2, y2) in [0, 1].
-                let n = det.total() / 7;
-                let data = det.data_typed::<f32>().map_err(runtime)?;
-                let mut best: Option<(f32, Rect)> = None;
-                for i in 0..n {
-                    let d = &data[i * 7..i * 7 + 7];
-                    if d[2] >= MIN_CONFIDENCE && best.is_none_or(|b| d[2] > b.0) {
-                        let (x1, y1) = (
-                            (d[3] * w as f32).max(0.0) as i32,
-                            (d[4] * h as f32).max(0.0) as i32,
-                        );
-                        let (x2, y2) = (
-                            (d[5] * w as f32).min(w as f32) as i32,
-                            (d[6] * h as f32).min(h as f32) as i32,
-                        );
-                        if x2 > x1 + 4 && y2 > y1 + 4 {
-                            best = Some((d[2], Rect::new(x1, y1, x2 - x1, y2 - y1)));
-                        }
-                    }
-                }
-                best
-            }
-            None => {
-                let cascade = self
-                    .face_cascade
-                    .as_mut()
-                    .expect("Haar is loaded when res10 is not");
-                cascade
-                    .detect_multi_scale(
-                        &self.gray,
-                        &mut self.faces,
-                        1.1,
-                        4,
-                        0,
-                        Size::new(24, 24),
-                        Size::default(),
-                    )
-                    .map_err(runtime)?;
-                self.faces.iter().max_by_key(|r| r.area()).map(|r| (1.0, r))
-            }
+            Some(net) => ssd_face(net, &img, self.ssd_size, w, h)?,
+            None => self.haar_face()?,
         };
         let Some((conf, face)) = found else {
             out.extend_from_slice(&[0.0; VIS_DIM]);
@@ -247,6 +198,48 @@ impl VisualFeaturizer {
             None => (0.0, 0.0),
         };
         self.prev = Some([cx, cy, rw]);
+        let smile_w = self.smile_width(face)?;
+        let face_roi = Mat::roi(&self.gray, face).map_err(runtime)?;
+        let brightness = opencv::core::mean_def(&face_roi).map_err(runtime)?[0] as f32 / 255.0;
+        out.extend_from_slice(&[
+            1.0,
+            conf,
+            cx,
+            cy,
+            rw,
+            face.height as f32 / fh,
+            motion,
+            scale_change,
+            if self.smiles.is_empty() { 0.0 } else { 1.0 },
+            smile_w,
+            brightness,
+        ]);
+        Ok(())
+    }
+
+    /// The largest Haar face in the grey frame, with confidence 1 (used without res10).
+    fn haar_face(&mut self) -> Result<Option<(f32, Rect)>, ModelError> {
+        let cascade = self
+            .face_cascade
+            .as_mut()
+            .expect("Haar is loaded when res10 is not");
+        cascade
+            .detect_multi_scale(
+                &self.gray,
+                &mut self.faces,
+                1.1,
+                4,
+                0,
+                Size::new(24, 24),
+                Size::default(),
+            )
+            .map_err(runtime)?;
+        Ok(self.faces.iter().max_by_key(|r| r.area()).map(|r| (1.0, r)))
+    }
+
+    /// Runs the smile cascade in the lower half of `face` (hits land in `self.smiles`) and
+    /// returns the widest smile's width / face width.
+    fn smile_width(&mut self, face: Rect) -> Result<f32, ModelError> {
         // Smiles in the lower half of the face.
         let lower = Rect::new(
             face.x,
@@ -267,23 +260,51 @@ impl VisualFeaturizer {
                 Size::default(),
             )
             .map_err(runtime)?;
-        let smile_w =
-            self.smiles.iter().map(|r| r.width).max().unwrap_or(0) as f32 / face.width as f32;
-        let face_roi = Mat::roi(&self.gray, face).map_err(runtime)?;
-        let brightness = opencv::core::mean_def(&face_roi).map_err(runtime)?[0] as f32 / 255.0;
-        out.extend_from_slice(&[
-            1.0,
-            conf,
-            cx,
-            cy,
-            rw,
-            face.height as f32 / fh,
-            motion,
-            scale_change,
-            if self.smiles.is_empty() { 0.0 } else { 1.0 },
-            smile_w,
-            brightness,
-        ]);
-        Ok(())
+        Ok(self.smiles.iter().map(|r| r.width).max().unwrap_or(0) as f32 / face.width as f32)
     }
+}
+
+/// The most confident res10 face in a `w` x `h` RGB frame, if any (at least 5 pixels each way).
+fn ssd_face(
+    net: &mut dnn::Net,
+    img: &impl opencv::core::ToInputArray,
+    ssd_size: i32,
+    w: i32,
+    h: i32,
+) -> Result<Option<(f32, Rect)>, ModelError> {
+    let blob = dnn::blob_from_image(
+        img,
+        1.0,
+        Size::new(ssd_size, ssd_size),
+        // The frame is RGB and the network wants BGR: swap, with its means given
+        // in the network's (BGR) order.
+        Scalar::new(104.0, 177.0, 123.0, 0.0),
+        true,
+        false,
+        opencv::core::CV_32F,
+    )
+    .map_err(runtime)?;
+    net.set_input_def(&blob).map_err(runtime)?;
+    let det = net.forward_single_def().map_err(runtime)?;
+    // [1, 1, N, 7]: (image, class, confidence, x1, y1, x2, y2) in [0, 1].
+    let n = det.total() / 7;
+    let data = det.data_typed::<f32>().map_err(runtime)?;
+    let mut best: Option<(f32, Rect)> = None;
+    for i in 0..n {
+        let d = &data[i * 7..i * 7 + 7];
+        if d[2] >= MIN_CONFIDENCE && best.is_none_or(|b| d[2] > b.0) {
+            let (x1, y1) = (
+                (d[3] * w as f32).max(0.0) as i32,
+                (d[4] * h as f32).max(0.0) as i32,
+            );
+            let (x2, y2) = (
+                (d[5] * w as f32).min(w as f32) as i32,
+                (d[6] * h as f32).min(h as f32) as i32,
+            );
+            if x2 > x1 + 4 && y2 > y1 + 4 {
+                best = Some((d[2], Rect::new(x1, y1, x2 - x1, y2 - y1)));
+            }
+        }
+    }
+    Ok(best)
 }

@@ -16,8 +16,8 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use tokenizers::Tokenizer;
 
+use crate::assets::gguf::Gguf;
 use crate::error::ModelError;
-use crate::models::gguf::Gguf;
 
 /// Longest sequence (prompt + cache) the RoPE tables cover.
 pub const MAX_POSITIONS: i64 = 2048;
@@ -190,6 +190,37 @@ impl Llm {
             });
         }
         let g = Gguf::open(path)?;
+        let shape = Self::read_shape(&g, path)?;
+        let (c, vocab) = (shape.embd, shape.vocab);
+        let mut blocks = Vec::with_capacity(shape.layers);
+        for i in 0..shape.layers {
+            blocks.push(Self::read_block(&g, path, &shape, i)?);
+        }
+        let embed = Self::gguf_tensor(&g, path, "token_embd.weight", &[vocab, c])?;
+        let out_norm = Self::gguf_tensor(&g, path, "output_norm.weight", &[c])?;
+        if g.info("output.weight").is_some() {
+            return Err(corrupt(
+                path,
+                "untied output.weight is not supported (SmolLM2 ties it to the embedding)",
+            ));
+        }
+        let tokenizer = tokenizer_from_gguf(&g)?;
+        let (rope_cos, rope_sin) = Self::rope_tables(&shape);
+        Ok(Self {
+            shape,
+            path: path.to_path_buf(),
+            tokenizer,
+            embed,
+            blocks,
+            out_norm,
+            rope_cos,
+            rope_sin,
+        })
+    }
+
+    /// Hyper-parameters from the GGUF metadata, after checking it is a llama model with
+    /// consistent head counts.
+    fn read_shape(g: &Gguf, path: &Path) -> Result<LlmShape, ModelError> {
         let arch = g.str("general.architecture").unwrap_or("");
         if arch != "llama" {
             return Err(corrupt(path, format!("architecture {arch:?} is not llama")));
@@ -217,46 +248,55 @@ impl Llm {
         if shape.heads == 0 || shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
             return Err(corrupt(path, "head counts are inconsistent"));
         }
-        let tensor = |name: &str, want: &[i64]| -> Result<Tensor, ModelError> {
-            let (dims, data) = g.tensor_f32(name)?;
-            let dims: Vec<i64> = dims.iter().map(|d| *d as i64).collect();
-            if dims != want {
-                return Err(corrupt(
-                    path,
-                    format!("tensor {name} has shape {dims:?}, expected {want:?}"),
-                ));
-            }
-            Ok(Tensor::from_slice(&data).view(want))
-        };
-        // Linear weights are [out, in]; keep them as [in, out] for x.matmul(w).
-        let linear = |name: &str, out: i64, inp: i64| -> Result<Tensor, ModelError> {
-            Ok(tensor(name, &[out, inp])?.tr().contiguous())
-        };
-        let (c, kv) = (shape.embd, shape.kv_heads * shape.head_dim());
-        let mut blocks = Vec::with_capacity(shape.layers);
-        for i in 0..shape.layers {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            blocks.push(Block {
-                attn_norm: tensor(&n("attn_norm"), &[c])?,
-                wq: linear(&n("attn_q"), c, c)?,
-                wk: linear(&n("attn_k"), kv, c)?,
-                wv: linear(&n("attn_v"), kv, c)?,
-                wo: linear(&n("attn_output"), c, c)?,
-                ffn_norm: tensor(&n("ffn_norm"), &[c])?,
-                w_gate: linear(&n("ffn_gate"), shape.ffn, c)?,
-                w_up: linear(&n("ffn_up"), shape.ffn, c)?,
-                w_down: linear(&n("ffn_down"), c, shape.ffn)?,
-            });
-        }
-        let embed = tensor("token_embd.weight", &[vocab, c])?;
-        let out_norm = tensor("output_norm.weight", &[c])?;
-        if g.info("output.weight").is_some() {
+        Ok(shape)
+    }
+
+    /// Tensor `name` dequantised to f32, checked to have the shape `want`.
+    fn gguf_tensor(g: &Gguf, path: &Path, name: &str, want: &[i64]) -> Result<Tensor, ModelError> {
+        let (dims, data) = g.tensor_f32(name)?;
+        let dims: Vec<i64> = dims.iter().map(|d| *d as i64).collect();
+        if dims != want {
             return Err(corrupt(
                 path,
-                "untied output.weight is not supported (SmolLM2 ties it to the embedding)",
+                format!("tensor {name} has shape {dims:?}, expected {want:?}"),
             ));
         }
-        let tokenizer = tokenizer_from_gguf(&g)?;
+        Ok(Tensor::from_slice(&data).view(want))
+    }
+
+    /// A linear weight: stored `[out, in]`, kept as `[in, out]` for `x.matmul(w)`.
+    fn gguf_linear(
+        g: &Gguf,
+        path: &Path,
+        name: &str,
+        out: i64,
+        inp: i64,
+    ) -> Result<Tensor, ModelError> {
+        Ok(Self::gguf_tensor(g, path, name, &[out, inp])?
+            .tr()
+            .contiguous())
+    }
+
+    /// The weights of transformer block `i`.
+    fn read_block(g: &Gguf, path: &Path, shape: &LlmShape, i: usize) -> Result<Block, ModelError> {
+        let (c, kv) = (shape.embd, shape.kv_heads * shape.head_dim());
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        let linear = |s: &str, out: i64, inp: i64| Self::gguf_linear(g, path, &n(s), out, inp);
+        Ok(Block {
+            attn_norm: Self::gguf_tensor(g, path, &n("attn_norm"), &[c])?,
+            wq: linear("attn_q", c, c)?,
+            wk: linear("attn_k", kv, c)?,
+            wv: linear("attn_v", kv, c)?,
+            wo: linear("attn_output", c, c)?,
+            ffn_norm: Self::gguf_tensor(g, path, &n("ffn_norm"), &[c])?,
+            w_gate: linear("ffn_gate", shape.ffn, c)?,
+            w_up: linear("ffn_up", shape.ffn, c)?,
+            w_down: linear("ffn_down", c, shape.ffn)?,
+        })
+    }
+
+    /// RoPE cosine and sine tables, `[MAX_POSITIONS, head_dim / 2]`.
+    fn rope_tables(shape: &LlmShape) -> (Tensor, Tensor) {
         let half = shape.head_dim() / 2;
         let inv: Vec<f32> = (0..half)
             .map(|i| {
@@ -267,16 +307,7 @@ impl Llm {
             .collect();
         let pos = Tensor::arange(MAX_POSITIONS, (Kind::Float, Device::Cpu)).unsqueeze(1);
         let angles = pos * Tensor::from_slice(&inv).unsqueeze(0);
-        Ok(Self {
-            shape,
-            path: path.to_path_buf(),
-            tokenizer,
-            embed,
-            blocks,
-            out_norm,
-            rope_cos: angles.cos(),
-            rope_sin: angles.sin(),
-        })
+        (angles.cos(), angles.sin())
     }
 
     /// Token ids of `text`; control tokens written in the text (`<|im_start|>`) are parsed.

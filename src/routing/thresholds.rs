@@ -57,6 +57,34 @@ impl Calibration {
     }
 }
 
+/// Default tau2 for large models without a calibration (half of ln 3).
+pub const UNCALIBRATED_TAU2: f32 = 0.55;
+
+/// What a model stores about its threshold, and what the operator asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ThresholdSources {
+    /// A fixed threshold set by the operator (wins over everything).
+    pub fixed: Option<f32>,
+    /// The operator's lambda, applied to `calibration` when there is one.
+    pub lambda: Option<f32>,
+    /// The model's stored calibration.
+    pub calibration: Option<Calibration>,
+    /// The threshold stored with the model.
+    pub stored: Option<f32>,
+}
+
+impl ThresholdSources {
+    /// The threshold: fixed, else tau(lambda) of the calibration, else the stored one;
+    /// `None` when none of them is there.
+    pub fn resolve(&self) -> Option<f32> {
+        match (self.fixed, self.lambda, self.calibration) {
+            (Some(t), _, _) => Some(t),
+            (None, Some(l), Some(c)) => Some(c.tau(l)),
+            _ => self.stored,
+        }
+    }
+}
+
 /// The threshold that escalates (u > tau) a share `rate` in [0, 1] of `uncertainties`:
 /// the (1 - rate) quantile, with linear interpolation.
 pub fn tau_for_rate(uncertainties: &[f32], rate: f32) -> Option<f32> {
@@ -107,6 +135,39 @@ pub fn auroc(scores: &[f32], positives: &[bool]) -> Option<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn threshold_sources_in_order_of_precedence() {
+        let g = |mu| Gaussian {
+            mu,
+            sigma: 0.1,
+            n: 10,
+        };
+        let cal = Calibration {
+            correct: g(0.2),
+            wrong: g(0.8),
+        };
+        let all = ThresholdSources {
+            fixed: Some(0.3),
+            lambda: Some(0.5),
+            calibration: Some(cal),
+            stored: Some(0.9),
+        };
+        assert_eq!(all.resolve(), Some(0.3));
+        let no_fixed = ThresholdSources { fixed: None, ..all };
+        assert!((no_fixed.resolve().unwrap() - 0.5).abs() < 1e-6);
+        let no_cal = ThresholdSources {
+            calibration: None,
+            ..no_fixed
+        };
+        assert_eq!(no_cal.resolve(), Some(0.9));
+        let no_lambda = ThresholdSources {
+            lambda: None,
+            ..no_fixed
+        };
+        assert_eq!(no_lambda.resolve(), Some(0.9));
+        assert_eq!(ThresholdSources::default().resolve(), None);
+    }
 
     #[test]
     fn gaussian_fit_and_tau() {

@@ -48,7 +48,7 @@ impl Vad {
         let bytes_head = read_head(path, "vad-model")?;
         if bytes_head.len() < 4
             || u32::from_le_bytes([bytes_head[0], bytes_head[1], bytes_head[2], bytes_head[3]])
-                != crate::models::convert::GGML_MAGIC
+                != crate::assets::convert::GGML_MAGIC
         {
             return Err(ModelError::Corrupt {
                 path: path.into(),

@@ -11,7 +11,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::SinkError;
-use crate::event::{Event, Output, Stage};
+use crate::event::{Event, Named, Output, Stage};
 use crate::sinks::Sink;
 
 /// File formats.
@@ -71,19 +71,8 @@ pub fn cue_text(e: &Event, with_stream: bool) -> String {
         s.push_str(": ");
     }
     if let (Some(score), Some(p)) = (e.score, e.polarity) {
-        let stage = match e.stage {
-            Some(Stage::Ubm) => "ubm",
-            Some(Stage::Mllm) => "mllm",
-            Some(Stage::Fused) => "fused",
-            Some(Stage::CrossVerified) => "cross-verified",
-            Some(Stage::UbmFallback) => "ubm fallback",
-            None => "",
-        };
-        let pol = match p {
-            crate::event::Polarity::Negative => "negative",
-            crate::event::Polarity::Neutral => "neutral",
-            crate::event::Polarity::Positive => "positive",
-        };
+        let stage = e.stage.map_or("", Stage::label);
+        let pol = p.name();
         s.push_str(&format!("[{pol} {score:+.2} {stage}] "));
     }
     // A blank line would end the cue; "-->" would confuse parsers.

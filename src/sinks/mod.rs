@@ -7,8 +7,79 @@ pub mod websocket;
 
 pub use stdout::JsonlSink;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::SinksConfig;
 use crate::error::SinkError;
 use crate::event::Output;
+use crate::metrics::Metrics;
+use files::{FileSink, Format};
+use websocket::WsServer;
+
+/// Where events go, as given on the command line (`--sink`, `--out`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// JSON lines on stdout.
+    Stdout,
+    /// The websocket server (live page, /metrics, /health) on `ADDR:PORT`.
+    Websocket(String),
+    /// A file (`{stream}` in the path: one per stream), in the format its extension names.
+    File(PathBuf, Format),
+}
+
+impl SinkSpec {
+    /// Parses `stdout`, `ws://ADDR:PORT`, or `[file:]PATH.jsonl|.vtt|.srt`.
+    pub fn parse(spec: &str) -> Result<Self, SinkError> {
+        if spec == "stdout" {
+            return Ok(Self::Stdout);
+        }
+        if let Some(addr) = spec.strip_prefix("ws://") {
+            return Ok(Self::Websocket(addr.trim_end_matches('/').to_string()));
+        }
+        let path = PathBuf::from(spec.strip_prefix("file:").unwrap_or(spec));
+        match Format::from_path(&path) {
+            Some(f) => Ok(Self::File(path, f)),
+            None => Err(SinkError::Spec {
+                spec: spec.into(),
+                reason: "unknown output; use stdout, ws://ADDR:PORT, or a .jsonl, .vtt or .srt file name".into(),
+            }),
+        }
+    }
+
+    /// Opens the sink; a websocket server starts listening here (and says where).
+    pub fn open(
+        &self,
+        cfg: &SinksConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(match self {
+            Self::Stdout => Box::new(JsonlSink::new(std::io::stdout(), "stdout")),
+            Self::Websocket(addr) => {
+                let server = WsServer::start(addr, cfg, metrics.clone())?;
+                eprintln!(
+                    "sentistream: live page http://{0}/  websocket ws://{0}/ws  metrics http://{0}/metrics  health http://{0}/health",
+                    server.addr
+                );
+                Box::new(server)
+            }
+            Self::File(path, format) => Box::new(FileSink::new(path, *format)?),
+        })
+    }
+}
+
+/// Opens every sink, in order, behind one [`Fanout`].
+pub fn open_all(
+    specs: &[SinkSpec],
+    cfg: &SinksConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Fanout, SinkError> {
+    let mut out = Fanout::default();
+    for s in specs {
+        out.push(s.open(cfg, metrics)?);
+    }
+    Ok(out)
+}
 
 /// An output. Sinks are called from one thread in event order; a sink that fails is
 /// reported and dropped, the others keep receiving.

@@ -16,11 +16,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::config::SinksConfig;
 use crate::error::SinkError;
 use crate::event::Output;
 use crate::metrics::Metrics;
@@ -132,8 +133,12 @@ pub struct WsServer {
 }
 
 impl WsServer {
-    /// Binds `addr` and serves in a background thread.
-    pub fn start(addr: &str, capacity: usize, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
+    /// Binds `addr` and serves in a background thread: each client buffers at most
+    /// `cfg.ws_client_buffer` events, and at most `cfg.ws_max_clients` connections are
+    /// served at once (more are answered 503 and closed).
+    pub fn start(addr: &str, cfg: &SinksConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
+        let capacity = cfg.ws_client_buffer;
+        let slots = Arc::new(Semaphore::new(cfg.ws_max_clients));
         let err = |e: std::io::Error| SinkError::Io {
             target: format!("websocket server {addr}"),
             source: e,
@@ -163,8 +168,19 @@ impl WsServer {
                         tokio::select! {
                             _ = s.notified() => break,
                             r = listener.accept() => {
-                                if let Ok((stream, _)) = r {
-                                    tasks.spawn(serve(stream, h.clone(), metrics.clone()));
+                                let Ok((stream, _)) = r else { continue };
+                                match slots.clone().try_acquire_owned() {
+                                    Ok(permit) => {
+                                        let (h, m) = (h.clone(), metrics.clone());
+                                        tasks.spawn(async move {
+                                            serve(stream, h, m).await;
+                                            drop(permit);
+                                        });
+                                    }
+                                    Err(_) => {
+                                        metrics.ws_refused();
+                                        tasks.spawn(refuse(stream));
+                                    }
                                 }
                             }
                         }
@@ -250,6 +266,17 @@ async fn respond(mut stream: TcpStream, status: &str, ctype: &str, body: &[u8]) 
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(body).await;
     let _ = stream.shutdown().await;
+}
+
+/// Answers a connection over the limit politely and closes it.
+async fn refuse(stream: TcpStream) {
+    respond(
+        stream,
+        "503 Service Unavailable",
+        "text/plain",
+        b"too many clients: this sentistream serves at most sinks.ws_max_clients connections; try again later\n",
+    )
+    .await
 }
 
 async fn serve(stream: TcpStream, hub: Arc<Hub>, metrics: Arc<Metrics>) {

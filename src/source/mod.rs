@@ -215,6 +215,17 @@ impl Input {
     }
 }
 
+/// What [`Source::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// A message from the pipeline.
+    Msg(SourceMsg),
+    /// Nothing arrived in time.
+    Idle,
+    /// Shutdown was signalled.
+    Stop,
+}
+
 /// A running media source. Dropping it stops the pipeline.
 pub struct Source {
     pipeline: gst::Pipeline,
@@ -304,58 +315,13 @@ impl Source {
         let pipeline = match input {
             Input::Uri(u) => Self::build_uri(u, cfg, &delivery, &pool_rx, &frame_pool_rx)?,
             Input::Launch { name, description } => {
-                let p = gst::parse::launch(description)
-                    .map_err(|e| pipeline_err(name, format!("bad launch description: {e}")))?
-                    .downcast::<gst::Pipeline>()
-                    .map_err(|_| pipeline_err(name, "the launch description is not a pipeline"))?;
-                let find = |n: &str| {
-                    p.by_name(n)
-                        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
-                };
-                let audio = find("audio").ok_or_else(|| {
-                    pipeline_err(name, "the launch description needs an appsink named \"audio\" (16 kHz mono F32LE)")
-                })?;
-                let video = find("video");
-                attach_audio(&Some(audio), delivery.clone(), pool_rx.clone());
-                let has_video = video.is_some();
-                attach_video(&video, delivery.clone(), frame_pool_rx.clone());
-                let _ = tx.send(SourceMsg::StreamsKnown {
-                    has_audio: true,
-                    has_video,
-                });
-                p
+                Self::build_launch(name, description, &delivery, &pool_rx, &frame_pool_rx, &tx)?
             }
         };
         let bus = pipeline
             .bus()
             .ok_or_else(|| pipeline_err(&input_name, "pipeline has no bus"))?;
-        {
-            let input_name = input_name.clone();
-            bus.set_sync_handler(move |_, msg| {
-                use gst::MessageView;
-                let out = match msg.view() {
-                    MessageView::Eos(_) => Some(SourceMsg::Eos),
-                    MessageView::Error(e) => {
-                        let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
-                        let detail = debug.lines().last().unwrap_or("").trim().to_string();
-                        let reason = if detail.is_empty() || detail.len() > 200 {
-                            e.error().to_string()
-                        } else {
-                            format!("{} ({detail})", e.error())
-                        };
-                        Some(SourceMsg::Error(SourceError::Decode {
-                            input: input_name.clone(),
-                            reason,
-                        }))
-                    }
-                    _ => None,
-                };
-                if let Some(m) = out {
-                    let _ = tx.send(m);
-                }
-                gst::BusSyncReply::Drop
-            });
-        }
+        Self::forward_bus(&bus, input_name.clone(), tx);
         let state = pipeline
             .set_state(gst::State::Playing)
             .map_err(|_| SourceError::Decode {
@@ -376,6 +342,70 @@ impl Source {
         })
     }
 
+    /// Builds the pipeline of a launch description, attaches its `audio` (required) and
+    /// `video` appsinks, and announces on `tx` which streams it has.
+    fn build_launch(
+        name: &str,
+        description: &str,
+        delivery: &Delivery,
+        pool_rx: &Receiver<Vec<f32>>,
+        frame_pool_rx: &Receiver<Vec<u8>>,
+        tx: &Sender<SourceMsg>,
+    ) -> Result<gst::Pipeline, SourceError> {
+        let p = gst::parse::launch(description)
+            .map_err(|e| pipeline_err(name, format!("bad launch description: {e}")))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| pipeline_err(name, "the launch description is not a pipeline"))?;
+        let find = |n: &str| {
+            p.by_name(n)
+                .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        };
+        let audio = find("audio").ok_or_else(|| {
+            pipeline_err(
+                name,
+                "the launch description needs an appsink named \"audio\" (16 kHz mono F32LE)",
+            )
+        })?;
+        let video = find("video");
+        attach_audio(&Some(audio), delivery.clone(), pool_rx.clone());
+        let has_video = video.is_some();
+        attach_video(&video, delivery.clone(), frame_pool_rx.clone());
+        let _ = tx.send(SourceMsg::StreamsKnown {
+            has_audio: true,
+            has_video,
+        });
+        Ok(p)
+    }
+
+    /// Forwards end of stream and errors from the bus into the channel, in order with the
+    /// data; errors name `input_name`.
+    fn forward_bus(bus: &gst::Bus, input_name: String, tx: Sender<SourceMsg>) {
+        bus.set_sync_handler(move |_, msg| {
+            use gst::MessageView;
+            let out = match msg.view() {
+                MessageView::Eos(_) => Some(SourceMsg::Eos),
+                MessageView::Error(e) => {
+                    let debug = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                    let detail = debug.lines().last().unwrap_or("").trim().to_string();
+                    let reason = if detail.is_empty() || detail.len() > 200 {
+                        e.error().to_string()
+                    } else {
+                        format!("{} ({detail})", e.error())
+                    };
+                    Some(SourceMsg::Error(SourceError::Decode {
+                        input: input_name.clone(),
+                        reason,
+                    }))
+                }
+                _ => None,
+            };
+            if let Some(m) = out {
+                let _ = tx.send(m);
+            }
+            gst::BusSyncReply::Drop
+        });
+    }
+
     /// Whether the source is live (drops instead of blocking).
     pub fn is_live(&self) -> bool {
         self.live
@@ -389,14 +419,16 @@ impl Source {
         )
     }
 
-    /// Next message, or `None` if nothing arrived within `wait` (for callers that must
-    /// also watch a stop flag). A stall of [`STALL_TIMEOUT`] is still reported by `recv`.
-    pub fn recv_timeout(&self, wait: Duration) -> Option<SourceMsg> {
-        let rx = self.rx.as_ref()?;
-        match rx.recv_timeout(wait) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(SourceMsg::Eos),
+    /// Waits up to `wait` for the next message, or until `stop` is disconnected (the
+    /// shutdown signal), whichever comes first.
+    pub fn next(&self, stop: &Receiver<()>, wait: Duration) -> Next {
+        let Some(rx) = self.rx.as_ref() else {
+            return Next::Msg(SourceMsg::Eos);
+        };
+        crossbeam_channel::select! {
+            recv(rx) -> m => Next::Msg(m.unwrap_or(SourceMsg::Eos)),
+            recv(stop) -> _ => Next::Stop,
+            default(wait) => Next::Idle,
         }
     }
 

@@ -95,31 +95,7 @@ impl Dataset {
                 row: 1,
                 reason: e.to_string(),
             })?;
-        let header = rdr
-            .headers()
-            .map_err(|e| DatasetError::Malformed {
-                path: path.clone(),
-                row: 1,
-                reason: e.to_string(),
-            })?
-            .clone();
-        let col = |name: &str| header.iter().position(|h| h.trim() == name);
-        let (Some(c_vid), Some(c_clip), Some(c_text), Some(c_label), Some(c_mode)) = (
-            col("video_id"),
-            col("clip_id"),
-            col("text"),
-            col("label"),
-            col("mode"),
-        ) else {
-            return Err(DatasetError::Malformed {
-                path,
-                row: 1,
-                reason: format!(
-                    "header {:?} lacks video_id, clip_id, text, label or mode",
-                    header.iter().collect::<Vec<_>>()
-                ),
-            });
-        };
+        let cols = Self::label_columns(&mut rdr, &path)?;
         let (mut clips, mut missing) = (Vec::new(), 0);
         let lim = scale.limit();
         for (i, rec) in rdr.records().enumerate() {
@@ -129,74 +105,10 @@ impl Dataset {
                 row,
                 reason: e.to_string(),
             })?;
-            let get = |c: usize, name: &str| {
-                rec.get(c)
-                    .map(str::trim)
-                    .ok_or_else(|| DatasetError::Malformed {
-                        path: path.clone(),
-                        row,
-                        reason: format!("no {name} column"),
-                    })
-            };
-            let label_txt = get(c_label, "label")?;
-            let label: f32 = label_txt.parse().map_err(|_| DatasetError::Malformed {
-                path: path.clone(),
-                row,
-                reason: format!("label {label_txt:?} is not a number"),
-            })?;
-            if !label.is_finite() || label.abs() > lim + 1e-6 {
-                return Err(DatasetError::LabelRange {
-                    path: path.clone(),
-                    row,
-                    value: label,
-                    lo: -lim,
-                    hi: lim,
-                });
+            match Self::clip_of_row(root, &path, row, &rec, &cols, lim)? {
+                Some(clip) => clips.push(clip),
+                None => missing += 1,
             }
-            let mode = get(c_mode, "mode")?;
-            let split = match mode.to_ascii_lowercase().as_str() {
-                "train" => Split::Train,
-                "valid" | "validation" | "val" => Split::Valid,
-                "test" => Split::Test,
-                _ => {
-                    return Err(DatasetError::UnknownMode {
-                        path: path.clone(),
-                        row,
-                        mode: mode.to_string(),
-                    });
-                }
-            };
-            let (video_id, clip_id) = (
-                get(c_vid, "video_id")?.to_string(),
-                get(c_clip, "clip_id")?.to_string(),
-            );
-            if video_id.is_empty()
-                || clip_id.is_empty()
-                || video_id.contains("..")
-                || clip_id.contains("..")
-            {
-                return Err(DatasetError::Malformed {
-                    path: path.clone(),
-                    row,
-                    reason: "empty or unsafe video_id/clip_id".into(),
-                });
-            }
-            let media = root
-                .join("Raw")
-                .join(&video_id)
-                .join(format!("{clip_id}.mp4"));
-            if !media.is_file() {
-                missing += 1;
-                continue;
-            }
-            clips.push(Clip {
-                video_id,
-                clip_id,
-                text: get(c_text, "text")?.to_string(),
-                label,
-                split,
-                path: media,
-            });
         }
         if clips.is_empty() {
             return Err(DatasetError::Empty {
@@ -210,6 +122,126 @@ impl Dataset {
             missing,
             scale,
         })
+    }
+
+    /// Finds the needed columns in `label.csv`'s header (row 1), or says which are lacking.
+    fn label_columns(
+        rdr: &mut csv::Reader<std::fs::File>,
+        path: &Path,
+    ) -> Result<LabelColumns, DatasetError> {
+        let header = rdr
+            .headers()
+            .map_err(|e| DatasetError::Malformed {
+                path: path.into(),
+                row: 1,
+                reason: e.to_string(),
+            })?
+            .clone();
+        let col = |name: &str| header.iter().position(|h| h.trim() == name);
+        let (Some(vid), Some(clip), Some(text), Some(label), Some(mode)) = (
+            col("video_id"),
+            col("clip_id"),
+            col("text"),
+            col("label"),
+            col("mode"),
+        ) else {
+            return Err(DatasetError::Malformed {
+                path: path.into(),
+                row: 1,
+                reason: format!(
+                    "header {:?} lacks video_id, clip_id, text, label or mode",
+                    header.iter().collect::<Vec<_>>()
+                ),
+            });
+        };
+        Ok(LabelColumns {
+            vid,
+            clip,
+            text,
+            label,
+            mode,
+        })
+    }
+
+    /// Checks one `label.csv` row (label range, split, ids) and makes its clip; `None`
+    /// when the row's media file is missing.
+    fn clip_of_row(
+        root: &Path,
+        path: &Path,
+        row: usize,
+        rec: &csv::StringRecord,
+        cols: &LabelColumns,
+        lim: f32,
+    ) -> Result<Option<Clip>, DatasetError> {
+        let get = |c: usize, name: &str| {
+            rec.get(c)
+                .map(str::trim)
+                .ok_or_else(|| DatasetError::Malformed {
+                    path: path.into(),
+                    row,
+                    reason: format!("no {name} column"),
+                })
+        };
+        let label_txt = get(cols.label, "label")?;
+        let label: f32 = label_txt.parse().map_err(|_| DatasetError::Malformed {
+            path: path.into(),
+            row,
+            reason: format!("label {label_txt:?} is not a number"),
+        })?;
+        if !label.is_finite() || label.abs() > lim + 1e-6 {
+            return Err(DatasetError::LabelRange {
+                path: path.into(),
+                row,
+                value: label,
+                lo: -lim,
+                hi: lim,
+            });
+        }
+        let split = Self::split_of_mode(path, row, get(cols.mode, "mode")?)?;
+        let (video_id, clip_id) = (
+            get(cols.vid, "video_id")?.to_string(),
+            get(cols.clip, "clip_id")?.to_string(),
+        );
+        if video_id.is_empty()
+            || clip_id.is_empty()
+            || video_id.contains("..")
+            || clip_id.contains("..")
+        {
+            return Err(DatasetError::Malformed {
+                path: path.into(),
+                row,
+                reason: "empty or unsafe video_id/clip_id".into(),
+            });
+        }
+        let media = root
+            .join("Raw")
+            .join(&video_id)
+            .join(format!("{clip_id}.mp4"));
+        if !media.is_file() {
+            return Ok(None);
+        }
+        Ok(Some(Clip {
+            video_id,
+            clip_id,
+            text: get(cols.text, "text")?.to_string(),
+            label,
+            split,
+            path: media,
+        }))
+    }
+
+    /// The split named by a row's `mode` column.
+    fn split_of_mode(path: &Path, row: usize, mode: &str) -> Result<Split, DatasetError> {
+        match mode.to_ascii_lowercase().as_str() {
+            "train" => Ok(Split::Train),
+            "valid" | "validation" | "val" => Ok(Split::Valid),
+            "test" => Ok(Split::Test),
+            _ => Err(DatasetError::UnknownMode {
+                path: path.into(),
+                row,
+                mode: mode.to_string(),
+            }),
+        }
     }
 
     /// Clips of one split.
@@ -229,6 +261,15 @@ impl Dataset {
             .join(&clip.video_id)
             .join(format!("{}.feat", clip.clip_id))
     }
+}
+
+/// Column positions of the fields `Dataset::open` reads from `label.csv`.
+struct LabelColumns {
+    vid: usize,
+    clip: usize,
+    text: usize,
+    label: usize,
+    mode: usize,
 }
 
 /// One feature worker: models are loaded on the first clip that is not cached.

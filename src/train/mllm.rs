@@ -154,8 +154,51 @@ pub fn judge_split(model: &Mllm, data: &SplitData, batch: usize) -> Result<Vec<A
 pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
     let ds = Dataset::open(&o.data, o.scale)?;
     tch::manual_seed(o.seed as i64);
+    let (train, valid) = load_train_valid(o, &ds)?;
+    let mut model = fresh_model(o, &train)?;
+    let mut opt = nn::AdamW::default()
+        .wd(0.0)
+        .build(&model.adapter.vs, o.lr)
+        .map_err(runtime)?;
+    // Examples: every clip plainly, a share of them again with disagreeing opinions.
+    let mut rng = Rng(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut clock = Clock {
+        started: Instant::now(),
+        seen: 0,
+    };
+    for epoch in 1..=o.epochs {
+        let examples = epoch_examples(&mut rng, &train, o);
+        train_epoch(o, &train, &model, &mut opt, epoch, &examples, &mut clock)?;
+    }
+    let train_s = clock.started.elapsed().as_secs_f64();
+    let (vm, class_acc) = calibrate_tau2(&mut model, &valid, o.lambda)?;
+    model.adapter.save(&o.out)?;
+    Ok((
+        model,
+        MllmReport {
+            valid: vm,
+            valid_class_acc: class_acc,
+            train_s,
+            examples: clock.seen,
+        },
+    ))
+}
+
+/// One training example: a clip index and, for a cross-verification prompt, the two
+/// earlier opinions.
+type Example = (usize, Option<(Verdict, Verdict)>);
+
+/// Training progress across epochs: when training started and how many examples it saw.
+struct Clock {
+    started: Instant,
+    seen: usize,
+}
+
+/// Loads the train and valid splits, checks both have clips and applies `o.limit` to the
+/// train split.
+fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData)> {
     let mut train = load_split(
-        &ds,
+        ds,
         Split::Train,
         TextSource::Given,
         &o.models_dir,
@@ -163,7 +206,7 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
         o.workers,
     )?;
     let valid = load_split(
-        &ds,
+        ds,
         Split::Valid,
         TextSource::Given,
         &o.models_dir,
@@ -182,6 +225,12 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
         train.labels.truncate(o.limit);
         train.texts.truncate(o.limit);
     }
+    Ok((train, valid))
+}
+
+/// A model with a fresh adapter whose metadata carries the train split's feature
+/// normalisation.
+fn fresh_model(o: &MllmTrainOptions, train: &SplitData) -> Result<Mllm> {
     let bytes = std::fs::metadata(&o.gguf).map(|m| m.len()).unwrap_or(0);
     let mut meta = AdapterMeta::new(bytes, o.rank, o.band, o.scale.limit());
     let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
@@ -189,74 +238,95 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
     (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
     (meta.visual_mean, meta.visual_std) = mean_std(VIS_DIM, &visual);
     meta.lambda = o.lambda;
-    let mut model = Mllm::fresh(&o.gguf, meta)?;
-    let mut opt = nn::AdamW::default()
-        .wd(0.0)
-        .build(&model.adapter.vs, o.lr)
-        .map_err(runtime)?;
-    // Examples: every clip plainly, a share of them again with disagreeing opinions.
-    let mut rng = Rng(o.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    Ok(Mllm::fresh(&o.gguf, meta)?)
+}
+
+/// One epoch's examples: every clip plainly, a share of them again with disagreeing
+/// opinions, shuffled.
+fn epoch_examples(rng: &mut Rng, train: &SplitData, o: &MllmTrainOptions) -> Vec<Example> {
     let n = train.feats.len();
     let limit = o.scale.limit();
-    let started = Instant::now();
-    let mut seen = 0usize;
-    for epoch in 1..=o.epochs {
-        let mut examples: Vec<(usize, Option<(Verdict, Verdict)>)> =
-            (0..n).map(|i| (i, None)).collect();
-        for i in 0..n {
-            if rng.uniform(0.0, 1.0) < o.cross_share {
-                let truth = class_index(train.labels[i], o.band);
-                examples.push((
-                    i,
-                    Some(disagreeing(&mut rng, truth, RIGHT_SHARE, limit, o.band)),
-                ));
-            }
-        }
-        for i in (1..examples.len()).rev() {
-            examples.swap(i, rng.below(i + 1));
-        }
-        let total = examples.len();
-        let steps = total.div_ceil(o.batch);
-        let (mut run_loss, mut run_n) = (0.0, 0usize);
-        for (step, chunk) in examples.chunks(o.batch).enumerate() {
-            let qs: Vec<Query> = chunk
-                .iter()
-                .map(|(i, e)| Query {
-                    text: &train.texts[*i],
-                    features: &train.feats[*i],
-                    earlier: *e,
-                })
-                .collect();
-            let y: Vec<f32> = chunk.iter().map(|(i, _)| train.labels[*i]).collect();
-            let cls: Vec<i64> = y.iter().map(|&v| class_index(v, o.band) as i64).collect();
-            let out = model.forward(&qs, true)?;
-            let loss = out
-                .logits
-                .cross_entropy_for_logits(&Tensor::from_slice(&cls))
-                + (out.scores - Tensor::from_slice(&y))
-                    .abs()
-                    .mean(Kind::Float)
-                    * 0.5;
-            opt.backward_step(&loss);
-            run_loss += loss.double_value(&[]) * chunk.len() as f64;
-            run_n += chunk.len();
-            seen += chunk.len();
-            if (step + 1) % 20 == 0 || step + 1 == steps {
-                let el = started.elapsed().as_secs_f64();
-                tracing::info!(
-                    "epoch {epoch}/{} step {}/{steps}: loss {:.4}, {:.2} s/example, {:.0} s elapsed",
-                    o.epochs,
-                    step + 1,
-                    run_loss / run_n as f64,
-                    el / seen as f64,
-                    el
-                );
-                (run_loss, run_n) = (0.0, 0);
-            }
+    let mut examples: Vec<Example> = (0..n).map(|i| (i, None)).collect();
+    for i in 0..n {
+        if rng.uniform(0.0, 1.0) < o.cross_share {
+            let truth = class_index(train.labels[i], o.band);
+            examples.push((i, Some(disagreeing(rng, truth, RIGHT_SHARE, limit, o.band))));
         }
     }
-    let train_s = started.elapsed().as_secs_f64();
-    let answers = judge_split(&model, &valid, 16)?;
+    for i in (1..examples.len()).rev() {
+        examples.swap(i, rng.below(i + 1));
+    }
+    examples
+}
+
+/// Runs one epoch of optimiser steps over `examples`, logging the running loss.
+fn train_epoch(
+    o: &MllmTrainOptions,
+    train: &SplitData,
+    model: &Mllm,
+    opt: &mut nn::Optimizer,
+    epoch: usize,
+    examples: &[Example],
+    clock: &mut Clock,
+) -> Result<()> {
+    let total = examples.len();
+    let steps = total.div_ceil(o.batch);
+    let (mut run_loss, mut run_n) = (0.0, 0usize);
+    for (step, chunk) in examples.chunks(o.batch).enumerate() {
+        run_loss += train_step(o, train, model, opt, chunk)? * chunk.len() as f64;
+        run_n += chunk.len();
+        clock.seen += chunk.len();
+        if (step + 1) % 20 == 0 || step + 1 == steps {
+            let el = clock.started.elapsed().as_secs_f64();
+            tracing::info!(
+                "epoch {epoch}/{} step {}/{steps}: loss {:.4}, {:.2} s/example, {:.0} s elapsed",
+                o.epochs,
+                step + 1,
+                run_loss / run_n as f64,
+                el / clock.seen as f64,
+                el
+            );
+            (run_loss, run_n) = (0.0, 0);
+        }
+    }
+    Ok(())
+}
+
+/// One optimiser step on a batch (cross-entropy on the label words plus half the score
+/// MAE); returns the batch's loss.
+fn train_step(
+    o: &MllmTrainOptions,
+    train: &SplitData,
+    model: &Mllm,
+    opt: &mut nn::Optimizer,
+    chunk: &[Example],
+) -> Result<f64> {
+    let qs: Vec<Query> = chunk
+        .iter()
+        .map(|(i, e)| Query {
+            text: &train.texts[*i],
+            features: &train.feats[*i],
+            earlier: *e,
+        })
+        .collect();
+    let y: Vec<f32> = chunk.iter().map(|(i, _)| train.labels[*i]).collect();
+    let cls: Vec<i64> = y.iter().map(|&v| class_index(v, o.band) as i64).collect();
+    let out = model.forward(&qs, true)?;
+    let loss = out
+        .logits
+        .cross_entropy_for_logits(&Tensor::from_slice(&cls))
+        + (out.scores - Tensor::from_slice(&y))
+            .abs()
+            .mean(Kind::Float)
+            * 0.5;
+    opt.backward_step(&loss);
+    Ok(loss.double_value(&[]))
+}
+
+/// Judges the valid split, fits tau2's calibration into the adapter's metadata (warning
+/// when it cannot) and returns the validation metrics and label-word class accuracy.
+fn calibrate_tau2(model: &mut Mllm, valid: &SplitData, lambda: f32) -> Result<(Metrics, f64)> {
+    let answers = judge_split(model, valid, 16)?;
     let samples: Vec<(f32, bool)> = answers
         .iter()
         .zip(&valid.labels)
@@ -268,20 +338,11 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
     match Calibration::fit(&samples) {
         Some(c) => {
             model.adapter.meta.calibration = Some(c);
-            model.adapter.meta.tau2 = Some(c.tau(o.lambda));
+            model.adapter.meta.tau2 = Some(c.tau(lambda));
         }
         None => tracing::warn!("validation too small or too uniform to calibrate tau2"),
     }
-    model.adapter.save(&o.out)?;
-    Ok((
-        model,
-        MllmReport {
-            valid: vm,
-            valid_class_acc: class_acc,
-            train_s,
-            examples: seen,
-        },
-    ))
+    Ok((vm, class_acc))
 }
 
 /// One row of the comparison.
@@ -421,33 +482,8 @@ pub fn compare(
     let _g = tch::no_grad_guard();
     let n = data.feats.len();
     let band = model.adapter.meta.band;
-    // Small model, one window at a time (as served).
-    let t = Instant::now();
-    let small: Vec<Prediction> = data
-        .feats
-        .iter()
-        .map(|f| ubm.predict(&[f], Modalities::ALL)[0])
-        .collect();
-    let small_s = t.elapsed().as_secs_f64() / n as f64 + text_encode_s;
-    // Large model first pass on every window, one at a time.
-    let mut first = Vec::with_capacity(n);
-    let started = Instant::now();
-    for i in 0..n {
-        let t = Instant::now();
-        let a = model.judge(&Query {
-            text: &data.texts[i],
-            features: &data.feats[i],
-            earlier: None,
-        })?;
-        first.push((a, t.elapsed().as_secs_f64()));
-        if (i + 1) % 50 == 0 {
-            tracing::info!(
-                "large model: {}/{n} windows ({:.0} s)",
-                i + 1,
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
+    let (small, small_s) = small_pass(ubm, data, text_encode_s);
+    let first = first_pass(model, data)?;
     let mut inp = CompareInputs {
         labels: data.labels.clone(),
         small,
@@ -464,26 +500,7 @@ pub fn compare(
         })?;
         Ok((a, t.elapsed().as_secs_f64()))
     };
-    let mut rows = Vec::new();
-    let small_scores: Vec<f32> = inp.small.iter().map(|p| p.score).collect();
-    rows.push(CompareRow {
-        name: "UBM only".into(),
-        metrics: metrics::compute(&small_scores, &inp.labels),
-        escalation: 0.0,
-        stage3: 0.0,
-        correction: 0.0,
-        runtime_s: small_s * n as f64,
-    });
-    let large_scores: Vec<f32> = inp.first.iter().map(|a| a.0.score).collect();
-    let large_runtime: f64 = inp.first.iter().map(|a| a.1).sum();
-    rows.push(CompareRow {
-        name: "large model only".into(),
-        metrics: metrics::compute(&large_scores, &inp.labels),
-        escalation: 1.0,
-        stage3: 0.0,
-        correction: 0.0,
-        runtime_s: large_runtime,
-    });
+    let mut rows = baseline_rows(&inp, n);
     let c1 = ubm.meta.calibration.ok_or_else(|| ModelError::Runtime {
         name: "eval --compare".into(),
         reason: "the UBM is not calibrated; run `sentistream calibrate`".into(),
@@ -493,10 +510,10 @@ pub fn compare(
     if c2.is_none() {
         tracing::warn!(
             "the adapter has no tau2 calibration; using tau2 = {}",
-            crate::cascade::UNCALIBRATED_TAU2
+            crate::routing::thresholds::UNCALIBRATED_TAU2
         );
     }
-    let tau2 = |l: f32| c2.map_or(crate::cascade::UNCALIBRATED_TAU2, |c| c.tau(l));
+    let tau2 = |l: f32| c2.map_or(crate::routing::thresholds::UNCALIBRATED_TAU2, |c| c.tau(l));
     for &l in lambdas {
         rows.push(cascade_row(
             &format!("U-ACS lambda {l:.1}"),
@@ -527,4 +544,67 @@ pub fn compare(
         )?);
     }
     Ok(rows)
+}
+
+/// Small model on every window, one at a time (as served); returns its predictions and
+/// its cost per window in seconds (text encoding included).
+fn small_pass(ubm: &Ubm, data: &SplitData, text_encode_s: f64) -> (Vec<Prediction>, f64) {
+    let n = data.feats.len();
+    let t = Instant::now();
+    let small: Vec<Prediction> = data
+        .feats
+        .iter()
+        .map(|f| ubm.predict(&[f], Modalities::ALL)[0])
+        .collect();
+    let small_s = t.elapsed().as_secs_f64() / n as f64 + text_encode_s;
+    (small, small_s)
+}
+
+/// Large model first pass on every window, one at a time, with each answer's wall time.
+fn first_pass(model: &Mllm, data: &SplitData) -> Result<Vec<(Answer, f64)>> {
+    let n = data.feats.len();
+    let mut first = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        let a = model.judge(&Query {
+            text: &data.texts[i],
+            features: &data.feats[i],
+            earlier: None,
+        })?;
+        first.push((a, t.elapsed().as_secs_f64()));
+        if (i + 1) % 50 == 0 {
+            tracing::info!(
+                "large model: {}/{n} windows ({:.0} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(first)
+}
+
+/// The two reference rows of the comparison: small model only and large model only.
+fn baseline_rows(inp: &CompareInputs, n: usize) -> Vec<CompareRow> {
+    let mut rows = Vec::new();
+    let small_scores: Vec<f32> = inp.small.iter().map(|p| p.score).collect();
+    rows.push(CompareRow {
+        name: "UBM only".into(),
+        metrics: metrics::compute(&small_scores, &inp.labels),
+        escalation: 0.0,
+        stage3: 0.0,
+        correction: 0.0,
+        runtime_s: inp.small_s * n as f64,
+    });
+    let large_scores: Vec<f32> = inp.first.iter().map(|a| a.0.score).collect();
+    let large_runtime: f64 = inp.first.iter().map(|a| a.1).sum();
+    rows.push(CompareRow {
+        name: "large model only".into(),
+        metrics: metrics::compute(&large_scores, &inp.labels),
+        escalation: 1.0,
+        stage3: 0.0,
+        correction: 0.0,
+        runtime_s: large_runtime,
+    });
+    rows
 }

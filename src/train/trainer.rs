@@ -151,37 +151,8 @@ pub struct TrainReport {
 pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
     let ds = Dataset::open(&o.data, o.scale)?;
     tch::manual_seed(o.seed);
-    let t0 = Instant::now();
-    let train = load_split(
-        &ds,
-        Split::Train,
-        o.text,
-        &o.models_dir,
-        o.asr.as_ref(),
-        o.workers,
-    )?;
-    let valid = load_split(
-        &ds,
-        Split::Valid,
-        o.text,
-        &o.models_dir,
-        o.asr.as_ref(),
-        o.workers,
-    )?;
-    let features_s = t0.elapsed().as_secs_f64();
-    if train.feats.is_empty() || valid.feats.is_empty() {
-        return Err(DatasetError::Empty {
-            root: o.data.clone(),
-            reason: "training needs clips in both the train and valid splits".into(),
-        }
-        .into());
-    }
-    let mut meta = UbmMeta::new(o.hidden, 0.2, o.band, o.scale.limit());
-    let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
-    let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
-    (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
-    (meta.visual_mean, meta.visual_std) = mean_std(VIS_DIM, &visual);
-    let model = Ubm::new(meta);
+    let (train, valid, features_s) = load_train_valid(o, &ds)?;
+    let model = fresh_ubm(o, &train);
     let mut opt = nn::AdamW::default()
         .wd(1e-4)
         .build(&model.vs, o.lr)
@@ -196,26 +167,8 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = o.seed as u64 | 1;
     for epoch in 1..=o.epochs {
-        // Fisher-Yates with a small xorshift: reproducible without another dependency.
-        for i in (1..n).rev() {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            order.swap(i, (rng % (i as u64 + 1)) as usize);
-        }
-        let mut epoch_loss = 0.0;
-        for chunk in order.chunks(o.batch) {
-            let items: Vec<&WindowFeatures> = chunk.iter().map(|&i| &train.feats[i]).collect();
-            let y: Vec<f32> = chunk.iter().map(|&i| train.labels[i]).collect();
-            let cls: Vec<i64> = y.iter().map(|&v| class_index(v, o.band) as i64).collect();
-            let batch = model.batch(&items, Modalities::ALL);
-            let (score, logits) = model.forward(&batch, true);
-            let yt = Tensor::from_slice(&y);
-            let loss = (score - &yt).abs().mean(Kind::Float)
-                + logits.cross_entropy_for_logits(&Tensor::from_slice(&cls)) * o.alpha;
-            opt.backward_step(&loss);
-            epoch_loss += loss.double_value(&[]) * chunk.len() as f64;
-        }
+        shuffle(&mut order, &mut rng);
+        let epoch_loss = train_epoch(o, &model, &mut opt, &train, &order);
         let m = evaluate(&model, &valid, Modalities::ALL).0;
         tracing::info!(
             epoch,
@@ -224,17 +177,7 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
             valid_mae = m.mae,
             "epoch"
         );
-        // Model selection on validation MAE (MMSA's key metric for regression): with a
-        // small validation split it is far steadier than Acc2.
-        let better =
-            best.is_none_or(|(acc, mae, _)| m.mae < mae || (m.mae == mae && m.has0_acc2 > acc));
-        if better {
-            best = Some((m.has0_acc2, m.mae, epoch));
-            model.vs.save(&best_path).map_err(|e| ModelError::Runtime {
-                name: "ubm".into(),
-                reason: e.to_string(),
-            })?;
-        }
+        keep_if_better(&model, &best_path, &mut best, &m, epoch)?;
     }
     let mut model = model;
     model.vs.load(&best_path).map_err(|e| ModelError::Runtime {
@@ -260,6 +203,105 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
         features_s,
     };
     Ok((model, report))
+}
+
+/// Loads the train and valid splits' features, checks both have clips, and returns them
+/// with the feature extraction wall time in seconds.
+fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData, f64)> {
+    let t0 = Instant::now();
+    let train = load_split(
+        ds,
+        Split::Train,
+        o.text,
+        &o.models_dir,
+        o.asr.as_ref(),
+        o.workers,
+    )?;
+    let valid = load_split(
+        ds,
+        Split::Valid,
+        o.text,
+        &o.models_dir,
+        o.asr.as_ref(),
+        o.workers,
+    )?;
+    let features_s = t0.elapsed().as_secs_f64();
+    if train.feats.is_empty() || valid.feats.is_empty() {
+        return Err(DatasetError::Empty {
+            root: o.data.clone(),
+            reason: "training needs clips in both the train and valid splits".into(),
+        }
+        .into());
+    }
+    Ok((train, valid, features_s))
+}
+
+/// An untrained UBM whose feature normalisation comes from the train split.
+fn fresh_ubm(o: &TrainOptions, train: &SplitData) -> Ubm {
+    let mut meta = UbmMeta::new(o.hidden, 0.2, o.band, o.scale.limit());
+    let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
+    let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
+    (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
+    (meta.visual_mean, meta.visual_std) = mean_std(VIS_DIM, &visual);
+    Ubm::new(meta)
+}
+
+/// Shuffles `order` in place.
+fn shuffle(order: &mut [usize], rng: &mut u64) {
+    // Fisher-Yates with a small xorshift: reproducible without another dependency.
+    for i in (1..order.len()).rev() {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        order.swap(i, (*rng % (i as u64 + 1)) as usize);
+    }
+}
+
+/// One epoch of optimiser steps over the train split in `order` (L1 + alpha CE); returns
+/// the summed loss over clips.
+fn train_epoch(
+    o: &TrainOptions,
+    model: &Ubm,
+    opt: &mut nn::Optimizer,
+    train: &SplitData,
+    order: &[usize],
+) -> f64 {
+    let mut epoch_loss = 0.0;
+    for chunk in order.chunks(o.batch) {
+        let items: Vec<&WindowFeatures> = chunk.iter().map(|&i| &train.feats[i]).collect();
+        let y: Vec<f32> = chunk.iter().map(|&i| train.labels[i]).collect();
+        let cls: Vec<i64> = y.iter().map(|&v| class_index(v, o.band) as i64).collect();
+        let batch = model.batch(&items, Modalities::ALL);
+        let (score, logits) = model.forward(&batch, true);
+        let yt = Tensor::from_slice(&y);
+        let loss = (score - &yt).abs().mean(Kind::Float)
+            + logits.cross_entropy_for_logits(&Tensor::from_slice(&cls)) * o.alpha;
+        opt.backward_step(&loss);
+        epoch_loss += loss.double_value(&[]) * chunk.len() as f64;
+    }
+    epoch_loss
+}
+
+/// Saves the weights to `best_path` when this epoch's validation metrics `m` beat `best`.
+fn keep_if_better(
+    model: &Ubm,
+    best_path: &Path,
+    best: &mut Option<(f64, f64, usize)>,
+    m: &Metrics,
+    epoch: usize,
+) -> Result<()> {
+    // Model selection on validation MAE (MMSA's key metric for regression): with a
+    // small validation split it is far steadier than Acc2.
+    let better =
+        best.is_none_or(|(acc, mae, _)| m.mae < mae || (m.mae == mae && m.has0_acc2 > acc));
+    if better {
+        *best = Some((m.has0_acc2, m.mae, epoch));
+        model.vs.save(best_path).map_err(|e| ModelError::Runtime {
+            name: "ubm".into(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Predicts a whole split in batches.

@@ -214,49 +214,9 @@ impl Gguf {
             r: BufReader::with_capacity(1 << 20, file),
             pos: 0,
         };
-        if &r.bytes::<4>().map_err(corrupt)? != GGUF_MAGIC {
-            return Err(corrupt("not a GGUF file (bad magic)".into()));
-        }
-        let version = r.u32().map_err(corrupt)?;
-        if !(2..=3).contains(&version) {
-            return Err(corrupt(format!(
-                "GGUF version {version} is not supported (2 or 3)"
-            )));
-        }
-        let n_tensors = r.u64().map_err(corrupt)?;
-        let n_kv = r.u64().map_err(corrupt)?;
-        if n_tensors > 1 << 20 || n_kv > 1 << 20 {
-            return Err(corrupt(format!(
-                "implausible counts: {n_tensors} tensors, {n_kv} keys"
-            )));
-        }
-        let mut metadata = BTreeMap::new();
-        for _ in 0..n_kv {
-            let key = r.string().map_err(corrupt)?;
-            let kind = r.u32().map_err(corrupt)?;
-            let v = r.value(kind).map_err(corrupt)?;
-            metadata.insert(key, v);
-        }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        for _ in 0..n_tensors {
-            let name = r.string().map_err(corrupt)?;
-            let nd = r.u32().map_err(corrupt)?;
-            if nd == 0 || nd > 4 {
-                return Err(corrupt(format!("tensor {name} has {nd} dimensions")));
-            }
-            let dims = (0..nd)
-                .map(|_| r.u64())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(corrupt)?;
-            let kind = TensorType::from_id(r.u32().map_err(corrupt)?);
-            let offset = r.u64().map_err(corrupt)?;
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                kind,
-                offset,
-            });
-        }
+        let (version, n_tensors, n_kv) = Self::read_header(&mut r).map_err(corrupt)?;
+        let metadata = Self::read_metadata(&mut r, n_kv).map_err(corrupt)?;
+        let tensors = Self::read_directory(&mut r, n_tensors).map_err(corrupt)?;
         let align = match metadata.get("general.alignment") {
             Some(Value::UInt(a)) if *a > 0 => *a,
             _ => DEFAULT_ALIGNMENT,
@@ -270,17 +230,83 @@ impl Gguf {
             data_start,
             file_len,
         };
-        for t in &g.tensors {
+        g.check_extents().map_err(corrupt)?;
+        Ok(g)
+    }
+
+    /// Reads the magic, version and counts, refusing other formats and implausible counts;
+    /// returns (version, tensor count, metadata key count).
+    fn read_header<R: Read>(r: &mut Reader<R>) -> Result<(u32, u64, u64), String> {
+        if &r.bytes::<4>()? != GGUF_MAGIC {
+            return Err("not a GGUF file (bad magic)".into());
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(format!("GGUF version {version} is not supported (2 or 3)"));
+        }
+        let n_tensors = r.u64()?;
+        let n_kv = r.u64()?;
+        if n_tensors > 1 << 20 || n_kv > 1 << 20 {
+            return Err(format!(
+                "implausible counts: {n_tensors} tensors, {n_kv} keys"
+            ));
+        }
+        Ok((version, n_tensors, n_kv))
+    }
+
+    /// Reads `n_kv` metadata key/value pairs.
+    fn read_metadata<R: Read>(
+        r: &mut Reader<R>,
+        n_kv: u64,
+    ) -> Result<BTreeMap<String, Value>, String> {
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = r.string()?;
+            let kind = r.u32()?;
+            let v = r.value(kind)?;
+            metadata.insert(key, v);
+        }
+        Ok(metadata)
+    }
+
+    /// Reads the directory entries (name, dimensions, type, offset) of `n_tensors` tensors.
+    fn read_directory<R: Read>(
+        r: &mut Reader<R>,
+        n_tensors: u64,
+    ) -> Result<Vec<TensorInfo>, String> {
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        for _ in 0..n_tensors {
+            let name = r.string()?;
+            let nd = r.u32()?;
+            if nd == 0 || nd > 4 {
+                return Err(format!("tensor {name} has {nd} dimensions"));
+            }
+            let dims = (0..nd).map(|_| r.u64()).collect::<Result<Vec<_>, _>>()?;
+            let kind = TensorType::from_id(r.u32()?);
+            let offset = r.u64()?;
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                kind,
+                offset,
+            });
+        }
+        Ok(tensors)
+    }
+
+    /// Checks that the data of every tensor of a known size lies inside the file.
+    fn check_extents(&self) -> Result<(), String> {
+        for t in &self.tensors {
             if let Some(n) = t.kind.bytes_for(t.len())
-                && g.data_start + t.offset + n as u64 > file_len
+                && self.data_start + t.offset + n as u64 > self.file_len
             {
-                return Err(corrupt(format!(
+                return Err(format!(
                     "tensor {} runs past the end of the file (truncated download?)",
                     t.name
-                )));
+                ));
             }
         }
-        Ok(g)
+        Ok(())
     }
 
     /// A metadata string.

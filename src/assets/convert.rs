@@ -333,74 +333,91 @@ fn map_tensors<'a>(m: &'a Ct2Model, hp: &WhisperHparams) -> Result<Vec<OutTensor
 
     for (side, layers) in [("encoder", hp.n_audio_layer), ("decoder", hp.n_text_layer)] {
         for l in 0..layers as usize {
-            let s = format!("{side}/layer_{l}");
-            let d = format!("{side}.blocks.{l}");
-            // Self-attention: q, k, v fused in linear_0 (Whisper's key has no bias).
-            let qkv = format!("{s}/self_attention/linear_0");
-            for (i, n) in ["query", "key", "value"].into_iter().enumerate() {
-                w.part(
-                    &format!("{qkv}/weight"),
-                    i,
-                    3,
-                    format!("{d}.attn.{n}.weight"),
-                )?;
-                if n != "key" {
-                    w.part(&format!("{qkv}/bias"), i, 3, format!("{d}.attn.{n}.bias"))?;
-                }
-            }
-            w.pair(
-                &format!("{s}/self_attention/linear_1"),
-                &format!("{d}.attn.out"),
-                LINEAR,
-            )?;
-            w.pair(
-                &format!("{s}/self_attention/layer_norm"),
-                &format!("{d}.attn_ln"),
-                NORM,
-            )?;
-            if side == "decoder" {
-                // Cross-attention: query in linear_0, k and v fused in linear_1, out in linear_2.
-                let a = format!("{s}/attention");
-                w.pair(
-                    &format!("{a}/linear_0"),
-                    &format!("{d}.cross_attn.query"),
-                    LINEAR,
-                )?;
-                w.part(
-                    &format!("{a}/linear_1/weight"),
-                    0,
-                    2,
-                    format!("{d}.cross_attn.key.weight"),
-                )?;
-                w.part(
-                    &format!("{a}/linear_1/weight"),
-                    1,
-                    2,
-                    format!("{d}.cross_attn.value.weight"),
-                )?;
-                w.part(
-                    &format!("{a}/linear_1/bias"),
-                    1,
-                    2,
-                    format!("{d}.cross_attn.value.bias"),
-                )?;
-                w.pair(
-                    &format!("{a}/linear_2"),
-                    &format!("{d}.cross_attn.out"),
-                    LINEAR,
-                )?;
-                w.pair(
-                    &format!("{a}/layer_norm"),
-                    &format!("{d}.cross_attn_ln"),
-                    NORM,
-                )?;
-            }
-            w.pair(&format!("{s}/ffn/linear_0"), &format!("{d}.mlp.0"), LINEAR)?;
-            w.pair(&format!("{s}/ffn/linear_1"), &format!("{d}.mlp.2"), LINEAR)?;
-            w.pair(&format!("{s}/ffn/layer_norm"), &format!("{d}.mlp_ln"), NORM)?;
+            map_block(&mut w, side, l)?;
         }
     }
     Ok(w.out)
+}
+
+/// Maps block `l` of the encoder or decoder (`side`): self-attention, cross-attention in
+/// the decoder, then the MLP.
+fn map_block(w: &mut Mapper<'_>, side: &str, l: usize) -> Result<(), String> {
+    let s = format!("{side}/layer_{l}");
+    let d = format!("{side}.blocks.{l}");
+    map_self_attention(w, &s, &d)?;
+    if side == "decoder" {
+        map_cross_attention(w, &s, &d)?;
+    }
+    w.pair(&format!("{s}/ffn/linear_0"), &format!("{d}.mlp.0"), LINEAR)?;
+    w.pair(&format!("{s}/ffn/linear_1"), &format!("{d}.mlp.2"), LINEAR)?;
+    w.pair(&format!("{s}/ffn/layer_norm"), &format!("{d}.mlp_ln"), NORM)?;
+    Ok(())
+}
+
+/// Maps a block's self-attention (CT2 prefix `s`, ggml prefix `d`), splitting q, k, v.
+fn map_self_attention(w: &mut Mapper<'_>, s: &str, d: &str) -> Result<(), String> {
+    // Self-attention: q, k, v fused in linear_0 (Whisper's key has no bias).
+    let qkv = format!("{s}/self_attention/linear_0");
+    for (i, n) in ["query", "key", "value"].into_iter().enumerate() {
+        w.part(
+            &format!("{qkv}/weight"),
+            i,
+            3,
+            format!("{d}.attn.{n}.weight"),
+        )?;
+        if n != "key" {
+            w.part(&format!("{qkv}/bias"), i, 3, format!("{d}.attn.{n}.bias"))?;
+        }
+    }
+    w.pair(
+        &format!("{s}/self_attention/linear_1"),
+        &format!("{d}.attn.out"),
+        LINEAR,
+    )?;
+    w.pair(
+        &format!("{s}/self_attention/layer_norm"),
+        &format!("{d}.attn_ln"),
+        NORM,
+    )
+}
+
+/// Maps a decoder block's cross-attention (CT2 prefix `s`, ggml prefix `d`), splitting k, v.
+fn map_cross_attention(w: &mut Mapper<'_>, s: &str, d: &str) -> Result<(), String> {
+    // Cross-attention: query in linear_0, k and v fused in linear_1, out in linear_2.
+    let a = format!("{s}/attention");
+    w.pair(
+        &format!("{a}/linear_0"),
+        &format!("{d}.cross_attn.query"),
+        LINEAR,
+    )?;
+    w.part(
+        &format!("{a}/linear_1/weight"),
+        0,
+        2,
+        format!("{d}.cross_attn.key.weight"),
+    )?;
+    w.part(
+        &format!("{a}/linear_1/weight"),
+        1,
+        2,
+        format!("{d}.cross_attn.value.weight"),
+    )?;
+    w.part(
+        &format!("{a}/linear_1/bias"),
+        1,
+        2,
+        format!("{d}.cross_attn.value.bias"),
+    )?;
+    w.pair(
+        &format!("{a}/linear_2"),
+        &format!("{d}.cross_attn.out"),
+        LINEAR,
+    )?;
+    w.pair(
+        &format!("{a}/layer_norm"),
+        &format!("{d}.cross_attn_ln"),
+        NORM,
+    )
 }
 
 /// Reads a float32 2-D array (`mel_<n>`) from numpy's `mel_filters.npz`.
@@ -559,43 +576,8 @@ pub fn convert_ct2_to_ggml(
     }
     let file = std::fs::File::create(&tmp).map_err(io)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let put = |w: &mut BufWriter<std::fs::File>, b: &[u8]| w.write_all(b).map_err(io);
-    put(&mut w, &GGML_MAGIC.to_le_bytes())?;
-    for v in hp.as_array() {
-        put(&mut w, &v.to_le_bytes())?;
-    }
-    put(&mut w, &1i32.to_le_bytes())?; // ftype: mostly f16
-    put(&mut w, &(mel_rows as i32).to_le_bytes())?;
-    put(&mut w, &(mel_cols as i32).to_le_bytes())?;
-    for v in &mel {
-        put(&mut w, &v.to_le_bytes())?;
-    }
-    put(&mut w, &(vocab.len() as i32).to_le_bytes())?;
-    for tok in &vocab {
-        put(&mut w, &(tok.len() as i32).to_le_bytes())?;
-        put(&mut w, tok)?;
-    }
-    let mut f32_buf: Vec<u8> = Vec::new();
-    for t in &tensors {
-        let as_f32 = keeps_f32(&t.name, t.shape.len());
-        put(&mut w, &(t.shape.len() as i32).to_le_bytes())?;
-        put(&mut w, &(t.name.len() as i32).to_le_bytes())?;
-        put(&mut w, &(if as_f32 { 0i32 } else { 1i32 }).to_le_bytes())?;
-        for d in t.shape.iter().rev() {
-            put(&mut w, &(*d as i32).to_le_bytes())?;
-        }
-        put(&mut w, t.name.as_bytes())?;
-        if as_f32 {
-            f32_buf.clear();
-            for c in t.data.chunks_exact(2) {
-                let v = f16::from_le_bytes([c[0], c[1]]).to_f32();
-                f32_buf.extend_from_slice(&v.to_le_bytes());
-            }
-            put(&mut w, &f32_buf)?;
-        } else {
-            put(&mut w, t.data)?;
-        }
-    }
+    write_ggml_header(&mut w, &hp, mel_rows, mel_cols, &mel, &vocab).map_err(io)?;
+    write_ggml_tensors(&mut w, &tensors).map_err(io)?;
     w.flush().map_err(io)?;
     drop(w);
     std::fs::rename(&tmp, out).map_err(|source| ModelError::Io {
@@ -608,6 +590,59 @@ pub fn convert_ct2_to_ggml(
         tensors: tensors.len(),
         bytes,
     })
+}
+
+/// Writes the ggml header: magic, hyper-parameters, ftype, mel filters and vocabulary.
+fn write_ggml_header(
+    w: &mut impl Write,
+    hp: &WhisperHparams,
+    mel_rows: usize,
+    mel_cols: usize,
+    mel: &[f32],
+    vocab: &[Vec<u8>],
+) -> std::io::Result<()> {
+    w.write_all(&GGML_MAGIC.to_le_bytes())?;
+    for v in hp.as_array() {
+        w.write_all(&v.to_le_bytes())?;
+    }
+    w.write_all(&1i32.to_le_bytes())?; // ftype: mostly f16
+    w.write_all(&(mel_rows as i32).to_le_bytes())?;
+    w.write_all(&(mel_cols as i32).to_le_bytes())?;
+    for v in mel {
+        w.write_all(&v.to_le_bytes())?;
+    }
+    w.write_all(&(vocab.len() as i32).to_le_bytes())?;
+    for tok in vocab {
+        w.write_all(&(tok.len() as i32).to_le_bytes())?;
+        w.write_all(tok)?;
+    }
+    Ok(())
+}
+
+/// Writes the tensor records, widening to f32 the tensors whisper.cpp keeps in f32.
+fn write_ggml_tensors(w: &mut impl Write, tensors: &[OutTensor<'_>]) -> std::io::Result<()> {
+    let mut f32_buf: Vec<u8> = Vec::new();
+    for t in tensors {
+        let as_f32 = keeps_f32(&t.name, t.shape.len());
+        w.write_all(&(t.shape.len() as i32).to_le_bytes())?;
+        w.write_all(&(t.name.len() as i32).to_le_bytes())?;
+        w.write_all(&(if as_f32 { 0i32 } else { 1i32 }).to_le_bytes())?;
+        for d in t.shape.iter().rev() {
+            w.write_all(&(*d as i32).to_le_bytes())?;
+        }
+        w.write_all(t.name.as_bytes())?;
+        if as_f32 {
+            f32_buf.clear();
+            for c in t.data.chunks_exact(2) {
+                let v = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                f32_buf.extend_from_slice(&v.to_le_bytes());
+            }
+            w.write_all(&f32_buf)?;
+        } else {
+            w.write_all(t.data)?;
+        }
+    }
+    Ok(())
 }
 
 /// Header of a ggml Whisper file, read to check a file before whisper.cpp loads it.
@@ -645,15 +680,30 @@ pub fn inspect_ggml(path: &Path) -> Result<GgmlHeader, ModelError> {
         buf: &bytes,
         pos: 0,
     };
-    let magic = c.u32().map_err(corrupt)?;
+    let hparams = read_ggml_hparams(&mut c).map_err(corrupt)?;
+    let ftype = c.u32().map_err(corrupt)? as i32;
+    skip_ggml_mel_and_vocab(&mut c).map_err(corrupt)?;
+    let mut tensors = 0;
+    while c.pos < bytes.len() {
+        skip_ggml_tensor(&mut c).map_err(corrupt)?;
+        tensors += 1;
+    }
+    Ok(GgmlHeader {
+        hparams,
+        ftype,
+        tensors,
+    })
+}
+
+/// Reads the magic and the ten hyper-parameters of a ggml Whisper file, checking both.
+fn read_ggml_hparams(c: &mut Cursor<'_>) -> Result<WhisperHparams, String> {
+    let magic = c.u32()?;
     if magic != GGML_MAGIC {
-        return Err(corrupt(format!(
-            "bad magic {magic:#010x}, not a ggml Whisper model"
-        )));
+        return Err(format!("bad magic {magic:#010x}, not a ggml Whisper model"));
     }
     let mut h = [0i32; 10];
     for v in &mut h {
-        *v = c.u32().map_err(corrupt)? as i32;
+        *v = c.u32()? as i32;
     }
     let hparams = WhisperHparams {
         n_vocab: h[0],
@@ -668,47 +718,49 @@ pub fn inspect_ggml(path: &Path) -> Result<GgmlHeader, ModelError> {
         n_mels: h[9],
     };
     if h.iter().any(|&v| v <= 0 || v > 1_000_000) {
-        return Err(corrupt(format!("implausible hyper-parameters {h:?}")));
+        return Err(format!("implausible hyper-parameters {h:?}"));
     }
-    let ftype = c.u32().map_err(corrupt)? as i32;
-    let rows = c.u32().map_err(corrupt)? as usize;
-    let cols = c.u32().map_err(corrupt)? as usize;
-    c.take(rows * cols * 4).map_err(corrupt)?;
-    let n_vocab = c.u32().map_err(corrupt)? as usize;
+    Ok(hparams)
+}
+
+/// Skips the mel filter matrix and the vocabulary, checking they lie inside the file.
+fn skip_ggml_mel_and_vocab(c: &mut Cursor<'_>) -> Result<(), String> {
+    let rows = c.u32()? as usize;
+    let cols = c.u32()? as usize;
+    c.take(rows * cols * 4)?;
+    let n_vocab = c.u32()? as usize;
     for _ in 0..n_vocab {
-        let len = c.u32().map_err(corrupt)? as usize;
-        c.take(len).map_err(corrupt)?;
+        let len = c.u32()? as usize;
+        c.take(len)?;
     }
-    let mut tensors = 0;
-    while c.pos < bytes.len() {
-        let ndim = c.u32().map_err(corrupt)? as usize;
-        let name_len = c.u32().map_err(corrupt)? as usize;
-        let ttype = c.u32().map_err(corrupt)?;
-        if ndim == 0 || ndim > 4 || name_len > 256 {
-            return Err(corrupt(format!("bad tensor record at byte {}", c.pos)));
-        }
-        let mut elems = 1usize;
-        for _ in 0..ndim {
-            elems = elems.saturating_mul(c.u32().map_err(corrupt)? as usize);
-        }
-        c.take(name_len).map_err(corrupt)?;
-        let es = match ttype {
-            0 => 4,
-            1 => 2,
-            other => {
-                return Err(corrupt(format!(
-                    "unsupported tensor type {other} (only f32/f16 files are checked)"
-                )));
-            }
-        };
-        c.take(elems.saturating_mul(es)).map_err(corrupt)?;
-        tensors += 1;
+    Ok(())
+}
+
+/// Skips one tensor record (dimensions, name, f32/f16 data), checking it is well formed
+/// and lies inside the file.
+fn skip_ggml_tensor(c: &mut Cursor<'_>) -> Result<(), String> {
+    let ndim = c.u32()? as usize;
+    let name_len = c.u32()? as usize;
+    let ttype = c.u32()?;
+    if ndim == 0 || ndim > 4 || name_len > 256 {
+        return Err(format!("bad tensor record at byte {}", c.pos));
     }
-    Ok(GgmlHeader {
-        hparams,
-        ftype,
-        tensors,
-    })
+    let mut elems = 1usize;
+    for _ in 0..ndim {
+        elems = elems.saturating_mul(c.u32()? as usize);
+    }
+    c.take(name_len)?;
+    let es = match ttype {
+        0 => 4,
+        1 => 2,
+        other => {
+            return Err(format!(
+                "unsupported tensor type {other} (only f32/f16 files are checked)"
+            ));
+        }
+    };
+    c.take(elems.saturating_mul(es))?;
+    Ok(())
 }
 
 /// Number of tensors whisper.cpp expects for a model with these layer counts.

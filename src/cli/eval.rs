@@ -1,0 +1,160 @@
+//! `eval`: MMSA metrics of the small model on a split, modality ablations, uncertainty,
+//! speed; optionally the cascade comparison and the lambda sweep.
+
+use super::Context;
+use super::args::EvalArgs;
+use crate::error::{DatasetError, Error, ModelError, Result};
+use crate::models::mllm::Mllm;
+use crate::models::ubm::{Modalities, Prediction, Ubm};
+use crate::plan::asr_config;
+use crate::train::dataset::{Dataset, TextSource};
+use crate::train::mllm as mllm_train;
+use crate::train::trainer::{self, SplitData};
+
+/// The modality ablations, each a row of the table.
+const VARIANTS: [(&str, [bool; 3]); 7] = [
+    ("UBM T+A+V", [true, true, true]),
+    ("without text", [false, true, true]),
+    ("without audio", [true, false, true]),
+    ("without visual", [true, true, false]),
+    ("text only", [true, false, false]),
+    ("audio only", [false, true, false]),
+    ("visual only", [false, false, true]),
+];
+
+/// Runs `eval`.
+pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
+    let base = e.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm());
+    let model = Ubm::load(&base)?;
+    let ds = Dataset::open(&e.data.data, e.data.scale)?;
+    let asr = asr_config(&ctx.cfg, &ctx.models);
+    let data = trainer::load_split(
+        &ds,
+        e.split,
+        e.data.text,
+        &ctx.models.dir,
+        Some(&asr),
+        e.data.workers,
+    )?;
+    if data.feats.is_empty() {
+        return Err(DatasetError::Empty {
+            root: e.data.data.clone(),
+            reason: format!("no clips in the {:?} split", e.split),
+        }
+        .into());
+    }
+    println!(
+        "{:?} split of {} ({} clips{}):",
+        e.split,
+        e.data.data.display(),
+        data.feats.len(),
+        if ds.missing > 0 {
+            format!(", {} rows without media skipped", ds.missing)
+        } else {
+            String::new()
+        }
+    );
+    let preds = ablations(&model, &data);
+    speed(&model, &data);
+    if e.compare {
+        compare(e, ctx, &model, &data)?;
+    }
+    if e.lambda_sweep {
+        sweep(&model, &data, &preds)?;
+    }
+    Ok(0)
+}
+
+/// Prints the metrics table of every modality ablation and the uncertainty figures;
+/// returns the predictions with all modalities.
+fn ablations(model: &Ubm, data: &SplitData) -> Vec<Prediction> {
+    let mut rows = Vec::new();
+    let mut all = Vec::new();
+    for (name, [text, audio, visual]) in VARIANTS {
+        let use_ = Modalities {
+            text,
+            audio,
+            visual,
+        };
+        let (metrics, preds) = trainer::evaluate(model, data, use_);
+        if rows.is_empty() {
+            all = preds;
+        }
+        rows.push((name.to_string(), metrics));
+    }
+    println!("{}", trainer::format_table(&rows));
+    let u = trainer::uncertainty_report(&all, &data.labels, model.meta.band);
+    println!(
+        "uncertainty (entropy, nats): correct mean {:.4}, wrong mean {:.4}, AUROC for errors {}, corr with |error| {:.4}",
+        u.mean_correct,
+        u.mean_wrong,
+        u.auroc.map(|a| format!("{a:.4}")).unwrap_or("n/a".into()),
+        u.corr_abs_error
+    );
+    all
+}
+
+/// Prints the small model's forward time per window, batched and at batch 1 (as live).
+fn speed(model: &Ubm, data: &SplitData) {
+    let started = std::time::Instant::now();
+    trainer::evaluate(model, data, Modalities::ALL);
+    let batched_ms = started.elapsed().as_secs_f64() * 1e3 / data.feats.len() as f64;
+    let n1 = data.feats.len().min(100);
+    let t1 = std::time::Instant::now();
+    for f in &data.feats[..n1] {
+        model.predict(&[f], Modalities::ALL);
+    }
+    let single_ms = t1.elapsed().as_secs_f64() * 1e3 / n1 as f64;
+    println!(
+        "UBM forward, features cached: {single_ms:.2} ms per window at batch 1, {batched_ms:.2} ms batched"
+    );
+}
+
+/// Prints the cascade comparison (small only, large only, U-ACS at several lambdas).
+fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result<()> {
+    if e.data.text != TextSource::Given {
+        return Err(Error::Usage(
+            "--compare uses the given transcripts; drop --text asr".into(),
+        ));
+    }
+    let cascade = &ctx.cfg.cascade;
+    let adapter = e
+        .adapter
+        .clone()
+        .unwrap_or_else(|| ctx.models.resolve(&cascade.adapter));
+    let llm = Mllm::load(&ctx.models.resolve(&cascade.gguf), &adapter)?;
+    // The UBM's per-window cost includes encoding the transcript with MiniLM.
+    let enc = crate::features::text::TextEncoder::load(&ctx.models.minilm())?;
+    let n_enc = data.texts.len().min(50);
+    let t = std::time::Instant::now();
+    for text in &data.texts[..n_enc] {
+        enc.encode_one(text)?;
+    }
+    let text_s = t.elapsed().as_secs_f64() / n_enc.max(1) as f64;
+    let rows = mllm_train::compare(model, &llm, data, text_s, &[0.1, 0.3, 0.5, 0.7, 0.9])?;
+    println!(
+        "\ncascade comparison ({} windows; runtime = model compute: MiniLM text encoding {:.1} ms + UBM, and large-model passes at batch 1; shared feature extraction excluded):",
+        data.feats.len(),
+        text_s * 1e3
+    );
+    println!("{}", mllm_train::format_compare(&rows));
+    Ok(())
+}
+
+/// Prints escalation rate against the accuracy of accepted windows for lambda 0.1..0.9.
+fn sweep(model: &Ubm, data: &SplitData, preds: &[Prediction]) -> Result<()> {
+    let cal = model.meta.calibration.ok_or_else(|| ModelError::Runtime {
+        name: "ubm".into(),
+        reason: "the model is not calibrated; run `sentistream calibrate`".into(),
+    })?;
+    println!(
+        "\n| lambda | tau1 | escalation rate | accepted Has0-Acc2 | accepted Acc3 |\n|---|---|---|---|---|"
+    );
+    for r in trainer::lambda_sweep(&cal, preds, &data.labels, model.meta.band) {
+        println!(
+            "| {:.1} | {:.4} | {:.3} | {:.4} | {:.4} |",
+            r.lambda, r.tau, r.escalation_rate, r.accepted_acc2, r.accepted_acc3
+        );
+    }
+    Ok(())
+}

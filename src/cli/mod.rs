@@ -1,0 +1,59 @@
+//! The command line: argument definitions ([`args`]) and one small file per command.
+//! Each command builds what it needs through [`crate::plan`] and the library; no other
+//! module knows the CLI.
+
+mod annotate;
+pub mod args;
+mod calibrate;
+mod eval;
+mod models;
+mod run;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+pub use args::{Cli, Command};
+
+use crate::assets::ModelFiles;
+use crate::config::Config;
+use crate::error::Result;
+
+/// What every command starts from: the configuration and the models folder.
+pub(crate) struct Context {
+    /// The configuration file's path, if one was given.
+    pub(crate) config_path: Option<PathBuf>,
+    /// The configuration (file or defaults), validated.
+    pub(crate) cfg: Config,
+    /// The models folder.
+    pub(crate) models: ModelFiles,
+}
+
+/// Runs the parsed command; returns the process exit code (0 success, 1 failure).
+pub fn run(cli: Cli) -> Result<i32> {
+    let cfg = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let models = crate::plan::model_files(cli.models_dir.as_deref(), &cfg);
+    let ctx = Context {
+        config_path: cli.config.clone(),
+        cfg,
+        models,
+    };
+    match &cli.command {
+        Command::Annotate(a) => annotate::annotate(a, ctx),
+        Command::Run(r) => run::run(r, ctx),
+        Command::Models(m) => models::models(m, &ctx),
+        Command::Train(t) => train::train(t, &ctx),
+        Command::Calibrate(c) => calibrate::calibrate(c, &ctx),
+        Command::Eval(e) => eval::eval(e, &ctx),
+        Command::ValidateConfig => {
+            let path = ctx
+                .config_path
+                .as_deref()
+                .unwrap_or(Path::new("(defaults)"));
+            println!("{}: ok", path.display());
+            Ok(0)
+        }
+    }
+}

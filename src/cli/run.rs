@@ -1,0 +1,147 @@
+//! `run`: one or more sources in one process until they end or Ctrl-C / SIGTERM.
+
+use std::sync::Arc;
+
+use super::Context;
+use super::args::RunArgs;
+use crate::app::shutdown::{self, Trigger};
+use crate::app::{self, RunReport, StreamResult};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::plan::{Plan, Sources};
+use crate::sinks::{self, SinkSpec};
+
+/// Runs `run`; exit code 1 when any stream failed (each failure is printed with its
+/// stream id).
+pub(super) fn run(r: &RunArgs, ctx: Context) -> Result<i32> {
+    let sources = Sources {
+        inputs: r.sources.clone(),
+        ids: r.ids.clone(),
+        live: r.live,
+        notices: ctx.cfg.sinks.notices,
+        ..Sources::default()
+    };
+    let plan = Plan::new(ctx.cfg, ctx.models, &r.m.overrides(), &sources)?;
+    let specs = if r.sinks.is_empty() {
+        vec![SinkSpec::Stdout]
+    } else {
+        r.sinks
+            .iter()
+            .map(|s| SinkSpec::parse(s))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let metrics = Arc::new(Metrics::default());
+    let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
+    let (trigger, watch) = shutdown::channel();
+    watch_signals(trigger);
+    let (report, results) =
+        app::execute(&plan.cfg, plan.jobs, &plan.shared, sinks, metrics, watch)?;
+    let (figures, errors) = outcome(&report, &results);
+    for line in &figures {
+        if r.stats {
+            eprintln!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    if r.stats {
+        eprintln!("{}", report.summary());
+    }
+    Ok(if errors.is_empty() { 0 } else { 1 })
+}
+
+/// Per-stream figure lines, and one `error: stream ID: ...` line per stream that failed
+/// or crashed (any makes the exit code 1).
+fn outcome(report: &RunReport, results: &[StreamResult]) -> (Vec<String>, Vec<String>) {
+    let figures = report
+        .streams
+        .iter()
+        .map(|(id, f)| RunReport::stream_line(id, f))
+        .collect();
+    let errors = results
+        .iter()
+        .filter_map(|r| {
+            Some(match r.error.as_ref()? {
+                // Its message names the stream already.
+                e @ Error::StreamPanicked { .. } => format!("error: {e}"),
+                e => format!("error: stream {}: {e}", r.id),
+            })
+        })
+        .collect();
+    (figures, errors)
+}
+
+/// The first Ctrl-C / SIGTERM fires the shutdown (streams finish their windows, files
+/// close, websocket clients get a close frame); a second one ends the process at once
+/// with `_exit`, which skips the C++ static destructors that crashed while libtorch,
+/// whisper.cpp and GStreamer threads were still running.
+fn watch_signals(trigger: Trigger) {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                tracing::warn!("cannot watch for Ctrl-C / SIGTERM: no signal runtime");
+                return;
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
+                for round in 0..2 {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    if round == 0 {
+                        eprintln!("sentistream: stopping (finishing windows in flight; signal again to exit at once)");
+                        trigger.fire();
+                    } else {
+                        eprintln!("sentistream: exiting at once");
+                        // SAFETY: `_exit` ends the process without running any handler or
+                        // destructor; nothing is touched afterwards.
+                        unsafe { libc::_exit(130) };
+                    }
+                }
+            });
+        })
+        .expect("spawn signal thread");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crashed_stream_fails_the_run_and_is_named() {
+        let report = RunReport {
+            streams: vec![
+                ("cam1".into(), Default::default()),
+                ("cam2".into(), Default::default()),
+            ],
+            ..RunReport::default()
+        };
+        let ok = StreamResult {
+            id: "cam1".into(),
+            error: None,
+        };
+        let crashed = StreamResult {
+            id: "cam2".into(),
+            error: Some(Error::StreamPanicked {
+                stream: "cam2".into(),
+                reason: "index out of bounds".into(),
+            }),
+        };
+        let (figures, errors) = outcome(&report, &[ok, crashed]);
+        assert_eq!(figures.len(), 2);
+        assert_eq!(errors.len(), 1, "one failure: exit code 1");
+        assert!(
+            errors[0].starts_with("error: stream cam2: its thread crashed (index out of bounds)"),
+            "{}",
+            errors[0]
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! `train ubm` and `train mllm`.
+
+use super::Context;
+use super::args::{TrainCommand, TrainMllmArgs, TrainUbmArgs};
+use crate::error::{Error, Result};
+use crate::plan::asr_config;
+use crate::train::dataset::TextSource;
+use crate::train::mllm::{self as mllm_train, MllmTrainOptions};
+use crate::train::trainer::{self, TrainOptions};
+
+/// Runs a `train` subcommand.
+pub(super) fn train(t: &TrainCommand, ctx: &Context) -> Result<i32> {
+    match t {
+        TrainCommand::Ubm(u) => ubm(u, ctx),
+        TrainCommand::Mllm(m) => mllm(m, ctx),
+    }
+}
+
+fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
+    let opts = TrainOptions {
+        data: u.data.data.clone(),
+        scale: u.data.scale,
+        text: u.data.text,
+        models_dir: ctx.models.dir.clone(),
+        asr: Some(asr_config(&ctx.cfg, &ctx.models)),
+        out: u.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm()),
+        epochs: u.epochs,
+        batch: u.batch,
+        lr: u.lr,
+        alpha: u.alpha,
+        hidden: u.hidden,
+        band: u.band,
+        seed: u.seed,
+        workers: u.data.workers,
+        lambda: u.lambda,
+    };
+    let (model, report) = trainer::train(&opts)?;
+    println!(
+        "trained on {} clips (valid {}; {} rows without media skipped); best epoch {}; features {:.0} s, training {:.0} s",
+        report.clips.0,
+        report.clips.1,
+        report.missing,
+        report.best_epoch,
+        report.features_s,
+        report.train_s
+    );
+    println!(
+        "{}",
+        trainer::format_table(&[("UBM (valid)".into(), report.valid)])
+    );
+    println!(
+        "tau1 = {:.4} ({}); saved {}",
+        model.meta.tau1.unwrap_or(f32::NAN),
+        model.meta.tau1_rule.clone().unwrap_or_default(),
+        opts.out.display()
+    );
+    Ok(0)
+}
+
+fn mllm(t: &TrainMllmArgs, ctx: &Context) -> Result<i32> {
+    tch::set_num_threads(t.threads.max(1));
+    if t.data.text != TextSource::Given {
+        return Err(Error::Usage(
+            "train mllm reads the given transcripts; drop --text asr".into(),
+        ));
+    }
+    let cascade = &ctx.cfg.cascade;
+    let opts = MllmTrainOptions {
+        data: t.data.data.clone(),
+        scale: t.data.scale,
+        models_dir: ctx.models.dir.clone(),
+        gguf: t
+            .gguf
+            .clone()
+            .unwrap_or_else(|| ctx.models.resolve(&cascade.gguf)),
+        out: t
+            .out
+            .clone()
+            .unwrap_or_else(|| ctx.models.resolve(&cascade.adapter)),
+        epochs: t.epochs,
+        batch: t.batch,
+        lr: t.lr,
+        rank: t.rank,
+        band: t.band,
+        seed: t.seed,
+        workers: t.data.workers,
+        cross_share: t.cross_share,
+        lambda: t.lambda,
+        limit: t.limit,
+    };
+    let (model, r) = mllm_train::train(&opts)?;
+    println!(
+        "trained on {} examples in {:.0} s; validation label-word accuracy {:.4}",
+        r.examples, r.train_s, r.valid_class_acc
+    );
+    println!(
+        "{}",
+        trainer::format_table(&[("large model (valid)".into(), r.valid)])
+    );
+    println!(
+        "tau2 = {:.4} (lambda {}); saved {}",
+        model.adapter.meta.tau2.unwrap_or(f32::NAN),
+        model.adapter.meta.lambda,
+        opts.out.display()
+    );
+    Ok(0)
+}

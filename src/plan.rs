@@ -1,0 +1,290 @@
+//! The composition root: configuration plus command-line overrides become a run plan
+//! (every model path resolved against [`ModelFiles`], the one place for default names;
+//! stream jobs with their ids; the shared stages). The CLI only parses arguments and
+//! hands them here; nothing below this module knows the CLI.
+
+use std::path::{Path, PathBuf};
+
+use crate::app::Shared;
+use crate::app::stream::StreamJob;
+use crate::assets::{self, ModelFiles};
+use crate::config::{AudioCtx, Config};
+use crate::error::{Error, Result};
+use crate::source::Input;
+
+/// What the command line may override.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Whisper model (asr.model).
+    pub whisper_model: Option<PathBuf>,
+    /// Silero VAD model (models.vad).
+    pub vad_model: Option<PathBuf>,
+    /// Spoken language (asr.language).
+    pub language: Option<String>,
+    /// Whisper threads (asr.threads).
+    pub threads: Option<u32>,
+    /// Analysis frames per second (source.video_fps).
+    pub fps: Option<u32>,
+    /// Small model base path (default: the installed `ubm`).
+    pub ubm: Option<PathBuf>,
+    /// Transcribe only.
+    pub no_sentiment: bool,
+    /// Small model only (cascade.enabled = false).
+    pub no_cascade: bool,
+    /// lambda for tau1/tau2 (cascade.lambda).
+    pub lambda: Option<f32>,
+    /// Whisper's full 30 s context (asr.audio_ctx = full).
+    pub full_audio_ctx: bool,
+}
+
+impl Overrides {
+    /// Writes the overrides into `cfg` and validates the result.
+    pub fn apply(&self, cfg: &mut Config) -> Result<()> {
+        if let Some(l) = &self.language {
+            cfg.asr.language = l.clone();
+        }
+        if let Some(t) = self.threads {
+            cfg.asr.threads = t;
+        }
+        if let Some(f) = self.fps {
+            cfg.source.video_fps = f;
+        }
+        if let Some(w) = &self.whisper_model {
+            cfg.asr.model = w.clone();
+        }
+        if self.no_cascade {
+            cfg.cascade.enabled = false;
+        }
+        if self.lambda.is_some() {
+            cfg.cascade.lambda = self.lambda;
+        }
+        if self.full_audio_ctx {
+            cfg.asr.audio_ctx = AudioCtx::Full;
+        }
+        cfg.validate()?;
+        Ok(())
+    }
+}
+
+/// The models folder: the flag, else `models.dir`, else the default search.
+pub fn model_files(flag: Option<&Path>, cfg: &Config) -> ModelFiles {
+    ModelFiles::new(
+        flag.map(Path::to_path_buf)
+            .or_else(|| cfg.models.dir.clone())
+            .unwrap_or_else(assets::default_models_dir),
+    )
+}
+
+/// The configured Whisper settings with the model resolved against the models folder
+/// (training and evaluation transcribe with them).
+pub fn asr_config(cfg: &Config, models: &ModelFiles) -> crate::config::AsrConfig {
+    crate::config::AsrConfig {
+        model: models.resolve(&cfg.asr.model),
+        ..cfg.asr.clone()
+    }
+}
+
+/// Default stream id of a source: the file name, the URI's host and path, or the device.
+pub fn default_id(input: &str) -> String {
+    let base = input.split('?').next().unwrap_or(input);
+    if let Some((_, rest)) = base.split_once("://") {
+        return rest.trim_end_matches('/').replace('/', "_");
+    }
+    Path::new(base)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| input.to_string())
+}
+
+/// Stream ids for `sources`: the given ones in order, defaults for the rest; a repeated
+/// id gets `#N` (its position) so events stay apart.
+pub fn stream_ids(sources: &[String], given: &[String]) -> Result<Vec<String>> {
+    if given.len() > sources.len() {
+        return Err(Error::Usage(format!(
+            "{} --id given for {} sources",
+            given.len(),
+            sources.len()
+        )));
+    }
+    let mut ids: Vec<String> = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        let mut id = given.get(i).cloned().unwrap_or_else(|| default_id(src));
+        if ids.contains(&id) {
+            id = format!("{id}#{}", i + 1);
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Whisper threads per stream: Whisper's threads spin while they wait, so more threads
+/// than cores (two streams with 2 threads each on 2 cores) made every window 10x slower.
+/// Unless set on the command line, the cores are split between the streams.
+pub fn fair_threads(configured: u32, streams: usize, cores: usize, flag_set: bool) -> u32 {
+    let fair = (cores as u32 / streams.max(1) as u32).max(1);
+    if flag_set || configured <= fair {
+        configured
+    } else {
+        fair
+    }
+}
+
+/// A run, ready to execute.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The configuration with the overrides applied, validated.
+    pub cfg: Config,
+    /// The stream jobs.
+    pub jobs: Vec<StreamJob>,
+    /// The shared stages.
+    pub shared: Shared,
+}
+
+/// The sources of a run and how to treat them.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Paths, URIs, devices or launch descriptions.
+    pub inputs: Vec<String>,
+    /// Stream ids given on the command line.
+    pub ids: Vec<String>,
+    /// Treat every source as live (reopen when it ends or fails).
+    pub live: bool,
+    /// Recorded inputs (`annotate`): each is a path or URI read once to its end, never
+    /// reopened, never a launch description.
+    pub recorded: bool,
+    /// Draw a progress bar (one recorded input).
+    pub progress: bool,
+    /// Write stream notices to the sinks.
+    pub notices: bool,
+}
+
+impl Plan {
+    /// Builds the plan: applies the overrides, parses the inputs, resolves every model.
+    pub fn new(mut cfg: Config, models: ModelFiles, o: &Overrides, s: &Sources) -> Result<Self> {
+        o.apply(&mut cfg)?;
+        let inputs = if s.recorded {
+            s.inputs.iter().map(|i| Input::Uri(i.clone())).collect()
+        } else {
+            s.inputs
+                .iter()
+                .map(|i| Input::parse(i, &cfg.source))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let live = !s.recorded && (s.live || inputs.iter().any(Input::known_live));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = fair_threads(cfg.asr.threads, inputs.len(), cores, o.threads.is_some());
+        if threads != cfg.asr.threads {
+            tracing::info!(
+                "{} streams on {cores} cores: Whisper uses {threads} thread(s) per stream (asr.threads = {}; --threads overrides)",
+                inputs.len(),
+                cfg.asr.threads
+            );
+            cfg.asr.threads = threads;
+        }
+        let ubm = Self::small_model(&models, o);
+        let vad = o
+            .vad_model
+            .clone()
+            .or_else(|| cfg.models.vad.clone())
+            .unwrap_or_else(|| PathBuf::from(assets::VAD_FILE));
+        let ids = stream_ids(&s.inputs, &s.ids)?;
+        let jobs = inputs
+            .into_iter()
+            .zip(ids)
+            .map(|(input, id)| StreamJob {
+                reconnect: !s.recorded && (s.live || input.known_live()),
+                id,
+                input,
+                whisper_model: models.resolve(&cfg.asr.model),
+                vad_model: models.resolve(&vad),
+                models_dir: models.dir.clone(),
+                sentiment: ubm.is_some(),
+                progress: s.progress,
+            })
+            .collect();
+        let shared = Shared {
+            cascade: (cfg.cascade.enabled && ubm.is_some()).then(|| cfg.cascade.clone()),
+            ubm,
+            models,
+            live,
+            notices: s.notices,
+        };
+        Ok(Self { cfg, jobs, shared })
+    }
+
+    /// The small model's base path, or `None` (transcripts only) when sentiment is off
+    /// or the default model is not installed.
+    fn small_model(models: &ModelFiles, o: &Overrides) -> Option<PathBuf> {
+        if o.no_sentiment {
+            return None;
+        }
+        if let Some(p) = &o.ubm {
+            return Some(p.clone());
+        }
+        let base = models.ubm();
+        if base.with_extension("json").is_file() {
+            Some(base)
+        } else {
+            tracing::warn!(
+                "no sentiment model at {}: events carry transcripts only; train one with `sentistream train ubm` or pass --ubm",
+                base.display()
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_default_to_names_and_stay_unique() {
+        let sources: Vec<String> = ["a/call.mp4", "rtsp://cam:8554/live/", "b/call.mp4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            stream_ids(&sources, &[]).unwrap(),
+            vec!["call.mp4", "cam:8554_live", "call.mp4#3"]
+        );
+        assert_eq!(stream_ids(&sources, &["front".into()]).unwrap()[0], "front");
+        let e = stream_ids(&sources[..1], &["x".into(), "y".into()]).unwrap_err();
+        assert!(e.to_string().contains("2 --id given for 1 sources"), "{e}");
+    }
+
+    #[test]
+    fn whisper_threads_are_split_between_streams_unless_set() {
+        assert_eq!(fair_threads(2, 1, 2, false), 2);
+        assert_eq!(fair_threads(2, 2, 2, false), 1);
+        assert_eq!(fair_threads(4, 3, 2, false), 1);
+        assert_eq!(fair_threads(4, 3, 2, true), 4);
+    }
+
+    #[test]
+    fn every_model_path_is_resolved_in_the_models_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = ModelFiles::new(dir.path());
+        let o = Overrides {
+            no_sentiment: true,
+            fps: Some(7),
+            ..Overrides::default()
+        };
+        let s = Sources {
+            inputs: vec!["in.mp4".into()],
+            ..Sources::default()
+        };
+        let plan = Plan::new(Config::default(), models, &o, &s).unwrap();
+        let job = &plan.jobs[0];
+        assert_eq!(job.whisper_model, dir.path().join("ggml-base.bin"));
+        assert_eq!(job.vad_model, dir.path().join(assets::VAD_FILE));
+        assert_eq!(plan.cfg.source.video_fps, 7);
+        assert!(plan.shared.ubm.is_none() && plan.shared.cascade.is_none());
+        let bad = Overrides {
+            fps: Some(0),
+            ..Overrides::default()
+        };
+        let e = Plan::new(Config::default(), ModelFiles::new(dir.path()), &bad, &s).unwrap_err();
+        assert!(e.to_string().contains("source.video_fps = 0"), "{e}");
+    }
+}
