@@ -345,31 +345,32 @@ impl Snapshot {
                 .map(move |(id, f)| ([("stream", id.as_str())], ConstCounter::new(v(f))))
         };
         let c = MetricType::Counter;
-        family(
-            enc,
-            "windows",
-            "Utterance windows emitted.",
-            c,
-            counted(|f| f.windows),
-        )?;
-        let help = "How far the last event trailed the live edge of its stream.";
-        family(
-            enc,
-            "lag_seconds",
-            help,
-            MetricType::Gauge,
-            by_stream(|f| f.lag_s),
-        )?;
-        let help = "ASR + feature time divided by media time, per stream.";
-        family(
-            enc,
-            "realtime_factor",
-            help,
-            MetricType::Gauge,
-            by_stream(StreamFigures::rtf),
-        )?;
-        let help = "Times a stream's source failed and was reconnected.";
-        family(enc, "interruptions", help, c, counted(|f| f.interruptions))?;
+        let counters: [(&str, &str, fn(&StreamFigures) -> u64); 2] = [
+            ("windows", "Utterance windows emitted.", |f| f.windows),
+            (
+                "interruptions",
+                "Times a stream's source failed and was reconnected.",
+                |f| f.interruptions,
+            ),
+        ];
+        for (name, help, value) in counters {
+            family(enc, name, help, c, counted(value))?;
+        }
+        let gauges: [(&str, &str, fn(&StreamFigures) -> f64); 2] = [
+            (
+                "lag_seconds",
+                "How far the last event trailed the live edge of its stream.",
+                |f| f.lag_s,
+            ),
+            (
+                "realtime_factor",
+                "ASR + feature time divided by media time, per stream.",
+                StreamFigures::rtf,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            family(enc, name, help, MetricType::Gauge, by_stream(value))?;
+        }
         let events = g.streams.iter().flat_map(|(id, f)| {
             Stage::ALL
                 .iter()

@@ -336,8 +336,12 @@ fn server(reply: fn(&str) -> Option<String>, delay: Duration) -> String {
                 if let Some(i) = text.find("\r\n\r\n") {
                     let len: usize = text
                         .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
+                        // Header names are case-insensitive (HTTP/1.1).
+                        .find_map(|l| {
+                            l.split_once(':')
+                                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        })
+                        .and_then(|(_, v)| v.trim().parse().ok())
                         .unwrap_or(0);
                     if buf.len() >= i + 4 + len {
                         break;

@@ -460,19 +460,29 @@ fn webcam_and_custom_pipelines_are_checked_up_to_the_device() {
     );
 }
 
+/// A websocket server on a free port with its own metrics.
+fn ws_server(
+    cfg: sentistream::config::SinksConfig,
+) -> (
+    sentistream::sinks::websocket::WsServer,
+    std::sync::Arc<sentistream::metrics::Metrics>,
+) {
+    let metrics = std::sync::Arc::new(sentistream::metrics::Metrics::default());
+    let server =
+        sentistream::sinks::websocket::WsServer::start("127.0.0.1:0", &cfg, metrics.clone())
+            .unwrap();
+    (server, metrics)
+}
+
 #[test]
 fn slow_websocket_client_loses_its_own_oldest_events_and_never_stalls_the_publisher() {
     use sentistream::event::{Output, StatusEvent, StreamStatus};
     use sentistream::sinks::Sink;
     let _serial = serial();
-    let metrics = std::sync::Arc::new(sentistream::metrics::Metrics::default());
-    let cfg = sentistream::config::SinksConfig {
+    let (mut server, metrics) = ws_server(sentistream::config::SinksConfig {
         ws_client_buffer: 64,
         ..Default::default()
-    };
-    let mut server =
-        sentistream::sinks::websocket::WsServer::start("127.0.0.1:0", &cfg, metrics.clone())
-            .unwrap();
+    });
     let url = format!("ws://{}/ws", server.addr);
     let client = |slow: bool| {
         let url = url.clone();
@@ -679,16 +689,13 @@ mod rtsp {
 
 #[test]
 fn websocket_server_refuses_connections_over_its_limit_politely() {
+    use sentistream::sinks::Sink;
     use std::io::{Read, Write};
     let _serial = serial();
-    let metrics = std::sync::Arc::new(sentistream::metrics::Metrics::default());
-    let cfg = sentistream::config::SinksConfig {
+    let (mut server, metrics) = ws_server(sentistream::config::SinksConfig {
         ws_max_clients: 1,
         ..Default::default()
-    };
-    let mut server =
-        sentistream::sinks::websocket::WsServer::start("127.0.0.1:0", &cfg, metrics.clone())
-            .unwrap();
+    });
     let addr = server.addr.to_string();
     let raw = |path: &str| {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();

@@ -241,18 +241,27 @@ fn join_streams(
         .collect()
 }
 
-/// Runs stream jobs to their end (or until `shutdown`), with every event going to
-/// `sinks`. Models load first, so a bad model file fails before any media work.
+/// What a run works on: the configuration, the streams, the shared stages, where
+/// events go, the metrics, and the shutdown signal.
+pub struct Run<'a> {
+    /// The configuration (overrides applied).
+    pub cfg: &'a Config,
+    /// One job per stream.
+    pub jobs: Vec<StreamJob>,
+    /// The shared stages.
+    pub shared: &'a Shared,
+    /// Where events go.
+    pub sinks: Fanout,
+    /// The process metrics (the run report is read from them).
+    pub metrics: Arc<Metrics>,
+    /// Stops the streams early (Ctrl-C, SIGTERM).
+    pub shutdown: Shutdown,
+}
+
+/// Runs stream jobs to their end (or until the shutdown), with every event going to the
+/// sinks. The shared models load first, so a bad model file fails before any media work.
 /// `body` is what each stream thread runs (the real one is [`stream::run_stream`]).
-pub fn execute_with<F>(
-    cfg: &Config,
-    jobs: Vec<StreamJob>,
-    shared: &Shared,
-    sinks: Fanout,
-    metrics: Arc<Metrics>,
-    shutdown: Shutdown,
-    body: F,
-) -> Result<(RunReport, Vec<StreamResult>)>
+pub fn execute_with<F>(run: Run, body: F) -> Result<(RunReport, Vec<StreamResult>)>
 where
     F: Fn(usize, StreamJob, Config, crossbeam_channel::Sender<stream::ToRouter>, Shutdown)
         + Send
@@ -261,13 +270,18 @@ where
         + 'static,
 {
     let started = Instant::now();
-    let (small, cascade) = load_shared(shared)?;
+    let (small, cascade) = load_shared(run.shared)?;
     let load_s = started.elapsed().as_secs_f64();
     let (tx, rx) = crossbeam_channel::bounded(256);
-    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let ids: Vec<String> = run.jobs.iter().map(|j| j.id.clone()).collect();
     let mut handles = Vec::new();
-    for (i, job) in jobs.into_iter().enumerate() {
-        let (tx, shutdown, cfg, body) = (tx.clone(), shutdown.clone(), cfg.clone(), body.clone());
+    for (i, job) in run.jobs.into_iter().enumerate() {
+        let (tx, shutdown, cfg, body) = (
+            tx.clone(),
+            run.shutdown.clone(),
+            run.cfg.clone(),
+            body.clone(),
+        );
         handles.push(
             std::thread::Builder::new()
                 .name(format!("stream-{i}"))
@@ -276,8 +290,15 @@ where
         );
     }
     drop(tx);
-    let n = ids.len();
-    let finished = Router::new(small, cascade, sinks, metrics.clone(), shared.notices).run(rx, n);
+    let metrics = run.metrics;
+    let router = Router::new(
+        small,
+        cascade,
+        run.sinks,
+        metrics.clone(),
+        run.shared.notices,
+    );
+    let finished = router.run(rx, ids.len());
     let results = join_streams(ids.clone(), handles, finished.streams);
     let report = RunReport {
         streams: ids
@@ -296,35 +317,20 @@ where
 
 /// Runs stream jobs with the real stream threads; each stream's models (VAD, Whisper,
 /// features) load before any thread starts.
-pub fn execute(
-    cfg: &Config,
-    jobs: Vec<StreamJob>,
-    shared: &Shared,
-    sinks: Fanout,
-    metrics: Arc<Metrics>,
-    shutdown: Shutdown,
-) -> Result<(RunReport, Vec<StreamResult>)> {
+pub fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
     let mut loaded = std::collections::HashMap::new();
-    for (i, j) in jobs.iter().enumerate() {
-        loaded.insert(i, StreamModels::load(j, cfg)?);
+    for (i, j) in run.jobs.iter().enumerate() {
+        loaded.insert(i, StreamModels::load(j, run.cfg)?);
     }
     let loaded = Arc::new(std::sync::Mutex::new(loaded));
-    execute_with(
-        cfg,
-        jobs,
-        shared,
-        sinks,
-        metrics,
-        shutdown,
-        move |i, job, cfg, tx, stop| {
-            let models = loaded
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&i)
-                .expect("models loaded for every stream");
-            stream::run_stream(i, job, cfg, models, tx, stop)
-        },
-    )
+    execute_with(run, move |i, job, cfg, tx, stop| {
+        let models = loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&i)
+            .expect("models loaded for every stream");
+        stream::run_stream(i, job, cfg, models, tx, stop)
+    })
 }
 
 #[cfg(test)]
@@ -368,16 +374,15 @@ mod tests {
                 error: None,
             });
         };
-        let (report, results) = execute_with(
-            &Config::default(),
-            vec![job("cam1"), job("cam2")],
-            &shared,
-            Fanout::default(),
-            Arc::new(Metrics::default()),
-            Shutdown::never(),
-            body,
-        )
-        .unwrap();
+        let run = Run {
+            cfg: &Config::default(),
+            jobs: vec![job("cam1"), job("cam2")],
+            shared: &shared,
+            sinks: Fanout::default(),
+            metrics: Arc::new(Metrics::default()),
+            shutdown: Shutdown::never(),
+        };
+        let (report, results) = execute_with(run, body).unwrap();
         assert_eq!(report.streams.len(), 2);
         assert!(results[0].error.is_none());
         let e = results[1]

@@ -29,14 +29,14 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
     }
     let metrics = Arc::new(Metrics::default());
     let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
-    let (report, mut results) = app::execute(
-        &plan.cfg,
-        plan.jobs,
-        &plan.shared,
+    let (report, mut results) = app::execute(app::Run {
+        cfg: &plan.cfg,
+        jobs: plan.jobs,
+        shared: &plan.shared,
         sinks,
         metrics,
-        Shutdown::never(),
-    )?;
+        shutdown: Shutdown::never(),
+    })?;
     if let Some(e) = results.pop().and_then(|r| r.error) {
         return Err(e);
     }

@@ -34,8 +34,14 @@ pub(super) fn run(r: &RunArgs, ctx: Context) -> Result<i32> {
     let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
     let (trigger, watch) = shutdown::channel();
     watch_signals(trigger);
-    let (report, results) =
-        app::execute(&plan.cfg, plan.jobs, &plan.shared, sinks, metrics, watch)?;
+    let (report, results) = app::execute(app::Run {
+        cfg: &plan.cfg,
+        jobs: plan.jobs,
+        shared: &plan.shared,
+        sinks,
+        metrics,
+        shutdown: watch,
+    })?;
     let (figures, errors) = outcome(&report, &results);
     for line in &figures {
         if r.stats {

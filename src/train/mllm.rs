@@ -197,22 +197,8 @@ struct Clock {
 /// Loads the train and valid splits, checks both have clips and applies `o.limit` to the
 /// train split.
 fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData)> {
-    let mut train = load_split(
-        ds,
-        Split::Train,
-        TextSource::Given,
-        &o.models_dir,
-        None,
-        o.workers,
-    )?;
-    let valid = load_split(
-        ds,
-        Split::Valid,
-        TextSource::Given,
-        &o.models_dir,
-        None,
-        o.workers,
-    )?;
+    let split = |s| load_split(ds, s, TextSource::Given, &o.models_dir, None, o.workers);
+    let (mut train, valid) = (split(Split::Train)?, split(Split::Valid)?);
     if train.feats.is_empty() || valid.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: o.data.clone(),

@@ -209,22 +209,8 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
 /// with the feature extraction wall time in seconds.
 fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData, f64)> {
     let t0 = Instant::now();
-    let train = load_split(
-        ds,
-        Split::Train,
-        o.text,
-        &o.models_dir,
-        o.asr.as_ref(),
-        o.workers,
-    )?;
-    let valid = load_split(
-        ds,
-        Split::Valid,
-        o.text,
-        &o.models_dir,
-        o.asr.as_ref(),
-        o.workers,
-    )?;
+    let split = |s| load_split(ds, s, o.text, &o.models_dir, o.asr.as_ref(), o.workers);
+    let (train, valid) = (split(Split::Train)?, split(Split::Valid)?);
     let features_s = t0.elapsed().as_secs_f64();
     if train.feats.is_empty() || valid.feats.is_empty() {
         return Err(DatasetError::Empty {
