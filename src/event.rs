@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An enum whose values travel as fixed names (JSON, metric labels): the names are
 /// defined once, in `name`, and serde uses them.
-pub trait Named: Sized + Copy + 'static {
+pub(crate) trait Named: Sized + Copy + 'static {
     /// Every value, in declaration order.
     const ALL: &'static [Self];
     /// The value's name.
@@ -86,7 +86,7 @@ impl Stage {
         self != Self::Ubm
     }
     /// Position in [`Named::ALL`] (for per-stage counters).
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
     /// The words subtitle files show for the stage (the machine name is [`Named::name`]).
@@ -296,7 +296,7 @@ pub enum Output {
 
 impl Output {
     /// The JSON line (without newline).
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         match self {
             Output::Window(e) => serde_json::to_string(e),
             Output::Status(s) => serde_json::to_string(s),
@@ -379,7 +379,7 @@ impl Event {
     }
 
     /// Writes a verdict into the sentiment fields: the one place they are filled.
-    pub fn set_sentiment(&mut self, s: &Sentiment) {
+    pub(crate) fn set_sentiment(&mut self, s: &Sentiment) {
         let [negative, neutral, positive] = s.probs;
         self.score = Some(s.score);
         self.polarity = Some(s.polarity);
@@ -397,7 +397,7 @@ impl Event {
 }
 
 /// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -447,7 +447,7 @@ mod tests {
 
 /// An event with every field set, for unit tests of sinks and metrics.
 #[cfg(test)]
-pub mod tests_support {
+pub(crate) mod tests_support {
     use super::*;
 
     /// A window event of `stream` at 1.0-2.5 s.

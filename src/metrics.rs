@@ -48,32 +48,32 @@ pub struct StreamFigures {
     /// Windows emitted.
     pub windows: u64,
     /// Windows per final stage (indexed by [`Stage::index`]).
-    pub stages: [u64; 5],
+    pub(crate) stages: [u64; 5],
     /// Stream time seen, seconds: the last window's end, or where the stream ended.
-    pub media_s: f64,
+    pub(crate) media_s: f64,
     /// Seconds of stream time inside windows.
-    pub window_s: f64,
+    pub(crate) window_s: f64,
     /// Wall seconds in Whisper.
-    pub asr_s: f64,
+    pub(crate) asr_s: f64,
     /// Wall seconds computing audio, face and text features.
-    pub features_s: f64,
+    pub(crate) features_s: f64,
     /// Wall seconds in the small model.
-    pub ubm_s: f64,
+    pub(crate) ubm_s: f64,
     /// Wall seconds in large-model passes.
-    pub mllm_s: f64,
+    pub(crate) mllm_s: f64,
     /// How far the last event trailed the live edge (emission time minus the moment its
     /// utterance ended, on the stream's clock), seconds.
-    pub lag_s: f64,
+    pub(crate) lag_s: f64,
     /// The largest such lag so far, seconds.
-    pub max_lag_s: f64,
+    pub(crate) max_lag_s: f64,
     /// Wall clock origin: the instant stream time 0 corresponds to (live sources).
     origin: Option<Instant>,
     /// Decoded buffers dropped because analysis fell behind (live sources).
-    pub dropped_audio: u64,
+    pub(crate) dropped_audio: u64,
     /// Video frames dropped (live sources).
-    pub dropped_video: u64,
+    pub(crate) dropped_video: u64,
     /// Interruptions (reconnects).
-    pub interruptions: u64,
+    pub(crate) interruptions: u64,
 }
 
 impl Default for StreamFigures {
@@ -100,7 +100,7 @@ impl Default for StreamFigures {
 
 impl StreamFigures {
     /// Real-time factor: ASR + feature time / media time.
-    pub fn rtf(&self) -> f64 {
+    pub(crate) fn rtf(&self) -> f64 {
         if self.media_s > 0.0 {
             (self.asr_s + self.features_s) / self.media_s
         } else {
@@ -150,7 +150,7 @@ impl Metrics {
     }
 
     /// A stream's wall-clock origin for lag: stream time `t` was live at `now`.
-    pub fn set_origin(&self, stream: &str, t: f64) {
+    pub(crate) fn set_origin(&self, stream: &str, t: f64) {
         let mut g = self.lock();
         let f = g.streams.entry(stream.to_string()).or_default();
         f.origin = Instant::now().checked_sub(std::time::Duration::from_secs_f64(t.max(0.0)));
@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     /// Sets the large-model queue depth.
-    pub fn queue_depth(&self, d: usize) {
+    pub(crate) fn queue_depth(&self, d: usize) {
         self.lock().queue_depth = d as u64;
     }
 
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     /// A websocket client was refused because the server was full.
-    pub fn ws_refused(&self) {
+    pub(crate) fn ws_refused(&self) {
         self.lock().ws_refused += 1;
     }
 
@@ -297,6 +297,9 @@ impl Metrics {
     }
 }
 
+/// A per-stream family: name, help, and the value read from a stream's figures.
+type PerStream<T> = (&'static str, &'static str, fn(&StreamFigures) -> T);
+
 /// The figures at one scrape, encoded by `prometheus-client`.
 #[derive(Debug)]
 struct Snapshot {
@@ -345,7 +348,7 @@ impl Snapshot {
                 .map(move |(id, f)| ([("stream", id.as_str())], ConstCounter::new(v(f))))
         };
         let c = MetricType::Counter;
-        let counters: [(&str, &str, fn(&StreamFigures) -> u64); 2] = [
+        let counters: [PerStream<u64>; 2] = [
             ("windows", "Utterance windows emitted.", |f| f.windows),
             (
                 "interruptions",
@@ -356,7 +359,7 @@ impl Snapshot {
         for (name, help, value) in counters {
             family(enc, name, help, c, counted(value))?;
         }
-        let gauges: [(&str, &str, fn(&StreamFigures) -> f64); 2] = [
+        let gauges: [PerStream<f64>; 2] = [
             (
                 "lag_seconds",
                 "How far the last event trailed the live edge of its stream.",

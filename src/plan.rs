@@ -14,11 +14,11 @@ use crate::source::Input;
 
 /// What the command line may override.
 #[derive(Debug, Clone, Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// Whisper model (asr.model).
-    pub whisper_model: Option<PathBuf>,
+    pub(crate) whisper_model: Option<PathBuf>,
     /// Silero VAD model (models.vad).
-    pub vad_model: Option<PathBuf>,
+    pub(crate) vad_model: Option<PathBuf>,
     /// Spoken language (asr.language).
     pub language: Option<String>,
     /// Whisper threads (asr.threads).
@@ -28,18 +28,18 @@ pub struct Overrides {
     /// Small model base path (default: the installed `ubm`).
     pub ubm: Option<PathBuf>,
     /// Transcribe only.
-    pub no_sentiment: bool,
+    pub(crate) no_sentiment: bool,
     /// Small model only (cascade.enabled = false).
-    pub no_cascade: bool,
+    pub(crate) no_cascade: bool,
     /// lambda for tau1/tau2 (cascade.lambda).
     pub lambda: Option<f32>,
     /// Whisper's full 30 s context (asr.audio_ctx = full).
-    pub full_audio_ctx: bool,
+    pub(crate) full_audio_ctx: bool,
 }
 
 impl Overrides {
     /// Writes the overrides into `cfg` and validates the result.
-    pub fn apply(&self, cfg: &mut Config) -> Result<()> {
+    pub(crate) fn apply(&self, cfg: &mut Config) -> Result<()> {
         if let Some(l) = &self.language {
             cfg.asr.language = l.clone();
         }
@@ -67,7 +67,7 @@ impl Overrides {
 }
 
 /// The models folder: the flag, else `models.dir`, else the default search.
-pub fn model_files(flag: Option<&Path>, cfg: &Config) -> ModelFiles {
+pub(crate) fn model_files(flag: Option<&Path>, cfg: &Config) -> ModelFiles {
     ModelFiles::new(
         flag.map(Path::to_path_buf)
             .or_else(|| cfg.models.dir.clone())
@@ -77,7 +77,7 @@ pub fn model_files(flag: Option<&Path>, cfg: &Config) -> ModelFiles {
 
 /// The configured Whisper settings with the model resolved against the models folder
 /// (training and evaluation transcribe with them).
-pub fn asr_config(cfg: &Config, models: &ModelFiles) -> crate::config::AsrConfig {
+pub(crate) fn asr_config(cfg: &Config, models: &ModelFiles) -> crate::config::AsrConfig {
     crate::config::AsrConfig {
         model: models.resolve(&cfg.asr.model),
         ..cfg.asr.clone()
@@ -85,7 +85,7 @@ pub fn asr_config(cfg: &Config, models: &ModelFiles) -> crate::config::AsrConfig
 }
 
 /// Default stream id of a source: the file name, the URI's host and path, or the device.
-pub fn default_id(input: &str) -> String {
+pub(crate) fn default_id(input: &str) -> String {
     let base = input.split('?').next().unwrap_or(input);
     if let Some((_, rest)) = base.split_once("://") {
         return rest.trim_end_matches('/').replace('/', "_");
@@ -98,7 +98,7 @@ pub fn default_id(input: &str) -> String {
 
 /// Stream ids for `sources`: the given ones in order, defaults for the rest; a repeated
 /// id gets `#N` (its position) so events stay apart.
-pub fn stream_ids(sources: &[String], given: &[String]) -> Result<Vec<String>> {
+pub(crate) fn stream_ids(sources: &[String], given: &[String]) -> Result<Vec<String>> {
     if given.len() > sources.len() {
         return Err(Error::Usage(format!(
             "{} --id given for {} sources",
@@ -120,7 +120,7 @@ pub fn stream_ids(sources: &[String], given: &[String]) -> Result<Vec<String>> {
 /// Whisper threads per stream: Whisper's threads spin while they wait, so more threads
 /// than cores (two streams with 2 threads each on 2 cores) made every window 10x slower.
 /// Unless set on the command line, the cores are split between the streams.
-pub fn fair_threads(configured: u32, streams: usize, cores: usize, flag_set: bool) -> u32 {
+pub(crate) fn fair_threads(configured: u32, streams: usize, cores: usize, flag_set: bool) -> u32 {
     let fair = (cores as u32 / streams.max(1) as u32).max(1);
     if flag_set || configured <= fair {
         configured
@@ -131,18 +131,18 @@ pub fn fair_threads(configured: u32, streams: usize, cores: usize, flag_set: boo
 
 /// A run, ready to execute.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The configuration with the overrides applied, validated.
     pub cfg: Config,
     /// The stream jobs.
-    pub jobs: Vec<StreamJob>,
+    pub(crate) jobs: Vec<StreamJob>,
     /// The shared stages.
     pub shared: Shared,
 }
 
 /// The sources of a run and how to treat them.
 #[derive(Debug, Clone, Default)]
-pub struct Sources {
+pub(crate) struct Sources {
     /// Paths, URIs, devices or launch descriptions.
     pub inputs: Vec<String>,
     /// Stream ids given on the command line.
@@ -151,7 +151,7 @@ pub struct Sources {
     pub live: bool,
     /// Recorded inputs (`annotate`): each is a path or URI read once to its end, never
     /// reopened, never a launch description.
-    pub recorded: bool,
+    pub(crate) recorded: bool,
     /// Draw a progress bar (one recorded input).
     pub progress: bool,
     /// Write stream notices to the sinks.

@@ -4,7 +4,7 @@
 //! features, [`stream`]) and one router (shared small model, cascade, sinks,
 //! [`router`]); one shutdown signal for all of them ([`shutdown`]).
 
-pub mod router;
+pub(crate) mod router;
 pub mod shutdown;
 pub mod stream;
 
@@ -26,15 +26,15 @@ use stream::{StreamJob, StreamModels};
 /// Figures of a finished run: per stream (from the metrics, the one place windows are
 /// counted) and for the whole job.
 #[derive(Debug, Clone, Default)]
-pub struct RunReport {
+pub(crate) struct RunReport {
     /// Per stream: id and figures, in the order of the jobs.
     pub streams: Vec<(String, StreamFigures)>,
     /// Wall time of the whole job, seconds (model loading included).
-    pub wall_s: f64,
+    pub(crate) wall_s: f64,
     /// Wall time to load the models, seconds.
-    pub load_s: f64,
+    pub(crate) load_s: f64,
     /// Peak resident memory, KiB (from /proc/self/status).
-    pub peak_rss_kib: u64,
+    pub(crate) peak_rss_kib: u64,
 }
 
 impl RunReport {
@@ -43,7 +43,7 @@ impl RunReport {
     }
 
     /// A one-line human summary.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let media_s = self
             .streams
             .iter()
@@ -79,7 +79,7 @@ impl RunReport {
     }
 
     /// One line about one stream (`--stats`, and the log).
-    pub fn stream_line(id: &str, f: &StreamFigures) -> String {
+    pub(crate) fn stream_line(id: &str, f: &StreamFigures) -> String {
         format!(
             "stream {id}: {} windows, {:.1} s of media, real-time factor {:.3}, lag last {:.2} s max {:.2} s, dropped audio/video buffers {}/{}, interruptions {}",
             f.windows,
@@ -95,7 +95,7 @@ impl RunReport {
 }
 
 /// Peak resident set size of this process in KiB (0 where /proc is unavailable).
-pub fn peak_rss_kib() -> u64 {
+pub(crate) fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -178,17 +178,18 @@ pub struct Shared {
 
 /// How one stream ended.
 #[derive(Debug)]
-pub struct StreamResult {
+pub(crate) struct StreamResult {
     /// Stream id.
     pub id: String,
     /// Why it ended early (an error, or a panic of its thread).
     pub error: Option<Error>,
 }
 
+/// The shared stages: the small model (`None`: transcripts only) and the cascade.
+type Stages = (Option<Box<dyn SmallModel>>, Option<crate::cascade::Cascade>);
+
 /// The small model and the cascade, loaded and checked before any media work.
-fn load_shared(
-    shared: &Shared,
-) -> Result<(Option<Box<dyn SmallModel>>, Option<crate::cascade::Cascade>)> {
+fn load_shared(shared: &Shared) -> Result<Stages> {
     let Some(base) = &shared.ubm else {
         return Ok((None, None));
     };
@@ -247,7 +248,7 @@ pub struct Run<'a> {
     /// The configuration (overrides applied).
     pub cfg: &'a Config,
     /// One job per stream.
-    pub jobs: Vec<StreamJob>,
+    pub(crate) jobs: Vec<StreamJob>,
     /// The shared stages.
     pub shared: &'a Shared,
     /// Where events go.
@@ -256,12 +257,14 @@ pub struct Run<'a> {
     pub metrics: Arc<Metrics>,
     /// Stops the streams early (Ctrl-C, SIGTERM).
     pub shutdown: Shutdown,
+    /// Fires `shutdown` from inside the run (every output failed).
+    pub stop: Arc<shutdown::Trigger>,
 }
 
 /// Runs stream jobs to their end (or until the shutdown), with every event going to the
 /// sinks. The shared models load first, so a bad model file fails before any media work.
 /// `body` is what each stream thread runs (the real one is [`stream::run_stream`]).
-pub fn execute_with<F>(run: Run, body: F) -> Result<(RunReport, Vec<StreamResult>)>
+pub(crate) fn execute_with<F>(run: Run, body: F) -> Result<(RunReport, Vec<StreamResult>)>
 where
     F: Fn(usize, StreamJob, Config, crossbeam_channel::Sender<stream::ToRouter>, Shutdown)
         + Send
@@ -297,7 +300,8 @@ where
         run.sinks,
         metrics.clone(),
         run.shared.notices,
-    );
+    )
+    .stopping(run.stop);
     let finished = router.run(rx, ids.len());
     let results = join_streams(ids.clone(), handles, finished.streams);
     let report = RunReport {
@@ -317,7 +321,7 @@ where
 
 /// Runs stream jobs with the real stream threads; each stream's models (VAD, Whisper,
 /// features) load before any thread starts.
-pub fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
+pub(crate) fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
     let mut loaded = std::collections::HashMap::new();
     for (i, j) in run.jobs.iter().enumerate() {
         loaded.insert(i, StreamModels::load(j, run.cfg)?);
@@ -381,6 +385,7 @@ mod tests {
             sinks: Fanout::default(),
             metrics: Arc::new(Metrics::default()),
             shutdown: Shutdown::never(),
+            stop: Arc::new(shutdown::channel().0),
         };
         let (report, results) = execute_with(run, body).unwrap();
         assert_eq!(report.streams.len(), 2);

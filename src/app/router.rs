@@ -19,7 +19,7 @@ use crate::routing::uncertainty::polarity;
 use crate::sinks::Fanout;
 
 /// The small model as the router sees it: a verdict per window (stage `ubm`).
-pub trait SmallModel {
+pub(crate) trait SmallModel {
     /// Scores one window.
     fn score(&self, features: &WindowFeatures) -> Sentiment;
 }
@@ -38,7 +38,7 @@ impl SmallModel for Ubm {
 
 /// How a stream thread ended, as far as the router knows.
 #[derive(Debug)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// It reported that it finished (end of input or shutdown).
     Finished,
     /// It reported the error that ended it early.
@@ -48,20 +48,24 @@ pub enum StreamEnd {
 }
 
 /// What the router ends with.
-pub struct Finished {
+pub(crate) struct Finished {
     /// Per stream (by index): how it ended.
     pub streams: Vec<StreamEnd>,
     /// Errors of sinks that failed.
-    pub sink_errors: Vec<SinkError>,
+    pub(crate) sink_errors: Vec<SinkError>,
 }
 
 /// Shared stages and outputs.
-pub struct Router {
+pub(crate) struct Router {
     small: Option<Box<dyn SmallModel>>,
     cascade: Option<Cascade>,
     sinks: Fanout,
     metrics: std::sync::Arc<Metrics>,
     notices: bool,
+    /// Fired when every sink has failed: nothing could be written any more.
+    stop: Option<std::sync::Arc<crate::app::shutdown::Trigger>>,
+    /// Sinks when the run started.
+    sinks_at_start: usize,
 }
 
 /// Writes one finished event to the metrics and the sinks.
@@ -84,9 +88,28 @@ impl Router {
         Self {
             small,
             cascade,
+            sinks_at_start: sinks.len(),
             sinks,
             metrics,
             notices,
+            stop: None,
+        }
+    }
+
+    /// Fires `stop` (the run's shutdown) when every sink has failed.
+    pub fn stopping(mut self, stop: std::sync::Arc<crate::app::shutdown::Trigger>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// With every output gone, the streams stop: their work could not be written.
+    fn check_sinks(&mut self) {
+        if self.sinks_at_start > 0
+            && self.sinks.is_empty()
+            && let Some(stop) = self.stop.take()
+        {
+            tracing::error!("every output failed; stopping the streams");
+            stop.fire();
         }
     }
 
@@ -130,9 +153,11 @@ impl Router {
     fn message(&mut self, msg: ToRouter, done: &mut [Option<StreamEnd>]) {
         match msg {
             ToRouter::Window(w) => self.window(*w),
-            ToRouter::Status(s) => {
-                // A notice follows the windows before it (escalated ones included).
+            ToRouter::Status(mut s) => {
+                // A notice follows the windows before it (escalated ones included), and
+                // is stamped when it leaves, after them.
                 self.drain_cascade();
+                s.emitted_at_ms = crate::event::now_ms();
                 if s.status == StreamStatus::Started {
                     // Stream time `at` is live now: the origin for lag.
                     self.metrics.set_origin(&s.stream, s.at);
@@ -193,6 +218,7 @@ impl Router {
                 }
             }
             self.poll_cascade();
+            self.check_sinks();
         }
         self.drain_cascade();
         self.sinks.close();

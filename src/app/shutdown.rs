@@ -33,7 +33,7 @@ pub fn channel() -> (Trigger, Shutdown) {
 
 impl Trigger {
     /// Signals every watcher; later calls do nothing.
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
@@ -48,7 +48,7 @@ impl Shutdown {
     }
 
     /// Whether the shutdown has been signalled.
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         matches!(self.rx.try_recv(), Err(TryRecvError::Disconnected))
     }
 
@@ -58,8 +58,53 @@ impl Shutdown {
     }
 
     /// The channel to wait on beside others (it disconnects on shutdown).
-    pub fn receiver(&self) -> &Receiver<()> {
+    pub(crate) fn receiver(&self) -> &Receiver<()> {
         &self.rx
+    }
+}
+
+/// Fires `trigger` on the first Ctrl-C / SIGTERM (streams finish their windows, files
+/// close, websocket clients get a close frame); a second one ends the process at once
+/// with `_exit(130)`, which skips the C++ static destructors that crashed while
+/// libtorch, whisper.cpp and GStreamer threads were still running.
+pub fn stop_on_signals(trigger: std::sync::Arc<Trigger>) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                tracing::warn!("cannot watch for Ctrl-C / SIGTERM: no signal runtime");
+                return;
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    tracing::warn!("cannot watch for SIGTERM");
+                    return;
+                };
+                for round in 0..2 {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    if round == 0 {
+                        eprintln!(
+                            "sentistream: stopping (finishing windows in flight; signal again to exit at once)"
+                        );
+                        trigger.fire();
+                    } else {
+                        eprintln!("sentistream: exiting at once");
+                        // SAFETY: `_exit` ends the process without running any handler or
+                        // destructor; nothing is touched afterwards.
+                        unsafe { libc::_exit(130) };
+                    }
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot watch for Ctrl-C / SIGTERM: {e}");
     }
 }
 

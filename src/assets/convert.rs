@@ -15,7 +15,7 @@ use half::f16;
 use crate::error::ModelError;
 
 /// ggml file magic ("ggml" little-endian).
-pub const GGML_MAGIC: u32 = 0x6767_6d6c;
+pub(crate) const GGML_MAGIC: u32 = 0x6767_6d6c;
 const CT2_DTYPE_F32: u8 = 0;
 const CT2_DTYPE_I8: u8 = 1;
 const CT2_DTYPE_I16: u8 = 2;
@@ -104,7 +104,7 @@ impl Ct2Var {
 
 /// A parsed CTranslate2 model file.
 #[derive(Debug)]
-pub struct Ct2Model {
+pub(crate) struct Ct2Model {
     vars: HashMap<String, Ct2Var>,
 }
 
@@ -421,7 +421,10 @@ fn map_cross_attention(w: &mut Mapper<'_>, s: &str, d: &str) -> Result<(), Strin
 }
 
 /// Reads a float32 2-D array (`mel_<n>`) from numpy's `mel_filters.npz`.
-pub fn read_mel_filters(npz: &Path, n_mels: usize) -> Result<(usize, usize, Vec<f32>), String> {
+pub(crate) fn read_mel_filters(
+    npz: &Path,
+    n_mels: usize,
+) -> Result<(usize, usize, Vec<f32>), String> {
     let file = std::fs::File::open(npz).map_err(|e| format!("{}: {e}", npz.display()))?;
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| format!("{}: not a zip/npz: {e}", npz.display()))?;
@@ -435,7 +438,7 @@ pub fn read_mel_filters(npz: &Path, n_mels: usize) -> Result<(usize, usize, Vec<
 }
 
 /// Parses a little-endian float32, C-order, 2-D `.npy` array.
-pub fn parse_npy_f32_2d(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String> {
+pub(crate) fn parse_npy_f32_2d(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("not a .npy array".into());
     }
@@ -488,7 +491,7 @@ pub fn parse_npy_f32_2d(bytes: &[u8]) -> Result<(usize, usize, Vec<f32>), String
 }
 
 /// Reads a `.tiktoken` BPE file: base64 tokens in rank order.
-pub fn read_tiktoken(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn read_tiktoken(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut tokens: Vec<(usize, Vec<u8>)> = Vec::with_capacity(52_000);
     for (lineno, line) in text
@@ -764,7 +767,7 @@ fn skip_ggml_tensor(c: &mut Cursor<'_>) -> Result<(), String> {
 }
 
 /// Number of tensors whisper.cpp expects for a model with these layer counts.
-pub fn expected_tensor_count(hp: &WhisperHparams) -> usize {
+pub(crate) fn expected_tensor_count(hp: &WhisperHparams) -> usize {
     // encoder: conv1 w/b, conv2 w/b, positions, ln_post w/b; 15 per block.
     // decoder: token embedding, positions, ln w/b; 24 per block.
     7 + 15 * hp.n_audio_layer as usize + 4 + 24 * hp.n_text_layer as usize

@@ -17,11 +17,11 @@ use crate::error::ModelError;
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Values per quantisation block (Q4_1, Q8_0).
-pub const QK: usize = 32;
+pub(crate) const QK: usize = 32;
 /// Bytes of a Q4_1 block: f16 scale, f16 minimum, 16 bytes of 4-bit values.
-pub const Q4_1_BLOCK: usize = 20;
+pub(crate) const Q4_1_BLOCK: usize = 20;
 /// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
-pub const Q8_0_BLOCK: usize = 34;
+pub(crate) const Q8_0_BLOCK: usize = 34;
 /// Refuse arrays or strings longer than this (a corrupt length must not exhaust memory).
 const MAX_LEN: u64 = 1 << 28;
 
@@ -69,7 +69,7 @@ impl TensorType {
     }
 
     /// Bytes for `n` values, when the type is supported.
-    pub fn bytes_for(self, n: usize) -> Option<usize> {
+    pub(crate) fn bytes_for(self, n: usize) -> Option<usize> {
         match self {
             Self::F32 => Some(n * 4),
             Self::F16 => Some(n * 2),
@@ -86,11 +86,11 @@ pub struct TensorInfo {
     /// Name, e.g. `blk.0.attn_q.weight`.
     pub name: String,
     /// Dimensions as stored (fastest first).
-    pub dims: Vec<u64>,
+    pub(crate) dims: Vec<u64>,
     /// Storage type.
     pub kind: TensorType,
     /// Offset from the start of the data section.
-    pub offset: u64,
+    pub(crate) offset: u64,
 }
 
 impl TensorInfo {
@@ -113,8 +113,6 @@ impl TensorInfo {
 pub struct Gguf {
     /// File path.
     pub path: PathBuf,
-    /// Format version.
-    pub version: u32,
     /// Metadata by key.
     pub metadata: BTreeMap<String, Value>,
     /// Tensors in file order.
@@ -214,7 +212,7 @@ impl Gguf {
             r: BufReader::with_capacity(1 << 20, file),
             pos: 0,
         };
-        let (version, n_tensors, n_kv) = Self::read_header(&mut r).map_err(corrupt)?;
+        let (n_tensors, n_kv) = Self::read_header(&mut r).map_err(corrupt)?;
         let metadata = Self::read_metadata(&mut r, n_kv).map_err(corrupt)?;
         let tensors = Self::read_directory(&mut r, n_tensors).map_err(corrupt)?;
         let align = match metadata.get("general.alignment") {
@@ -224,7 +222,6 @@ impl Gguf {
         let data_start = r.pos.div_ceil(align) * align;
         let g = Self {
             path: path.to_path_buf(),
-            version,
             metadata,
             tensors,
             data_start,
@@ -235,8 +232,8 @@ impl Gguf {
     }
 
     /// Reads the magic, version and counts, refusing other formats and implausible counts;
-    /// returns (version, tensor count, metadata key count).
-    fn read_header<R: Read>(r: &mut Reader<R>) -> Result<(u32, u64, u64), String> {
+    /// returns (tensor count, metadata key count).
+    fn read_header<R: Read>(r: &mut Reader<R>) -> Result<(u64, u64), String> {
         if &r.bytes::<4>()? != GGUF_MAGIC {
             return Err("not a GGUF file (bad magic)".into());
         }
@@ -251,7 +248,7 @@ impl Gguf {
                 "implausible counts: {n_tensors} tensors, {n_kv} keys"
             ));
         }
-        Ok((version, n_tensors, n_kv))
+        Ok((n_tensors, n_kv))
     }
 
     /// Reads `n_kv` metadata key/value pairs.
@@ -327,7 +324,7 @@ impl Gguf {
     }
 
     /// A metadata float.
-    pub fn float(&self, key: &str) -> Option<f64> {
+    pub(crate) fn float(&self, key: &str) -> Option<f64> {
         match self.metadata.get(key)? {
             Value::Float(v) => Some(*v),
             _ => None,
@@ -411,7 +408,7 @@ impl Gguf {
 
 /// Dequantises one Q4_1 block (20 bytes -> 32 values): x = d * q + m, where the low
 /// nibbles of the 16 bytes are values 0..16 and the high nibbles values 16..32.
-pub fn dequantize_q4_1(block: &[u8], out: &mut Vec<f32>) {
+pub(crate) fn dequantize_q4_1(block: &[u8], out: &mut Vec<f32>) {
     let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
     let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
     let qs = &block[4..Q4_1_BLOCK];
@@ -420,7 +417,7 @@ pub fn dequantize_q4_1(block: &[u8], out: &mut Vec<f32>) {
 }
 
 /// Dequantises one Q8_0 block (34 bytes -> 32 values): x = d * q.
-pub fn dequantize_q8_0(block: &[u8], out: &mut Vec<f32>) {
+pub(crate) fn dequantize_q8_0(block: &[u8], out: &mut Vec<f32>) {
     let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
     out.extend(block[2..Q8_0_BLOCK].iter().map(|&q| d * q as i8 as f32));
 }

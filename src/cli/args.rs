@@ -56,7 +56,7 @@ pub struct DataArgs {
     pub data: PathBuf,
     /// Label range: mosi ([-3, 3], MOSI/MOSEI) or sims ([-1, 1], CH-SIMS).
     #[arg(long, value_enum, default_value = "mosi")]
-    pub scale: Scale,
+    pub(crate) scale: Scale,
     /// Transcript: the given text column, or Whisper ASR on the clip.
     #[arg(long, value_enum, default_value = "given")]
     pub text: TextSource,
@@ -91,10 +91,10 @@ pub struct TrainUbmArgs {
     pub batch: usize,
     /// Learning rate (AdamW).
     #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    pub(crate) lr: f64,
     /// Weight of the classification loss (L1 + alpha * CE).
     #[arg(long, default_value_t = 1.0)]
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     /// Width of the shared representation.
     #[arg(long, default_value_t = 128)]
     pub hidden: i64,
@@ -103,7 +103,7 @@ pub struct TrainUbmArgs {
     pub band: f32,
     /// Random seed.
     #[arg(long, default_value_t = 7)]
-    pub seed: i64,
+    pub(crate) seed: i64,
     /// lambda of tau1 = (1 - lambda) mu_correct + lambda mu_wrong.
     #[arg(long, default_value_t = 0.5)]
     pub lambda: f32,
@@ -129,7 +129,7 @@ pub struct TrainMllmArgs {
     pub batch: usize,
     /// Learning rate (AdamW).
     #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    pub(crate) lr: f64,
     /// LoRA rank (alpha = 2 x rank).
     #[arg(long, default_value_t = 8)]
     pub rank: i64,
@@ -138,16 +138,16 @@ pub struct TrainMllmArgs {
     pub band: f32,
     /// Random seed.
     #[arg(long, default_value_t = 7)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Share of training clips that also get a cross-verification prompt.
     #[arg(long, default_value_t = 0.5)]
-    pub cross_share: f32,
+    pub(crate) cross_share: f32,
     /// lambda of tau2.
     #[arg(long, default_value_t = 0.5)]
     pub lambda: f32,
     /// Use at most this many training clips (0: all).
     #[arg(long, default_value_t = 0)]
-    pub limit: usize,
+    pub(crate) limit: usize,
     /// Torch threads.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,
@@ -164,7 +164,7 @@ pub struct CalibrateArgs {
     pub lambda: Option<f32>,
     /// Instead: escalate this share (0..1) of validation windows.
     #[arg(long)]
-    pub escalation_rate: Option<f32>,
+    pub(crate) escalation_rate: Option<f32>,
 }
 
 /// Options of `eval`.
@@ -178,7 +178,7 @@ pub struct EvalArgs {
     pub split: Split,
     /// Also print escalation rate vs accuracy of accepted windows for lambda 0.1..0.9.
     #[arg(long)]
-    pub lambda_sweep: bool,
+    pub(crate) lambda_sweep: bool,
     /// Compare UBM only, large model only and U-ACS (several lambdas, ablations) on the
     /// same windows: accuracy and runtime.
     #[arg(long)]
@@ -193,10 +193,10 @@ pub struct EvalArgs {
 pub struct ModelArgs {
     /// Whisper ggml model (path or name in the models folder); overrides asr.model.
     #[arg(long)]
-    pub whisper_model: Option<PathBuf>,
+    pub(crate) whisper_model: Option<PathBuf>,
     /// Silero VAD ggml model; overrides models.vad.
     #[arg(long)]
-    pub vad_model: Option<PathBuf>,
+    pub(crate) vad_model: Option<PathBuf>,
     /// Spoken language ("auto" or a code such as "en"); overrides asr.language.
     #[arg(long)]
     pub language: Option<String>,
@@ -211,10 +211,10 @@ pub struct ModelArgs {
     pub ubm: Option<PathBuf>,
     /// Transcribe only: no sentiment fields.
     #[arg(long)]
-    pub no_sentiment: bool,
+    pub(crate) no_sentiment: bool,
     /// Small model only: no escalation to the large model (sets cascade.enabled = false).
     #[arg(long)]
-    pub no_cascade: bool,
+    pub(crate) no_cascade: bool,
     /// lambda for tau1/tau2 (lower: more escalation); overrides cascade.lambda.
     #[arg(long)]
     pub lambda: Option<f32>,
@@ -253,20 +253,20 @@ pub struct AnnotateArgs {
     pub input: String,
     /// Stream id in the events (default: the file name).
     #[arg(long)]
-    pub stream_id: Option<String>,
+    pub(crate) stream_id: Option<String>,
     /// Use Whisper's full 30 s context for every window (slower; as upstream).
     #[arg(long)]
-    pub full_audio_ctx: bool,
+    pub(crate) full_audio_ctx: bool,
     /// No progress bar.
     #[arg(long)]
-    pub no_progress: bool,
+    pub(crate) no_progress: bool,
     /// Print run figures (wall time, Whisper time, real-time factor, peak RSS) on stderr.
     #[arg(long)]
     pub stats: bool,
     /// Also write the events to files, written as they come: `PATH.jsonl`, `PATH.vtt`
     /// (WebVTT) or `PATH.srt` subtitles with text and sentiment. Repeatable.
     #[arg(long = "out")]
-    pub outs: Vec<PathBuf>,
+    pub(crate) outs: Vec<PathBuf>,
     /// Models and languages.
     #[command(flatten)]
     pub m: ModelArgs,
@@ -320,7 +320,7 @@ pub enum ModelsCommand {
 
 impl ModelArgs {
     /// The overrides these flags ask for.
-    pub fn overrides(&self) -> Overrides {
+    pub(crate) fn overrides(&self) -> Overrides {
         Overrides {
             whisper_model: self.whisper_model.clone(),
             vad_model: self.vad_model.clone(),

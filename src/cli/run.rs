@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::Context;
 use super::args::RunArgs;
-use crate::app::shutdown::{self, Trigger};
+use crate::app::shutdown;
 use crate::app::{self, RunReport, StreamResult};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -33,7 +33,8 @@ pub(super) fn run(r: &RunArgs, ctx: Context) -> Result<i32> {
     let metrics = Arc::new(Metrics::default());
     let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
     let (trigger, watch) = shutdown::channel();
-    watch_signals(trigger);
+    let trigger = Arc::new(trigger);
+    shutdown::stop_on_signals(trigger.clone());
     let (report, results) = app::execute(app::Run {
         cfg: &plan.cfg,
         jobs: plan.jobs,
@@ -41,6 +42,7 @@ pub(super) fn run(r: &RunArgs, ctx: Context) -> Result<i32> {
         sinks,
         metrics,
         shutdown: watch,
+        stop: trigger,
     })?;
     let (figures, errors) = outcome(&report, &results);
     for line in &figures {
@@ -78,43 +80,6 @@ fn outcome(report: &RunReport, results: &[StreamResult]) -> (Vec<String>, Vec<St
         })
         .collect();
     (figures, errors)
-}
-
-/// The first Ctrl-C / SIGTERM fires the shutdown (streams finish their windows, files
-/// close, websocket clients get a close frame); a second one ends the process at once
-/// with `_exit`, which skips the C++ static destructors that crashed while libtorch,
-/// whisper.cpp and GStreamer threads were still running.
-fn watch_signals(trigger: Trigger) {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                tracing::warn!("cannot watch for Ctrl-C / SIGTERM: no signal runtime");
-                return;
-            };
-            rt.block_on(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut term) = signal(SignalKind::terminate()) else {
-                    return;
-                };
-                for round in 0..2 {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
-                    }
-                    if round == 0 {
-                        eprintln!("sentistream: stopping (finishing windows in flight; signal again to exit at once)");
-                        trigger.fire();
-                    } else {
-                        eprintln!("sentistream: exiting at once");
-                        // SAFETY: `_exit` ends the process without running any handler or
-                        // destructor; nothing is touched afterwards.
-                        unsafe { libc::_exit(130) };
-                    }
-                }
-            });
-        })
-        .expect("spawn signal thread");
 }
 
 #[cfg(test)]

@@ -451,7 +451,7 @@ impl SinksConfig {
 }
 
 /// Checks an endpoint URL: `http://` or `https://` with a host (and a numeric port).
-pub fn check_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
     let uri: ureq::http::Uri = url.parse().map_err(|e| {
         format!("not a URL ({e}); expected e.g. http://127.0.0.1:8080/v1/chat/completions")
     })?;

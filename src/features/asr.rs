@@ -33,11 +33,11 @@ pub struct Transcript {
     /// Mean probability of the text tokens, in [0, 1] (0 when there is no text).
     pub confidence: f32,
     /// Whisper's probability that the window holds no speech.
-    pub no_speech_prob: f32,
+    pub(crate) no_speech_prob: f32,
     /// Detected or configured language code.
     pub language: Option<String>,
     /// Wall time spent in Whisper, milliseconds.
-    pub asr_ms: f64,
+    pub(crate) asr_ms: f64,
 }
 
 /// A loaded Whisper model with one decoding state.
@@ -103,7 +103,7 @@ impl Asr {
     }
 
     /// Encoder context for a window of `secs` seconds.
-    pub fn audio_ctx_for(&self, secs: f64) -> i32 {
+    pub(crate) fn audio_ctx_for(&self, secs: f64) -> i32 {
         match self.cfg.audio_ctx {
             AudioCtx::Full => self.n_audio_ctx,
             AudioCtx::Auto => {

@@ -13,12 +13,12 @@ use realfft::{RealFftPlanner, RealToComplex, num_complex::Complex};
 use crate::source::SAMPLE_RATE;
 
 /// Samples per analysis frame (25 ms).
-pub const FRAME: usize = 400;
+pub(crate) const FRAME: usize = 400;
 /// Samples between frames (10 ms).
 pub const HOP: usize = 160;
 const NFFT: usize = 512;
 /// Mel bands.
-pub const N_MELS: usize = 40;
+pub(crate) const N_MELS: usize = 40;
 /// Values per frame.
 pub const AUDIO_DIM: usize = N_MELS + 7;
 /// Pitch search range, Hz.
@@ -118,7 +118,7 @@ impl AudioFeaturizer {
     }
 
     /// Number of frames `compute` produces for `n` samples.
-    pub fn frames_for(n: usize) -> usize {
+    pub(crate) fn frames_for(n: usize) -> usize {
         if n < FRAME {
             usize::from(n > 0)
         } else {

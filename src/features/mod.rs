@@ -16,7 +16,7 @@ use text::{TEXT_DIM, TextEncoder};
 use visual::{VIS_DIM, VisualFeaturizer, VisualModels};
 
 /// Version of the feature layout; cached features of another version are recomputed.
-pub const FEATURE_VERSION: u32 = 1;
+pub(crate) const FEATURE_VERSION: u32 = 1;
 
 /// The three modalities of one window.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,15 +31,15 @@ pub struct WindowFeatures {
 
 impl WindowFeatures {
     /// Number of audio frames.
-    pub fn audio_frames(&self) -> usize {
+    pub(crate) fn audio_frames(&self) -> usize {
         self.audio.len() / AUDIO_DIM
     }
     /// Number of video frames.
-    pub fn visual_frames(&self) -> usize {
+    pub(crate) fn visual_frames(&self) -> usize {
         self.visual.len() / VIS_DIM
     }
     /// Serialises to little-endian bytes (for the feature cache).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(16 + 4 * (TEXT_DIM + self.audio.len() + self.visual.len()));
         for v in [
             FEATURE_VERSION,
@@ -61,7 +61,7 @@ impl WindowFeatures {
         b
     }
     /// Reads [`Self::to_bytes`] output; `None` if it is of another version or damaged.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(b: &[u8]) -> Option<Self> {
         let u = |i: usize| {
             b.get(i * 4..i * 4 + 4)
                 .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
@@ -87,7 +87,7 @@ impl WindowFeatures {
 }
 
 /// Feature extractors for all three modalities.
-pub struct Extractor {
+pub(crate) struct Extractor {
     audio: AudioFeaturizer,
     visual: VisualFeaturizer,
     text: TextEncoder,
@@ -104,7 +104,7 @@ impl Extractor {
     }
 
     /// Features of one window: its audio, its frames and its transcript.
-    pub fn extract<'a>(
+    pub(crate) fn extract<'a>(
         &mut self,
         audio: &[f32],
         frames: impl IntoIterator<Item = &'a VideoFrame>,

@@ -16,7 +16,7 @@ pub const VIS_DIM: usize = 11;
 const MIN_CONFIDENCE: f32 = 0.5;
 /// Side of the res10 input. The model was trained at 300; at 160 it finds faces wider
 /// than ~1/10 of the frame (webcams, calls, the samples) at about a third of the cost.
-pub const SSD_SIZE: i32 = 160;
+pub(crate) const SSD_SIZE: i32 = 160;
 
 /// Index of named values inside a frame vector.
 pub mod idx {
@@ -58,7 +58,7 @@ pub struct VisualModels {
 }
 
 /// Debian's opencv-data location of the Haar cascades.
-pub const HAAR_DIR: &str = "/usr/share/opencv4/haarcascades";
+pub(crate) const HAAR_DIR: &str = "/usr/share/opencv4/haarcascades";
 
 impl VisualModels {
     /// The installed models: res10 from the models folder when present, Haar from opencv-data.

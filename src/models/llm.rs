@@ -20,32 +20,32 @@ use crate::assets::gguf::Gguf;
 use crate::error::ModelError;
 
 /// Longest sequence (prompt + cache) the RoPE tables cover.
-pub const MAX_POSITIONS: i64 = 2048;
+pub(crate) const MAX_POSITIONS: i64 = 2048;
 
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LlmShape {
     /// Transformer blocks.
-    pub layers: usize,
+    pub(crate) layers: usize,
     /// Hidden width.
-    pub embd: i64,
+    pub(crate) embd: i64,
     /// Feed-forward width.
-    pub ffn: i64,
+    pub(crate) ffn: i64,
     /// Query heads.
-    pub heads: i64,
+    pub(crate) heads: i64,
     /// Key/value heads (grouped-query attention).
-    pub kv_heads: i64,
+    pub(crate) kv_heads: i64,
     /// RoPE frequency base.
-    pub rope_base: f64,
+    pub(crate) rope_base: f64,
     /// RMS-norm epsilon.
-    pub rms_eps: f64,
+    pub(crate) rms_eps: f64,
     /// Vocabulary size.
-    pub vocab: i64,
+    pub(crate) vocab: i64,
 }
 
 impl LlmShape {
     /// Width of one attention head.
-    pub fn head_dim(&self) -> i64 {
+    pub(crate) fn head_dim(&self) -> i64 {
         self.embd / self.heads
     }
 }
@@ -63,23 +63,23 @@ struct Block {
 }
 
 /// LoRA factors for one block's query and value projections: `x A B * scale` is added.
-pub struct LoraBlock {
+pub(crate) struct LoraBlock {
     /// Query down-projection `[embd, rank]`.
-    pub q_a: Tensor,
+    pub(crate) q_a: Tensor,
     /// Query up-projection `[rank, embd]`.
-    pub q_b: Tensor,
+    pub(crate) q_b: Tensor,
     /// Value down-projection `[embd, rank]`.
-    pub v_a: Tensor,
+    pub(crate) v_a: Tensor,
     /// Value up-projection `[rank, kv_dim]`.
-    pub v_b: Tensor,
+    pub(crate) v_b: Tensor,
 }
 
 /// LoRA adapters for all blocks.
 pub struct Lora<'a> {
     /// One entry per block.
-    pub blocks: &'a [LoraBlock],
+    pub(crate) blocks: &'a [LoraBlock],
     /// alpha / rank.
-    pub scale: f64,
+    pub(crate) scale: f64,
 }
 
 /// Keys and values of the tokens seen so far, per block: `[B, kv_heads, S, head_dim]`.
@@ -129,7 +129,7 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> ModelError {
 
 /// Builds a `tokenizers` BPE tokenizer (GPT-2 byte level, digits split one by one, as the
 /// GGUF's `smollm` pre-tokenizer type says) from the GGUF vocabulary and merges.
-pub fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
+pub(crate) fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
     let model = g.str("tokenizer.ggml.model").unwrap_or("");
     if model != "gpt2" {
         return Err(corrupt(
@@ -345,7 +345,7 @@ impl Llm {
     }
 
     /// Output-projection rows of some tokens, `[n, embd]` (for label-word logits).
-    pub fn head_rows(&self, ids: &[i64]) -> Tensor {
+    pub(crate) fn head_rows(&self, ids: &[i64]) -> Tensor {
         self.embed(ids)
     }
 

@@ -24,11 +24,11 @@ use crate::routing::thresholds::Calibration;
 use crate::routing::uncertainty::entropy;
 
 /// Version of the prompt layout; an adapter trained on another version is refused.
-pub const PROMPT_VERSION: u32 = 1;
+pub(crate) const PROMPT_VERSION: u32 = 1;
 /// The label words, in class order (0 negative, 1 neutral, 2 positive).
-pub const LABEL_WORDS: [&str; 3] = ["negative", "neutral", "positive"];
+pub(crate) const LABEL_WORDS: [&str; 3] = ["negative", "neutral", "positive"];
 /// Longest transcript (characters) placed in a prompt; longer ones are cut at a word.
-pub const MAX_TEXT_CHARS: usize = 400;
+pub(crate) const MAX_TEXT_CHARS: usize = 400;
 
 /// Fixed start of every prompt (its keys and values are computed once and cached).
 const PREFIX: &str = "<|im_start|>system\nYou judge the sentiment of a speaker from their words, voice and face.<|im_end|>\n<|im_start|>user\nWords: \"";
@@ -39,33 +39,33 @@ const QUESTION: &str =
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AdapterMeta {
     /// Prompt layout version.
-    pub prompt_version: u32,
+    pub(crate) prompt_version: u32,
     /// Feature layout version.
-    pub feature_version: u32,
+    pub(crate) feature_version: u32,
     /// Size in bytes of the GGUF the adapter was trained on (a cheap identity check).
-    pub base_model_bytes: u64,
+    pub(crate) base_model_bytes: u64,
     /// LoRA rank.
     pub rank: i64,
     /// LoRA alpha (scale = alpha / rank).
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     /// Soft tokens for audio.
-    pub audio_tokens: i64,
+    pub(crate) audio_tokens: i64,
     /// Soft tokens for video.
-    pub visual_tokens: i64,
+    pub(crate) visual_tokens: i64,
     /// Audio feature normalisation.
     pub audio_mean: Vec<f32>,
     /// Audio feature normalisation.
     pub audio_std: Vec<f32>,
     /// Visual feature normalisation.
-    pub visual_mean: Vec<f32>,
+    pub(crate) visual_mean: Vec<f32>,
     /// Visual feature normalisation.
-    pub visual_std: Vec<f32>,
+    pub(crate) visual_std: Vec<f32>,
     /// Neutral band.
     pub band: f32,
     /// Label range limit (3 for MOSI, 1 for SIMS).
-    pub score_limit: f32,
+    pub(crate) score_limit: f32,
     /// Uncertainty calibration on the validation split.
-    pub calibration: Option<Calibration>,
+    pub(crate) calibration: Option<Calibration>,
     /// lambda used for tau2.
     pub lambda: f32,
     /// tau2 (large-model acceptance threshold).
@@ -151,7 +151,7 @@ impl Adapter {
     }
 
     /// Paths of the weights and metadata for a base path (e.g. `models/mllm-adapter`).
-    pub fn paths(base: &Path) -> (PathBuf, PathBuf) {
+    pub(crate) fn paths(base: &Path) -> (PathBuf, PathBuf) {
         crate::models::weight_paths(base)
     }
 
@@ -196,7 +196,7 @@ impl Answer {
 }
 
 /// Text of the cross-verification paragraph (also used by the remote backend).
-pub fn cross_check_text(small: Verdict, large: Verdict, band: f32) -> String {
+pub(crate) fn cross_check_text(small: Verdict, large: Verdict, band: f32) -> String {
     let word = |v: Verdict| LABEL_WORDS[crate::routing::uncertainty::class_index(v.score, band)];
     format!(
         "\nTwo earlier readings disagree. Fast model: {} (score {:+.1}, uncertainty {:.2}). First look: {} (score {:+.1}, uncertainty {:.2}). Re-examine the evidence.",
@@ -210,7 +210,7 @@ pub fn cross_check_text(small: Verdict, large: Verdict, band: f32) -> String {
 }
 
 /// The transcript as placed in a prompt: trimmed, quotes replaced, cut at a word.
-pub fn prompt_text(text: &str) -> String {
+pub(crate) fn prompt_text(text: &str) -> String {
     let t = text.trim().replace('"', "'");
     if t.len() <= MAX_TEXT_CHARS {
         return t;
@@ -267,7 +267,7 @@ pub struct Outputs {
     /// Label-word logits.
     pub logits: Tensor,
     /// Value-head scores (unclipped).
-    pub scores: Tensor,
+    pub(crate) scores: Tensor,
     /// Prompt length in tokens per query (cached prefix included).
     pub tokens: Vec<usize>,
 }
@@ -354,11 +354,6 @@ impl Mllm {
     /// Length of the fixed, cached prompt prefix in tokens.
     pub fn prefix_tokens(&self) -> usize {
         self.prefix_ids.len()
-    }
-
-    /// Token ids of the label words.
-    pub fn label_ids(&self) -> [i64; 3] {
-        self.label_ids
     }
 
     fn lora(&self) -> Lora<'_> {

@@ -11,7 +11,7 @@ use crate::error::ModelError;
 
 /// Paths of a trained model's weights (`.safetensors`) and metadata (`.json`) for a base
 /// path such as `models/ubm`.
-pub fn weight_paths(base: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn weight_paths(base: &Path) -> (PathBuf, PathBuf) {
     (
         base.with_extension("safetensors"),
         base.with_extension("json"),
@@ -19,7 +19,7 @@ pub fn weight_paths(base: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Saves a model's weights and its metadata side by side (see [`weight_paths`]).
-pub fn save_weights<M: serde::Serialize>(
+pub(crate) fn save_weights<M: serde::Serialize>(
     vs: &tch::nn::VarStore,
     meta: &M,
     base: &Path,

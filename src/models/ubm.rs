@@ -21,7 +21,7 @@ use crate::routing::thresholds::Calibration;
 use crate::routing::uncertainty::entropy;
 
 /// Audio frames averaged into one encoder step (4 x 10 ms).
-pub const AUDIO_POOL: usize = 4;
+pub(crate) const AUDIO_POOL: usize = 4;
 /// Normalised features are clipped to +-this many standard deviations, so inputs unlike
 /// the training data (another camera, a smile never seen) cannot saturate the model.
 const Z_CLIP: f32 = 5.0;
@@ -32,11 +32,11 @@ const MAX_AUDIO_STEPS: usize = 750;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UbmMeta {
     /// Feature layout version the model was trained on.
-    pub feature_version: u32,
+    pub(crate) feature_version: u32,
     /// Width of h.
     pub hidden: i64,
     /// Dropout in training.
-    pub dropout: f64,
+    pub(crate) dropout: f64,
     /// Neutral band b for the 3 classes.
     pub band: f32,
     /// Per-feature mean of the audio frames (training split).
@@ -44,17 +44,17 @@ pub struct UbmMeta {
     /// Per-feature standard deviation of the audio frames.
     pub audio_std: Vec<f32>,
     /// Per-feature mean of the visual frames.
-    pub visual_mean: Vec<f32>,
+    pub(crate) visual_mean: Vec<f32>,
     /// Per-feature standard deviation of the visual frames.
-    pub visual_std: Vec<f32>,
+    pub(crate) visual_std: Vec<f32>,
     /// Uncertainty calibration on the validation split, when calibrated.
-    pub calibration: Option<Calibration>,
+    pub(crate) calibration: Option<Calibration>,
     /// Stage-1 threshold tau1 in use.
     pub tau1: Option<f32>,
     /// How tau1 was chosen ("lambda=0.5", "rate=0.3").
-    pub tau1_rule: Option<String>,
+    pub(crate) tau1_rule: Option<String>,
     /// Score range of the training labels ([-3, 3] or [-1, 1]).
-    pub score_limit: f32,
+    pub(crate) score_limit: f32,
 }
 
 impl UbmMeta {
@@ -90,7 +90,7 @@ pub struct Modalities {
 
 impl Modalities {
     /// All three.
-    pub const ALL: Self = Self {
+    pub(crate) const ALL: Self = Self {
         text: true,
         audio: true,
         visual: true,
@@ -109,7 +109,7 @@ pub struct Batch {
 
 /// One prediction.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Prediction {
+pub(crate) struct Prediction {
     /// Score, clipped to the label range.
     pub score: f32,
     /// P(negative), P(neutral), P(positive).
@@ -175,7 +175,7 @@ impl Ubm {
     }
 
     /// Paths of the weights and metadata for a base path (e.g. `models/ubm`).
-    pub fn paths(base: &Path) -> (PathBuf, PathBuf) {
+    pub(crate) fn paths(base: &Path) -> (PathBuf, PathBuf) {
         crate::models::weight_paths(base)
     }
 
@@ -331,7 +331,7 @@ impl Ubm {
     }
 
     /// Predictions for windows (no gradient).
-    pub fn predict(&self, items: &[&WindowFeatures], use_: Modalities) -> Vec<Prediction> {
+    pub(crate) fn predict(&self, items: &[&WindowFeatures], use_: Modalities) -> Vec<Prediction> {
         let _g = tch::no_grad_guard();
         let (score, logits) = self.forward(&self.batch(items, use_), false);
         let score: Vec<f32> = Vec::try_from(score).unwrap_or_default();

@@ -3,7 +3,7 @@
 use crate::routing::uncertainty::polarity;
 
 /// Small epsilon in the uncertainty weights w = 1 / (u + eps).
-pub const WEIGHT_EPS: f32 = 1e-6;
+pub(crate) const WEIGHT_EPS: f32 = 1e-6;
 
 /// One model's verdict on a window.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,7 +16,7 @@ pub struct Verdict {
 
 /// Stage 1: accept the small model or escalate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage1 {
+pub(crate) enum Stage1 {
     /// u_s <= tau1.
     Accept,
     /// u_s > tau1: ask the large model.
@@ -24,7 +24,7 @@ pub enum Stage1 {
 }
 
 /// Stage 1 decision.
-pub fn stage1(small: Verdict, tau1: f32) -> Stage1 {
+pub(crate) fn stage1(small: Verdict, tau1: f32) -> Stage1 {
     if small.uncertainty <= tau1 {
         Stage1::Accept
     } else {
@@ -34,7 +34,7 @@ pub fn stage1(small: Verdict, tau1: f32) -> Stage1 {
 
 /// Stage 2/3 decision once the large model has answered.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Stage2 {
+pub(crate) enum Stage2 {
     /// u_l <= tau2: the large model's answer is final.
     AcceptLarge,
     /// Both uncertain, same polarity: the uncertainty-weighted average.
@@ -44,7 +44,7 @@ pub enum Stage2 {
 }
 
 /// Stage 2/3 decision (band `b` defines polarity).
-pub fn stage2(small: Verdict, large: Verdict, tau2: f32, band: f32) -> Stage2 {
+pub(crate) fn stage2(small: Verdict, large: Verdict, tau2: f32, band: f32) -> Stage2 {
     if large.uncertainty <= tau2 {
         return Stage2::AcceptLarge;
     }
@@ -56,7 +56,7 @@ pub fn stage2(small: Verdict, large: Verdict, tau2: f32, band: f32) -> Stage2 {
 }
 
 /// Uncertainty-weighted average (Eq. 15); the fused uncertainty is weighted the same way.
-pub fn fuse(a: Verdict, b: Verdict) -> Verdict {
+pub(crate) fn fuse(a: Verdict, b: Verdict) -> Verdict {
     let wa = 1.0 / (a.uncertainty + WEIGHT_EPS);
     let wb = 1.0 / (b.uncertainty + WEIGHT_EPS);
     Verdict {
@@ -66,7 +66,7 @@ pub fn fuse(a: Verdict, b: Verdict) -> Verdict {
 }
 
 /// Class probabilities fused with the same weights as [`fuse`].
-pub fn fuse_probs(a: &[f32; 3], ua: f32, b: &[f32; 3], ub: f32) -> [f32; 3] {
+pub(crate) fn fuse_probs(a: &[f32; 3], ua: f32, b: &[f32; 3], ub: f32) -> [f32; 3] {
     let wa = 1.0 / (ua + WEIGHT_EPS);
     let wb = 1.0 / (ub + WEIGHT_EPS);
     std::array::from_fn(|k| (wa * a[k] + wb * b[k]) / (wa + wb))
@@ -84,7 +84,13 @@ pub enum Policy {
 }
 
 /// Stage 2/3 under an ablation policy (pure): what to do once the large model answered.
-pub fn decide(small: Verdict, large: Verdict, tau2: f32, band: f32, policy: Policy) -> Stage2 {
+pub(crate) fn decide(
+    small: Verdict,
+    large: Verdict,
+    tau2: f32,
+    band: f32,
+    policy: Policy,
+) -> Stage2 {
     match (policy, stage2(small, large, tau2, band)) {
         (Policy::LargeFinal, _) => Stage2::AcceptLarge,
         (Policy::NoCrossVerify, Stage2::CrossVerify) => Stage2::Fused(fuse(small, large)),

@@ -2,5 +2,5 @@
 //! stage 1-3 routing (DESIGN section 2). No I/O, no models: tested with tables of cases.
 
 pub mod fusion;
-pub mod thresholds;
+pub(crate) mod thresholds;
 pub mod uncertainty;

@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 
 /// Mean and standard deviation of a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Gaussian {
+pub(crate) struct Gaussian {
     /// Mean.
-    pub mu: f32,
+    pub(crate) mu: f32,
     /// Standard deviation (population).
-    pub sigma: f32,
+    pub(crate) sigma: f32,
     /// Number of samples fitted.
     pub n: usize,
 }
@@ -32,11 +32,11 @@ pub fn fit(xs: &[f32]) -> Option<Gaussian> {
 
 /// Calibration of one model's uncertainty on a validation split.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Calibration {
+pub(crate) struct Calibration {
     /// Uncertainty of correctly classified samples.
     pub correct: Gaussian,
     /// Uncertainty of wrongly classified samples.
-    pub wrong: Gaussian,
+    pub(crate) wrong: Gaussian,
 }
 
 impl Calibration {
@@ -58,25 +58,25 @@ impl Calibration {
 }
 
 /// Default tau2 for large models without a calibration (half of ln 3).
-pub const UNCALIBRATED_TAU2: f32 = 0.55;
+pub(crate) const UNCALIBRATED_TAU2: f32 = 0.55;
 
 /// What a model stores about its threshold, and what the operator asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ThresholdSources {
+pub(crate) struct ThresholdSources {
     /// A fixed threshold set by the operator (wins over everything).
     pub fixed: Option<f32>,
     /// The operator's lambda, applied to `calibration` when there is one.
     pub lambda: Option<f32>,
     /// The model's stored calibration.
-    pub calibration: Option<Calibration>,
+    pub(crate) calibration: Option<Calibration>,
     /// The threshold stored with the model.
-    pub stored: Option<f32>,
+    pub(crate) stored: Option<f32>,
 }
 
 impl ThresholdSources {
     /// The threshold: fixed, else tau(lambda) of the calibration, else the stored one;
     /// `None` when none of them is there.
-    pub fn resolve(&self) -> Option<f32> {
+    pub(crate) fn resolve(&self) -> Option<f32> {
         match (self.fixed, self.lambda, self.calibration) {
             (Some(t), _, _) => Some(t),
             (None, Some(l), Some(c)) => Some(c.tau(l)),
@@ -87,7 +87,7 @@ impl ThresholdSources {
 
 /// The threshold that escalates (u > tau) a share `rate` in [0, 1] of `uncertainties`:
 /// the (1 - rate) quantile, with linear interpolation.
-pub fn tau_for_rate(uncertainties: &[f32], rate: f32) -> Option<f32> {
+pub(crate) fn tau_for_rate(uncertainties: &[f32], rate: f32) -> Option<f32> {
     if uncertainties.is_empty() {
         return None;
     }
@@ -101,7 +101,7 @@ pub fn tau_for_rate(uncertainties: &[f32], rate: f32) -> Option<f32> {
 
 /// Area under the ROC curve of `scores` for detecting `positives` (ties count half);
 /// used to report how well uncertainty detects errors.
-pub fn auroc(scores: &[f32], positives: &[bool]) -> Option<f32> {
+pub(crate) fn auroc(scores: &[f32], positives: &[bool]) -> Option<f32> {
     let pos: Vec<f32> = scores
         .iter()
         .zip(positives)

@@ -2,7 +2,7 @@
 
 use crate::event::Polarity;
 
-/// Natural log of 3: the entropy of a uniform 3-class distribution.
+/// Natural log of 3: the entropy of a uniform 3-class distribution (the most uncertain).
 pub const LN_3: f32 = 1.098_612_3;
 
 /// Entropy `-sum p ln p` in nats (terms with p = 0 contribute 0).
@@ -12,11 +12,6 @@ pub fn entropy(probs: &[f32]) -> f32 {
         .filter(|&&p| p > 0.0)
         .map(|&p| -p * p.ln())
         .sum()
-}
-
-/// Entropy of a 3-class distribution divided by ln 3, in [0, 1].
-pub fn normalised_entropy(probs: &[f32; 3]) -> f32 {
-    entropy(probs) / LN_3
 }
 
 /// Polarity of a score with neutral band `b`: negative if y < -b, neutral if |y| <= b,
@@ -32,12 +27,12 @@ pub fn polarity(score: f32, band: f32) -> Polarity {
 }
 
 /// Index of the most probable class (ties: the first), e.g. of a 3-class distribution.
-pub fn argmax(p: &[f32; 3]) -> usize {
+pub(crate) fn argmax(p: &[f32; 3]) -> usize {
     (0..3).fold(0, |best, i| if p[i] > p[best] { i } else { best })
 }
 
 /// Class index (0 negative, 1 neutral, 2 positive) of a score.
-pub fn class_index(score: f32, band: f32) -> usize {
+pub(crate) fn class_index(score: f32, band: f32) -> usize {
     match polarity(score, band) {
         Polarity::Negative => 0,
         Polarity::Neutral => 1,
@@ -62,7 +57,6 @@ mod tests {
         assert_eq!(entropy(&[1.0, 0.0, 0.0]), 0.0);
         // -(0.5 ln 0.5) * 2 = ln 2
         assert!((entropy(&[0.5, 0.5, 0.0]) - std::f32::consts::LN_2).abs() < 1e-6);
-        assert!((normalised_entropy(&[1.0 / 3.0; 3]) - 1.0).abs() < 1e-6);
     }
 
     #[test]

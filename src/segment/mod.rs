@@ -14,7 +14,6 @@ use whisper_rs::{WhisperVadContext, WhisperVadContextParams};
 use crate::config::SegmentConfig;
 use crate::error::ModelError;
 use crate::source::SAMPLE_RATE;
-pub use windows::{Span, VAD_FRAME_S};
 
 /// Gaps in audio timestamps larger than this are filled with silence.
 const GAP_TOLERANCE_S: f64 = 0.05;
@@ -31,14 +30,14 @@ pub struct Window {
     /// End of speech in seconds of stream time.
     pub end: f64,
     /// Stream time of `audio[0]` (speech start minus padding).
-    pub audio_start: f64,
+    pub(crate) audio_start: f64,
     /// Mono 16 kHz samples of the padded window (`segment.padding_s` around the speech,
     /// widened to `segment.min_window_s`).
     pub audio: Vec<f32>,
 }
 
 /// The Silero voice-activity model.
-pub struct Vad {
+pub(crate) struct Vad {
     ctx: WhisperVadContext,
 }
 
@@ -107,7 +106,7 @@ pub(crate) fn read_head(path: &Path, flag: &'static str) -> Result<Vec<u8>, Mode
 }
 
 /// Streaming segmenter: audio in, utterance windows out.
-pub struct Segmenter {
+pub(crate) struct Segmenter {
     cfg: SegmentConfig,
     vad: Vad,
     /// Audio not yet dropped; `buf[0]` is at stream time `buf_t0`.

@@ -4,7 +4,7 @@
 use crate::config::SegmentConfig;
 
 /// Seconds covered by one VAD probability (Silero: 512 samples at 16 kHz).
-pub const VAD_FRAME_S: f64 = 512.0 / 16_000.0;
+pub(crate) const VAD_FRAME_S: f64 = 512.0 / 16_000.0;
 
 /// A span of stream time in seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,7 +109,7 @@ pub fn cut(probs: &[f32], t0: f64, cfg: &SegmentConfig, last: bool) -> Cut {
 
 /// Pads a speech span into a window, widening it to `min_window_s` and keeping it within
 /// `[floor, ceil]` (the previous window's end and the end of available audio).
-pub fn window_for(speech: Span, cfg: &SegmentConfig, floor: f64, ceil: f64) -> Span {
+pub(crate) fn window_for(speech: Span, cfg: &SegmentConfig, floor: f64, ceil: f64) -> Span {
     let pad = cfg.padding_s as f64;
     let mut s = speech.start - pad;
     let mut e = speech.end + pad;

@@ -52,7 +52,7 @@ pub struct FileSink {
 }
 
 /// `HH:MM:SS.mmm` (VTT) or `HH:MM:SS,mmm` (SRT).
-pub fn timestamp(t: f64, sep: char) -> String {
+pub(crate) fn timestamp(t: f64, sep: char) -> String {
     let ms = (t.max(0.0) * 1000.0).round() as u64;
     format!(
         "{:02}:{:02}:{:02}{sep}{:03}",
@@ -64,7 +64,7 @@ pub fn timestamp(t: f64, sep: char) -> String {
 }
 
 /// The cue text of a window: `[positive +2.10 ubm] transcript`.
-pub fn cue_text(e: &Event, with_stream: bool) -> String {
+pub(crate) fn cue_text(e: &Event, with_stream: bool) -> String {
     let mut s = String::new();
     if with_stream {
         s.push_str(&e.stream);

@@ -5,7 +5,7 @@ pub mod files;
 pub mod stdout;
 pub mod websocket;
 
-pub use stdout::JsonlSink;
+pub(crate) use stdout::JsonlSink;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use websocket::WsServer;
 
 /// Where events go, as given on the command line (`--sink`, `--out`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkSpec {
+pub(crate) enum SinkSpec {
     /// JSON lines on stdout.
     Stdout,
     /// The websocket server (live page, /metrics, /health) on `ADDR:PORT`.
@@ -69,7 +69,7 @@ impl SinkSpec {
 }
 
 /// Opens every sink, in order, behind one [`Fanout`].
-pub fn open_all(
+pub(crate) fn open_all(
     specs: &[SinkSpec],
     cfg: &SinksConfig,
     metrics: &Arc<Metrics>,

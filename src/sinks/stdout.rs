@@ -4,11 +4,11 @@
 use std::io::Write;
 
 use crate::error::SinkError;
-use crate::event::{Event, Output};
+use crate::event::Output;
 use crate::sinks::Sink;
 
 /// Writes events as JSON lines to any writer (stdout, a file, a `Vec<u8>` in tests).
-pub struct JsonlSink<W: Write> {
+pub(crate) struct JsonlSink<W: Write> {
     out: W,
     target: String,
     line: Vec<u8>,
@@ -24,18 +24,8 @@ impl<W: Write> JsonlSink<W> {
         }
     }
 
-    /// Writes one event and flushes.
-    pub fn write(&mut self, e: &Event) -> Result<(), SinkError> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, e).map_err(|err| SinkError::Io {
-            target: self.target.clone(),
-            source: err.into(),
-        })?;
-        self.finish_line()
-    }
-
     /// Writes any output (window or stream notice) and flushes.
-    pub fn write_output(&mut self, o: &Output) -> Result<(), SinkError> {
+    pub(crate) fn write_output(&mut self, o: &Output) -> Result<(), SinkError> {
         self.line.clear();
         let r = match o {
             Output::Window(e) => serde_json::to_writer(&mut self.line, e),
@@ -59,11 +49,6 @@ impl<W: Write> JsonlSink<W> {
             target: self.target.clone(),
             source,
         })
-    }
-
-    /// Gives the writer back.
-    pub fn into_inner(self) -> W {
-        self.out
     }
 }
 

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::sinks::Sink;
 
 /// The live page.
-pub const LIVE_PAGE: &str = include_str!("live.html");
+pub(crate) const LIVE_PAGE: &str = include_str!("live.html");
 
 struct Client {
     queue: Mutex<VecDeque<Arc<str>>>,

@@ -71,7 +71,7 @@ pub enum SourceMsg {
 
 /// Buffers dropped by a live source because the analysis fell behind.
 #[derive(Debug, Default)]
-pub struct Drops {
+pub(crate) struct Drops {
     /// Audio buffers.
     pub audio: AtomicU64,
     /// Video frames.
@@ -238,7 +238,7 @@ pub struct Source {
 }
 
 /// Turns a path or URI into a URI, checking local files first so errors name the file.
-pub fn input_to_uri(input: &str) -> Result<String, SourceError> {
+pub(crate) fn input_to_uri(input: &str) -> Result<String, SourceError> {
     if input.contains("://") {
         return Ok(input.to_string());
     }
@@ -299,7 +299,7 @@ impl Source {
     /// Opens any [`Input`]. Live inputs (RTSP, webcams, live launch descriptions, or
     /// whatever GStreamer reports as live) never block their streaming threads: when the
     /// analysis falls behind, buffers are dropped and counted ([`Source::drops`]).
-    pub fn open_input(input: &Input, cfg: &SourceConfig) -> Result<Self, SourceError> {
+    pub(crate) fn open_input(input: &Input, cfg: &SourceConfig) -> Result<Self, SourceError> {
         init()?;
         let leaky = Arc::new(AtomicBool::new(input.known_live()));
         let drops = Arc::new(Drops::default());
@@ -407,12 +407,12 @@ impl Source {
     }
 
     /// Whether the source is live (drops instead of blocking).
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         self.live
     }
 
     /// Buffers dropped so far (live sources).
-    pub fn drops(&self) -> (u64, u64) {
+    pub(crate) fn drops(&self) -> (u64, u64) {
         (
             self.drops.audio.load(Ordering::Relaxed),
             self.drops.video.load(Ordering::Relaxed),

@@ -22,7 +22,7 @@ pub enum Scale {
 
 impl Scale {
     /// Largest absolute label.
-    pub fn limit(self) -> f32 {
+    pub(crate) fn limit(self) -> f32 {
         match self {
             Scale::Mosi => 3.0,
             Scale::Sims => 1.0,
@@ -76,8 +76,6 @@ pub struct Dataset {
     pub clips: Vec<Clip>,
     /// Rows whose media file is missing (skipped).
     pub missing: usize,
-    /// Label range.
-    pub scale: Scale,
 }
 
 impl Dataset {
@@ -120,7 +118,6 @@ impl Dataset {
             root: root.into(),
             clips,
             missing,
-            scale,
         })
     }
 
@@ -250,7 +247,7 @@ impl Dataset {
     }
 
     /// Cache file of a clip's features.
-    pub fn cache_path(&self, clip: &Clip, text: TextSource) -> PathBuf {
+    pub(crate) fn cache_path(&self, clip: &Clip, text: TextSource) -> PathBuf {
         let mode = match text {
             TextSource::Given => "given",
             TextSource::Asr => "asr",

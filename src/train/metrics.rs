@@ -10,23 +10,23 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Metrics {
     /// Binary accuracy, truth >= 0 vs pred >= 0.
-    pub has0_acc2: f64,
+    pub(crate) has0_acc2: f64,
     /// Weighted F1 of the same.
-    pub has0_f1: f64,
+    pub(crate) has0_f1: f64,
     /// Binary accuracy with zero-labelled samples removed (> 0 vs not).
-    pub non0_acc2: f64,
+    pub(crate) non0_acc2: f64,
     /// Weighted F1 of the same.
-    pub non0_f1: f64,
+    pub(crate) non0_f1: f64,
     /// 3-class accuracy.
-    pub acc3: f64,
+    pub(crate) acc3: f64,
     /// 5-class accuracy.
-    pub acc5: f64,
+    pub(crate) acc5: f64,
     /// 7-class accuracy.
-    pub acc7: f64,
+    pub(crate) acc7: f64,
     /// Mean absolute error.
-    pub mae: f64,
+    pub(crate) mae: f64,
     /// Pearson correlation (0 when undefined).
-    pub corr: f64,
+    pub(crate) corr: f64,
     /// Number of samples.
     pub n: usize,
 }
@@ -39,7 +39,7 @@ fn accuracy(pred: &[bool], truth: &[bool]) -> f64 {
 }
 
 /// sklearn `f1_score(truth, pred, average="weighted")` for two classes.
-pub fn weighted_f1(truth: &[bool], pred: &[bool]) -> f64 {
+pub(crate) fn weighted_f1(truth: &[bool], pred: &[bool]) -> f64 {
     let n = truth.len();
     if n == 0 {
         return 0.0;
@@ -82,7 +82,7 @@ fn multiclass_acc(pred: &[f32], truth: &[f32], lim: f32) -> f64 {
 }
 
 /// Pearson correlation; 0 when either side is constant.
-pub fn pearson(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn pearson(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len() as f64;
     if a.len() < 2 {
         return 0.0;

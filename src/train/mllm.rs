@@ -25,7 +25,7 @@ pub struct MllmTrainOptions {
     /// Dataset folder.
     pub data: PathBuf,
     /// Label range.
-    pub scale: Scale,
+    pub(crate) scale: Scale,
     /// Models folder (MiniLM and face detector for features).
     pub models_dir: PathBuf,
     /// The LLM's GGUF.
@@ -37,21 +37,21 @@ pub struct MllmTrainOptions {
     /// Batch size.
     pub batch: usize,
     /// Learning rate.
-    pub lr: f64,
+    pub(crate) lr: f64,
     /// LoRA rank.
     pub rank: i64,
     /// Neutral band.
     pub band: f32,
     /// Seed.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Feature threads.
     pub workers: usize,
     /// Share of training clips that also get a cross-verification prompt.
-    pub cross_share: f32,
+    pub(crate) cross_share: f32,
     /// lambda for tau2.
     pub lambda: f32,
     /// Use at most this many training clips (0: all).
-    pub limit: usize,
+    pub(crate) limit: usize,
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -117,11 +117,11 @@ pub struct MllmReport {
     /// Validation metrics (first pass, value-head scores).
     pub valid: Metrics,
     /// Validation accuracy of the label-word class.
-    pub valid_class_acc: f64,
+    pub(crate) valid_class_acc: f64,
     /// Training wall time, seconds.
-    pub train_s: f64,
+    pub(crate) train_s: f64,
     /// Training examples seen.
-    pub examples: usize,
+    pub(crate) examples: usize,
 }
 
 fn runtime(e: impl std::fmt::Display) -> ModelError {
@@ -132,7 +132,7 @@ fn runtime(e: impl std::fmt::Display) -> ModelError {
 }
 
 /// Answers a whole split (first pass), in batches.
-pub fn judge_split(model: &Mllm, data: &SplitData, batch: usize) -> Result<Vec<Answer>> {
+pub(crate) fn judge_split(model: &Mllm, data: &SplitData, batch: usize) -> Result<Vec<Answer>> {
     let mut out = Vec::with_capacity(data.feats.len());
     let idx: Vec<usize> = (0..data.feats.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
@@ -341,22 +341,22 @@ pub struct CompareRow {
     /// Share of windows escalated to the large model.
     pub escalation: f64,
     /// Share of windows cross-verified.
-    pub stage3: f64,
+    pub(crate) stage3: f64,
     /// Among cross-verified windows, the share whose polarity the second pass turned right
     /// (the first large answer had it wrong).
-    pub correction: f64,
+    pub(crate) correction: f64,
     /// Model compute time, seconds.
-    pub runtime_s: f64,
+    pub(crate) runtime_s: f64,
 }
 
 /// Everything measured once per test window, reused by every row.
-pub struct CompareInputs {
+pub(crate) struct CompareInputs {
     /// Labels.
     pub labels: Vec<f32>,
     /// Small model's predictions.
     pub small: Vec<Prediction>,
     /// Small model's cost per window (text encoding + forward), seconds.
-    pub small_s: f64,
+    pub(crate) small_s: f64,
     /// Large model's first answers, with their wall time in seconds.
     pub first: Vec<(Answer, f64)>,
     /// Cross-verification answers, computed on demand.
@@ -372,7 +372,7 @@ fn verdict_of(p: &Prediction) -> Verdict {
 
 /// Runs U-ACS over precomputed answers for one (tau1, tau2, policy); second passes are
 /// computed on demand with `ask` and memoised.
-pub fn cascade_row(
+pub(crate) fn cascade_row(
     name: &str,
     inp: &mut CompareInputs,
     tau1: f32,
@@ -428,7 +428,7 @@ pub fn cascade_row(
 }
 
 /// The comparison table (runtime relative to the large-model-only row).
-pub fn format_compare(rows: &[CompareRow]) -> String {
+pub(crate) fn format_compare(rows: &[CompareRow]) -> String {
     let large = rows
         .iter()
         .find(|r| r.name.starts_with("large model only"))

@@ -24,7 +24,7 @@ pub struct TrainOptions {
     /// Dataset folder.
     pub data: PathBuf,
     /// Label range.
-    pub scale: Scale,
+    pub(crate) scale: Scale,
     /// Transcript source.
     pub text: TextSource,
     /// Models folder (MiniLM, face detector, Whisper for `--text asr`).
@@ -38,15 +38,15 @@ pub struct TrainOptions {
     /// Batch size.
     pub batch: usize,
     /// Learning rate.
-    pub lr: f64,
+    pub(crate) lr: f64,
     /// Weight of the classification loss (alpha in L1 + alpha CE).
-    pub alpha: f64,
+    pub(crate) alpha: f64,
     /// Width of h.
     pub hidden: i64,
     /// Neutral band b.
     pub band: f32,
     /// Random seed.
-    pub seed: i64,
+    pub(crate) seed: i64,
     /// Feature extraction threads.
     pub workers: usize,
     /// lambda for tau1 after training.
@@ -137,13 +137,13 @@ pub struct TrainReport {
     /// Rows whose clip file is missing.
     pub missing: usize,
     /// Best epoch (1-based) on the validation split.
-    pub best_epoch: usize,
+    pub(crate) best_epoch: usize,
     /// Validation metrics at the best epoch.
     pub valid: Metrics,
     /// Training wall time, seconds (features excluded).
-    pub train_s: f64,
+    pub(crate) train_s: f64,
     /// Feature extraction wall time, seconds.
-    pub features_s: f64,
+    pub(crate) features_s: f64,
 }
 
 /// Trains the UBM, keeps the epoch with the lowest validation MAE (Has0-Acc2 breaks ties),
@@ -291,7 +291,7 @@ fn keep_if_better(
 }
 
 /// Predicts a whole split in batches.
-pub fn predict_split(model: &Ubm, data: &SplitData, use_: Modalities) -> Vec<Prediction> {
+pub(crate) fn predict_split(model: &Ubm, data: &SplitData, use_: Modalities) -> Vec<Prediction> {
     let mut out = Vec::with_capacity(data.feats.len());
     for chunk in data.feats.chunks(64) {
         let items: Vec<&WindowFeatures> = chunk.iter().collect();
@@ -301,7 +301,11 @@ pub fn predict_split(model: &Ubm, data: &SplitData, use_: Modalities) -> Vec<Pre
 }
 
 /// Metrics of a split, with the predictions.
-pub fn evaluate(model: &Ubm, data: &SplitData, use_: Modalities) -> (Metrics, Vec<Prediction>) {
+pub(crate) fn evaluate(
+    model: &Ubm,
+    data: &SplitData,
+    use_: Modalities,
+) -> (Metrics, Vec<Prediction>) {
     let preds = predict_split(model, data, use_);
     let scores: Vec<f32> = preds.iter().map(|p| p.score).collect();
     (metrics::compute(&scores, &data.labels), preds)
@@ -309,7 +313,7 @@ pub fn evaluate(model: &Ubm, data: &SplitData, use_: Modalities) -> (Metrics, Ve
 
 /// How tau1 is chosen.
 #[derive(Debug, Clone, Copy)]
-pub enum CalibrationRule {
+pub(crate) enum CalibrationRule {
     /// tau(lambda) from the Gaussian fits.
     Lambda(f32),
     /// Escalate this share of validation windows.
@@ -322,7 +326,7 @@ fn correct(p: &Prediction, label: f32, band: f32) -> bool {
 }
 
 /// Fits the uncertainty calibration on `valid` and sets tau1.
-pub fn calibrate_model(
+pub(crate) fn calibrate_model(
     model: &mut Ubm,
     valid: &SplitData,
     rule: CalibrationRule,
@@ -366,19 +370,23 @@ pub fn calibrate_model(
 
 /// Uncertainty diagnostics on a split.
 #[derive(Debug, Clone, Serialize)]
-pub struct UncertaintyReport {
+pub(crate) struct UncertaintyReport {
     /// Mean entropy of correctly classified windows.
-    pub mean_correct: f32,
+    pub(crate) mean_correct: f32,
     /// Mean entropy of wrongly classified windows.
-    pub mean_wrong: f32,
+    pub(crate) mean_wrong: f32,
     /// AUROC of entropy for detecting errors.
-    pub auroc: Option<f32>,
+    pub(crate) auroc: Option<f32>,
     /// Pearson correlation of entropy with absolute score error.
-    pub corr_abs_error: f64,
+    pub(crate) corr_abs_error: f64,
 }
 
 /// How informative the uncertainty is.
-pub fn uncertainty_report(preds: &[Prediction], labels: &[f32], band: f32) -> UncertaintyReport {
+pub(crate) fn uncertainty_report(
+    preds: &[Prediction],
+    labels: &[f32],
+    band: f32,
+) -> UncertaintyReport {
     let ok: Vec<bool> = preds
         .iter()
         .zip(labels)
@@ -410,21 +418,21 @@ pub fn uncertainty_report(preds: &[Prediction], labels: &[f32], band: f32) -> Un
 
 /// One row of the lambda sweep.
 #[derive(Debug, Clone, Serialize)]
-pub struct SweepRow {
+pub(crate) struct SweepRow {
     /// lambda.
     pub lambda: f32,
     /// tau1 at lambda.
     pub tau: f32,
     /// Share of windows escalated (u > tau).
-    pub escalation_rate: f64,
+    pub(crate) escalation_rate: f64,
     /// Has0-Acc2 of the windows the UBM accepts.
-    pub accepted_acc2: f64,
+    pub(crate) accepted_acc2: f64,
     /// 3-class accuracy of the accepted windows.
-    pub accepted_acc3: f64,
+    pub(crate) accepted_acc3: f64,
 }
 
 /// Escalation rate vs accuracy of the accepted windows for lambda in 0.1..0.9.
-pub fn lambda_sweep(
+pub(crate) fn lambda_sweep(
     cal: &Calibration,
     preds: &[Prediction],
     labels: &[f32],
@@ -458,7 +466,7 @@ pub fn lambda_sweep(
 }
 
 /// Formats the metric table (one row per named result).
-pub fn format_table(rows: &[(String, Metrics)]) -> String {
+pub(crate) fn format_table(rows: &[(String, Metrics)]) -> String {
     let mut s = format!(
         "| {:<16} | {:>9} | {:>7} | {:>9} | {:>7} | {:>6} | {:>6} | {:>6} | {:>6} | {:>6} | {:>5} |\n|{}|\n",
         "model",

@@ -51,16 +51,15 @@ impl StreamClock {
         true
     }
 
-    /// The first audio of a connection, at connection time `pts`: returns true when it
-    /// resumes an interrupted stream. Stream time continues: the outage's wall duration
-    /// is kept, so windows after the gap are as late as they really were.
-    pub(crate) fn connected(&mut self, pts: Option<f64>, now: Instant) -> bool {
-        let Some(t) = self.interrupted_at.take() else {
-            return false;
-        };
+    /// The first audio of a connection, at connection time `pts`: when it resumes an
+    /// interrupted stream, the stream time where it resumes. Stream time continues: the
+    /// outage's wall duration is kept, so windows after the gap are as late as they
+    /// really were.
+    pub(crate) fn connected(&mut self, pts: Option<f64>, now: Instant) -> Option<f64> {
+        let t = self.interrupted_at.take()?;
         let gap = now.saturating_duration_since(t).as_secs_f64();
         self.offset = self.audio_high + gap - pts.unwrap_or(0.0);
-        true
+        Some(self.audio_high + gap)
     }
 
     /// An audio buffer of `samples` at connection time `pts`: its stream time.
@@ -96,8 +95,9 @@ mod tests {
     fn stream_time_continues_across_a_reconnect() {
         let mut c = StreamClock::default();
         let t0 = Instant::now();
-        assert!(
-            !c.connected(Some(0.0), t0),
+        assert_eq!(
+            c.connected(Some(0.0), t0),
+            None,
             "the first connection resumes nothing"
         );
         assert_eq!(c.audio(Some(0.0), SAMPLE_RATE as usize * 10), Some(0.0));
@@ -105,7 +105,11 @@ mod tests {
         assert!(c.interrupt(t0));
         assert!(!c.interrupt(t0), "one interruption until media flows again");
         // Reopened 2 s later; the new connection's clock starts at 0.5 s.
-        assert!(c.connected(Some(0.5), t0 + Duration::from_secs(2)));
+        let resumed = c.connected(Some(0.5), t0 + Duration::from_secs(2)).unwrap();
+        assert!(
+            (resumed - 12.0).abs() < 1e-9,
+            "resumes where media picks up"
+        );
         let t = c.audio(Some(0.5), 0).unwrap();
         assert!((t - 12.0).abs() < 1e-9, "{t}");
         assert!((c.video(1.5) - 13.0).abs() < 1e-9);

@@ -36,7 +36,7 @@ const LIVE_STALL: Duration = Duration::from_secs(10);
 const DROP_REPORT: Duration = Duration::from_secs(1);
 
 /// What a stream thread tells the router.
-pub enum ToRouter {
+pub(crate) enum ToRouter {
     /// A transcribed window, with features when sentiment is on.
     Window(Box<Windowed>),
     /// A stream notice.
@@ -60,7 +60,7 @@ pub enum ToRouter {
 }
 
 /// A window on its way to the router.
-pub struct Windowed {
+pub(crate) struct Windowed {
     /// Stream index.
     pub stream: usize,
     /// The event with transcript, times and ASR/feature latency filled.
@@ -73,15 +73,15 @@ pub struct Windowed {
 
 /// What one stream reads and how.
 #[derive(Debug, Clone)]
-pub struct StreamJob {
+pub(crate) struct StreamJob {
     /// Stream id in events.
     pub id: String,
     /// What to open.
     pub input: Input,
     /// Whisper model file.
-    pub whisper_model: PathBuf,
+    pub(crate) whisper_model: PathBuf,
     /// Silero VAD file.
-    pub vad_model: PathBuf,
+    pub(crate) vad_model: PathBuf,
     /// Models folder (features).
     pub models_dir: PathBuf,
     /// Compute features for the small model.
@@ -93,7 +93,7 @@ pub struct StreamJob {
 }
 
 /// Loaded per-stream models.
-pub struct StreamModels {
+pub(crate) struct StreamModels {
     vad: Vad,
     asr: Asr,
     extractor: Option<Extractor>,
@@ -126,6 +126,8 @@ struct Processor<'a> {
     pending: VecDeque<Window>,
     clock: StreamClock,
     windows: u64,
+    /// End of the latest window sent, stream time.
+    last_end: f64,
 }
 
 impl Processor<'_> {
@@ -168,6 +170,7 @@ impl Processor<'_> {
             None => None,
         };
         self.windows += 1;
+        self.last_end = self.last_end.max(event.end);
         let _ = self.tx.send(ToRouter::Window(Box::new(Windowed {
             stream: self.idx,
             event,
@@ -296,9 +299,8 @@ impl Runner<'_> {
 
     /// The first audio of a connection: the stream started, or resumed.
     fn connected(&mut self, pts: Option<f64>) {
-        if self.p.clock.connected(pts, Instant::now()) {
-            self.p
-                .status(StreamStatus::Resumed, self.p.clock.audio_high, None);
+        if let Some(at) = self.p.clock.connected(pts, Instant::now()) {
+            self.p.status(StreamStatus::Resumed, at, None);
         } else if !self.reconnect.retrying() {
             self.p
                 .status(StreamStatus::Started, pts.unwrap_or(0.0), None);
@@ -400,7 +402,7 @@ impl Runner<'_> {
 /// Runs one stream to its end (end of input, shutdown, or a failure that is not retried)
 /// and reports `Done` to the router. `models` were loaded by the caller so that model
 /// errors surface before any media work.
-pub fn run_stream(
+pub(crate) fn run_stream(
     idx: usize,
     job: StreamJob,
     cfg: Config,
@@ -424,6 +426,7 @@ pub fn run_stream(
             pending: VecDeque::new(),
             clock: StreamClock::default(),
             windows: 0,
+            last_end: 0.0,
         },
         seg: Segmenter::new(cfg.segment.clone(), vad),
         cfg: &cfg,
@@ -439,6 +442,8 @@ pub fn run_stream(
         (None, true) => Some("shutdown".to_string()),
         _ => None,
     };
-    r.p.status(StreamStatus::Ended, r.p.clock.audio_high, reason);
+    // The stream ended no earlier than its last window.
+    let at = r.p.clock.audio_high.max(r.p.last_end);
+    r.p.status(StreamStatus::Ended, at, reason);
     let _ = tx.send(ToRouter::Done { stream: idx, error });
 }
