@@ -27,6 +27,20 @@ pub enum SourceError {
         "input {input}: cannot decode media: {reason}; is it a real audio/video file in a format GStreamer reads?"
     )]
     Decode { input: String, reason: String },
+    /// A network source could not be reached or refused the request.
+    #[error(
+        "input {input}: cannot read the source: {reason}; {}",
+        if *.permanent { "check the address (host, port, path) and the credentials" } else { "is the server running and reachable?" }
+    )]
+    Unreachable {
+        input: String,
+        reason: String,
+        /// Retrying cannot help (not found, not authorised, unknown host).
+        permanent: bool,
+    },
+    /// No data arrived for a while.
+    #[error("input {input}: no data for {secs} s; the source stalled (is it still sending?)")]
+    Stalled { input: String, secs: u64 },
     /// The media has no audio stream.
     #[error(
         "input {input}: no audio track; sentistream needs speech audio to cut utterance windows"
@@ -35,6 +49,19 @@ pub enum SourceError {
     /// The consumer of the source stopped before the end.
     #[error("input {input}: processing stopped early: {reason}")]
     Aborted { input: String, reason: String },
+}
+
+impl SourceError {
+    /// Whether retrying cannot help (a wrong address or refused credentials).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable {
+                permanent: true,
+                ..
+            }
+        )
+    }
 }
 
 /// Errors of model files: loading, checking, converting and installing them.

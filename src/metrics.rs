@@ -210,10 +210,11 @@ impl Metrics {
         }
     }
 
-    /// Sets the dropped-buffer counters of a live stream.
-    pub fn dropped(&self, stream: &str, audio: u64, video: u64) {
+    /// How far a stream has decoded (stream time) and its dropped-buffer counters.
+    pub fn progress(&self, stream: &str, media_s: f64, audio: u64, video: u64) {
         let mut g = self.lock();
         let f = g.streams.entry(stream.to_string()).or_default();
+        f.media_s = f.media_s.max(media_s);
         f.dropped_audio = audio;
         f.dropped_video = video;
     }

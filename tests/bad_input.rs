@@ -241,6 +241,58 @@ fn invalid_config_reports_every_problem() {
 }
 
 #[test]
+fn ten_config_mistakes_of_five_kinds_are_reported_in_one_run_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "\
+[source]
+video_fps = 0
+video_widht = 320
+[asr]
+threads = \"two\"
+language = 42
+no_speech_threshold = 2.0
+[segment]
+neg_threshold = 0.9
+[cascade]
+backend = \"gpu\"
+when_full = \"sometimes\"
+queue = 0
+[sink]
+notices = true
+",
+    )
+    .unwrap();
+    // Every command that reads the config reports the same; validate-config and run.
+    for args in [vec!["validate-config"], vec!["run", "x.mp4"]] {
+        let mut all = vec!["--config", p.to_str().unwrap()];
+        all.extend(args);
+        let out = common::sentistream(&all);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for expected in [
+            "line 2: source.video_fps = 0",
+            "line 3: unknown key `source.video_widht`; did you mean `video_width`?",
+            "line 5: asr.threads = \"two\": invalid type",
+            "line 6: asr.language = 42: invalid type",
+            "line 7: asr.no_speech_threshold = 2",
+            "line 9: segment.neg_threshold = 0.9",
+            "line 11: cascade.backend = \"gpu\": unknown variant",
+            "line 12: cascade.when_full = \"sometimes\": unknown variant",
+            "line 13: cascade.queue = 0",
+            "line 14: unknown key `sink`; did you mean `sinks`?",
+        ] {
+            assert!(
+                stderr.contains(expected),
+                "{expected:?} not reported:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn unreadable_file_permissions() {
     use std::os::unix::fs::PermissionsExt;
     if !have_models() {

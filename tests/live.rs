@@ -334,7 +334,7 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 /// Loads the page in headless Chromium for a few seconds; returns its DOM (and saves a
-/// screenshot to target/live-page.png). `None` with a printed reason if Chromium is
+/// screenshot to live-page.png in the tests' temporary folder under target/). `None` with a printed reason if Chromium is
 /// missing (scripts/setup installs it).
 fn chromium_dom(addr: &str) -> Option<String> {
     let bin = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
@@ -353,7 +353,7 @@ fn chromium_dom(addr: &str) -> Option<String> {
         "--window-size=1200,800",
         "--virtual-time-budget=8000",
     ];
-    let shot = common::repo("target/live-page.png");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-page.png");
     let _ = Command::new(bin)
         .args(common_args)
         .arg(format!("--screenshot={}", shot.display()))
@@ -741,4 +741,122 @@ fn websocket_server_refuses_connections_over_its_limit_politely() {
     );
     server.close().unwrap();
     let _ = holder.join();
+}
+
+#[test]
+fn a_wrong_rtsp_path_fails_fast_and_giving_up_is_a_failure() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = rtsp::Server::start(port);
+    // 404 from a real RTSP server: retrying cannot help, even when told to stay live.
+    let wrong = format!("rtsp://127.0.0.1:{port}/no-such-path");
+    let r = start(&["run", &wrong, "--live", "--id", "cam", "--language", "en"]);
+    let (ok, events, err) = r.finish(Duration::from_secs(120));
+    assert!(!ok, "a wrong path is a failure: {err:#?}");
+    let err = err.join("\n");
+    assert!(
+        err.contains("error: stream cam: input") && err.contains("check the address"),
+        "{err}"
+    );
+    let ended = events.last().unwrap();
+    assert_eq!(ended["status"], "ended");
+    assert!(
+        ended["reason"].as_str().unwrap().contains("cannot read"),
+        "{ended}"
+    );
+    drop(server);
+    // Nothing listens: give up after the configured attempts, with a non-zero exit.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[source]\nreconnect_attempts = 2\nreconnect_max_s = 0.5\n",
+    )
+    .unwrap();
+    let closed = format!("rtsp://127.0.0.1:{port}/sample");
+    let r = start(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        &closed,
+        "--id",
+        "cam",
+        "--language",
+        "en",
+    ]);
+    let (ok, events, err) = r.finish(Duration::from_secs(120));
+    assert!(!ok, "giving up is a failure: {err:#?}");
+    let err = err.join("\n");
+    assert!(err.contains("gave up after 2 reconnect attempts"), "{err}");
+    let ended = events.last().unwrap();
+    assert!(
+        ended["reason"].as_str().unwrap().contains("gave up"),
+        "{ended}"
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once_without_a_crash_and_outputs_stay_valid() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let jsonl = dir.path().join(format!("out{round}.jsonl"));
+        let r = start(&[
+            "run",
+            &realtime_sample(),
+            "--id",
+            "call",
+            "--language",
+            "en",
+            "--sink",
+            jsonl.to_str().unwrap(),
+        ]);
+        let mut log = Vec::new();
+        // Wait until the stream has started (its models are loaded, threads running).
+        let started = || std::fs::read_to_string(&jsonl).is_ok_and(|t| t.contains("\"started\""));
+        let until = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < until && !started() {
+            if let Ok(l) = r.stderr.recv_timeout(Duration::from_millis(100)) {
+                log.push(l);
+            }
+        }
+        r.signal("-INT");
+        // The second signal comes while the first is still draining.
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            match r.stderr.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) if l.contains("stopping") => break,
+                Ok(l) => log.push(l),
+                Err(_) => {}
+            }
+        }
+        r.signal("-INT");
+        let mut child = r.child;
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            None,
+            "round {round}: killed by a signal: {log:#?}"
+        );
+        assert!(
+            matches!(status.code(), Some(0 | 130)),
+            "round {round}: exit {status:?}: {log:#?}"
+        );
+        // Every line written is whole JSON.
+        let text = std::fs::read_to_string(&jsonl).unwrap();
+        for l in text.lines() {
+            serde_json::from_str::<Value>(l)
+                .unwrap_or_else(|e| panic!("round {round}: broken line {l:?}: {e}"));
+        }
+    }
 }

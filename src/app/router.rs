@@ -167,11 +167,12 @@ impl Router {
                     self.sinks.write(&Output::Status(s));
                 }
             }
-            ToRouter::Dropped {
+            ToRouter::Progress {
                 stream,
+                media_s,
                 audio,
                 video,
-            } => self.metrics.dropped(&stream, audio, video),
+            } => self.metrics.progress(&stream, media_s, audio, video),
             ToRouter::Done { stream, error } => {
                 done[stream] = Some(error.map_or(StreamEnd::Finished, StreamEnd::Failed));
             }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+mod check;
+
 /// Whole configuration of a sentistream process.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -271,18 +273,14 @@ const LANGUAGES: &[&str] = &[
 ];
 
 impl Config {
-    /// Reads a TOML config file and validates it.
+    /// Reads a TOML config file and validates it, reporting every problem at once
+    /// (unknown keys, wrong types, bad values), each with its line.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+        check::parse(path, &text)
     }
 
     /// Checks every key and reports all problems at once.

@@ -48,7 +48,8 @@ pub struct FileSink {
     template: PathBuf,
     format: Format,
     files: HashMap<String, Open>,
-    streams_seen: usize,
+    /// Streams seen so far (a shared file names the stream in cues once there are two).
+    streams: Vec<String>,
 }
 
 /// `HH:MM:SS.mmm` (VTT) or `HH:MM:SS,mmm` (SRT).
@@ -87,8 +88,10 @@ pub(crate) fn cue_text(e: &Event, with_stream: bool) -> String {
 }
 
 impl FileSink {
-    /// A sink writing `format` to `template` (files are created on the first event of
-    /// each stream; a bad folder is reported now).
+    /// A sink writing `format` to `template`. A single file is created now, so an
+    /// output that cannot be written fails before any work; with `{stream}` in the
+    /// name, files are created on each stream's first event and the folder is checked
+    /// for writing now.
     pub fn new(template: &Path, format: Format) -> Result<Self, SinkError> {
         let dir = template
             .parent()
@@ -103,12 +106,21 @@ impl FileSink {
                 ),
             });
         }
-        Ok(Self {
+        let mut sink = Self {
             template: template.into(),
             format,
             files: HashMap::new(),
-            streams_seen: 0,
-        })
+            streams: Vec::new(),
+        };
+        if sink.shared() {
+            sink.file("")?;
+        } else {
+            check_writable(dir).map_err(|source| SinkError::Io {
+                target: template.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(sink)
     }
 
     fn shared(&self) -> bool {
@@ -145,6 +157,13 @@ impl FileSink {
     }
 }
 
+/// Whether files can be created in `dir` (a probe file is made and removed).
+fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".sentistream-probe-{}", std::process::id()));
+    File::create(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -164,13 +183,10 @@ impl Sink for FileSink {
 
     fn write(&mut self, out: &Output) -> Result<(), SinkError> {
         let stream = out.stream().to_string();
-        if !self
-            .files
-            .contains_key(if self.shared() { "" } else { &stream })
-        {
-            self.streams_seen += 1;
+        if !self.streams.contains(&stream) {
+            self.streams.push(stream.clone());
         }
-        let with_stream = self.shared() && self.streams_seen > 1;
+        let with_stream = self.shared() && self.streams.len() > 1;
         let format = self.format;
         let f = self.file(&stream)?;
         let text = match (format, out) {

@@ -236,23 +236,60 @@ impl Sink for WsServer {
     }
 }
 
-/// Reads a request head without consuming it (the websocket handshake reads it again).
-async fn peek_head(stream: &TcpStream) -> Option<String> {
-    let mut buf = vec![0u8; 8192];
-    for _ in 0..50 {
-        let n = stream.peek(&mut buf).await.ok()?;
-        if n == 0 {
-            return None;
+/// Largest request head accepted (bytes).
+const MAX_HEAD: usize = 8192;
+/// How long a connection may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why no request could be read.
+enum BadHead {
+    /// The client closed or sent nothing in time (no answer is owed).
+    Gone,
+    /// The head is larger than [`MAX_HEAD`].
+    TooLarge,
+}
+
+/// Reads a request head without consuming it (the websocket handshake reads it again),
+/// within [`HEAD_TIMEOUT`].
+async fn peek_head(stream: &TcpStream) -> Result<String, BadHead> {
+    let read = async {
+        let mut buf = vec![0u8; MAX_HEAD];
+        loop {
+            let n = stream.peek(&mut buf).await.map_err(|_| BadHead::Gone)?;
+            if n == 0 {
+                return Err(BadHead::Gone);
+            }
+            if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(String::from_utf8_lossy(&buf[..i]).into_owned());
+            }
+            if n == buf.len() {
+                return Err(BadHead::TooLarge);
+            }
+            // Part of the head: wait for more before peeking again.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(String::from_utf8_lossy(&buf[..i]).into_owned());
+    };
+    tokio::time::timeout(HEAD_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(BadHead::Gone))
+}
+
+/// The path of a well-formed `GET PATH HTTP/1.x` request line, or the status to answer.
+fn request_path(head: &str) -> Result<&str, (&'static str, &'static [u8])> {
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (method, path, version) = (parts.next(), parts.next(), parts.next());
+    match (method, path, version, parts.next()) {
+        (Some("GET" | "HEAD"), Some(p), Some(v), None)
+            if p.starts_with('/') && v.starts_with("HTTP/1.") =>
+        {
+            Ok(p)
         }
-        if n == buf.len() {
-            return None;
+        (Some(_), Some(p), Some(v), None) if p.starts_with('/') && v.starts_with("HTTP/1.") => {
+            Err(("405 Method Not Allowed", b"only GET is served here\n"))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        _ => Err(("400 Bad Request", b"not an HTTP/1.1 request\n")),
     }
-    None
 }
 
 async fn respond(mut stream: TcpStream, status: &str, ctype: &str, body: &[u8]) {
@@ -268,6 +305,25 @@ async fn respond(mut stream: TcpStream, status: &str, ctype: &str, body: &[u8]) 
     let _ = stream.shutdown().await;
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_get_requests_are_served() {
+        assert_eq!(
+            request_path("GET /health HTTP/1.1\r\nHost: x"),
+            Ok("/health")
+        );
+        assert_eq!(request_path("GET / HTTP/1.0"), Ok("/"));
+        let status = |h| request_path(h).unwrap_err().0;
+        assert_eq!(status("POST /ws HTTP/1.1"), "405 Method Not Allowed");
+        assert_eq!(status("hello there"), "400 Bad Request");
+        assert_eq!(status("GET / SMTP/2"), "400 Bad Request");
+        assert_eq!(status("\u{0}\u{1}garbage"), "400 Bad Request");
+    }
+}
+
 /// Answers a connection over the limit politely and closes it.
 async fn refuse(stream: TcpStream) {
     respond(
@@ -280,10 +336,24 @@ async fn refuse(stream: TcpStream) {
 }
 
 async fn serve(stream: TcpStream, hub: Arc<Hub>, metrics: Arc<Metrics>) {
-    let Some(head) = peek_head(&stream).await else {
-        return;
+    let head = match peek_head(&stream).await {
+        Ok(h) => h,
+        Err(BadHead::Gone) => return,
+        Err(BadHead::TooLarge) => {
+            let body = b"request header too large\n";
+            return respond(
+                stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                body,
+            )
+            .await;
+        }
     };
-    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let path = match request_path(&head) {
+        Ok(p) => p.split('?').next().unwrap_or(p).to_string(),
+        Err((status, body)) => return respond(stream, status, "text/plain", body).await,
+    };
     let upgrade = head.lines().any(|l| {
         l.to_ascii_lowercase().starts_with("upgrade:")
             && l.to_ascii_lowercase().contains("websocket")

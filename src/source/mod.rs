@@ -284,6 +284,24 @@ fn pipeline_err(input: &str, reason: impl ToString) -> SourceError {
     }
 }
 
+/// A pipeline error as the user should read it: a resource error (the source could not be
+/// opened or read: refused, not found, not authorised, unknown host) is about reaching
+/// the source, anything else about decoding the media.
+fn classify(input: &str, err: &gst::glib::Error, reason: String) -> SourceError {
+    let input = input.to_string();
+    match err.kind::<gst::ResourceError>() {
+        Some(kind) => SourceError::Unreachable {
+            input,
+            reason,
+            permanent: matches!(
+                kind,
+                gst::ResourceError::NotFound | gst::ResourceError::NotAuthorized
+            ),
+        },
+        None => SourceError::Decode { input, reason },
+    }
+}
+
 /// Initialises GStreamer once per process.
 pub fn init() -> Result<(), SourceError> {
     gst::init().map_err(|e| pipeline_err("(init)", e))
@@ -392,10 +410,7 @@ impl Source {
                     } else {
                         format!("{} ({detail})", e.error())
                     };
-                    Some(SourceMsg::Error(SourceError::Decode {
-                        input: input_name.clone(),
-                        reason,
-                    }))
+                    Some(SourceMsg::Error(classify(&input_name, &e.error(), reason)))
                 }
                 _ => None,
             };
@@ -526,12 +541,9 @@ impl Source {
         };
         match rx.recv_timeout(STALL_TIMEOUT) {
             Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => SourceMsg::Error(SourceError::Decode {
+            Err(RecvTimeoutError::Timeout) => SourceMsg::Error(SourceError::Stalled {
                 input: self.input.clone(),
-                reason: format!(
-                    "no data for {} s; the input stalled",
-                    STALL_TIMEOUT.as_secs()
-                ),
+                secs: STALL_TIMEOUT.as_secs(),
             }),
             Err(RecvTimeoutError::Disconnected) => SourceMsg::Eos,
         }

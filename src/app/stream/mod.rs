@@ -32,8 +32,8 @@ use reconnect::{Reconnect, Retry};
 const FILE_STALL: Duration = Duration::from_secs(60);
 /// A live source with no data for this long has stalled (reconnect).
 const LIVE_STALL: Duration = Duration::from_secs(10);
-/// How often a live stream reports its dropped-buffer counts.
-const DROP_REPORT: Duration = Duration::from_secs(1);
+/// How often a stream reports how far it has decoded (and its dropped buffers).
+const PROGRESS_REPORT: Duration = Duration::from_secs(1);
 
 /// What a stream thread tells the router.
 pub(crate) enum ToRouter {
@@ -41,13 +41,15 @@ pub(crate) enum ToRouter {
     Window(Box<Windowed>),
     /// A stream notice.
     Status(StatusEvent),
-    /// Live buffers dropped so far.
-    Dropped {
+    /// How far decoding has got, and the live buffers dropped so far (every second).
+    Progress {
         /// Stream id.
         stream: String,
-        /// Audio buffers.
+        /// Stream time decoded, seconds.
+        media_s: f64,
+        /// Audio buffers dropped.
         audio: u64,
-        /// Video frames.
+        /// Video frames dropped.
         video: u64,
     },
     /// The stream thread ended.
@@ -190,10 +192,11 @@ impl Processor<'_> {
         }));
     }
 
-    fn report_drops(&self, source: &Source) {
+    fn report_progress(&self, source: &Source) {
         let (audio, video) = source.drops();
-        let _ = self.tx.send(ToRouter::Dropped {
+        let _ = self.tx.send(ToRouter::Progress {
             stream: self.job.id.clone(),
+            media_s: self.clock.audio_high,
             audio,
             video,
         });
@@ -231,7 +234,7 @@ impl Runner<'_> {
     fn read(&mut self, source: &Source) -> Result<(Ended, bool), Error> {
         let mut ready = Vec::new();
         let mut got_audio = false;
-        let mut last_drop_report = Instant::now();
+        let mut last_report = Instant::now();
         let mut last_data = Instant::now();
         let limit = if source.is_live() || self.p.job.reconnect {
             LIVE_STALL
@@ -246,10 +249,10 @@ impl Runner<'_> {
                 Next::Stop => return Ok((Ended::Stopped, got_audio)),
                 Next::Idle if last_data.elapsed() < limit => continue,
                 Next::Idle => {
-                    let reason = format!("no data for {} s; the input stalled", limit.as_secs());
                     let input = self.p.job.input.name().into();
+                    let secs = limit.as_secs();
                     return Ok((
-                        Ended::Failed(SourceError::Decode { input, reason }),
+                        Ended::Failed(SourceError::Stalled { input, secs }),
                         got_audio,
                     ));
                 }
@@ -284,9 +287,9 @@ impl Runner<'_> {
             }
             self.p.pending.extend(ready.drain(..));
             self.p.drain(Some(source), false)?;
-            if source.is_live() && last_drop_report.elapsed() > DROP_REPORT {
-                last_drop_report = Instant::now();
-                self.p.report_drops(source);
+            if last_report.elapsed() > PROGRESS_REPORT {
+                last_report = Instant::now();
+                self.p.report_progress(source);
             }
             let done = self
                 .p
@@ -317,7 +320,7 @@ impl Runner<'_> {
         self.p.clock.video_ended = true;
         self.p.drain(Some(source), true)?;
         self.p.clock.video_ended = false;
-        self.p.report_drops(source);
+        self.p.report_progress(source);
         Ok(())
     }
 
@@ -331,6 +334,11 @@ impl Runner<'_> {
             }
             Ended::Eos if !self.p.job.reconnect => return Some(None),
             Ended::Failed(e) if !self.p.job.reconnect => return Some(Some(e.into())),
+            // A wrong address or refused credentials: retrying cannot help, unless the
+            // stream has already worked (then the server may just be restarting).
+            Ended::Failed(e) if e.is_permanent() && !self.got_any => {
+                return Some(Some(e.into()));
+            }
             Ended::Failed(e) => e.to_string(),
             Ended::Eos => "the source ended".to_string(),
         };
@@ -348,7 +356,13 @@ impl Runner<'_> {
     /// Waits before reopening; `Some` when the stream ends instead (shutdown, or out of
     /// attempts: an error that says why).
     fn wait_to_retry(&mut self, reason: String) -> Option<Option<Error>> {
-        match self.reconnect.failed() {
+        let retry = self.reconnect.failed();
+        if let (Retry::After(d), n) = (retry, self.reconnect.attempt())
+            && (n <= 3 || n.is_multiple_of(10))
+        {
+            tracing::warn!(stream = %self.p.job.id, "reconnect attempt {n} in {:.1} s ({reason})", d.as_secs_f64());
+        }
+        match retry {
             Retry::After(d) if self.shutdown.sleep(d) => Some(None),
             Retry::After(_) => None,
             Retry::GiveUp { attempts } => {

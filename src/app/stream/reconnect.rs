@@ -44,6 +44,11 @@ impl Reconnect {
         self.attempt = 0;
     }
 
+    /// Failed attempts since media last flowed.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     /// Whether the stream is between a failure and media flowing again.
     pub(crate) fn retrying(&self) -> bool {
         self.attempt > 0
