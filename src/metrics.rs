@@ -74,6 +74,8 @@ pub struct StreamFigures {
     pub(crate) dropped_video: u64,
     /// Interruptions (reconnects).
     pub(crate) interruptions: u64,
+    /// Reconnect attempts made.
+    pub(crate) reconnect_attempts: u64,
 }
 
 impl Default for StreamFigures {
@@ -94,6 +96,7 @@ impl Default for StreamFigures {
             dropped_audio: 0,
             dropped_video: 0,
             interruptions: 0,
+            reconnect_attempts: 0,
         }
     }
 }
@@ -217,6 +220,15 @@ impl Metrics {
         f.media_s = f.media_s.max(media_s);
         f.dropped_audio = audio;
         f.dropped_video = video;
+    }
+
+    /// A stream is about to try reconnecting.
+    pub(crate) fn retrying(&self, stream: &str) {
+        let mut g = self.lock();
+        g.streams
+            .entry(stream.to_string())
+            .or_default()
+            .reconnect_attempts += 1;
     }
 
     /// Sets the large-model queue depth.
@@ -349,12 +361,17 @@ impl Snapshot {
                 .map(move |(id, f)| ([("stream", id.as_str())], ConstCounter::new(v(f))))
         };
         let c = MetricType::Counter;
-        let counters: [PerStream<u64>; 2] = [
+        let counters: [PerStream<u64>; 3] = [
             ("windows", "Utterance windows emitted.", |f| f.windows),
             (
                 "interruptions",
                 "Times a stream's source failed and was reconnected.",
                 |f| f.interruptions,
+            ),
+            (
+                "reconnect_attempts",
+                "Attempts to reopen a failed live source.",
+                |f| f.reconnect_attempts,
             ),
         ];
         for (name, help, value) in counters {

@@ -293,6 +293,78 @@ notices = true
 }
 
 #[test]
+fn an_output_that_cannot_be_written_fails_before_any_work() {
+    if !have_models() {
+        return;
+    }
+    // /proc refuses new files even to root, like a read-only folder to a user.
+    let sample = common::repo("samples/sample.mp4");
+    let out = annotate(&sample, &["--out", "/proc/sentistream-out.vtt"]);
+    assert_clean_error(&out, "/proc/sentistream-out.vtt", "output");
+    assert!(out.stdout.is_empty(), "nothing was processed first");
+    let out = common::sentistream(&[
+        "run",
+        sample.to_str().unwrap(),
+        "--live",
+        "--sink",
+        "/proc/{stream}.jsonl",
+    ]);
+    assert_clean_error(&out, "/proc/{stream}.jsonl", "output");
+}
+
+#[test]
+fn when_every_output_fails_the_run_stops_with_an_error() {
+    use std::io::{BufRead, BufReader};
+    if !have_models() {
+        return;
+    }
+    let looped = format!(
+        "{}?location={}",
+        common::repo("pipelines/realtime-file.gst").display(),
+        common::repo("samples/sample.mp4").display()
+    );
+    // A live, looping source would run forever; stdout is its only output.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sentistream"))
+        .args([
+            "run",
+            &looped,
+            "--live",
+            "--language",
+            "en",
+            "--whisper-model",
+            "ggml-tiny.en.bin",
+        ])
+        .env("SENTISTREAM_MODELS", common::models_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line (the stream started), then close the reading end.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("started"), "{first}");
+    // The run must stop by itself; a hang fails the test instead of blocking it.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("the run did not stop after its only output failed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("every output failed"), "{stderr}");
+    assert!(stderr.contains("error: output stdout"), "{stderr}");
+}
+
+#[test]
 fn unreadable_file_permissions() {
     use std::os::unix::fs::PermissionsExt;
     if !have_models() {

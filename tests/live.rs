@@ -860,3 +860,52 @@ fn a_second_signal_exits_at_once_without_a_crash_and_outputs_stay_valid() {
         }
     }
 }
+
+#[test]
+fn the_http_front_answers_bad_requests_with_4xx_and_drops_idle_connections() {
+    use std::io::{Read, Write};
+    let _serial = serial();
+    let (mut server, _metrics) = ws_server(sentistream::config::SinksConfig::default());
+    let addr = server.addr;
+    let exchange = |raw: &[u8]| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        // Only a guard against a hang: the server answers or closes long before.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(raw).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let garbage = exchange(b"\x16\x03\x01hello there\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    let post = exchange(
+        b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    big.extend(b"\r\n\r\n");
+    let big = exchange(&big);
+    assert!(
+        big.starts_with("HTTP/1.1 431"),
+        "{}",
+        &big[..big.len().min(200)]
+    );
+    let missing = exchange(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    // A connection that never sends a request is closed by the server (not held open).
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = match idle.read(&mut buf) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(closed, "an idle connection is closed by the server");
+    use sentistream::sinks::Sink;
+    server.close().unwrap();
+}

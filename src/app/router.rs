@@ -173,6 +173,7 @@ impl Router {
                 audio,
                 video,
             } => self.metrics.progress(&stream, media_s, audio, video),
+            ToRouter::Retrying { stream } => self.metrics.retrying(&stream),
             ToRouter::Done { stream, error } => {
                 done[stream] = Some(error.map_or(StreamEnd::Finished, StreamEnd::Failed));
             }

@@ -13,19 +13,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::SinksConfig;
 use crate::error::SinkError;
 use crate::event::Output;
 use crate::metrics::Metrics;
 use crate::sinks::Sink;
+
+/// How long a connection may take to send a request head; idle ones are closed.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head read (bytes); a larger one is answered 431.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long shutdown waits for clients to take their close frames.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// The live page.
 pub(crate) const LIVE_PAGE: &str = include_str!("live.html");
@@ -132,13 +144,20 @@ pub struct WsServer {
     stop: Arc<Notify>,
 }
 
+/// What every request handler shares.
+#[derive(Clone)]
+struct Front {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    /// One permit per connection being served (`sinks.ws_max_clients`).
+    slots: Arc<Semaphore>,
+}
+
 impl WsServer {
     /// Binds `addr` and serves in a background thread: each client buffers at most
     /// `cfg.ws_client_buffer` events, and at most `cfg.ws_max_clients` connections are
-    /// served at once (more are answered 503 and closed).
+    /// served at once (more are answered 503).
     pub fn start(addr: &str, cfg: &SinksConfig, metrics: Arc<Metrics>) -> Result<Self, SinkError> {
-        let capacity = cfg.ws_client_buffer;
-        let slots = Arc::new(Semaphore::new(cfg.ws_max_clients));
         let err = |e: std::io::Error| SinkError::Io {
             target: format!("websocket server {addr}"),
             source: e,
@@ -152,46 +171,21 @@ impl WsServer {
         let listener = rt.block_on(TcpListener::bind(addr)).map_err(|e| {
             err(std::io::Error::new(
                 e.kind(),
-                format!("cannot listen: {e}; is the port free?"),
+                format!("cannot listen ({e}); is the port free?"),
             ))
         })?;
         let local = listener.local_addr().map_err(err)?;
-        let hub = Arc::new(Hub::new(capacity, metrics.clone()));
+        let hub = Arc::new(Hub::new(cfg.ws_client_buffer, metrics.clone()));
+        let front = Front {
+            hub: hub.clone(),
+            metrics,
+            slots: Arc::new(Semaphore::new(cfg.ws_max_clients)),
+        };
         let stop = Arc::new(Notify::new());
-        let (h, s) = (hub.clone(), stop.clone());
+        let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ws-server".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    let mut tasks = tokio::task::JoinSet::new();
-                    loop {
-                        tokio::select! {
-                            _ = s.notified() => break,
-                            r = listener.accept() => {
-                                let Ok((stream, _)) = r else { continue };
-                                match slots.clone().try_acquire_owned() {
-                                    Ok(permit) => {
-                                        let (h, m) = (h.clone(), metrics.clone());
-                                        tasks.spawn(async move {
-                                            serve(stream, h, m).await;
-                                            drop(permit);
-                                        });
-                                    }
-                                    Err(_) => {
-                                        metrics.ws_refused();
-                                        tasks.spawn(refuse(stream));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    // Let clients get their close frames (bounded wait).
-                    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-                        while tasks.join_next().await.is_some() {}
-                    })
-                    .await;
-                });
-            })
+            .spawn(move || rt.block_on(serve(listener, front, s)))
             .map_err(err)?;
         Ok(Self {
             addr: local,
@@ -216,6 +210,128 @@ impl WsServer {
     }
 }
 
+/// The routes: the live page, the websocket, metrics and health; anything else 404.
+fn routes(front: Front) -> Router {
+    let limited = Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/metrics", get(prometheus))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            front.clone(),
+            one_slot,
+        ));
+    Router::new()
+        .route("/ws", get(websocket))
+        .merge(limited)
+        .with_state(front)
+}
+
+/// Accepts connections until told to stop, then lets clients take their close frames
+/// (bounded wait). HTTP/1.1 comes from hyper: malformed requests get 400, other methods
+/// 405, oversized heads 431, and a connection that sends no head in time is closed.
+async fn serve(listener: TcpListener, front: Front, stop: Arc<Notify>) {
+    let hub = front.hub.clone();
+    let app = TowerToHyperService::new(routes(front));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.notified() => break,
+            r = listener.accept() => {
+                let Ok((stream, _)) = r else { continue };
+                connections.spawn(connection(http.clone(), stream, app.clone()));
+            }
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while hub.client_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    connections.abort_all();
+}
+
+/// Serves one connection (its websocket, if it upgrades, runs on its own task).
+async fn connection(
+    http: hyper::server::conn::http1::Builder,
+    stream: TcpStream,
+    app: TowerToHyperService<Router>,
+) {
+    let _ = http
+        .serve_connection(TokioIo::new(stream), app)
+        .with_upgrades()
+        .await;
+}
+
+/// Holds one connection slot while a request is answered; none free: 503.
+async fn one_slot(State(front): State<Front>, req: Request, next: Next) -> Response {
+    match front.slots.clone().try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => too_many(&front.metrics),
+    }
+}
+
+fn too_many(metrics: &Metrics) -> Response {
+    metrics.ws_refused();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many clients: this sentistream serves at most sinks.ws_max_clients connections; try again later\n",
+    )
+        .into_response()
+}
+
+async fn page() -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(LIVE_PAGE),
+    )
+        .into_response()
+}
+
+async fn prometheus(State(front): State<Front>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        front.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn health(State(front): State<Front>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        front.metrics.health().to_string(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "not found; try /, /ws, /metrics or /health\n",
+    )
+        .into_response()
+}
+
+/// The websocket: a client for as long as it stays, holding one connection slot.
+async fn websocket(State(front): State<Front>, ws: WebSocketUpgrade) -> Response {
+    match front.slots.clone().try_acquire_owned() {
+        Ok(permit) => ws.on_upgrade(move |socket| client(socket, front.hub, permit)),
+        Err(_) => too_many(&front.metrics),
+    }
+}
+
 impl Drop for WsServer {
     fn drop(&mut self) {
         self.shutdown();
@@ -236,200 +352,40 @@ impl Sink for WsServer {
     }
 }
 
-/// Largest request head accepted (bytes).
-const MAX_HEAD: usize = 8192;
-/// How long a connection may take to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why no request could be read.
-enum BadHead {
-    /// The client closed or sent nothing in time (no answer is owed).
-    Gone,
-    /// The head is larger than [`MAX_HEAD`].
-    TooLarge,
-}
-
-/// Reads a request head without consuming it (the websocket handshake reads it again),
-/// within [`HEAD_TIMEOUT`].
-async fn peek_head(stream: &TcpStream) -> Result<String, BadHead> {
-    let read = async {
-        let mut buf = vec![0u8; MAX_HEAD];
-        loop {
-            let n = stream.peek(&mut buf).await.map_err(|_| BadHead::Gone)?;
-            if n == 0 {
-                return Err(BadHead::Gone);
-            }
-            if let Some(i) = buf[..n].windows(4).position(|w| w == b"\r\n\r\n") {
-                return Ok(String::from_utf8_lossy(&buf[..i]).into_owned());
-            }
-            if n == buf.len() {
-                return Err(BadHead::TooLarge);
-            }
-            // Part of the head: wait for more before peeking again.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(HEAD_TIMEOUT, read)
-        .await
-        .unwrap_or(Err(BadHead::Gone))
-}
-
-/// The path of a well-formed `GET PATH HTTP/1.x` request line, or the status to answer.
-fn request_path(head: &str) -> Result<&str, (&'static str, &'static [u8])> {
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (method, path, version) = (parts.next(), parts.next(), parts.next());
-    match (method, path, version, parts.next()) {
-        (Some("GET" | "HEAD"), Some(p), Some(v), None)
-            if p.starts_with('/') && v.starts_with("HTTP/1.") =>
-        {
-            Ok(p)
-        }
-        (Some(_), Some(p), Some(v), None) if p.starts_with('/') && v.starts_with("HTTP/1.") => {
-            Err(("405 Method Not Allowed", b"only GET is served here\n"))
-        }
-        _ => Err(("400 Bad Request", b"not an HTTP/1.1 request\n")),
-    }
-}
-
-async fn respond(mut stream: TcpStream, status: &str, ctype: &str, body: &[u8]) {
-    // Consume the request head first so the client sees a clean response.
-    let mut sink = [0u8; 8192];
-    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await;
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body).await;
-    let _ = stream.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_well_formed_get_requests_are_served() {
-        assert_eq!(
-            request_path("GET /health HTTP/1.1\r\nHost: x"),
-            Ok("/health")
-        );
-        assert_eq!(request_path("GET / HTTP/1.0"), Ok("/"));
-        let status = |h| request_path(h).unwrap_err().0;
-        assert_eq!(status("POST /ws HTTP/1.1"), "405 Method Not Allowed");
-        assert_eq!(status("hello there"), "400 Bad Request");
-        assert_eq!(status("GET / SMTP/2"), "400 Bad Request");
-        assert_eq!(status("\u{0}\u{1}garbage"), "400 Bad Request");
-    }
-}
-
-/// Answers a connection over the limit politely and closes it.
-async fn refuse(stream: TcpStream) {
-    respond(
-        stream,
-        "503 Service Unavailable",
-        "text/plain",
-        b"too many clients: this sentistream serves at most sinks.ws_max_clients connections; try again later\n",
-    )
-    .await
-}
-
-async fn serve(stream: TcpStream, hub: Arc<Hub>, metrics: Arc<Metrics>) {
-    let head = match peek_head(&stream).await {
-        Ok(h) => h,
-        Err(BadHead::Gone) => return,
-        Err(BadHead::TooLarge) => {
-            let body = b"request header too large\n";
-            return respond(
-                stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                body,
-            )
-            .await;
-        }
-    };
-    let path = match request_path(&head) {
-        Ok(p) => p.split('?').next().unwrap_or(p).to_string(),
-        Err((status, body)) => return respond(stream, status, "text/plain", body).await,
-    };
-    let upgrade = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("upgrade:")
-            && l.to_ascii_lowercase().contains("websocket")
-    });
-    match (path.as_str(), upgrade) {
-        ("/ws", true) => client(stream, hub).await,
-        ("/" | "/index.html", false) => {
-            respond(
-                stream,
-                "200 OK",
-                "text/html; charset=utf-8",
-                LIVE_PAGE.as_bytes(),
-            )
-            .await
-        }
-        ("/metrics", false) => {
-            respond(
-                stream,
-                "200 OK",
-                "text/plain; version=0.0.4",
-                metrics.render().as_bytes(),
-            )
-            .await
-        }
-        ("/health", false) => {
-            let body = metrics.health().to_string();
-            respond(stream, "200 OK", "application/json", body.as_bytes()).await
-        }
-        _ => {
-            respond(
-                stream,
-                "404 Not Found",
-                "text/plain",
-                b"not found; try /, /ws, /metrics or /health\n",
-            )
-            .await
-        }
-    }
-}
-
-async fn client(stream: TcpStream, hub: Arc<Hub>) {
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
-        return;
-    };
-    let (mut tx, mut rx) = ws.split();
+/// Sends the hub's events to one websocket client until it leaves or the server stops
+/// (then what is queued is delivered and a close frame sent).
+async fn client(socket: WebSocket, hub: Arc<Hub>, _slot: OwnedSemaphorePermit) {
+    let (mut tx, mut rx) = socket.split();
     let me = hub.add();
+    let text = |m: &str| Message::Text(m.to_string().into());
     'outer: loop {
         tokio::select! {
             _ = me.notify.notified() => {
                 if hub.closed.load(Ordering::SeqCst) {
-                    // Deliver what is queued, then say goodbye.
                     let rest: Vec<Arc<str>> = Hub::lock(&me.queue).drain(..).collect();
                     for m in rest {
-                        if tx.send(Message::text(m.to_string())).await.is_err() {
+                        if tx.send(text(&m)).await.is_err() {
                             break 'outer;
                         }
                     }
-                    let _ = tx
-                        .send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Normal,
-                            reason: "sentistream is shutting down".into(),
-                        })))
-                        .await;
+                    let bye = CloseFrame {
+                        code: close_code::NORMAL,
+                        reason: "sentistream is shutting down".into(),
+                    };
+                    let _ = tx.send(Message::Close(Some(bye))).await;
                     break;
                 }
                 loop {
                     let lost = me.lost.swap(0, Ordering::Relaxed);
                     if lost > 0 {
                         let notice = format!("{{\"notice\":\"lagged\",\"lost\":{lost}}}");
-                        if tx.send(Message::text(notice)).await.is_err() {
+                        if tx.send(text(&notice)).await.is_err() {
                             break 'outer;
                         }
                     }
                     let next = Hub::lock(&me.queue).pop_front();
                     let Some(m) = next else { break };
-                    if tx.send(Message::text(m.to_string())).await.is_err() {
+                    if tx.send(text(&m)).await.is_err() {
                         break 'outer;
                     }
                 }

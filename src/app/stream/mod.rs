@@ -52,6 +52,11 @@ pub(crate) enum ToRouter {
         /// Video frames dropped.
         video: u64,
     },
+    /// A reconnect attempt is about to be made.
+    Retrying {
+        /// Stream id.
+        stream: String,
+    },
     /// The stream thread ended.
     Done {
         /// Stream index.
@@ -361,6 +366,10 @@ impl Runner<'_> {
             && (n <= 3 || n.is_multiple_of(10))
         {
             tracing::warn!(stream = %self.p.job.id, "reconnect attempt {n} in {:.1} s ({reason})", d.as_secs_f64());
+        }
+        if let Retry::After(_) = retry {
+            let stream = self.p.job.id.clone();
+            let _ = self.p.tx.send(ToRouter::Retrying { stream });
         }
         match retry {
             Retry::After(d) if self.shutdown.sleep(d) => Some(None),
