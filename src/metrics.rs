@@ -414,58 +414,59 @@ impl Snapshot {
         family(enc, "dropped_buffers", help, c, drops)
     }
 
-    /// Cascade families: escalations, fallbacks, queue depth.
-    fn cascade(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    /// Process-wide families: counters and gauges without labels, fallbacks by reason,
+    /// latency histograms by stage.
+    fn totals(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let g = &self.inner;
         let escalated: u64 = g.streams.values().map(StreamFigures::escalated).sum();
-        let help = "Windows escalated to the large model.";
-        single(enc, "escalations", help, ConstCounter::new(escalated))?;
+        for (name, help, v) in [
+            (
+                "escalations",
+                "Windows escalated to the large model.",
+                escalated,
+            ),
+            (
+                "websocket_lost",
+                "Events a slow websocket client lost (its oldest).",
+                g.ws_lost,
+            ),
+            (
+                "websocket_refused",
+                "Connections refused because the server had its maximum of clients.",
+                g.ws_refused,
+            ),
+        ] {
+            single(enc, name, help, ConstCounter::new(v))?;
+        }
+        for (name, help, v) in [
+            (
+                "queue_depth",
+                "Escalations waiting for a large-model worker.",
+                g.queue_depth,
+            ),
+            (
+                "websocket_clients",
+                "Connected websocket clients.",
+                g.ws_clients,
+            ),
+        ] {
+            single(enc, name, help, ConstGauge::new(v as i64))?;
+        }
         let fallbacks = g
             .fallbacks
             .iter()
             .map(|(r, n)| ([("reason", r.name())], ConstCounter::new(*n)));
         let help = "Escalations that fell back to the small model, by reason.";
         family(enc, "fallbacks", help, MetricType::Counter, fallbacks)?;
-        let help = "Escalations waiting for a large-model worker.";
-        single(
-            enc,
-            "queue_depth",
-            help,
-            ConstGauge::new(g.queue_depth as i64),
-        )?;
-        let mut m = enc.encode_descriptor(
-            "stage_latency_seconds",
-            "Time per window in each stage.",
-            None,
-            MetricType::Histogram,
-        )?;
+        let help = "Time per window in each stage.";
+        let mut m =
+            enc.encode_descriptor("stage_latency_seconds", help, None, MetricType::Histogram)?;
         for (stage, h) in &g.latency {
             let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(h.counts).collect();
             m.encode_family(&[("stage", *stage)])?
                 .encode_histogram::<NoLabelSet>(h.sum, h.n, &buckets, None)?;
         }
         Ok(())
-    }
-
-    /// Websocket families.
-    fn websocket(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let g = &self.inner;
-        let help = "Connected websocket clients.";
-        single(
-            enc,
-            "websocket_clients",
-            help,
-            ConstGauge::new(g.ws_clients as i64),
-        )?;
-        let help = "Events a slow websocket client lost (its oldest).";
-        single(enc, "websocket_lost", help, ConstCounter::new(g.ws_lost))?;
-        let help = "Websocket connections refused because the server had its maximum of clients.";
-        single(
-            enc,
-            "websocket_refused",
-            help,
-            ConstCounter::new(g.ws_refused),
-        )
     }
 }
 
@@ -479,8 +480,7 @@ impl Collector for Snapshot {
             ConstGauge::new(self.uptime_s),
         )?;
         self.streams(&mut enc)?;
-        self.cascade(&mut enc)?;
-        self.websocket(&mut enc)
+        self.totals(&mut enc)
     }
 }
 

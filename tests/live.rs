@@ -139,6 +139,14 @@ impl Running {
     }
 }
 
+/// The sample played in real time as stream `call` (English), with `extra` arguments.
+fn start_call(extra: &[&str]) -> Running {
+    let sample = realtime_sample();
+    let mut args = vec!["run", &sample, "--id", "call", "--language", "en"];
+    args.extend_from_slice(extra);
+    start(&args)
+}
+
 fn windows<'a>(events: &'a [Value], stream: &str) -> Vec<&'a Value> {
     events
         .iter()
@@ -237,30 +245,7 @@ fn websocket_clients_get_the_stdout_events_and_the_page_draws_them() {
     let addr = r.address(&mut log);
     // A real websocket client, connected before the first window ends.
     let url = format!("ws://{addr}/ws");
-    let client = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use futures_util::StreamExt;
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            let mut got = Vec::new();
-            let mut closed = false;
-            while let Some(m) = ws.next().await {
-                match m {
-                    Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => got.push(t.to_string()),
-                    Ok(tokio_tungstenite::tungstenite::Message::Close(_)) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            (got, closed)
-        })
-    });
+    let (_connected, client) = ws_client(url, Duration::ZERO);
     // Metrics and health while it runs.
     let mut seen = Vec::new();
     assert!(r.wait_stdout(&mut seen, Duration::from_secs(60), |e| {
@@ -381,18 +366,7 @@ fn sigterm_drains_and_closes_files_valid() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let vtt = dir.path().join("out.vtt");
-    let r = start(&[
-        "run",
-        &realtime_sample(),
-        "--id",
-        "call",
-        "--language",
-        "en",
-        "--sink",
-        "stdout",
-        "--sink",
-        vtt.to_str().unwrap(),
-    ]);
+    let r = start_call(&["--sink", "stdout", "--sink", vtt.to_str().unwrap()]);
     let mut seen = Vec::new();
     assert!(r.wait_stdout(&mut seen, Duration::from_secs(60), |e| {
         e.get("seq").is_some()
@@ -460,6 +434,45 @@ fn webcam_and_custom_pipelines_are_checked_up_to_the_device() {
     );
 }
 
+/// A real websocket client on its own thread: it says when it is connected, waits
+/// `pause` (a stalled reader), then collects every text message until the connection
+/// ends; the thread returns (texts, whether the server sent a close frame).
+fn ws_client(
+    url: String,
+    pause: Duration,
+) -> (
+    mpsc::Receiver<()>,
+    std::thread::JoinHandle<(Vec<String>, bool)>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use futures_util::StreamExt;
+            use tokio_tungstenite::tungstenite::Message;
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let _ = tx.send(());
+            tokio::time::sleep(pause).await;
+            let (mut got, mut closed) = (Vec::new(), false);
+            while let Some(Ok(m)) = ws.next().await {
+                match m {
+                    Message::Text(t) => got.push(t.to_string()),
+                    Message::Close(_) => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (got, closed)
+        })
+    });
+    (rx, thread)
+}
+
 /// A websocket server on a free port with its own metrics.
 fn ws_server(
     cfg: sentistream::config::SinksConfig,
@@ -484,37 +497,22 @@ fn slow_websocket_client_loses_its_own_oldest_events_and_never_stalls_the_publis
         ..Default::default()
     });
     let url = format!("ws://{}/ws", server.addr);
+    // A client's (events, lost) from what it received.
+    let counts = |texts: Vec<String>| {
+        let (mut events, mut lost) = (0u64, 0u64);
+        for t in texts {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["notice"] == "lagged" {
+                lost += v["lost"].as_u64().unwrap();
+            } else {
+                events += 1;
+            }
+        }
+        (events, lost)
+    };
     let client = |slow: bool| {
-        let url = url.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use futures_util::StreamExt;
-                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                if slow {
-                    tokio::time::sleep(Duration::from_secs(4)).await;
-                }
-                let (mut events, mut lost) = (0u64, 0u64);
-                while let Some(Ok(m)) = ws.next().await {
-                    match m {
-                        tokio_tungstenite::tungstenite::Message::Text(t) => {
-                            let v: Value = serde_json::from_str(&t).unwrap();
-                            if v["notice"] == "lagged" {
-                                lost += v["lost"].as_u64().unwrap();
-                            } else {
-                                events += 1;
-                            }
-                        }
-                        tokio_tungstenite::tungstenite::Message::Close(_) => break,
-                        _ => {}
-                    }
-                }
-                (events, lost)
-            })
-        })
+        let pause = Duration::from_secs(if slow { 4 } else { 0 });
+        ws_client(url.clone(), pause).1
     };
     let fast = client(false);
     let slow = client(true);
@@ -543,8 +541,8 @@ fn slow_websocket_client_loses_its_own_oldest_events_and_never_stalls_the_publis
     let publish = t.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     server.close().unwrap();
-    let (fe, fl) = fast.join().unwrap();
-    let (se, sl) = slow.join().unwrap();
+    let (fe, fl) = counts(fast.join().unwrap().0);
+    let (se, sl) = counts(slow.join().unwrap().0);
     eprintln!(
         "publish {publish:?} (worst call {worst:?}); fast client {fe} events, {fl} lost; slow client {se} events, {sl} lost"
     );
@@ -565,11 +563,7 @@ fn rtsp_source_reconnects_after_the_server_goes_away() {
         return;
     }
     let _serial = serial();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let server = rtsp::Server::start(port);
+    let (server, port) = rtsp_server();
     let url = format!("rtsp://127.0.0.1:{port}/sample");
     let r = start(&[
         "run",
@@ -627,6 +621,15 @@ fn rtsp_source_reconnects_after_the_server_goes_away() {
 
 /// An RTSP server on loopback (GStreamer's gst-rtsp-server) serving the sample clip,
 /// re-encoded live (H.264 + Opus), one fresh media per client.
+/// A real RTSP server serving the sample at /sample, on a free port.
+fn rtsp_server() -> (rtsp::Server, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    (rtsp::Server::start(port), port)
+}
+
 mod rtsp {
     use gstreamer_rtsp_server as rs;
     use gstreamer_rtsp_server::prelude::*;
@@ -709,24 +712,7 @@ fn websocket_server_refuses_connections_over_its_limit_politely() {
         out
     };
     // One websocket client holds the only slot until the server closes.
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let url = format!("ws://{addr}/ws");
-    let holder = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use futures_util::StreamExt;
-            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            tx.send(()).unwrap();
-            while let Some(Ok(m)) = ws.next().await {
-                if m.is_close() {
-                    break;
-                }
-            }
-        })
-    });
+    let (rx, holder) = ws_client(format!("ws://{addr}/ws"), Duration::ZERO);
     rx.recv().unwrap();
     while server.hub().client_count() < 1 {
         std::thread::sleep(Duration::from_millis(10));
@@ -749,11 +735,7 @@ fn a_wrong_rtsp_path_fails_fast_and_giving_up_is_a_failure() {
         return;
     }
     let _serial = serial();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let server = rtsp::Server::start(port);
+    let (server, port) = rtsp_server();
     // 404 from a real RTSP server: retrying cannot help, even when told to stay live.
     let wrong = format!("rtsp://127.0.0.1:{port}/no-such-path");
     let r = start(&["run", &wrong, "--live", "--id", "cam", "--language", "en"]);
@@ -810,16 +792,7 @@ fn a_second_signal_exits_at_once_without_a_crash_and_outputs_stay_valid() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..5 {
         let jsonl = dir.path().join(format!("out{round}.jsonl"));
-        let r = start(&[
-            "run",
-            &realtime_sample(),
-            "--id",
-            "call",
-            "--language",
-            "en",
-            "--sink",
-            jsonl.to_str().unwrap(),
-        ]);
+        let r = start_call(&["--sink", jsonl.to_str().unwrap()]);
         let mut log = Vec::new();
         // Wait until the stream has started (its models are loaded, threads running).
         let started = || std::fs::read_to_string(&jsonl).is_ok_and(|t| t.contains("\"started\""));

@@ -268,37 +268,37 @@ mod tests {
         }
     }
 
-    /// A large model that is sure and negative, or fails on demand.
-    struct FakeLarge {
-        fail: bool,
-    }
+    /// A large model that always gives one answer (`None`: it always fails).
+    struct FakeLarge(Option<Answer>);
 
     impl Backend for FakeLarge {
+        fn judge(
+            &mut self,
+            _: &str,
+            _: &WindowFeatures,
+            _: Option<(Verdict, Verdict)>,
+        ) -> Result<Answer, BackendError> {
+            self.0.ok_or_else(|| BackendError::Failed {
+                backend: "fake",
+                reason: "injected".into(),
+            })
+        }
         fn name(&self) -> &'static str {
             "fake"
         }
         fn band(&self) -> f32 {
             0.1
         }
-        fn judge(
-            &mut self,
-            _text: &str,
-            _f: &WindowFeatures,
-            _earlier: Option<(Verdict, Verdict)>,
-        ) -> Result<Answer, BackendError> {
-            if self.fail {
-                return Err(BackendError::Failed {
-                    backend: "fake",
-                    reason: "injected".into(),
-                });
-            }
-            Ok(Answer {
-                score: -2.0,
-                probs: [0.98, 0.01, 0.01],
-                uncertainty: 0.1,
-                prompt_tokens: 0,
-            })
-        }
+    }
+
+    /// Sure and negative.
+    fn negative() -> Option<Answer> {
+        Some(Answer {
+            score: -2.0,
+            probs: [0.98, 0.01, 0.01],
+            uncertainty: 0.1,
+            prompt_tokens: 0,
+        })
     }
 
     /// Collects what the router writes.
@@ -329,7 +329,7 @@ mod tests {
 
     fn route(fail: bool, msgs: Vec<ToRouter>, streams: usize) -> (Vec<Event>, Finished) {
         let pool = Pool::start(
-            vec![Box::new(FakeLarge { fail })],
+            vec![Box::new(FakeLarge(if fail { None } else { negative() }))],
             4,
             WhenFull::Block,
             0.4,
