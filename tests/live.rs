@@ -882,3 +882,39 @@ fn the_http_front_answers_bad_requests_with_4xx_and_drops_idle_connections() {
     use sentistream::sinks::Sink;
     server.close().unwrap();
 }
+
+#[test]
+fn annotate_stops_on_ctrl_c_with_valid_files_and_exit_130() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let vtt = dir.path().join("call.vtt");
+    let sample = common::repo("samples/sample.mp4");
+    let r = start(&[
+        "annotate",
+        sample.to_str().unwrap(),
+        "--language",
+        "en",
+        "--no-progress",
+        "--out",
+        vtt.to_str().unwrap(),
+    ]);
+    // The first window is out; three more are still to come.
+    let mut seen = Vec::new();
+    assert!(r.wait_stdout(&mut seen, Duration::from_secs(120), |e| {
+        e.get("seq").is_some()
+    }));
+    r.signal("-INT");
+    let mut child = r.child;
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "stopped early: exit 130");
+    let text = std::fs::read_to_string(&vtt).unwrap();
+    let cues = sentistream::sinks::files::parse_vtt(&text).unwrap();
+    assert!(
+        !cues.is_empty() && cues.len() < 4,
+        "{} cues: {text}",
+        cues.len()
+    );
+}
