@@ -901,7 +901,7 @@ fn annotate_stops_on_ctrl_c_with_valid_files_and_exit_130() {
         "--out",
         vtt.to_str().unwrap(),
     ]);
-    // The first window is out; three more are still to come.
+    // The first window is out; the others are still being worked on.
     let mut seen = Vec::new();
     assert!(r.wait_stdout(&mut seen, Duration::from_secs(120), |e| {
         e.get("seq").is_some()
