@@ -36,6 +36,9 @@ use crate::sinks::Sink;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head read (bytes); a larger one is answered 431.
 const MAX_HEAD: usize = 16 * 1024;
+/// Open connections allowed per served slot (`sinks.ws_max_clients`): room for clients
+/// still sending their request head; beyond it new connections are closed at once.
+const OPEN_PER_SLOT: usize = 4;
 /// How long shutdown waits for clients to take their close frames.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
@@ -151,6 +154,8 @@ struct Front {
     metrics: Arc<Metrics>,
     /// One permit per connection being served (`sinks.ws_max_clients`).
     slots: Arc<Semaphore>,
+    /// One permit per open TCP connection (a bound on idle or slow ones).
+    open: Arc<Semaphore>,
 }
 
 impl WsServer {
@@ -180,6 +185,7 @@ impl WsServer {
             hub: hub.clone(),
             metrics,
             slots: Arc::new(Semaphore::new(cfg.ws_max_clients)),
+            open: Arc::new(Semaphore::new(cfg.ws_max_clients * OPEN_PER_SLOT)),
         };
         let stop = Arc::new(Notify::new());
         let s = stop.clone();
@@ -232,7 +238,7 @@ fn routes(front: Front) -> Router {
 /// (bounded wait). HTTP/1.1 comes from hyper: malformed requests get 400, other methods
 /// 405, oversized heads 431, and a connection that sends no head in time is closed.
 async fn serve(listener: TcpListener, front: Front, stop: Arc<Notify>) {
-    let hub = front.hub.clone();
+    let (hub, open, metrics) = (front.hub.clone(), front.open.clone(), front.metrics.clone());
     let app = TowerToHyperService::new(routes(front));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -243,8 +249,20 @@ async fn serve(listener: TcpListener, front: Front, stop: Arc<Notify>) {
         tokio::select! {
             _ = stop.notified() => break,
             r = listener.accept() => {
+                // Finished connections are reaped so the set does not grow with scrapes.
+                while connections.try_join_next().is_some() {}
                 let Ok((stream, _)) = r else { continue };
-                connections.spawn(connection(http.clone(), stream, app.clone()));
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    // Too many open connections: close this one at once.
+                    metrics.ws_refused();
+                    drop(stream);
+                    continue;
+                };
+                let (http, app) = (http.clone(), app.clone());
+                connections.spawn(async move {
+                    connection(http, stream, app).await;
+                    drop(permit);
+                });
             }
         }
     }
