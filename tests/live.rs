@@ -905,16 +905,8 @@ fn annotate_stops_on_ctrl_c_with_valid_files_and_exit_130() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let vtt = dir.path().join("call.vtt");
-    let sample = common::repo("samples/sample.mp4");
-    let r = start(&[
-        "annotate",
-        sample.to_str().unwrap(),
-        "--language",
-        "en",
-        "--no-progress",
-        "--out",
-        vtt.to_str().unwrap(),
-    ]);
+    let args = common::annotate_sample(&[&vtt]);
+    let r = start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     // The first window is out; the others are still being worked on.
     let mut seen = Vec::new();
     assert!(r.wait_stdout(&mut seen, Duration::from_secs(120), |e| {

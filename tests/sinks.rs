@@ -176,20 +176,9 @@ fn annotate_writes_subtitles_as_it_goes() {
         dir.path().join("call.srt"),
         dir.path().join("call.jsonl"),
     );
-    let sample = common::repo("samples/sample.mp4");
-    let out = common::sentistream(&[
-        "annotate",
-        sample.to_str().unwrap(),
-        "--language",
-        "en",
-        "--no-progress",
-        "--out",
-        vtt.to_str().unwrap(),
-        "--out",
-        srt.to_str().unwrap(),
-        "--out",
-        jsonl.to_str().unwrap(),
-    ]);
+    let args = common::annotate_sample(&[&vtt, &srt, &jsonl]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = common::sentistream(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -209,6 +198,7 @@ fn annotate_writes_subtitles_as_it_goes() {
         String::from_utf8_lossy(&out.stdout),
         "the JSONL file equals stdout"
     );
+    let sample = common::repo("samples/sample.mp4");
     let bad = common::sentistream(&["annotate", sample.to_str().unwrap(), "--out", "x.txt"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains(".vtt"));

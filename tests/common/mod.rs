@@ -39,6 +39,21 @@ pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// Arguments of `annotate` on the bundled sample (English, no progress bar), writing
+/// each of `outs` as it goes.
+pub fn annotate_sample(outs: &[&Path]) -> Vec<String> {
+    let mut args: Vec<String> = ["annotate", "--language", "en", "--no-progress"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.insert(1, repo("samples/sample.mp4").display().to_string());
+    for o in outs {
+        args.push("--out".into());
+        args.push(o.display().to_string());
+    }
+    args
+}
+
 /// Runs the real sentistream binary.
 pub fn sentistream(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sentistream"))
