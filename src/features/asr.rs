@@ -49,6 +49,8 @@ pub struct Asr {
     multilingual: bool,
     /// Language detected on an earlier window, reused unless `redetect_language`.
     detected: Option<String>,
+    /// The state's encoder context has been set by a decode (see [`Asr::prime`]).
+    primed: bool,
     padded: Vec<f32>,
 }
 
@@ -98,6 +100,7 @@ impl Asr {
             cfg: cfg.clone(),
             multilingual,
             detected: None,
+            primed: false,
             padded: Vec::with_capacity(SAMPLE_RATE as usize * 30),
         })
     }
@@ -112,6 +115,23 @@ impl Asr {
         }
     }
 
+    /// whisper.cpp detects the language before it applies a call's encoder context, so
+    /// on a fresh state detection runs the full 30 s encoder (seconds on 2 cores, and the
+    /// first window waited for it). One tiny decode with this window's context first sets
+    /// the state's context, and detection then costs about as much as the window.
+    fn prime(&mut self, audio_ctx: i32, min_len: usize) -> Result<(), ModelError> {
+        let mut p = full_params(&self.cfg, "en", audio_ctx);
+        p.set_max_tokens(1);
+        self.state
+            .full(p, &self.padded[..min_len.min(self.padded.len())])
+            .map_err(|e| ModelError::Runtime {
+                name: "whisper".into(),
+                reason: format!("preparing language detection failed: {e}"),
+            })?;
+        self.primed = true;
+        Ok(())
+    }
+
     /// Transcribes one window of 16 kHz mono audio.
     pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, ModelError> {
         let started = Instant::now();
@@ -123,12 +143,20 @@ impl Asr {
         }
         let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
 
+        let audio_ctx = self.audio_ctx_for(secs);
+        if self.multilingual
+            && self.detected.is_none()
+            && self.cfg.language == "auto"
+            && !self.primed
+        {
+            self.prime(audio_ctx, min_len)?;
+        }
         let language = match (&self.detected, self.multilingual) {
             (_, false) => "en",
             (Some(lang), true) => lang.as_str(),
             (None, true) => self.cfg.language.as_str(),
         };
-        let p = full_params(&self.cfg, language, self.audio_ctx_for(secs));
+        let p = full_params(&self.cfg, language, audio_ctx);
 
         self.state
             .full(p, &self.padded)
