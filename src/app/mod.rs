@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::assets::ModelFiles;
 use crate::config::{CascadeConfig, Config};
 use crate::error::{Error, Result};
+use crate::event::Stage;
 use crate::metrics::{Metrics, StreamFigures};
 use crate::models::ubm::Ubm;
 use crate::sinks::Fanout;
@@ -49,7 +50,7 @@ impl RunReport {
             .iter()
             .map(|(_, s)| s.media_s)
             .fold(0.0, f64::max);
-        let stage = |k: usize| self.total(|s| s.stages[k] as f64) as u64;
+        let stage = |k: Stage| self.total(|s| s.stages[k.index()] as f64) as u64;
         let asr_s = self.total(|s| s.asr_s);
         let pct = |x: f64, of: f64| if of > 0.0 { 100.0 * x / of } else { 0.0 };
         format!(
@@ -64,10 +65,10 @@ impl RunReport {
             self.total(|s| s.features_s),
             self.total(|s| s.ubm_s),
             self.total(|s| s.escalated() as f64) as u64,
-            stage(1),
-            stage(2),
-            stage(3),
-            stage(4),
+            stage(Stage::Mllm),
+            stage(Stage::Fused),
+            stage(Stage::CrossVerified),
+            stage(Stage::UbmFallback),
             self.total(|s| s.mllm_s),
             if media_s > 0.0 {
                 self.wall_s / media_s
@@ -110,7 +111,11 @@ pub(crate) fn peak_rss_kib() -> u64 {
 pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     known_length: bool,
+    last_draw: Instant,
 }
+
+/// Least time between two updates of the bar (drawing is called per decoded buffer).
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 impl Progress {
     pub(crate) fn new(wanted: bool) -> Self {
@@ -129,13 +134,24 @@ impl Progress {
         Self {
             bar,
             known_length: false,
+            last_draw: Instant::now(),
         }
     }
 
-    /// Media seconds done of `total_s` (when known), windows so far.
-    pub(crate) fn draw(&mut self, done_s: f64, total_s: Option<f64>, windows: u64) {
+    /// Media seconds done of `total_s` (asked only when the bar is drawn; `None` while
+    /// unknown), windows so far. At most one update per [`PROGRESS_EVERY`].
+    pub(crate) fn draw(
+        &mut self,
+        done_s: f64,
+        total_s: impl FnOnce() -> Option<f64>,
+        windows: u64,
+    ) {
         let Some(bar) = &self.bar else { return };
-        if let Some(t) = total_s.filter(|t| *t > 0.0) {
+        if self.last_draw.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last_draw = Instant::now();
+        if let Some(t) = total_s().filter(|t| *t > 0.0) {
             if !self.known_length {
                 self.known_length = true;
                 bar.set_style(
@@ -243,7 +259,7 @@ fn join_streams(
 }
 
 /// What a run works on: the configuration, the streams, the shared stages, where
-/// events go, the metrics, and the shutdown signal.
+/// events go, the metrics, and the shutdown trigger.
 pub struct Run<'a> {
     /// The configuration (overrides applied).
     pub cfg: &'a Config,
@@ -255,18 +271,23 @@ pub struct Run<'a> {
     pub sinks: Fanout,
     /// The process metrics (the run report is read from them).
     pub metrics: Arc<Metrics>,
-    /// Stops the streams early (Ctrl-C, SIGTERM).
-    pub shutdown: Shutdown,
-    /// Fires `shutdown` from inside the run (every output failed).
+    /// Stops the streams early: fired by Ctrl-C / SIGTERM, or from inside the run when
+    /// every output failed.
     pub stop: Arc<shutdown::Trigger>,
 }
 
 /// Runs stream jobs to their end (or until the shutdown), with every event going to the
 /// sinks. The shared models load first, so a bad model file fails before any media work.
-/// `body` is what each stream thread runs (the real one is [`stream::run_stream`]).
-pub(crate) fn execute_with<F>(run: Run, body: F) -> Result<(RunReport, Vec<StreamResult>)>
+/// Stream `i` runs `body` with its job and `loaded[i]` (the real body is
+/// [`stream::run_stream`] with the stream's models).
+pub(crate) fn execute_with<P, F>(
+    run: Run,
+    loaded: Vec<P>,
+    body: F,
+) -> Result<(RunReport, Vec<StreamResult>)>
 where
-    F: Fn(usize, StreamJob, Config, crossbeam_channel::Sender<stream::ToRouter>, Shutdown)
+    P: Send + 'static,
+    F: Fn(usize, StreamJob, P, Config, crossbeam_channel::Sender<stream::ToRouter>, Shutdown)
         + Send
         + Sync
         + Clone
@@ -278,17 +299,13 @@ where
     let (tx, rx) = crossbeam_channel::bounded(256);
     let ids: Vec<String> = run.jobs.iter().map(|j| j.id.clone()).collect();
     let mut handles = Vec::new();
-    for (i, job) in run.jobs.into_iter().enumerate() {
-        let (tx, shutdown, cfg, body) = (
-            tx.clone(),
-            run.shutdown.clone(),
-            run.cfg.clone(),
-            body.clone(),
-        );
+    for (i, (job, models)) in run.jobs.into_iter().zip(loaded).enumerate() {
+        let (tx, shutdown, cfg, body) =
+            (tx.clone(), run.stop.watch(), run.cfg.clone(), body.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("stream-{i}"))
-                .spawn(move || body(i, job, cfg, tx, shutdown))
+                .spawn(move || body(i, job, models, cfg, tx, shutdown))
                 .expect("spawn stream thread"),
         );
     }
@@ -322,19 +339,12 @@ where
 /// Runs stream jobs with the real stream threads; each stream's models (VAD, Whisper,
 /// features) load before any thread starts.
 pub(crate) fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
-    let mut loaded = std::collections::HashMap::new();
-    for (i, j) in run.jobs.iter().enumerate() {
-        loaded.insert(i, StreamModels::load(j, run.cfg)?);
-    }
-    let loaded = Arc::new(std::sync::Mutex::new(loaded));
-    execute_with(run, move |i, job, cfg, tx, stop| {
-        let models = loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&i)
-            .expect("models loaded for every stream");
-        stream::run_stream(i, job, cfg, models, tx, stop)
-    })
+    let loaded = run
+        .jobs
+        .iter()
+        .map(|j| StreamModels::load(j, run.cfg))
+        .collect::<Result<Vec<_>>>()?;
+    execute_with(run, loaded, stream::run_stream)
 }
 
 #[cfg(test)]
@@ -367,6 +377,7 @@ mod tests {
         };
         let body = |i: usize,
                     job: StreamJob,
+                    _models: (),
                     _cfg: Config,
                     tx: crossbeam_channel::Sender<ToRouter>,
                     _s: Shutdown| {
@@ -384,10 +395,9 @@ mod tests {
             shared: &shared,
             sinks: Fanout::default(),
             metrics: Arc::new(Metrics::default()),
-            shutdown: Shutdown::never(),
-            stop: Arc::new(shutdown::channel().0),
+            stop: Arc::default(),
         };
-        let (report, results) = execute_with(run, body).unwrap();
+        let (report, results) = execute_with(run, vec![(); 2], body).unwrap();
         assert_eq!(report.streams.len(), 2);
         assert!(results[0].error.is_none());
         let e = results[1]

@@ -186,13 +186,9 @@ impl Router {
     pub fn run(mut self, rx: Receiver<ToRouter>, streams: usize) -> Finished {
         let mut done: Vec<Option<StreamEnd>> = (0..streams).map(|_| None).collect();
         let never = crossbeam_channel::never();
-        // Once every worker is gone their channel is always "ready": stop waiting on it.
-        let mut replies_open = true;
         while done.iter().any(Option::is_none) {
-            let replies = match &self.cascade {
-                Some(c) if replies_open => c.replies().clone(),
-                _ => never.clone(),
-            };
+            let replies = self.cascade.as_ref().and_then(Cascade::replies);
+            let replies = replies.unwrap_or(&never).clone();
             let deadline = self.cascade.as_ref().and_then(Cascade::next_deadline);
             let mut sel = Select::new();
             let from_streams = sel.recv(&rx);
@@ -208,17 +204,7 @@ impl Router {
                     Err(_) => {}
                 }
             }
-            if let Some(c) = &mut self.cascade {
-                loop {
-                    match replies.try_recv() {
-                        Ok(r) => c.apply(r),
-                        Err(e) => {
-                            replies_open &= !e.is_disconnected();
-                            break;
-                        }
-                    }
-                }
-            }
+            // Replies and expired deadlines are applied here.
             self.poll_cascade();
             self.check_sinks();
         }
@@ -253,7 +239,7 @@ mod tests {
     use crate::sinks::Sink;
     use std::sync::{Arc, Mutex};
 
-    /// A small model that is sure of windows whose text starts with "sure".
+    /// A small model that is sure of windows whose first text feature is positive.
     struct FakeSmall;
 
     impl SmallModel for FakeSmall {

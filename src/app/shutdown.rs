@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
-/// Fires the shutdown (first Ctrl-C, SIGTERM, or the owner going away).
+/// Fires the shutdown (first Ctrl-C, SIGTERM, or the owner going away); hands out the
+/// watchers.
 #[derive(Debug)]
 pub struct Trigger {
     tx: Mutex<Option<Sender<()>>>,
+    rx: Receiver<()>,
 }
 
 /// Watches for the shutdown; cheap to clone, one per thread.
@@ -20,18 +22,24 @@ pub struct Shutdown {
     rx: Receiver<()>,
 }
 
-/// A new trigger and its watcher.
-pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = crossbeam_channel::bounded(0);
-    (
-        Trigger {
+impl Default for Trigger {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        Self {
             tx: Mutex::new(Some(tx)),
-        },
-        Shutdown { rx },
-    )
+            rx,
+        }
+    }
 }
 
 impl Trigger {
+    /// A watcher of this trigger.
+    pub fn watch(&self) -> Shutdown {
+        Shutdown {
+            rx: self.rx.clone(),
+        }
+    }
+
     /// Signals every watcher; later calls do nothing.
     pub(crate) fn fire(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -39,14 +47,6 @@ impl Trigger {
 }
 
 impl Shutdown {
-    /// A watcher that never fires (jobs that run to their end).
-    pub fn never() -> Self {
-        let (trigger, watch) = channel();
-        // The sender stays alive for the life of the program.
-        std::mem::forget(trigger);
-        watch
-    }
-
     /// Whether the shutdown has been signalled.
     pub(crate) fn is_set(&self) -> bool {
         matches!(self.rx.try_recv(), Err(TryRecvError::Disconnected))
@@ -114,8 +114,8 @@ mod tests {
 
     #[test]
     fn firing_wakes_every_watcher_at_once() {
-        let (trigger, watch) = channel();
-        let other = watch.clone();
+        let trigger = Trigger::default();
+        let (watch, other) = (trigger.watch(), trigger.watch());
         assert!(!watch.is_set());
         let waiter = std::thread::spawn(move || other.sleep(Duration::from_secs(600)));
         trigger.fire();
@@ -128,11 +128,11 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_trigger_is_a_shutdown_and_never_does_not_fire() {
-        let (trigger, watch) = channel();
+    fn dropping_the_trigger_is_a_shutdown_and_an_unfired_one_waits() {
+        let trigger = Trigger::default();
+        let watch = trigger.watch();
+        assert!(!watch.sleep(Duration::from_millis(1)));
         drop(trigger);
         assert!(watch.is_set());
-        let never = Shutdown::never();
-        assert!(!never.sleep(Duration::from_millis(1)));
     }
 }

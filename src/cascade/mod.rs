@@ -48,9 +48,7 @@ pub(crate) struct Escalation {
     /// Features.
     pub features: WindowFeatures,
     /// The small model's verdict.
-    pub small: Verdict,
-    /// The small model's class probabilities.
-    pub(crate) small_probs: [f32; 3],
+    pub small: Sentiment,
     /// Give up (fallback) after this instant.
     pub deadline: Option<Instant>,
     /// When it was offered.
@@ -107,8 +105,8 @@ pub(crate) fn resolve(
             return Resolution::Fallback(e.reason());
         }
     };
-    let large = first.verdict();
-    match decide(job.small, large, tau2, band, policy) {
+    let (small, large) = (verdict(&job.small), first.verdict());
+    match decide(small, large, tau2, band, policy) {
         Stage2::AcceptLarge => Resolution::Final {
             stage: Stage::Mllm,
             verdict: large,
@@ -120,7 +118,7 @@ pub(crate) fn resolve(
             stage: Stage::Fused,
             verdict: v,
             probs: fuse_probs(
-                &job.small_probs,
+                &job.small.probs,
                 job.small.uncertainty,
                 &first.probs,
                 first.uncertainty,
@@ -132,7 +130,7 @@ pub(crate) fn resolve(
             if job.deadline.is_some_and(|d| Instant::now() > d) {
                 return Resolution::Fallback(FallbackReason::Deadline);
             }
-            match backend.judge(&job.text, &job.features, Some((job.small, large))) {
+            match backend.judge(&job.text, &job.features, Some((small, large))) {
                 Ok(second) => Resolution::Final {
                     stage: Stage::CrossVerified,
                     verdict: second.verdict(),
@@ -326,6 +324,8 @@ pub struct Cascade {
     waiting: HashMap<(usize, u64), Waiting>,
     order: Vec<Reorder<Event>>,
     next_order: Vec<u64>,
+    /// Every worker has gone (their reply channel is disconnected).
+    workers_gone: bool,
 }
 
 /// The small model's verdict as the routing functions see it.
@@ -345,6 +345,7 @@ impl Cascade {
             waiting: HashMap::new(),
             order: Vec::new(),
             next_order: Vec::new(),
+            workers_gone: false,
         }
     }
 
@@ -353,10 +354,11 @@ impl Cascade {
         self.pool.depth()
     }
 
-    /// The workers' replies, for a caller that waits on several channels at once; give
-    /// what arrives to [`Cascade::apply`].
-    pub(crate) fn replies(&self) -> &Receiver<Resolved> {
-        self.pool.results()
+    /// The workers' replies, for a caller that waits on several channels at once and
+    /// then calls [`Cascade::poll`]; `None` once every worker is gone (the channel would
+    /// be ready forever).
+    pub(crate) fn replies(&self) -> Option<&Receiver<Resolved>> {
+        (!self.workers_gone).then(|| self.pool.results())
     }
 
     /// The nearest deadline of a window still waiting for the large model.
@@ -397,8 +399,7 @@ impl Cascade {
                 order,
                 text: event.text.clone(),
                 features,
-                small: verdict(&small),
-                small_probs: small.probs,
+                small,
                 deadline,
                 offered,
             };
@@ -444,7 +445,7 @@ impl Cascade {
             };
             match r {
                 Ok(r) => self.apply(r),
-                Err(true) => self.fall_back_all(FallbackReason::WorkerLost),
+                Err(true) => self.workers_lost(),
                 Err(false) => {}
             }
         }
@@ -453,12 +454,15 @@ impl Cascade {
                 Ok(r) => self.apply(r),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    self.fall_back_all(FallbackReason::WorkerLost);
+                    self.workers_lost();
                     break;
                 }
             }
         }
-        self.expire(Instant::now());
+        let now = Instant::now();
+        self.fall_back(FallbackReason::Deadline, |w| {
+            w.deadline.is_some_and(|d| now > d)
+        });
         for r in &mut self.order {
             while let Some(e) = r.pop() {
                 emit(e);
@@ -466,36 +470,31 @@ impl Cascade {
         }
     }
 
-    /// Windows whose deadline passed keep the small model's verdict.
-    fn expire(&mut self, now: Instant) {
-        let expired: Vec<(usize, u64)> = self
+    /// The waiting windows that `pick` selects keep the small model's verdict, with
+    /// `reason`.
+    fn fall_back(&mut self, reason: FallbackReason, pick: impl Fn(&Waiting) -> bool) {
+        let picked: Vec<(usize, u64)> = self
             .waiting
             .iter()
-            .filter(|(_, w)| w.deadline.is_some_and(|d| now > d))
+            .filter(|(_, w)| pick(w))
             .map(|(k, _)| *k)
             .collect();
-        for k in expired {
-            let w = self.waiting.remove(&k).expect("listed above");
-            self.fall_back(k, w, FallbackReason::Deadline);
+        for (stream, order) in picked {
+            let w = self.waiting.remove(&(stream, order)).expect("listed above");
+            let mut e = w.event;
+            e.set_sentiment(&w.small.fallback(reason));
+            self.order[stream].insert(order, stamp(e, w.started));
         }
     }
 
-    fn fall_back_all(&mut self, reason: FallbackReason) {
-        let keys: Vec<(usize, u64)> = self.waiting.keys().copied().collect();
-        for k in keys {
-            let w = self.waiting.remove(&k).expect("listed above");
-            self.fall_back(k, w, reason);
-        }
+    /// Every worker is gone: nothing waiting will be answered.
+    fn workers_lost(&mut self) {
+        self.workers_gone = true;
+        self.fall_back(FallbackReason::WorkerLost, |_| true);
     }
 
-    fn fall_back(&mut self, (stream, order): (usize, u64), w: Waiting, reason: FallbackReason) {
-        let mut e = w.event;
-        e.set_sentiment(&w.small.fallback(reason));
-        self.order[stream].insert(order, stamp(e, w.started));
-    }
-
-    /// Applies one worker reply (see [`Cascade::replies`]); emit with a later `poll`.
-    pub(crate) fn apply(&mut self, r: Resolved) {
+    /// Applies one worker reply.
+    fn apply(&mut self, r: Resolved) {
         // A reply after its deadline fallback was emitted is dropped (already counted).
         let Some(w) = self.waiting.remove(&(r.stream, r.order)) else {
             return;

@@ -1,17 +1,13 @@
 //! `annotate`: one recorded file or URI, events on stdout (and files), a progress bar.
 
-use std::sync::Arc;
+use super::Context;
+use super::args::AnnotateArgs;
+use crate::error::Result;
+use crate::plan::{Plan, Sources};
+use crate::sinks::SinkSpec;
 
 /// Exit code after Ctrl-C / SIGTERM stopped `annotate` early (128 + SIGINT).
 const INTERRUPTED: i32 = 130;
-
-use super::Context;
-use super::args::AnnotateArgs;
-use crate::app::{self, shutdown};
-use crate::error::Result;
-use crate::metrics::Metrics;
-use crate::plan::{Plan, Sources};
-use crate::sinks::{self, SinkSpec};
 
 /// Runs `annotate`. On a decoding error part-way, the windows found so far are still
 /// emitted before the error is returned; Ctrl-C / SIGTERM finishes the window in hand,
@@ -31,20 +27,7 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
     for o in &a.outs {
         specs.push(SinkSpec::parse(&o.to_string_lossy())?);
     }
-    let metrics = Arc::new(Metrics::default());
-    let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
-    let (trigger, watch) = shutdown::channel();
-    let trigger = Arc::new(trigger);
-    shutdown::stop_on_signals(trigger.clone());
-    let (report, mut results) = app::execute(app::Run {
-        cfg: &plan.cfg,
-        jobs: plan.jobs,
-        shared: &plan.shared,
-        sinks,
-        metrics,
-        shutdown: watch.clone(),
-        stop: trigger,
-    })?;
+    let (report, mut results, stopped) = super::execute(plan, &specs)?;
     if let Some(e) = results.pop().and_then(|r| r.error) {
         return Err(e);
     }
@@ -54,5 +37,5 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
         tracing::info!("{}", report.summary());
     }
     // Stopped early: what was found is written, but the file was not annotated whole.
-    Ok(if watch.is_set() { INTERRUPTED } else { 0 })
+    Ok(if stopped { INTERRUPTED } else { 0 })
 }

@@ -28,6 +28,29 @@ pub(crate) struct Context {
     pub(crate) models: ModelFiles,
 }
 
+/// Opens the outputs, runs the plan's streams until they end or Ctrl-C / SIGTERM, and
+/// says whether the run was stopped early.
+pub(crate) fn execute(
+    plan: crate::plan::Plan,
+    specs: &[crate::sinks::SinkSpec],
+) -> Result<(crate::app::RunReport, Vec<crate::app::StreamResult>, bool)> {
+    use std::sync::Arc;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let sinks = crate::sinks::open_all(specs, &plan.cfg.sinks, &metrics)?;
+    let stop = Arc::new(crate::app::shutdown::Trigger::default());
+    crate::app::shutdown::stop_on_signals(stop.clone());
+    let stopped = stop.watch();
+    let (report, results) = crate::app::execute(crate::app::Run {
+        cfg: &plan.cfg,
+        jobs: plan.jobs,
+        shared: &plan.shared,
+        sinks,
+        metrics,
+        stop,
+    })?;
+    Ok((report, results, stopped.is_set()))
+}
+
 /// Runs the parsed command; returns the process exit code (0 success, 1 failure).
 pub fn run(cli: Cli) -> Result<i32> {
     let cfg = match &cli.config {

@@ -1,15 +1,11 @@
 //! `run`: one or more sources in one process until they end or Ctrl-C / SIGTERM.
 
-use std::sync::Arc;
-
 use super::Context;
 use super::args::RunArgs;
-use crate::app::shutdown;
-use crate::app::{self, RunReport, StreamResult};
+use crate::app::{RunReport, StreamResult};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::plan::{Plan, Sources};
-use crate::sinks::{self, SinkSpec};
+use crate::sinks::SinkSpec;
 
 /// Runs `run`; exit code 1 when any stream failed (each failure is printed with its
 /// stream id).
@@ -30,20 +26,7 @@ pub(super) fn run(r: &RunArgs, ctx: Context) -> Result<i32> {
             .map(|s| SinkSpec::parse(s))
             .collect::<Result<Vec<_>, _>>()?
     };
-    let metrics = Arc::new(Metrics::default());
-    let sinks = sinks::open_all(&specs, &plan.cfg.sinks, &metrics)?;
-    let (trigger, watch) = shutdown::channel();
-    let trigger = Arc::new(trigger);
-    shutdown::stop_on_signals(trigger.clone());
-    let (report, results) = app::execute(app::Run {
-        cfg: &plan.cfg,
-        jobs: plan.jobs,
-        shared: &plan.shared,
-        sinks,
-        metrics,
-        shutdown: watch,
-        stop: trigger,
-    })?;
+    let (report, results, _) = super::execute(plan, &specs)?;
     let (figures, errors) = outcome(&report, &results);
     for line in &figures {
         if r.stats {

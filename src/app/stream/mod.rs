@@ -301,7 +301,8 @@ impl Runner<'_> {
                 .pending
                 .front()
                 .map_or(self.p.clock.audio_high, |w| w.start);
-            self.progress.draw(done, source.duration(), self.p.windows);
+            self.progress
+                .draw(done, || source.duration(), self.p.windows);
         }
     }
 
@@ -428,8 +429,8 @@ impl Runner<'_> {
 pub(crate) fn run_stream(
     idx: usize,
     job: StreamJob,
-    cfg: Config,
     models: StreamModels,
+    cfg: Config,
     tx: Sender<ToRouter>,
     shutdown: Shutdown,
 ) {
