@@ -50,7 +50,9 @@ impl Overrides {
             cfg.source.video_fps = f;
         }
         if let Some(w) = &self.whisper_model {
+            // The model named on the command line serves every window.
             cfg.asr.model = w.clone();
+            cfg.asr.english_model = None;
         }
         if self.no_cascade {
             cfg.cascade.enabled = false;
@@ -80,8 +82,18 @@ pub(crate) fn model_files(flag: Option<&Path>, cfg: &Config) -> ModelFiles {
 pub(crate) fn asr_config(cfg: &Config, models: &ModelFiles) -> crate::config::AsrConfig {
     crate::config::AsrConfig {
         model: models.resolve(&cfg.asr.model),
+        english_model: english_model(cfg, models),
         ..cfg.asr.clone()
     }
+}
+
+/// `asr.english_model` resolved against the models folder (`None` when empty).
+fn english_model(cfg: &Config, models: &ModelFiles) -> Option<PathBuf> {
+    cfg.asr
+        .english_model
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| models.resolve(p))
 }
 
 /// Default stream id of a source: the file name, the URI's host and path, or the device.
@@ -196,6 +208,7 @@ impl Plan {
                 id,
                 input,
                 whisper_model: models.resolve(&cfg.asr.model),
+                english_model: english_model(&cfg, &models),
                 vad_model: models.resolve(&vad),
                 models_dir: models.dir.clone(),
                 sentiment: ubm.is_some(),
@@ -276,10 +289,22 @@ mod tests {
         };
         let plan = Plan::new(Config::default(), models, &o, &s).unwrap();
         let job = &plan.jobs[0];
-        assert_eq!(job.whisper_model, dir.path().join("ggml-base.bin"));
+        assert_eq!(job.whisper_model, dir.path().join("ggml-base-q8_0.bin"));
+        assert_eq!(
+            job.english_model,
+            Some(dir.path().join("ggml-tiny.en-q8_0.bin"))
+        );
         assert_eq!(job.vad_model, dir.path().join(assets::VAD_FILE));
         assert_eq!(plan.cfg.source.video_fps, 7);
         assert!(plan.shared.ubm.is_none() && plan.shared.cascade.is_none());
+        // A model named on the command line serves every window.
+        let named = Overrides {
+            whisper_model: Some("ggml-base.bin".into()),
+            ..Overrides::default()
+        };
+        let plan = Plan::new(Config::default(), ModelFiles::new(dir.path()), &named, &s).unwrap();
+        assert_eq!(plan.jobs[0].whisper_model, dir.path().join("ggml-base.bin"));
+        assert_eq!(plan.jobs[0].english_model, None);
         let bad = Overrides {
             fps: Some(0),
             ..Overrides::default()

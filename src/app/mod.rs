@@ -339,10 +339,11 @@ where
 /// Runs stream jobs with the real stream threads; each stream's models (VAD, Whisper,
 /// features) load before any thread starts.
 pub(crate) fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
+    let mut weights = stream::SharedWeights::default();
     let loaded = run
         .jobs
         .iter()
-        .map(|j| StreamModels::load(j, run.cfg))
+        .map(|j| StreamModels::load(j, run.cfg, &mut weights))
         .collect::<Result<Vec<_>>>()?;
     execute_with(run, loaded, stream::run_stream)
 }
@@ -358,6 +359,7 @@ mod tests {
             id: id.into(),
             input: Input::Uri(format!("{id}.mp4")),
             whisper_model: PathBuf::new(),
+            english_model: None,
             vad_model: PathBuf::new(),
             models_dir: PathBuf::new(),
             sentiment: false,

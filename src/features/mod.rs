@@ -8,6 +8,7 @@ pub mod text;
 pub mod visual;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::ModelError;
 use crate::source::VideoFrame;
@@ -90,16 +91,29 @@ impl WindowFeatures {
 pub(crate) struct Extractor {
     audio: AudioFeaturizer,
     visual: VisualFeaturizer,
-    text: TextEncoder,
+    text: Arc<TextEncoder>,
 }
 
 impl Extractor {
     /// Loads MiniLM and the face detectors from the models folder.
     pub fn load(models_dir: &Path) -> Result<Self, ModelError> {
+        let text = TextEncoder::load(&models_dir.join(crate::assets::MINILM_DIR))?;
+        Self::with_text(models_dir, Arc::new(text), visual::DETECT_EVERY)
+    }
+
+    /// The face detectors from the models folder (detecting on every `detect_every`th
+    /// frame), with a text encoder shared with other streams.
+    pub fn with_text(
+        models_dir: &Path,
+        text: Arc<TextEncoder>,
+        detect_every: u32,
+    ) -> Result<Self, ModelError> {
+        let mut visual = VisualFeaturizer::load(&VisualModels::installed(models_dir))?;
+        visual.set_detect_every(detect_every);
         Ok(Self {
             audio: AudioFeaturizer::new(),
-            visual: VisualFeaturizer::load(&VisualModels::installed(models_dir))?,
-            text: TextEncoder::load(&models_dir.join(crate::assets::MINILM_DIR))?,
+            visual,
+            text,
         })
     }
 

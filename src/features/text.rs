@@ -29,6 +29,11 @@ struct Layer {
     out_ln: (Tensor, Tensor),
 }
 
+// SAFETY: the weights are written once, in `load`, and only read afterwards: every
+// forward pass makes new tensors, and libtorch's operators may read one tensor from
+// several threads at once. The tokenizer is `Sync` itself. So streams share one encoder.
+unsafe impl Sync for TextEncoder {}
+
 /// The frozen MiniLM sentence encoder.
 pub struct TextEncoder {
     tokenizer: Tokenizer,

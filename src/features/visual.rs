@@ -1,6 +1,11 @@
 //! Visual features of a window's frames with OpenCV: the res10 SSD face detector (DNN
 //! module), Haar as a fallback, and the smile cascade inside the face. One vector per
 //! frame; frames without a face are kept and marked (`PRESENT` = 0), not dropped.
+//!
+//! The detector runs on the first frame of a window and then on every
+//! [`DETECT_EVERY`]th; in between, the face is tracked by matching its grey patch in a
+//! neighbourhood of its last place (a fraction of a detection's cost), so motion and
+//! the smile are still measured on every frame.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +19,18 @@ use crate::error::ModelError;
 pub const VIS_DIM: usize = 11;
 /// res10 detections below this confidence are ignored.
 const MIN_CONFIDENCE: f32 = 0.5;
+/// The detector runs on every this many frames of a window (the first included); the
+/// frames between are tracked.
+pub const DETECT_EVERY: u32 = crate::config::FACE_DETECT_EVERY;
+/// A tracked face whose patch matches worse than this (normalised correlation) is lost
+/// until the next detection.
+const MIN_TRACK_SCORE: f64 = 0.6;
+/// The tracker searches this fraction of the face's size around its last place.
+const TRACK_SEARCH: f32 = 0.25;
+/// The tracker matches on the grey frame shrunk this many times (16x fewer operations
+/// than at full size for 4).
+const TRACK_SHRINK: i32 = 4;
+
 /// Side of the res10 input. The model was trained at 300; at 160 it finds faces wider
 /// than ~1/10 of the frame (webcams, calls, the samples) at about a third of the cost.
 pub(crate) const SSD_SIZE: i32 = 160;
@@ -89,6 +106,17 @@ pub struct VisualFeaturizer {
     faces: Vector<Rect>,
     smiles: Vector<Rect>,
     prev: Option<[f32; 3]>,
+    /// Detect on every this many frames (1: every frame).
+    detect_every: u32,
+    /// Frames since the last detection in this window.
+    since_detect: u32,
+    /// The face last found (detected or tracked) and its confidence.
+    last: Option<(f32, Rect)>,
+    /// The grey frame shrunk `TRACK_SHRINK` times, the last face's patch in it (the
+    /// tracker's template), and the match scores.
+    small: Mat,
+    template: Mat,
+    scores: Mat,
 }
 
 fn cv_err(path: &Path, e: opencv::Error) -> ModelError {
@@ -153,7 +181,18 @@ impl VisualFeaturizer {
             faces: Vector::new(),
             smiles: Vector::new(),
             prev: None,
+            detect_every: DETECT_EVERY,
+            since_detect: 0,
+            last: None,
+            small: Mat::default(),
+            template: Mat::default(),
+            scores: Mat::default(),
         })
+    }
+
+    /// Runs the detector on every `n`th frame (1: every frame, as before tracking).
+    pub fn set_detect_every(&mut self, n: u32) {
+        self.detect_every = n.max(1);
     }
 
     /// Which detector runs.
@@ -165,9 +204,12 @@ impl VisualFeaturizer {
         }
     }
 
-    /// Forgets the previous face (call between windows of different streams).
+    /// Forgets the previous face (call before each window): the window's first frame is
+    /// detected.
     pub fn reset(&mut self) {
         self.prev = None;
+        self.last = None;
+        self.since_detect = 0;
     }
 
     /// Appends `VIS_DIM` values for one tightly packed RGB frame to `out`.
@@ -181,10 +223,39 @@ impl VisualFeaturizer {
         let (w, h) = (width as i32, height as i32);
         let img = Mat::new_rows_cols_with_bytes::<Vec3b>(h, w, rgb).map_err(runtime)?;
         imgproc::cvt_color_def(&img, &mut self.gray, imgproc::COLOR_RGB2GRAY).map_err(runtime)?;
-        let found = match &mut self.net {
-            Some(net) => ssd_face(net, &img, self.ssd_size, w, h)?,
-            None => self.haar_face()?,
+        let tracking = self.detect_every > 1;
+        if tracking {
+            // A frame of another size (a new source, a resolution change) starts afresh.
+            if (self.small.cols(), self.small.rows()) != (w / TRACK_SHRINK, h / TRACK_SHRINK) {
+                self.last = None;
+            }
+            imgproc::resize(
+                &self.gray,
+                &mut self.small,
+                Size::new(w / TRACK_SHRINK, h / TRACK_SHRINK),
+                0.0,
+                0.0,
+                imgproc::INTER_AREA,
+            )
+            .map_err(runtime)?;
+        }
+        let due = self.since_detect.is_multiple_of(self.detect_every);
+        let tracked = if due { None } else { self.track()? };
+        // A face the tracker lost is looked for again at once.
+        let found = match tracked {
+            Some(f) => Some(f),
+            None => {
+                self.since_detect = 0;
+                match &mut self.net {
+                    Some(net) => ssd_face(net, &img, self.ssd_size, w, h)?,
+                    None => self.haar_face()?,
+                }
+            }
         };
+        self.since_detect += 1;
+        if tracking {
+            self.remember(found)?;
+        }
         let Some((conf, face)) = found else {
             out.extend_from_slice(&[0.0; VIS_DIM]);
             return Ok(());
@@ -215,6 +286,74 @@ impl VisualFeaturizer {
             brightness,
         ]);
         Ok(())
+    }
+
+    /// Keeps the face found in this frame and its (shrunk) grey patch for the tracker.
+    fn remember(&mut self, found: Option<(f32, Rect)>) -> Result<(), ModelError> {
+        self.last = found;
+        if let Some((_, face)) = found {
+            let s = shrink(face);
+            if s.width < 4 || s.height < 4 {
+                self.last = None; // too small to follow: detect again
+                return Ok(());
+            }
+            Mat::roi(&self.small, s)
+                .and_then(|patch| patch.copy_to(&mut self.template))
+                .map_err(runtime)?;
+        }
+        Ok(())
+    }
+
+    /// The last face followed into this frame: its grey patch matched (normalised
+    /// correlation) within a margin around its last place. `None` when there was no face
+    /// or the best match is poor.
+    fn track(&mut self) -> Result<Option<(f32, Rect)>, ModelError> {
+        let Some((conf, full)) = self.last else {
+            return Ok(None);
+        };
+        let face = shrink(full);
+        let (fw, fh) = (self.small.cols(), self.small.rows());
+        let mx = ((face.width as f32 * TRACK_SEARCH).ceil() as i32).max(2);
+        let my = ((face.height as f32 * TRACK_SEARCH).ceil() as i32).max(2);
+        let (x0, y0) = ((face.x - mx).max(0), (face.y - my).max(0));
+        let (x1, y1) = (
+            (face.x + face.width + mx).min(fw),
+            (face.y + face.height + my).min(fh),
+        );
+        let area = Rect::new(x0, y0, x1 - x0, y1 - y0);
+        if area.width < face.width || area.height < face.height {
+            return Ok(None);
+        }
+        let region = Mat::roi(&self.small, area).map_err(runtime)?;
+        imgproc::match_template_def(
+            &region,
+            &self.template,
+            &mut self.scores,
+            imgproc::TM_CCOEFF_NORMED,
+        )
+        .map_err(runtime)?;
+        let (mut best, mut at) = (0.0f64, opencv::core::Point::default());
+        opencv::core::min_max_loc(
+            &self.scores,
+            None,
+            Some(&mut best),
+            None,
+            Some(&mut at),
+            &opencv::core::no_array(),
+        )
+        .map_err(runtime)?;
+        if best < MIN_TRACK_SCORE {
+            return Ok(None);
+        }
+        // Back to full size: the shift found, applied to the full-size face.
+        let (dx, dy) = (x0 + at.x - face.x, y0 + at.y - face.y);
+        let moved = Rect::new(
+            (full.x + dx * TRACK_SHRINK).clamp(0, (self.gray.cols() - full.width).max(0)),
+            (full.y + dy * TRACK_SHRINK).clamp(0, (self.gray.rows() - full.height).max(0)),
+            full.width,
+            full.height,
+        );
+        Ok(Some((conf, moved)))
     }
 
     /// The largest Haar face in the grey frame, with confidence 1 (used without res10).
@@ -262,6 +401,16 @@ impl VisualFeaturizer {
             .map_err(runtime)?;
         Ok(self.smiles.iter().map(|r| r.width).max().unwrap_or(0) as f32 / face.width as f32)
     }
+}
+
+/// A full-size rectangle in the tracker's shrunk frame.
+fn shrink(r: Rect) -> Rect {
+    Rect::new(
+        r.x / TRACK_SHRINK,
+        r.y / TRACK_SHRINK,
+        r.width / TRACK_SHRINK,
+        r.height / TRACK_SHRINK,
+    )
 }
 
 /// The most confident res10 face in a `w` x `h` RGB frame, if any (at least 5 pixels each way).

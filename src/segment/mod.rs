@@ -1,19 +1,20 @@
-//! Utterance segmentation: Silero VAD (through whisper.cpp's VAD API) gives a speech
-//! probability every 32 ms; [`windows::cut`] turns them into utterance windows.
+//! Utterance segmentation: a streaming Silero VAD ([`silero`]) gives a speech probability
+//! for every 32 ms chunk as the audio arrives (each chunk is analysed once, the model's
+//! state carried across chunks); [`windows::cut`] turns them into utterance windows.
 //!
-//! The segmenter is streaming: audio is appended as it is decoded, and every `step_s`
-//! seconds the VAD runs over the audio not yet decided (bounded by the maximum window
-//! length plus a pause), so memory and per-pass cost stay bounded on endless input.
+//! Every `step_s` seconds of new audio the probabilities not yet decided go through the
+//! cut, so the end of an utterance is decided as soon as the configured pause has passed.
+//! Memory stays bounded on endless input: decided audio and probabilities are dropped.
 
+pub mod silero;
 pub mod windows;
 
 use std::path::Path;
 
-use whisper_rs::{WhisperVadContext, WhisperVadContextParams};
-
 use crate::config::SegmentConfig;
 use crate::error::ModelError;
 use crate::source::SAMPLE_RATE;
+use silero::{CHUNK, Silero};
 
 /// Gaps in audio timestamps larger than this are filled with silence.
 const GAP_TOLERANCE_S: f64 = 0.05;
@@ -36,89 +37,41 @@ pub struct Window {
     pub audio: Vec<f32>,
 }
 
-/// The Silero voice-activity model.
+/// The Silero voice-activity model, streaming.
 pub(crate) struct Vad {
-    ctx: WhisperVadContext,
+    model: Silero,
 }
 
 impl Vad {
-    /// Loads a Silero ggml model, checking it first so a bad file gives a clear error.
+    /// Loads a Silero ggml model (whisper.cpp's VAD format), checking it first so a bad
+    /// file gives a clear error.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let bytes_head = read_head(path, "vad-model")?;
-        if bytes_head.len() < 4
-            || u32::from_le_bytes([bytes_head[0], bytes_head[1], bytes_head[2], bytes_head[3]])
-                != crate::assets::convert::GGML_MAGIC
-        {
-            return Err(ModelError::Corrupt {
-                path: path.into(),
-                reason: "not a ggml Silero VAD model (bad magic)".into(),
-            });
-        }
-        let mut params = WhisperVadContextParams::new();
-        params.set_n_threads(1);
-        params.set_use_gpu(false);
-        let path_str = path.to_str().ok_or_else(|| ModelError::Corrupt {
-            path: path.into(),
-            reason: "path is not UTF-8".into(),
-        })?;
-        let ctx = WhisperVadContext::new(path_str, params).map_err(|e| ModelError::Corrupt {
-            path: path.into(),
-            reason: format!("whisper.cpp could not load it as a VAD model ({e})"),
-        })?;
-        Ok(Self { ctx })
+        Ok(Self {
+            model: Silero::load(path)?,
+        })
     }
-
-    /// Speech probability for every 512-sample frame of `samples`.
-    pub fn probabilities(&mut self, samples: &[f32]) -> Result<&[f32], ModelError> {
-        if samples.len() < 512 {
-            return Ok(&[]);
-        }
-        self.ctx
-            .detect_speech(samples)
-            .map_err(|e| ModelError::Runtime {
-                name: "silero-vad".into(),
-                reason: e.to_string(),
-            })?;
-        Ok(self.ctx.probabilities())
-    }
-}
-
-/// Reads the first bytes of a model file, mapping "not found" to a helpful error.
-pub(crate) fn read_head(path: &Path, flag: &'static str) -> Result<Vec<u8>, ModelError> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ModelError::Missing {
-            path: path.into(),
-            flag,
-        },
-        _ => ModelError::Io {
-            path: path.into(),
-            source,
-        },
-    })?;
-    let mut head = vec![0u8; 64];
-    let n = f.read(&mut head).map_err(|source| ModelError::Io {
-        path: path.into(),
-        source,
-    })?;
-    head.truncate(n);
-    Ok(head)
 }
 
 /// Streaming segmenter: audio in, utterance windows out.
 pub(crate) struct Segmenter {
     cfg: SegmentConfig,
     vad: Vad,
-    /// Audio not yet dropped; `buf[0]` is at stream time `buf_t0`.
+    /// Stream time of the first sample.
+    origin: Option<f64>,
+    /// Audio not yet dropped; `buf[0]` is sample number `dropped` of the stream.
     buf: Vec<f32>,
-    buf_t0: Option<f64>,
+    dropped: usize,
+    /// Samples analysed by the VAD (a multiple of `CHUNK` until the end).
+    analysed: usize,
+    /// VAD probabilities from chunk number `probs_from` on (not yet decided).
+    probs: Vec<f32>,
+    probs_from: usize,
     /// Everything before this stream time has been decided.
     committed: f64,
     /// End of the last emitted window (windows never overlap).
     last_end: f64,
     since_pass: usize,
     next_seq: u64,
-    probs: Vec<f32>,
 }
 
 impl Segmenter {
@@ -126,21 +79,30 @@ impl Segmenter {
     pub fn new(cfg: SegmentConfig, vad: Vad) -> Self {
         let cap = ((cfg.max_window_s + cfg.merge_gap_s + 2.0 * cfg.step_s + 2.0)
             * SAMPLE_RATE as f32) as usize;
+        let frames = (cap / CHUNK).max(64);
         Self {
             cfg,
             vad,
+            origin: None,
             buf: Vec::with_capacity(cap),
-            buf_t0: None,
+            dropped: 0,
+            analysed: 0,
+            probs: Vec::with_capacity(frames),
+            probs_from: 0,
             committed: 0.0,
             last_end: 0.0,
             since_pass: 0,
             next_seq: 0,
-            probs: Vec::with_capacity(1024),
         }
     }
 
+    /// Stream time of sample number `n`.
+    fn time_of(&self, n: usize) -> f64 {
+        self.origin.unwrap_or(0.0) + n as f64 / SAMPLE_RATE as f64
+    }
+
     fn buf_end(&self) -> f64 {
-        self.buf_t0.unwrap_or(0.0) + self.buf.len() as f64 / SAMPLE_RATE as f64
+        self.time_of(self.dropped + self.buf.len())
     }
 
     /// Appends decoded audio (`pts`: stream time of its first sample) and emits the
@@ -151,10 +113,10 @@ impl Segmenter {
         samples: &[f32],
         out: &mut Vec<Window>,
     ) -> Result<(), ModelError> {
-        match (self.buf_t0, pts) {
+        match (self.origin, pts) {
             (None, p) => {
                 let t = p.unwrap_or(0.0);
-                self.buf_t0 = Some(t);
+                self.origin = Some(t);
                 self.committed = t;
                 self.last_end = t;
             }
@@ -171,32 +133,42 @@ impl Segmenter {
         }
         self.buf.extend_from_slice(samples);
         self.since_pass += samples.len();
+        self.analyse(false);
         if self.since_pass as f64 >= self.cfg.step_s as f64 * SAMPLE_RATE as f64 {
-            self.pass(false, out)?;
+            self.pass(false, out);
         }
         Ok(())
     }
 
     /// Flushes at end of input: open speech becomes a final window.
     pub fn finish(&mut self, out: &mut Vec<Window>) -> Result<(), ModelError> {
-        if self.buf_t0.is_some() {
-            self.pass(true, out)?;
+        if self.origin.is_some() {
+            self.analyse(true);
+            self.pass(true, out);
         }
         Ok(())
     }
 
+    /// Runs the VAD over every whole chunk not analysed yet (and, at the end, over the
+    /// last partial one).
+    fn analyse(&mut self, last: bool) {
+        let end = self.dropped + self.buf.len();
+        while self.analysed < end && (last || self.analysed + CHUNK <= end) {
+            let from = self.analysed - self.dropped;
+            let to = (from + CHUNK).min(self.buf.len());
+            self.probs.push(self.vad.model.chunk(&self.buf[from..to]));
+            self.analysed += to - from;
+        }
+    }
+
     fn index_of(&self, t: f64) -> usize {
-        let i = ((t - self.buf_t0.unwrap_or(0.0)) * SAMPLE_RATE as f64).round();
+        let i = ((t - self.time_of(self.dropped)) * SAMPLE_RATE as f64).round();
         (i.max(0.0) as usize).min(self.buf.len())
     }
 
-    fn pass(&mut self, last: bool, out: &mut Vec<Window>) -> Result<(), ModelError> {
+    fn pass(&mut self, last: bool, out: &mut Vec<Window>) {
         self.since_pass = 0;
-        let from = self.index_of(self.committed);
-        let t_from = self.buf_t0.unwrap_or(0.0) + from as f64 / SAMPLE_RATE as f64;
-        self.probs.clear();
-        self.probs
-            .extend_from_slice(self.vad.probabilities(&self.buf[from..])?);
+        let t_from = self.time_of(self.probs_from * CHUNK);
         let cut = windows::cut(&self.probs, t_from, &self.cfg, last);
         let ceil = self.buf_end();
         for speech in &cut.closed {
@@ -220,13 +192,66 @@ impl Segmenter {
         } else {
             cut.committed.max(self.committed)
         };
-        // Keep enough audio before the commit point for padding and widening.
+        // Probabilities before the commit point are decided.
+        let decided = ((self.committed - t_from) * SAMPLE_RATE as f64 / CHUNK as f64).round();
+        let n = (decided.max(0.0) as usize).min(self.probs.len());
+        self.probs.drain(..n);
+        self.probs_from += n;
+        // Keep enough audio before the commit point for padding and widening, and all
+        // audio the VAD has not seen.
         let keep_from = self.committed - self.cfg.padding_s as f64 - self.cfg.min_window_s as f64;
-        let drop = self.index_of(keep_from);
+        let drop = self
+            .index_of(keep_from)
+            .min(self.analysed.saturating_sub(self.dropped));
         if drop > 0 {
             self.buf.drain(..drop);
-            self.buf_t0 = Some(self.buf_t0.unwrap_or(0.0) + drop as f64 / SAMPLE_RATE as f64);
+            self.dropped += drop;
         }
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model file path when setup installed it.
+    fn model() -> Option<std::path::PathBuf> {
+        let p = crate::assets::default_models_dir().join(crate::assets::VAD_FILE);
+        p.is_file().then_some(p)
+    }
+
+    /// A decaying 220 Hz tone with noise: speech-like enough to move the model.
+    fn signal(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / 16000.0;
+                let env = if (t % 2.0) < 1.2 { 0.5 } else { 0.0 };
+                env * ((2.0 * std::f32::consts::PI * 220.0 * t).sin()
+                    + 0.3 * (2.0 * std::f32::consts::PI * 1330.0 * t).sin())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streaming_chunks_equal_one_pass() {
+        let Some(path) = model() else {
+            eprintln!("skipped: Silero model not installed (scripts/setup)");
+            return;
+        };
+        let x = signal(16000 * 3);
+        let mut whole = Silero::load(&path).unwrap();
+        let a: Vec<f32> = x.chunks(CHUNK).map(|c| whole.chunk(c)).collect();
+        // Fed in odd-sized pieces through the segmenter, the same chunks are analysed once.
+        let cfg = SegmentConfig::default();
+        let mut seg = Segmenter::new(cfg, Vad::load(&path).unwrap());
+        let mut out = Vec::new();
+        for piece in x.chunks(777) {
+            seg.push(None, piece, &mut out).unwrap();
+        }
+        seg.analyse(true);
+        assert_eq!(seg.analysed, x.len());
+        assert!(a.iter().all(|p| (0.0..=1.0).contains(p)));
+        let tail = &a[a.len() - seg.probs.len()..];
+        assert_eq!(tail, &seg.probs[..]);
     }
 }

@@ -305,7 +305,8 @@ impl ClipWorker<'_> {
                     name: "asr".into(),
                     reason: "--text asr needs a Whisper model".into(),
                 })?;
-                self.asr.insert(Asr::load(&cfg.model, cfg)?)
+                let mut models = crate::features::asr::WhisperModels::default();
+                self.asr.insert(Asr::new(&mut models, cfg)?)
             }
         };
         Ok(asr.transcribe(audio)?.text)

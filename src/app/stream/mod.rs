@@ -11,16 +11,20 @@ pub(crate) mod reconnect;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
 use crate::app::Progress;
 use crate::app::shutdown::Shutdown;
+use crate::assets::MINILM_DIR;
+use crate::config::AsrConfig;
 use crate::config::Config;
 use crate::error::{Error, SourceError};
 use crate::event::{Event, StatusEvent, StreamStatus};
-use crate::features::asr::Asr;
+use crate::features::asr::{Asr, WhisperModels};
+use crate::features::text::TextEncoder;
 use crate::features::{Extractor, WindowFeatures};
 use crate::segment::{Segmenter, Vad, Window};
 use crate::source::{Input, Next, Source, SourceMsg};
@@ -87,6 +91,8 @@ pub(crate) struct StreamJob {
     pub input: Input,
     /// Whisper model file.
     pub(crate) whisper_model: PathBuf,
+    /// Whisper model for English windows (`asr.english_model`).
+    pub(crate) english_model: Option<PathBuf>,
     /// Silero VAD file.
     pub(crate) vad_model: PathBuf,
     /// Models folder (features).
@@ -107,18 +113,45 @@ pub(crate) struct StreamModels {
 }
 
 impl StreamModels {
-    /// Loads the VAD, Whisper and (with sentiment) the feature extractor.
-    pub fn load(job: &StreamJob, cfg: &Config) -> Result<Self, Error> {
+    /// Loads the VAD, a Whisper decoder and (with sentiment) the feature extractor; model
+    /// weights come from `shared`, so streams of one process share them.
+    pub fn load(job: &StreamJob, cfg: &Config, shared: &mut SharedWeights) -> Result<Self, Error> {
+        let asr_cfg = AsrConfig {
+            model: job.whisper_model.clone(),
+            english_model: job.english_model.clone(),
+            ..cfg.asr.clone()
+        };
         Ok(Self {
             vad: Vad::load(&job.vad_model)?,
-            asr: Asr::load(&job.whisper_model, &cfg.asr)?,
+            asr: Asr::new(&mut shared.whisper, &asr_cfg)?,
             extractor: if job.sentiment {
-                Some(Extractor::load(&job.models_dir)?)
+                let text = match &shared.text {
+                    Some(t) => t.clone(),
+                    None => shared
+                        .text
+                        .insert(Arc::new(TextEncoder::load(
+                            &job.models_dir.join(MINILM_DIR),
+                        )?))
+                        .clone(),
+                };
+                Some(Extractor::with_text(
+                    &job.models_dir,
+                    text,
+                    cfg.source.face_detect_every,
+                )?)
             } else {
                 None
             },
         })
     }
+}
+
+/// Model weights loaded once per process and shared by its streams: Whisper per file, and
+/// the text encoder.
+#[derive(Default)]
+pub(crate) struct SharedWeights {
+    whisper: WhisperModels,
+    text: Option<Arc<TextEncoder>>,
 }
 
 /// Turns utterance windows into transcribed windows with features, in order, once their
