@@ -158,3 +158,42 @@ fn truncated_and_foreign_model_files_are_rejected_clearly() {
         .to_string();
     assert!(e.contains("bad magic"), "{e}");
 }
+
+/// Our quantiser: Q8_0 and Q5_1 files of tiny.en load in whisper.cpp, have the sizes the
+/// block formats give, and transcribe the JFK clip like the f16 model; the installed Q8_0
+/// files are the quantiser's output (setup checks their SHA-256).
+#[test]
+fn quantised_models_load_and_transcribe_jfk() {
+    use sentistream::assets::quantize::{Quant, quantize_ggml};
+    let (Some(f16), Some(jfk)) = (
+        common::model("ggml-tiny.en.bin"),
+        common::model("test/jfk.wav"),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let audio = decode_all(&jfk);
+    let reference = transcribe_full(&f16, &audio);
+    for (q, ftype) in [(Quant::Q8_0, 2007), (Quant::Q5_1, 2009)] {
+        let out = dir.path().join(format!("tiny-{}.bin", q.suffix()));
+        let r = quantize_ggml(&f16, &out, q).unwrap();
+        // Every 2-D f16 matrix (4 encoder + 4 decoder layers x 6, cross-attention x 4,
+        // token embedding) is quantised; convolutions, norms and positions are copied.
+        assert_eq!(r.quantised, 4 * 6 + 4 * 10 + 1, "{q:?}");
+        let h = convert::inspect_ggml(&out).unwrap();
+        assert_eq!(h.ftype, ftype);
+        assert_eq!(h.tensors, convert::inspect_ggml(&f16).unwrap().tensors);
+        assert!(r.bytes < std::fs::metadata(&f16).unwrap().len() * 7 / 10);
+        let text = transcribe_full(&out, &audio);
+        assert!(common::wer(&reference, &text) <= 0.05, "{q:?}: {text}");
+    }
+    // Quantising a quantised file is refused with a clear error.
+    let again = quantize_ggml(
+        &dir.path().join("tiny-q8_0.bin"),
+        &dir.path().join("x.bin"),
+        Quant::Q8_0,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(again.contains("not an f16 model"), "{again}");
+}

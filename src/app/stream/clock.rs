@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use crate::source::SAMPLE_RATE;
 
-/// Windows wait at most this long (seconds of audio) for video frames to catch up. Audio
-/// decodes ahead of video by several seconds in files (decoder queues), so this is a
-/// safety net for a stalled video stream, not the normal path.
+/// Windows of a live input wait at most this long (seconds of audio) for video frames to
+/// catch up: a safety net for a stalled camera. A recorded input always waits (its video
+/// ends with an end-of-stream message): audio decodes far ahead of video when Whisper
+/// keeps the cores busy (40 s ahead on a 98 s call), and windows processed without their
+/// frames made the features depend on timing.
 pub(crate) const MAX_VIDEO_WAIT_S: f64 = 30.0;
 
 /// Stream time of one stream.
@@ -26,6 +28,8 @@ pub(crate) struct StreamClock {
     pub(crate) video_ended: bool,
     /// When the stream was interrupted, while it is.
     interrupted_at: Option<Instant>,
+    /// A recorded input: windows wait for their frames however far audio is ahead.
+    pub(crate) recorded: bool,
 }
 
 impl Default for StreamClock {
@@ -37,11 +41,21 @@ impl Default for StreamClock {
             has_video: None,
             video_ended: false,
             interrupted_at: None,
+            recorded: false,
         }
     }
 }
 
 impl StreamClock {
+    /// The clock of a stream; `recorded`: windows wait for their frames however far audio
+    /// gets ahead.
+    pub(crate) fn new(recorded: bool) -> Self {
+        Self {
+            recorded,
+            ..Self::default()
+        }
+    }
+
     /// The source failed or ended at wall time `now`; false when already interrupted.
     pub(crate) fn interrupt(&mut self, now: Instant) -> bool {
         if self.interrupted_at.is_some() {
@@ -82,7 +96,7 @@ impl StreamClock {
         self.has_video == Some(false)
             || self.video_ended
             || self.video_high >= end
-            || self.audio_high - end > MAX_VIDEO_WAIT_S
+            || (!self.recorded && self.audio_high - end > MAX_VIDEO_WAIT_S)
     }
 }
 
@@ -125,6 +139,13 @@ mod tests {
         assert!(!c.video_ready(4.0));
         c.video(4.2);
         assert!(c.video_ready(4.0));
+        // Live: a window gives up on video once audio is far ahead; recorded: it waits.
+        c.audio(Some(5.0), SAMPLE_RATE as usize * 40);
+        assert!(c.video_ready(10.0));
+        c.recorded = true;
+        assert!(!c.video_ready(10.0));
+        c.video_ended = true;
+        assert!(c.video_ready(10.0));
         c.has_video = Some(false);
         assert!(c.video_ready(100.0));
     }

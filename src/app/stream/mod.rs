@@ -481,7 +481,7 @@ pub(crate) fn run_stream(
             tx: &tx,
             frames: FrameQueue::default(),
             pending: VecDeque::new(),
-            clock: StreamClock::default(),
+            clock: StreamClock::new(!job.reconnect),
             windows: 0,
             last_end: 0.0,
         },
