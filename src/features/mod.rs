@@ -124,6 +124,18 @@ impl Extractor {
         frames: impl IntoIterator<Item = &'a VideoFrame>,
         text: &str,
     ) -> Result<WindowFeatures, ModelError> {
+        let mut f = self.media(audio, frames)?;
+        self.add_text(&mut f, text)?;
+        Ok(f)
+    }
+
+    /// The audio and face features of one window (text `None`): they do not depend on the
+    /// transcript, so a live stream computes them while Whisper runs.
+    pub(crate) fn media<'a>(
+        &mut self,
+        audio: &[f32],
+        frames: impl IntoIterator<Item = &'a VideoFrame>,
+    ) -> Result<WindowFeatures, ModelError> {
         let mut f = WindowFeatures::default();
         self.audio.compute(audio, &mut f.audio);
         self.visual.reset();
@@ -131,10 +143,15 @@ impl Extractor {
             self.visual
                 .frame(&fr.data, fr.width, fr.height, &mut f.visual)?;
         }
+        Ok(f)
+    }
+
+    /// Adds the transcript's sentence embedding (none for an empty transcript).
+    pub(crate) fn add_text(&self, f: &mut WindowFeatures, text: &str) -> Result<(), ModelError> {
         if !text.trim().is_empty() {
             f.text = Some(self.text.encode_one(text)?);
         }
-        Ok(f)
+        Ok(())
     }
 }
 

@@ -192,22 +192,40 @@ impl Processor<'_> {
 
     fn window(&mut self, w: &Window) -> Result<(), Error> {
         let started = Instant::now();
-        let tr = self.asr.transcribe(&w.audio)?;
+        // Audio and face features do not need the transcript: they are computed on a
+        // second thread while Whisper runs (the cores are rarely both busy).
+        let (asr, extractor, frames) = (&mut self.asr, &mut self.extractor, &self.frames);
+        let (tr, media) = std::thread::scope(|s| {
+            let media = extractor.as_mut().map(|x| {
+                let frames = frames.between(w.audio_start, w.end);
+                std::thread::Builder::new()
+                    .name("window-media".into())
+                    .spawn_scoped(s, move || {
+                        let t = Instant::now();
+                        x.media(&w.audio, frames).map(|f| (f, t.elapsed()))
+                    })
+                    .expect("spawn a window-media thread")
+            });
+            let tr = asr.transcribe(&w.audio);
+            let media = media.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            (tr, media)
+        });
+        let tr = tr?;
         let mut event = Event::transcribed(&self.job.id, w.seq, round_ms(w.start), round_ms(w.end));
         event.text = tr.text;
         event.language = tr.language;
         event.asr_confidence = tr.confidence;
         event.frames = self.frames.between(w.start, w.end).count() as u32;
         event.latency_ms.asr = tr.asr_ms;
-        let features = match &mut self.extractor {
-            Some(x) => {
+        let features = match (&self.extractor, media) {
+            (Some(x), Some(media)) => {
+                let (mut f, media_time) = media?;
                 let t = Instant::now();
-                let frames = self.frames.between(w.audio_start, w.end);
-                let f = x.extract(&w.audio, frames, &event.text)?;
-                event.latency_ms.features = t.elapsed().as_secs_f64() * 1e3;
+                x.add_text(&mut f, &event.text)?;
+                event.latency_ms.features = (media_time + t.elapsed()).as_secs_f64() * 1e3;
                 Some(f)
             }
-            None => None,
+            _ => None,
         };
         self.windows += 1;
         self.last_end = self.last_end.max(event.end);
