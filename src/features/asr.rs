@@ -212,6 +212,27 @@ impl Asr {
         Ok(())
     }
 
+    /// The window's language by the main model: one encoder pass at the window's context
+    /// and one decoder step (`None` when there is no main model any more).
+    fn detect_language(&mut self, secs: f64, min_len: usize) -> Result<Option<String>, ModelError> {
+        let Some(n_ctx) = self.main.as_ref().map(|m| m.model.n_audio_ctx) else {
+            return Ok(None);
+        };
+        let audio_ctx = self.audio_ctx_for(secs, n_ctx);
+        self.prime(audio_ctx, min_len)?;
+        let threads = self.cfg.threads as usize;
+        let Some(main) = &mut self.main else {
+            return Ok(None);
+        };
+        let fail = |e: whisper_rs::WhisperError| ModelError::Runtime {
+            name: "whisper".into(),
+            reason: format!("language detection failed: {e}"),
+        };
+        main.state.pcm_to_mel(&self.padded, threads).map_err(fail)?;
+        let (id, _) = main.state.lang_detect(0, threads).map_err(fail)?;
+        Ok(whisper_rs::get_lang_str(id).map(str::to_string))
+    }
+
     /// Transcribes one window of 16 kHz mono audio.
     pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, ModelError> {
         let started = Instant::now();
@@ -222,7 +243,15 @@ impl Asr {
             self.padded.resize(min_len, 0.0);
         }
         let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
-        let use_english = self.english.is_some() && self.detected.as_deref() == Some("en");
+        // With an English model waiting and the language not known yet, the main model
+        // only detects it (no decode); an English window goes to the English model.
+        let guess = if self.english.is_some() && self.detected.is_none() {
+            self.detect_language(secs, min_len)?
+        } else {
+            None
+        };
+        let known = self.detected.clone().or(guess);
+        let use_english = self.english.is_some() && known.as_deref() == Some("en");
         let model = match (&self.english, &self.main) {
             (Some(e), _) if use_english => e.model.clone(),
             (_, Some(m)) => m.model.clone(),
@@ -232,10 +261,10 @@ impl Asr {
         let multilingual = !use_english && model.multilingual;
         let n_ctx = model.n_audio_ctx;
         let audio_ctx = self.audio_ctx_for(secs, n_ctx);
-        if multilingual && self.detected.is_none() && self.cfg.language == "auto" && !self.primed {
+        if multilingual && known.is_none() && self.cfg.language == "auto" && !self.primed {
             self.prime(audio_ctx, min_len)?;
         }
-        let language = match (&self.detected, multilingual) {
+        let language = match (&known, multilingual) {
             (_, false) => "en",
             (Some(lang), true) => lang.as_str(),
             (None, true) => self.cfg.language.as_str(),
