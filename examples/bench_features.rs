@@ -75,7 +75,7 @@ fn main() {
         t_text += clock.elapsed().as_secs_f64();
     }
     let mut vad =
-        sentistream::segment::silero::Silero::load(&models.dir.join("ggml-silero-v6.2.0.bin"))
+        sentistream::segment::silero::Silero::load(&models.dir.join(sentistream::assets::VAD_FILE))
             .expect("Silero");
     let clock = Instant::now();
     let chunks = audio

@@ -21,7 +21,7 @@ pub mod gguf;
 pub mod quantize;
 
 /// Default Silero VAD file (whisper.cpp ggml format).
-pub(crate) const VAD_FILE: &str = "ggml-silero-v6.2.0.bin";
+pub const VAD_FILE: &str = "ggml-silero-v6.2.0.bin";
 /// Default small sentiment model (base path of `.safetensors` + `.json`).
 pub(crate) const UBM_BASE: &str = "ubm";
 /// Folder of the MiniLM text encoder (safetensors, tokenizer, config).

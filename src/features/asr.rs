@@ -252,14 +252,8 @@ impl Asr {
         };
         let known = self.detected.clone().or(guess);
         let use_english = self.english.is_some() && known.as_deref() == Some("en");
-        let model = match (&self.english, &self.main) {
-            (Some(e), _) if use_english => e.model.clone(),
-            (_, Some(m)) => m.model.clone(),
-            (Some(e), None) => e.model.clone(),
-            (None, None) => unreachable!("a recogniser always has a decoder"),
-        };
-        let multilingual = !use_english && model.multilingual;
-        let n_ctx = model.n_audio_ctx;
+        let model = &pick(&mut self.english, &mut self.main, use_english).model;
+        let (multilingual, n_ctx) = (!use_english && model.multilingual, model.n_audio_ctx);
         let audio_ctx = self.audio_ctx_for(secs, n_ctx);
         if multilingual && known.is_none() && self.cfg.language == "auto" && !self.primed {
             self.prime(audio_ctx, min_len)?;
@@ -271,12 +265,7 @@ impl Asr {
         };
         let mut p = full_params(&self.cfg, language, audio_ctx);
         p.set_max_tokens((secs * MAX_TOKENS_PER_S).ceil() as i32 + 10);
-        let dec = match (&mut self.english, &mut self.main) {
-            (Some(e), _) if use_english => e,
-            (_, Some(m)) => m,
-            (Some(e), None) => e,
-            (None, None) => unreachable!("a recogniser always has a decoder"),
-        };
+        let dec = pick(&mut self.english, &mut self.main, use_english);
         dec.state
             .full(p, &self.padded)
             .map_err(|e| ModelError::Runtime {
@@ -312,6 +301,22 @@ impl Asr {
             language,
             asr_ms: started.elapsed().as_secs_f64() * 1e3,
         })
+    }
+}
+
+/// The decoder for a window: the English one when asked for and loaded, else the main one
+/// (which is only dropped once the English one has taken over). Free-standing so the
+/// caller keeps its other fields.
+fn pick<'a>(
+    english: &'a mut Option<Decoder>,
+    main: &'a mut Option<Decoder>,
+    use_english: bool,
+) -> &'a mut Decoder {
+    let english_turn = use_english || main.is_none();
+    match (english, main) {
+        (Some(e), _) if english_turn => e,
+        (_, Some(m)) => m,
+        _ => unreachable!("a recogniser always has a decoder"),
     }
 }
 

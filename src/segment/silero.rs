@@ -12,6 +12,7 @@ use std::path::Path;
 
 use half::f16;
 
+use crate::assets::convert::Cursor;
 use crate::error::ModelError;
 
 /// Samples per chunk.
@@ -102,38 +103,12 @@ pub struct Silero {
     gates: Vec<f32>,
 }
 
-/// Little-endian reader over the model file.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| format!("truncated at byte {}", self.pos))?;
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-    fn i32(&mut self) -> Result<i32, String> {
-        let b = self.take(4)?;
-        Ok(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn done(&self) -> bool {
-        self.pos >= self.buf.len()
-    }
-}
-
 /// Reads the header and every tensor of a ggml Silero file: `(name, values)`, plus the
 /// encoder layers' `(in, out, kernel)`.
 type Tensors = (Vec<(String, Vec<f32>)>, Vec<[usize; 3]>);
 
 fn read_file(bytes: &[u8]) -> Result<Tensors, String> {
-    let mut r = Reader { buf: bytes, pos: 0 };
+    let mut r = Cursor::new(bytes);
     if r.i32()? as u32 != crate::assets::convert::GGML_MAGIC {
         return Err("bad magic: not a ggml model".into());
     }
@@ -165,10 +140,10 @@ fn read_file(bytes: &[u8]) -> Result<Tensors, String> {
         return Err("unexpected LSTM or output sizes".into());
     }
     let mut tensors = Vec::new();
-    while !r.done() {
+    while !r.at_end() {
         let (ndim, len, ttype) = (r.i32()?, r.i32()?, r.i32()?);
         if !(0..=4).contains(&ndim) || !(1..=256).contains(&len) {
-            return Err(format!("bad tensor record at byte {}", r.pos));
+            return Err(format!("bad tensor record at byte {}", r.pos()));
         }
         let mut n = 1usize;
         for _ in 0..ndim {
