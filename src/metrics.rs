@@ -130,6 +130,26 @@ struct Inner {
     ws_clients: u64,
     ws_lost: u64,
     ws_refused: u64,
+    bus: Bus,
+}
+
+/// Figures of the message-bus (Kafka) sink.
+#[derive(Debug, Clone, Default)]
+struct Bus {
+    /// Events appended to the spool.
+    spooled: u64,
+    /// Events the broker acknowledged.
+    delivered: u64,
+    /// Events dropped because the spool was full.
+    dropped: u64,
+    /// Producer rebuilds after a delivery failure.
+    retries: u64,
+    /// Events not yet acknowledged.
+    pending: u64,
+    /// Bytes in the spool.
+    spool_bytes: u64,
+    /// Seconds from an event's arrival at the sink to the broker's acknowledgement.
+    latency: Histogram,
 }
 
 /// All metrics of the process; shared by reference (`Arc`).
@@ -246,6 +266,41 @@ impl Metrics {
     /// A websocket client was refused because the server was full.
     pub(crate) fn ws_refused(&self) {
         self.lock().ws_refused += 1;
+    }
+
+    /// An event was appended to the bus spool.
+    pub(crate) fn bus_spooled(&self) {
+        self.lock().bus.spooled += 1;
+    }
+
+    /// An event was dropped because the bus spool was full.
+    pub(crate) fn bus_dropped(&self) {
+        self.lock().bus.dropped += 1;
+    }
+
+    /// The broker acknowledged an event `latency_s` after it reached the sink.
+    pub(crate) fn bus_delivered(&self, latency_s: f64) {
+        let mut g = self.lock();
+        g.bus.delivered += 1;
+        g.bus.latency.observe(latency_s);
+    }
+
+    /// The bus producer was rebuilt after a delivery failure.
+    pub(crate) fn bus_retry(&self) {
+        self.lock().bus.retries += 1;
+    }
+
+    /// Events not yet acknowledged and the spool's size in bytes.
+    pub(crate) fn bus_pending(&self, (events, bytes): (u64, u64)) {
+        let mut g = self.lock();
+        g.bus.pending = events;
+        g.bus.spool_bytes = bytes;
+    }
+
+    /// Bus figures: spooled, delivered, dropped, pending.
+    pub fn bus(&self) -> [u64; 4] {
+        let b = &self.lock().bus;
+        [b.spooled, b.delivered, b.dropped, b.pending]
     }
 
     /// Snapshot of one stream.
@@ -468,6 +523,55 @@ impl Snapshot {
         }
         Ok(())
     }
+
+    /// The message-bus (Kafka) sink's families.
+    fn bus(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = &self.inner;
+        for (name, help, v) in [
+            (
+                "bus_spooled",
+                "Events appended to the message-bus spool.",
+                g.bus.spooled,
+            ),
+            (
+                "bus_delivered",
+                "Events the message-bus broker acknowledged.",
+                g.bus.delivered,
+            ),
+            (
+                "bus_dropped",
+                "Events dropped because the message-bus spool was full.",
+                g.bus.dropped,
+            ),
+            (
+                "bus_retries",
+                "Producer rebuilds after a message-bus delivery failure.",
+                g.bus.retries,
+            ),
+        ] {
+            single(enc, name, help, ConstCounter::new(v))?;
+        }
+        for (name, help, v) in [
+            (
+                "bus_pending",
+                "Events in the message-bus spool not yet acknowledged.",
+                g.bus.pending,
+            ),
+            (
+                "bus_spool_bytes",
+                "Bytes in the message-bus spool.",
+                g.bus.spool_bytes,
+            ),
+        ] {
+            single(enc, name, help, ConstGauge::new(v as i64))?;
+        }
+        let h = &g.bus.latency;
+        let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().zip(h.counts).collect();
+        let help =
+            "Seconds from an event reaching the message-bus sink to the broker's acknowledgement.";
+        enc.encode_descriptor("bus_delivery_seconds", help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(h.sum, h.n, &buckets, None)
+    }
 }
 
 impl Collector for Snapshot {
@@ -480,7 +584,8 @@ impl Collector for Snapshot {
             ConstGauge::new(self.uptime_s),
         )?;
         self.streams(&mut enc)?;
-        self.totals(&mut enc)
+        self.totals(&mut enc)?;
+        self.bus(&mut enc)
     }
 }
 

@@ -17,15 +17,15 @@ pub(super) fn run(r: &RunArgs, ctx: Context) -> Result<i32> {
         notices: ctx.cfg.sinks.notices,
         ..Sources::default()
     };
-    let plan = Plan::new(ctx.cfg, ctx.models, &r.m.overrides(), &sources)?;
     let specs = if r.sinks.is_empty() {
-        vec![SinkSpec::Stdout]
+        &ctx.cfg.sinks.outputs
     } else {
-        r.sinks
-            .iter()
-            .map(|s| SinkSpec::parse(s))
-            .collect::<Result<Vec<_>, _>>()?
-    };
+        &r.sinks
+    }
+    .iter()
+    .map(|s| SinkSpec::parse(s))
+    .collect::<Result<Vec<_>, _>>()?;
+    let plan = Plan::new(ctx.cfg, ctx.models, &r.m.overrides(), &sources)?;
     let (report, results, _) = super::execute(plan, &specs)?;
     let (figures, errors) = outcome(&report, &results);
     for line in &figures {

@@ -38,6 +38,64 @@ pub struct SinksConfig {
     pub ws_max_clients: usize,
     /// Stream notices (started, interrupted, resumed, ended) in the JSON outputs.
     pub notices: bool,
+    /// Outputs of `run` when no `--sink` is given: `stdout`, `ws://ADDR:PORT`,
+    /// `kafka://HOST:PORT/TOPIC`, or a `.jsonl`/`.vtt`/`.srt` file.
+    pub outputs: Vec<String>,
+    /// The Kafka sink.
+    pub kafka: KafkaConfig,
+}
+
+/// What the Kafka sink does when its topic does not exist on the broker.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicPolicy {
+    /// Create it (`partitions`, `replication`).
+    Create,
+    /// Refuse to start, saying so.
+    Fail,
+}
+
+/// The Kafka sink (`--sink kafka://HOST:PORT/TOPIC`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Topic for stream notices (started, interrupted, ended, ...); empty: the events
+    /// topic.
+    pub notice_topic: String,
+    /// A missing topic is created or is an error at start-up.
+    pub missing_topic: TopicPolicy,
+    /// Partitions of a topic the sink creates.
+    pub partitions: u32,
+    /// Replication factor of a topic the sink creates.
+    pub replication: u32,
+    /// Folder of the on-disk spool (one per process).
+    pub spool_dir: std::path::PathBuf,
+    /// Largest spool, MiB; past it new events are dropped, counted and announced.
+    pub spool_limit_mb: f64,
+    /// How long librdkafka retries a message before the sink rebuilds the producer and
+    /// resends from the spool, seconds.
+    pub message_timeout_s: f64,
+    /// At exit, how long to wait for the broker to acknowledge what is left, seconds
+    /// (the rest stays in the spool for the next run).
+    pub close_timeout_s: f64,
+    /// Extra librdkafka properties (e.g. `"security.protocol" = "ssl"`).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            notice_topic: String::new(),
+            missing_topic: TopicPolicy::Create,
+            partitions: 4,
+            replication: 1,
+            spool_dir: "sentistream-spool".into(),
+            spool_limit_mb: 256.0,
+            message_timeout_s: 30.0,
+            close_timeout_s: 10.0,
+            properties: Default::default(),
+        }
+    }
 }
 
 impl Default for SinksConfig {
@@ -46,6 +104,8 @@ impl Default for SinksConfig {
             ws_client_buffer: 256,
             ws_max_clients: 64,
             notices: true,
+            outputs: vec!["stdout".into()],
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -477,6 +537,62 @@ impl SinksConfig {
             "sinks.ws_max_clients",
             m,
             "must be 1..=10000",
+        );
+        need(
+            p,
+            !self.outputs.is_empty(),
+            "sinks.outputs",
+            "[]",
+            "must name at least one output (e.g. \"stdout\")",
+        );
+        self.kafka.check(p);
+    }
+}
+
+impl KafkaConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        let k = "sinks.kafka";
+        need(
+            p,
+            (1..=10_000).contains(&self.partitions),
+            &format!("{k}.partitions"),
+            self.partitions,
+            "must be 1..=10000",
+        );
+        need(
+            p,
+            (1..=16).contains(&self.replication),
+            &format!("{k}.replication"),
+            self.replication,
+            "must be 1..=16",
+        );
+        need(
+            p,
+            self.spool_limit_mb > 0.0 && self.spool_limit_mb <= 1e6,
+            &format!("{k}.spool_limit_mb"),
+            self.spool_limit_mb,
+            "must be > 0 and <= 1000000",
+        );
+        need(
+            p,
+            (0.1..=3600.0).contains(&self.message_timeout_s),
+            &format!("{k}.message_timeout_s"),
+            self.message_timeout_s,
+            "must be 0.1..=3600",
+        );
+        need(
+            p,
+            (0.0..=3600.0).contains(&self.close_timeout_s),
+            &format!("{k}.close_timeout_s"),
+            self.close_timeout_s,
+            "must be 0..=3600",
+        );
+        need(
+            p,
+            !self.spool_dir.as_os_str().is_empty(),
+            &format!("{k}.spool_dir"),
+            "\"\"",
+            "must name a folder",
         );
     }
 }

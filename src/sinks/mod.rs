@@ -2,6 +2,7 @@
 //! written incrementally), and a websocket server with a live page and metrics.
 
 pub mod files;
+pub mod kafka;
 pub mod stdout;
 pub mod websocket;
 
@@ -15,6 +16,8 @@ use crate::error::SinkError;
 use crate::event::Output;
 use crate::metrics::Metrics;
 use files::{FileSink, Format};
+use kafka::KafkaSink;
+pub use kafka::KafkaTarget;
 use websocket::WsServer;
 
 /// Where events go, as given on the command line (`--sink`, `--out`).
@@ -26,10 +29,13 @@ pub(crate) enum SinkSpec {
     Websocket(String),
     /// A file (`{stream}` in the path: one per stream), in the format its extension names.
     File(PathBuf, Format),
+    /// A Kafka topic (`kafka://HOST:PORT[,HOST:PORT]/TOPIC`).
+    Kafka(KafkaTarget),
 }
 
 impl SinkSpec {
-    /// Parses `stdout`, `ws://ADDR:PORT`, or `[file:]PATH.jsonl|.vtt|.srt`.
+    /// Parses `stdout`, `ws://ADDR:PORT`, `kafka://HOST:PORT/TOPIC`, or
+    /// `[file:]PATH.jsonl|.vtt|.srt`.
     pub fn parse(spec: &str) -> Result<Self, SinkError> {
         if spec == "stdout" {
             return Ok(Self::Stdout);
@@ -37,12 +43,20 @@ impl SinkSpec {
         if let Some(addr) = spec.strip_prefix("ws://") {
             return Ok(Self::Websocket(addr.trim_end_matches('/').to_string()));
         }
+        if let Some(rest) = spec.strip_prefix("kafka://") {
+            return KafkaTarget::parse(rest)
+                .map(Self::Kafka)
+                .map_err(|reason| SinkError::Spec {
+                    spec: spec.into(),
+                    reason,
+                });
+        }
         let path = PathBuf::from(spec.strip_prefix("file:").unwrap_or(spec));
         match Format::from_path(&path) {
             Some(f) => Ok(Self::File(path, f)),
             None => Err(SinkError::Spec {
                 spec: spec.into(),
-                reason: "unknown output; use stdout, ws://ADDR:PORT, or a .jsonl, .vtt or .srt file name".into(),
+                reason: "unknown output; use stdout, ws://ADDR:PORT, kafka://HOST:PORT/TOPIC, or a .jsonl, .vtt or .srt file name".into(),
             }),
         }
     }
@@ -64,6 +78,7 @@ impl SinkSpec {
                 Box::new(server)
             }
             Self::File(path, format) => Box::new(FileSink::new(path, *format)?),
+            Self::Kafka(t) => Box::new(KafkaSink::open(t, &cfg.kafka, metrics.clone())?),
         })
     }
 }
