@@ -399,7 +399,16 @@ fn hang_up(_: &str) -> Option<String> {
 }
 
 fn remote(url: &str, timeout_ms: u64) -> OpenAiBackend {
-    OpenAiBackend::new(url, "m", None, Duration::from_millis(timeout_ms), 0.1, 3.0).unwrap()
+    OpenAiBackend::new(
+        url,
+        "m",
+        sentistream::config::RemoteApi::Openai,
+        None,
+        Duration::from_millis(timeout_ms),
+        0.1,
+        3.0,
+    )
+    .unwrap()
 }
 
 #[test]

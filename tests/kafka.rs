@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -35,14 +35,6 @@ fn tansu() -> Option<PathBuf> {
         common::skip(&format!("{} is not installed", p.display()));
         None
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Broker {
@@ -91,7 +83,7 @@ impl Drop for Broker {
 fn consume(port: u16, topic: &str, want: usize, timeout: Duration) -> Vec<(String, String)> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", format!("127.0.0.1:{port}"))
-        .set("group.id", format!("test-{}", free_port()))
+        .set("group.id", format!("test-{}", common::free_port()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
@@ -156,7 +148,7 @@ fn two_streams_publish_and_a_consumer_group_reads_them_in_order() {
     if common::model("ggml-base-q8_0.bin").is_none() {
         return;
     }
-    let broker = Broker::start(&bin, free_port());
+    let broker = Broker::start(&bin, common::free_port());
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
     let spool = dir.path().join("spool");
@@ -222,7 +214,7 @@ fn two_streams_publish_and_a_consumer_group_reads_them_in_order() {
 #[test]
 fn events_produced_during_a_10_s_outage_all_arrive_in_order_after_the_restart() {
     let Some(bin) = tansu() else { return };
-    let port = free_port();
+    let port = common::free_port();
     let mut broker = Broker::start(&bin, port);
     let dir = tempfile::tempdir().unwrap();
     let cfg = KafkaConfig {
@@ -291,7 +283,7 @@ fn events_produced_during_a_10_s_outage_all_arrive_in_order_after_the_restart() 
 #[test]
 fn past_the_spool_limit_events_are_dropped_counted_and_the_rest_sent_by_the_next_run() {
     let Some(bin) = tansu() else { return };
-    let port = free_port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = KafkaConfig {
         spool_dir: dir.path().join("spool"),
@@ -346,7 +338,7 @@ fn a_bad_url_and_a_missing_topic_under_fail_are_clear_errors_at_start_up() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no port"), "{err}");
-    let broker = Broker::start(&bin, free_port());
+    let broker = Broker::start(&bin, common::free_port());
     let dir = tempfile::tempdir().unwrap();
     let cfg = KafkaConfig {
         spool_dir: dir.path().join("spool"),

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use half::f16;
@@ -119,6 +119,10 @@ pub struct Gguf {
     pub tensors: Vec<TensorInfo>,
     data_start: u64,
     file_len: u64,
+    /// Metadata key count and where the metadata ends (for copying it verbatim).
+    n_kv: u64,
+    meta_end: u64,
+    align: u64,
 }
 
 struct Reader<R: Read> {
@@ -214,6 +218,7 @@ impl Gguf {
         };
         let (n_tensors, n_kv) = Self::read_header(&mut r).map_err(corrupt)?;
         let metadata = Self::read_metadata(&mut r, n_kv).map_err(corrupt)?;
+        let meta_end = r.pos;
         let tensors = Self::read_directory(&mut r, n_tensors).map_err(corrupt)?;
         let align = match metadata.get("general.alignment") {
             Some(Value::UInt(a)) if *a > 0 => *a,
@@ -226,6 +231,9 @@ impl Gguf {
             tensors,
             data_start,
             file_len,
+            n_kv,
+            meta_end,
+            align,
         };
         g.check_extents().map_err(corrupt)?;
         Ok(g)
@@ -420,6 +428,131 @@ pub(crate) fn dequantize_q4_1(block: &[u8], out: &mut Vec<f32>) {
 pub(crate) fn dequantize_q8_0(block: &[u8], out: &mut Vec<f32>) {
     let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
     out.extend(block[2..Q8_0_BLOCK].iter().map(|&q| d * q as i8 as f32));
+}
+
+/// Bytes of the header before the metadata pairs (magic, version, counts).
+const HEADER_BYTES: u64 = 24;
+
+impl Gguf {
+    /// Writes a copy of this file to `out` with some tensors replaced by f16 data of the
+    /// same shape (row-major, as [`Gguf::tensor_f32`] returns it) and string metadata
+    /// keys added; everything else (metadata, tokenizer, the other tensors' bytes) is
+    /// copied verbatim, so llama.cpp loads the result like the original. Returns the
+    /// bytes written.
+    pub fn write_with(
+        &self,
+        out: &Path,
+        replace: &BTreeMap<String, Vec<f16>>,
+        extra: &[(&str, &str)],
+    ) -> Result<u64, ModelError> {
+        for (name, data) in replace {
+            let t = self.info(name).ok_or_else(|| ModelError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("no tensor {name} to replace"),
+            })?;
+            if t.len() != data.len() {
+                return Err(ModelError::Corrupt {
+                    path: self.path.clone(),
+                    reason: format!("{name}: {} values given for {}", data.len(), t.len()),
+                });
+            }
+        }
+        let (head, sizes) = self.header_with(replace, extra)?;
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ModelError::Io { path: p, source }
+        };
+        let mut src = File::open(&self.path).map_err(io(&self.path))?;
+        let mut w = std::io::BufWriter::new(File::create(out).map_err(io(out))?);
+        w.write_all(&head).map_err(io(out))?;
+        let mut written = head.len() as u64;
+        for (t, &bytes) in self.tensors.iter().zip(&sizes) {
+            let raw = match replace.get(&t.name) {
+                Some(data) => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                None => {
+                    let mut raw = vec![0u8; bytes as usize];
+                    src.seek(SeekFrom::Start(self.data_start + t.offset))
+                        .and_then(|_| src.read_exact(&mut raw))
+                        .map_err(io(&self.path))?;
+                    raw
+                }
+            };
+            let pad = bytes.div_ceil(self.align) * self.align - bytes;
+            w.write_all(&raw)
+                .and_then(|_| w.write_all(&vec![0u8; pad as usize]))
+                .map_err(io(out))?;
+            written += bytes + pad;
+        }
+        w.flush().map_err(io(out))?;
+        Ok(written)
+    }
+
+    /// The new file's header (metadata copied verbatim plus `extra`, and the tensor
+    /// directory with new types and offsets), padded to the alignment, and each tensor's
+    /// data size.
+    fn header_with(
+        &self,
+        replace: &BTreeMap<String, Vec<f16>>,
+        extra: &[(&str, &str)],
+    ) -> Result<(Vec<u8>, Vec<u64>), ModelError> {
+        let io = |source| ModelError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let mut src = File::open(&self.path).map_err(io)?;
+        let mut meta = vec![0u8; (self.meta_end - HEADER_BYTES) as usize];
+        src.seek(SeekFrom::Start(HEADER_BYTES))
+            .and_then(|_| src.read_exact(&mut meta))
+            .map_err(io)?;
+        let mut head = Vec::with_capacity(meta.len() + 64 * self.tensors.len());
+        head.extend_from_slice(GGUF_MAGIC);
+        head.extend_from_slice(&3u32.to_le_bytes());
+        head.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(self.n_kv + extra.len() as u64).to_le_bytes());
+        head.extend_from_slice(&meta);
+        let put_str = |b: &mut Vec<u8>, s: &str| {
+            b.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            b.extend_from_slice(s.as_bytes());
+        };
+        for (k, v) in extra {
+            put_str(&mut head, k);
+            head.extend_from_slice(&8u32.to_le_bytes());
+            put_str(&mut head, v);
+        }
+        let mut offset = 0u64;
+        let mut sizes = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let (kind, bytes) = if replace.contains_key(&t.name) {
+                (1u32, t.len() as u64 * 2)
+            } else {
+                let id = match t.kind {
+                    TensorType::F32 => 0,
+                    TensorType::F16 => 1,
+                    TensorType::Q4_1 => 3,
+                    TensorType::Q8_0 => 8,
+                    TensorType::Other(id) => {
+                        return Err(ModelError::Corrupt {
+                            path: self.path.clone(),
+                            reason: format!("{}: ggml type {id} cannot be copied", t.name),
+                        });
+                    }
+                };
+                (id, t.kind.bytes_for(t.len()).unwrap_or(0) as u64)
+            };
+            put_str(&mut head, &t.name);
+            head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                head.extend_from_slice(&d.to_le_bytes());
+            }
+            head.extend_from_slice(&kind.to_le_bytes());
+            head.extend_from_slice(&offset.to_le_bytes());
+            sizes.push(bytes);
+            offset = (offset + bytes).div_ceil(self.align) * self.align;
+        }
+        let padded = (head.len() as u64).div_ceil(self.align) * self.align;
+        head.resize(padded as usize, 0);
+        Ok((head, sizes))
+    }
 }
 
 #[cfg(test)]

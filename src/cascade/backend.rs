@@ -7,6 +7,7 @@ use std::time::Duration;
 use tch::{CModule, IValue, Kind, Tensor};
 
 use crate::cascade::http;
+use crate::config::RemoteApi;
 use crate::event::FallbackReason;
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
@@ -268,6 +269,7 @@ impl Backend for TorchScriptBackend {
 pub struct OpenAiBackend {
     url: String,
     model: String,
+    api: RemoteApi,
     api_key: Option<String>,
     timeout: Duration,
     band: f32,
@@ -280,6 +282,7 @@ impl OpenAiBackend {
     pub fn new(
         url: &str,
         model: &str,
+        api: RemoteApi,
         api_key: Option<String>,
         timeout: Duration,
         band: f32,
@@ -292,6 +295,7 @@ impl OpenAiBackend {
         Ok(Self {
             url: url.into(),
             model: model.into(),
+            api,
             api_key,
             timeout,
             band,
@@ -306,8 +310,11 @@ impl OpenAiBackend {
         if let Some((s, l)) = earlier {
             user.push_str(&cross_check_text(s, l, self.band));
         }
-        user.push_str("\nIs the sentiment positive, neutral or negative? Answer with one word.");
-        serde_json::json!({
+        user.push_str("\nIs the sentiment positive, neutral or negative?");
+        if self.api == RemoteApi::Openai {
+            user.push_str(" Answer with one word.");
+        }
+        let mut body = serde_json::json!({
             "model": self.model,
             "messages": [
                 {"role": "system", "content": "You judge the sentiment of a speaker from their words, voice and face."},
@@ -317,7 +324,30 @@ impl OpenAiBackend {
             "temperature": 0,
             "logprobs": true,
             "top_logprobs": 10
-        })
+        });
+        if self.api == RemoteApi::LlamaCpp {
+            // An equal bias keeps the label words' relative logits; with top_k 3 the
+            // post-sampling probabilities are the softmax over the three words.
+            let bias: Vec<serde_json::Value> = LABEL_WORDS
+                .iter()
+                .map(|w| serde_json::json!([w, 50]))
+                .collect();
+            let extra = serde_json::json!({
+                "max_tokens": 1,
+                "temperature": 1.0,
+                "top_k": 3,
+                "top_p": 1.0,
+                "min_p": 0.0,
+                "seed": 0,
+                "top_logprobs": 3,
+                "post_sampling_probs": true,
+                "logit_bias": bias
+            });
+            for (k, v) in extra.as_object().expect("an object") {
+                body[k] = v.clone();
+            }
+        }
+        body
     }
 
     /// Reads an answer from a chat-completions response body.
@@ -341,19 +371,26 @@ impl OpenAiBackend {
         };
         let mut probs = [0f32; 3];
         let mut found = false;
-        if let Some(tops) = choice
-            .pointer("/logprobs/content/0/top_logprobs")
-            .and_then(|t| t.as_array())
-        {
+        // llama.cpp's post-sampling `top_probs` (probabilities), else `top_logprobs`.
+        for (list, field, is_log) in [
+            ("/logprobs/content/0/top_probs", "prob", false),
+            ("/logprobs/content/0/top_logprobs", "logprob", true),
+        ] {
+            let Some(tops) = choice.pointer(list).and_then(|t| t.as_array()) else {
+                continue;
+            };
             for t in tops {
-                if let (Some(tok), Some(lp)) = (
+                if let (Some(tok), Some(v)) = (
                     t.get("token").and_then(|x| x.as_str()),
-                    t.get("logprob").and_then(|x| x.as_f64()),
+                    t.get(field).and_then(|x| x.as_f64()),
                 ) && let Some(k) = label_of(tok)
                 {
-                    probs[k] += lp.exp() as f32;
+                    probs[k] += if is_log { v.exp() } else { v } as f32;
                     found = true;
                 }
+            }
+            if found {
+                break;
             }
         }
         if !found {

@@ -584,6 +584,7 @@ fn load_backends(
                 backend::OpenAiBackend::new(
                     &cfg.url,
                     &cfg.remote_model,
+                    cfg.remote_api,
                     std::env::var(&cfg.api_key_env).ok(),
                     Duration::from_millis(cfg.timeout_ms),
                     ubm.band,

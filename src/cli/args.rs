@@ -186,6 +186,11 @@ pub struct EvalArgs {
     /// Adapter of the large model for --compare; default: cascade.adapter.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Compare the local large model with a remote one at this chat-completions URL
+    /// (with cascade.remote_api, e.g. llama_cpp for a server on `models export-llm`'s
+    /// GGUF) on the same windows.
+    #[arg(long)]
+    pub remote: Option<String>,
 }
 
 /// Options shared by `annotate` and `run`.
@@ -315,6 +320,16 @@ pub enum ModelsCommand {
         /// Output ggml file.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Write the large model for an external llama.cpp server: the trained LoRA merged
+    /// into the GGUF (text-only: no audio/visual soft tokens, no value head).
+    ExportLlm {
+        /// Output GGUF.
+        #[arg(long, default_value = "models/sentistream-large.gguf")]
+        out: PathBuf,
+        /// Adapter (base path of .safetensors + .json); default: cascade.adapter.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
     },
     /// Quantise an f16 ggml Whisper file (Q8_0 or Q5_1 blocks; whisper.cpp computes with
     /// them directly): smaller and faster on a CPU.

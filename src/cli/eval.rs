@@ -62,7 +62,94 @@ pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
     if e.lambda_sweep {
         sweep(&model, &data, &preds)?;
     }
+    if let Some(url) = &e.remote {
+        remote(e, ctx, url, &data)?;
+    }
     Ok(0)
+}
+
+/// The local large model: the configured GGUF with `--adapter` or cascade.adapter.
+fn large_model(e: &EvalArgs, ctx: &Context) -> Result<Mllm> {
+    let cascade = &ctx.cfg.cascade;
+    let adapter = e
+        .adapter
+        .clone()
+        .unwrap_or_else(|| ctx.models.resolve(&cascade.adapter));
+    Ok(Mllm::load(&ctx.models.resolve(&cascade.gguf), &adapter)?)
+}
+
+/// Prints the local large model (multimodal, value head) beside a remote one on the
+/// same windows: metrics, agreement of the polarity, time per window.
+fn remote(e: &EvalArgs, ctx: &Context, url: &str, data: &SplitData) -> Result<()> {
+    use crate::cascade::backend::{Backend, OpenAiBackend};
+    let cascade = &ctx.cfg.cascade;
+    let llm = large_model(e, ctx)?;
+    let meta = &llm.adapter.meta;
+    let (band, limit) = (meta.band, meta.score_limit);
+    let mut server = OpenAiBackend::new(
+        url,
+        &cascade.remote_model,
+        cascade.remote_api,
+        std::env::var(&cascade.api_key_env).ok(),
+        std::time::Duration::from_millis(cascade.timeout_ms),
+        band,
+        limit,
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    let t = std::time::Instant::now();
+    let local = mllm_train::judge_split(&llm, data, 1)?;
+    let local_ms = t.elapsed().as_secs_f64() * 1e3 / data.feats.len() as f64;
+    let t = std::time::Instant::now();
+    let mut far = Vec::with_capacity(local.len());
+    for (text, f) in data.texts.iter().zip(&data.feats) {
+        far.push(
+            server
+                .judge(text, f, None)
+                .map_err(|e| Error::Usage(e.to_string()))?,
+        );
+    }
+    let far_ms = t.elapsed().as_secs_f64() * 1e3 / data.feats.len() as f64;
+    let words = |a: &crate::models::mllm::Answer| limit * (a.probs[2] - a.probs[0]);
+    let class = |v: f32| crate::routing::uncertainty::class_index(v, band);
+    let agree = |xs: &[f32], ys: &[f32]| {
+        xs.iter()
+            .zip(ys)
+            .filter(|(x, y)| class(**x) == class(**y))
+            .count() as f64
+            / xs.len() as f64
+    };
+    let local_score: Vec<f32> = local.iter().map(|a| a.score).collect();
+    let local_words: Vec<f32> = local.iter().map(words).collect();
+    let remote_score: Vec<f32> = far.iter().map(|a| a.score).collect();
+    println!(
+        "\nlarge model, local vs remote ({url}, {:?}) on the same {} windows:",
+        cascade.remote_api,
+        data.feats.len()
+    );
+    println!(
+        "| large model | Has0-Acc2 | Has0-F1 | Acc3 | MAE | Corr | polarity agrees with local | ms per window |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (name, scores, ms) in [
+        (
+            "local: text + voice + face, value-head score",
+            &local_score,
+            local_ms,
+        ),
+        ("local: label-word score", &local_words, local_ms),
+        ("remote: text only, label-word score", &remote_score, far_ms),
+    ] {
+        let m = crate::train::metrics::compute(scores, &data.labels);
+        println!(
+            "| {name} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {ms:.0} |",
+            m.has0_acc2,
+            m.has0_f1,
+            m.acc3,
+            m.mae,
+            m.corr,
+            agree(scores, &local_score)
+        );
+    }
+    Ok(())
 }
 
 /// Prints the metrics table of every modality ablation and the uncertainty figures;
@@ -117,12 +204,7 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
             "--compare uses the given transcripts; drop --text asr".into(),
         ));
     }
-    let cascade = &ctx.cfg.cascade;
-    let adapter = e
-        .adapter
-        .clone()
-        .unwrap_or_else(|| ctx.models.resolve(&cascade.adapter));
-    let llm = Mllm::load(&ctx.models.resolve(&cascade.gguf), &adapter)?;
+    let llm = large_model(e, ctx)?;
     // The UBM's per-window cost includes encoding the transcript with MiniLM.
     let enc = crate::features::text::TextEncoder::load(&ctx.models.minilm())?;
     let n_enc = data.texts.len().min(50);

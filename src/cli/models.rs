@@ -55,6 +55,7 @@ pub(super) fn models(m: &ModelsCommand, ctx: &Context) -> Result<i32> {
             );
             Ok(0)
         }
+        ModelsCommand::ExportLlm { out, adapter } => export_llm(ctx, out, adapter.as_deref()),
         ModelsCommand::Quantize { input, quant, out } => {
             let input = ctx.models.resolve(input);
             let out = out
@@ -136,4 +137,25 @@ fn check(ctx: &Context, full: bool) -> Result<i32> {
         println!("{bad} asset(s) need `sentistream models install`");
     }
     Ok(if full && bad > 0 { 1 } else { 0 })
+}
+
+/// `models export-llm`: the adapter merged into the GGUF for a llama.cpp server.
+fn export_llm(
+    ctx: &Context,
+    out: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+) -> Result<i32> {
+    let cascade = &ctx.cfg.cascade;
+    let adapter = adapter.map_or_else(|| ctx.models.resolve(&cascade.adapter), |a| a.to_path_buf());
+    let gguf = ctx.models.resolve(&cascade.gguf);
+    let r = crate::models::export::export_merged(&gguf, &adapter, out)?;
+    println!(
+        "{}: {} attention weights merged with the LoRA (largest change {:.4}), {} bytes; serve it with scripts/llm-server {} PORT",
+        out.display(),
+        r.merged,
+        r.max_delta,
+        r.bytes,
+        out.display()
+    );
+    Ok(0)
 }

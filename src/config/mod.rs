@@ -122,6 +122,16 @@ pub enum BackendKind {
     Openai,
 }
 
+/// The dialect of an OpenAI-compatible endpoint (`cascade.remote_api`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteApi {
+    /// Standard chat-completions fields only.
+    Openai,
+    /// llama.cpp's server: label-word `logit_bias` and `post_sampling_probs`.
+    LlamaCpp,
+}
+
 /// What happens to an escalation when the large-model queue is full.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -152,6 +162,12 @@ pub struct CascadeConfig {
     pub url: String,
     /// Model name sent to the endpoint.
     pub remote_model: String,
+    /// The endpoint's dialect: `openai` sends only standard fields and reads the label
+    /// words among the top log-probabilities; `llama_cpp` (llama.cpp's server, e.g. on
+    /// the GGUF `models export-llm` writes) biases the three label words equally and reads
+    /// their probabilities after sampling, i.e. exactly the restricted softmax the local
+    /// model computes.
+    pub remote_api: RemoteApi,
     /// Environment variable holding the endpoint's API key (unset: no key sent).
     pub api_key_env: String,
     /// Endpoint timeout per request, milliseconds.
@@ -185,6 +201,7 @@ impl Default for CascadeConfig {
             torchscript: None,
             url: "http://127.0.0.1:8080/v1/chat/completions".into(),
             remote_model: "default".into(),
+            remote_api: RemoteApi::Openai,
             api_key_env: "OPENAI_API_KEY".into(),
             timeout_ms: 5000,
             workers: 1,

@@ -102,7 +102,7 @@ pub struct Adapter {
     pub vs: nn::VarStore,
     /// Metadata.
     pub meta: AdapterMeta,
-    lora: Vec<LoraBlock>,
+    pub(crate) lora: Vec<LoraBlock>,
     a1: nn::Linear,
     a2: nn::Linear,
     v1: nn::Linear,

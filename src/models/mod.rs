@@ -1,6 +1,7 @@
 //! The models: the small model (UBM) and the large model (LLM + multimodal adapter), and
 //! how trained weights are saved beside their metadata.
 
+pub mod export;
 pub mod llm;
 pub mod mllm;
 pub mod ubm;
