@@ -226,3 +226,45 @@ fn missing_or_corrupt_files_fail_at_start_up() {
         "nothing emitted before start-up checks"
     );
 }
+
+#[test]
+fn a_gguf_rewritten_with_replaced_tensors_reads_back_exactly() {
+    use half::f16;
+    use sentistream::assets::gguf::Gguf;
+    use std::collections::BTreeMap;
+    let Some(path) = common::model(GGUF) else {
+        return;
+    };
+    let g = Gguf::open(&path).unwrap();
+    let name = "blk.3.attn_q.weight";
+    let (shape, w) = g.tensor_f32(name).unwrap();
+    let changed: Vec<f16> = w.iter().map(|v| f16::from_f32(v + 0.25)).collect();
+    let mut replace = BTreeMap::new();
+    replace.insert(name.to_string(), changed.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    g.write_with(&out, &replace, &[("sentistream.test", "yes")])
+        .unwrap();
+    let h = Gguf::open(&out).unwrap();
+    assert_eq!(h.str("sentistream.test"), Some("yes"));
+    for (k, v) in &g.metadata {
+        assert_eq!(h.metadata.get(k), Some(v), "metadata {k} copied");
+    }
+    let (shape2, w2) = h.tensor_f32(name).unwrap();
+    assert_eq!(shape, shape2);
+    let want: Vec<f32> = changed.iter().map(|v| v.to_f32()).collect();
+    assert_eq!(w2, want, "the replaced tensor, in f16");
+    for other in [
+        "token_embd.weight",
+        "blk.3.attn_k.weight",
+        "output_norm.weight",
+    ] {
+        assert_eq!(
+            g.tensor_f32(other).unwrap(),
+            h.tensor_f32(other).unwrap(),
+            "{other} copied verbatim"
+        );
+    }
+    // The rewritten file still loads as a model.
+    Llm::load(&out).unwrap();
+}
