@@ -285,6 +285,18 @@ pub struct StatusEvent {
     pub emitted_at_ms: u64,
 }
 
+/// A call summary (a JSON object with a `summary` field): at the end of a stream, and
+/// every `sinks.summary_every_s` of stream time on a live one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryEvent {
+    /// Stream id.
+    pub stream: String,
+    /// The summary.
+    pub summary: crate::summary::CallSummary,
+    /// Wall-clock emission time, ms since the Unix epoch.
+    pub emitted_at_ms: u64,
+}
+
 /// Anything a sink receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -292,6 +304,8 @@ pub enum Output {
     Window(Event),
     /// A stream-level notice.
     Status(StatusEvent),
+    /// A call summary.
+    Summary(Box<SummaryEvent>),
 }
 
 impl Output {
@@ -300,6 +314,7 @@ impl Output {
         match self {
             Output::Window(e) => serde_json::to_string(e),
             Output::Status(s) => serde_json::to_string(s),
+            Output::Summary(s) => serde_json::to_string(s),
         }
         .expect("events serialise")
     }
@@ -308,6 +323,7 @@ impl Output {
         match self {
             Output::Window(e) => &e.stream,
             Output::Status(s) => &s.stream,
+            Output::Summary(s) => &s.stream,
         }
     }
 }

@@ -24,6 +24,8 @@ pub mod metrics;
 pub mod models;
 /// The composition root: configuration + overrides -> a run plan.
 pub mod plan;
+/// Self-contained HTML reports of annotated calls and batches.
+pub mod report;
 /// U-ACS decisions as pure functions: uncertainty, thresholds, fusion.
 pub mod routing;
 /// Silero VAD -> utterance windows.
@@ -32,5 +34,7 @@ pub mod segment;
 pub mod sinks;
 /// GStreamer: decode files/URIs to 16 kHz mono audio + RGB frames, stream time.
 pub mod source;
+/// Call summaries: talk time, turns, sentiment per quarter, trend, negative moments.
+pub mod summary;
 /// Training and evaluation: datasets, UBM and MLLM training, metrics.
 pub mod train;

@@ -111,6 +111,7 @@ fn file_sinks_match_golden_files_and_parse_back() {
                         serde_json::from_str::<serde_json::Value>(l).unwrap();
                     }
                 }
+                Format::Summary | Format::Html => unreachable!("not in this loop"),
             }
         }
         sink.close().unwrap();

@@ -318,6 +318,11 @@ where
         metrics.clone(),
         run.shared.notices,
     )
+    .summarizing(if run.cfg.sinks.summaries {
+        router::Summaries::new(run.cfg.sinks.summary_every_s)
+    } else {
+        router::Summaries::default()
+    })
     .stopping(run.stop);
     let finished = router.run(rx, ids.len());
     let results = join_streams(ids.clone(), handles, finished.streams);

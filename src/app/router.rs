@@ -4,6 +4,7 @@
 //! model through [`SmallModel`] and to the large model through the cascade's backends, so
 //! it is tested with fakes of both.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Select};
@@ -11,12 +12,13 @@ use crossbeam_channel::{Receiver, Select};
 use crate::app::stream::{ToRouter, Windowed};
 use crate::cascade::{Cascade, stamp};
 use crate::error::{Error, SinkError};
-use crate::event::{Event, Output, Sentiment, StreamStatus};
+use crate::event::{Event, Output, Sentiment, StreamStatus, SummaryEvent};
 use crate::features::WindowFeatures;
 use crate::metrics::Metrics;
 use crate::models::ubm::{Modalities, Ubm};
 use crate::routing::uncertainty::polarity;
 use crate::sinks::Fanout;
+use crate::summary::Summarizer;
 
 /// The small model as the router sees it: a verdict per window (stage `ubm`).
 pub(crate) trait SmallModel {
@@ -66,13 +68,74 @@ pub(crate) struct Router {
     stop: Option<std::sync::Arc<crate::app::shutdown::Trigger>>,
     /// Sinks when the run started.
     sinks_at_start: usize,
+    summaries: Summaries,
 }
 
-/// Writes one finished event to the metrics and the sinks.
-fn emit(sinks: &mut Fanout, metrics: &Metrics, e: Event) {
+/// Per-stream call summaries: one when a stream ends, and one every `every_s` seconds of
+/// stream time while it runs (0: only at the end).
+#[derive(Debug, Default)]
+pub(crate) struct Summaries {
+    on: bool,
+    every_s: f64,
+    streams: HashMap<String, (Summarizer, f64)>,
+}
+
+impl Summaries {
+    /// Summaries on, every `every_s` seconds of stream time (0: only at the end).
+    pub fn new(every_s: f64) -> Self {
+        Self {
+            on: true,
+            every_s,
+            streams: HashMap::new(),
+        }
+    }
+
+    fn output(stream: &str, s: &Summarizer, at: f64, complete: bool) -> Output {
+        Output::Summary(Box::new(SummaryEvent {
+            stream: stream.to_string(),
+            summary: s.summary(stream, at, complete),
+            emitted_at_ms: crate::event::now_ms(),
+        }))
+    }
+
+    /// Counts a window; a summary when one is due.
+    fn window(&mut self, e: &Event) -> Option<Output> {
+        if !self.on {
+            return None;
+        }
+        let every = self.every_s;
+        let (s, due) = self
+            .streams
+            .entry(e.stream.clone())
+            .or_insert_with(|| (Summarizer::default(), every));
+        s.add(e.start, e.end, e.score, None, &e.text);
+        if every > 0.0 && e.end >= *due {
+            *due = (e.end / every).floor() * every + every;
+            return Some(Self::output(&e.stream, s, e.end, false));
+        }
+        None
+    }
+
+    /// The last summary of a stream that ended at stream time `at`; `complete`: it read
+    /// its input to the end (not stopped by an error or a shutdown).
+    fn ended(&mut self, stream: &str, at: f64, complete: bool) -> Option<Output> {
+        if !self.on {
+            return None;
+        }
+        let (s, _) = self.streams.remove(stream).unwrap_or_default();
+        Some(Self::output(stream, &s, at, complete))
+    }
+}
+
+/// Writes one finished event to the metrics and the sinks (and a summary when due).
+fn emit(sinks: &mut Fanout, metrics: &Metrics, summaries: &mut Summaries, e: Event) {
     metrics.window(&e);
     tracing::debug!(stream = %e.stream, seq = e.seq, start = e.start, end = e.end, stage = ?e.stage, "event");
+    let summary = summaries.window(&e);
     sinks.write(&Output::Window(e));
+    if let Some(s) = summary {
+        sinks.write(&s);
+    }
 }
 
 impl Router {
@@ -93,7 +156,14 @@ impl Router {
             metrics,
             notices,
             stop: None,
+            summaries: Summaries::default(),
         }
+    }
+
+    /// Writes call summaries (see [`Summaries`]).
+    pub fn summarizing(mut self, summaries: Summaries) -> Self {
+        self.summaries = summaries;
+        self
     }
 
     /// Fires `stop` (the run's shutdown) when every sink has failed.
@@ -120,9 +190,9 @@ impl Router {
             features,
             started,
         } = w;
-        let (sinks, metrics) = (&mut self.sinks, &*self.metrics);
+        let (sinks, metrics, sums) = (&mut self.sinks, &*self.metrics, &mut self.summaries);
         let (Some(small), Some(feats)) = (&self.small, features) else {
-            emit(sinks, metrics, stamp(event, started));
+            emit(sinks, metrics, sums, stamp(event, started));
             return;
         };
         let t = Instant::now();
@@ -131,21 +201,21 @@ impl Router {
         match &mut self.cascade {
             Some(c) => {
                 c.submit(stream, event, verdict, feats, started, &mut |e| {
-                    emit(sinks, metrics, e)
+                    emit(sinks, metrics, sums, e)
                 });
                 metrics.queue_depth(c.depth());
             }
             None => {
                 event.set_sentiment(&verdict);
-                emit(sinks, metrics, stamp(event, started));
+                emit(sinks, metrics, sums, stamp(event, started));
             }
         }
     }
 
     fn poll_cascade(&mut self) {
-        let (sinks, metrics) = (&mut self.sinks, &*self.metrics);
+        let (sinks, metrics, sums) = (&mut self.sinks, &*self.metrics, &mut self.summaries);
         if let Some(c) = &mut self.cascade {
-            c.poll(false, &mut |e| emit(sinks, metrics, e));
+            c.poll(false, &mut |e| emit(sinks, metrics, sums, e));
             metrics.queue_depth(c.depth());
         }
     }
@@ -163,8 +233,14 @@ impl Router {
                     self.metrics.set_origin(&s.stream, s.at);
                 }
                 self.metrics.status(&s);
+                let summary = (s.status == StreamStatus::Ended)
+                    .then(|| self.summaries.ended(&s.stream, s.at, s.reason.is_none()))
+                    .flatten();
                 if self.notices {
                     self.sinks.write(&Output::Status(s));
+                }
+                if let Some(summary) = summary {
+                    self.sinks.write(&summary);
                 }
             }
             ToRouter::Progress {
@@ -220,9 +296,9 @@ impl Router {
     }
 
     fn drain_cascade(&mut self) {
-        let (sinks, metrics) = (&mut self.sinks, &*self.metrics);
+        let (sinks, metrics, sums) = (&mut self.sinks, &*self.metrics, &mut self.summaries);
         if let Some(c) = &mut self.cascade {
-            c.finish(&mut |e| emit(sinks, metrics, e));
+            c.finish(&mut |e| emit(sinks, metrics, sums, e));
         }
     }
 }
@@ -314,6 +390,23 @@ mod tests {
     }
 
     fn route(fail: bool, msgs: Vec<ToRouter>, streams: usize) -> (Vec<Event>, Finished) {
+        let (out, finished) = route_all(fail, msgs, streams, Summaries::default());
+        let events = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Window(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect();
+        (events, finished)
+    }
+
+    fn route_all(
+        fail: bool,
+        msgs: Vec<ToRouter>,
+        streams: usize,
+        summaries: Summaries,
+    ) -> (Vec<Output>, Finished) {
         let pool = Pool::start(
             vec![Box::new(FakeLarge(if fail { None } else { negative() }))],
             4,
@@ -336,23 +429,56 @@ mod tests {
             sinks,
             Arc::new(Metrics::default()),
             false,
-        );
+        )
+        .summarizing(summaries);
         let (tx, rx) = crossbeam_channel::unbounded();
         for m in msgs {
             tx.send(m).unwrap();
         }
         drop(tx);
         let finished = router.run(rx, streams);
-        let events = out
-            .lock()
-            .unwrap()
+        let outputs = out.lock().unwrap().clone();
+        (outputs, finished)
+    }
+
+    #[test]
+    fn summaries_come_every_period_and_after_the_last_window_at_the_end() {
+        let mut msgs: Vec<ToRouter> = (0..5).map(|i| windowed(0, i, i != 2)).collect();
+        msgs.push(ToRouter::Status(crate::event::StatusEvent {
+            stream: "s0".into(),
+            status: StreamStatus::Ended,
+            at: 6.0,
+            reason: None,
+            emitted_at_ms: 0,
+        }));
+        msgs.push(ToRouter::Done {
+            stream: 0,
+            error: None,
+        });
+        let (out, _) = route_all(false, msgs, 1, Summaries::new(2.0));
+        let kinds: Vec<String> = out
             .iter()
-            .filter_map(|o| match o {
-                Output::Window(e) => Some(e.clone()),
-                Output::Status(_) => None,
+            .map(|o| match o {
+                Output::Window(e) => format!("w{}", e.seq),
+                Output::Status(_) => "status".into(),
+                Output::Summary(s) => format!(
+                    "sum{}{}",
+                    s.summary.windows,
+                    if s.summary.complete { "!" } else { "" }
+                ),
             })
             .collect();
-        (events, finished)
+        // Windows end at 1..5 s: partial summaries after the ends 2 s and 4 s; the last,
+        // complete, after every window (the escalated one included); no notice (off).
+        assert_eq!(
+            kinds,
+            ["w0", "w1", "sum2", "w2", "w3", "sum4", "w4", "sum5!"]
+        );
+        let Some(Output::Summary(last)) = out.last() else {
+            unreachable!()
+        };
+        assert_eq!(last.summary.duration_s, 6.0);
+        assert_eq!(last.summary.speakers[0].windows, 5);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::Context;
 use super::args::AnnotateArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::plan::{Plan, Sources};
 use crate::sinks::SinkSpec;
 
@@ -15,8 +15,25 @@ const INTERRUPTED: i32 = 130;
 pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
     let mut overrides = a.m.overrides();
     overrides.full_audio_ctx = a.full_audio_ctx;
+    if let Some(dir) = &a.out_dir {
+        if a.report.is_some() || a.stream_id.is_some() {
+            return Err(Error::Usage(
+                "--report and --stream-id are for one call; a batch (--out-dir) writes ID.html per call and uses file names as ids".into(),
+            ));
+        }
+        return super::batch::batch(a, &ctx, &overrides, dir);
+    }
+    let input = match &a.inputs[..] {
+        [one] if !std::path::Path::new(one).is_dir() && !one.contains(['*', '?']) => one,
+        _ => {
+            return Err(Error::Usage(format!(
+                "{} inputs: several calls (or a folder, or a pattern) are a batch; add --out-dir DIR",
+                a.inputs.len()
+            )));
+        }
+    };
     let sources = Sources {
-        inputs: vec![a.input.clone()],
+        inputs: vec![input.clone()],
         ids: a.stream_id.iter().cloned().collect(),
         recorded: true,
         progress: !a.no_progress,
@@ -26,6 +43,9 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
     let mut specs = vec![SinkSpec::Stdout];
     for o in &a.outs {
         specs.push(SinkSpec::parse(&o.to_string_lossy())?);
+    }
+    if let Some(r) = &a.report {
+        specs.push(SinkSpec::File(r.clone(), crate::sinks::files::Format::Html));
     }
     let (report, mut results, stopped) = super::execute(plan, &specs)?;
     if let Some(e) = results.pop().and_then(|r| r.error) {

@@ -254,8 +254,21 @@ pub struct RunArgs {
 /// Options of `annotate`.
 #[derive(Debug, Args)]
 pub struct AnnotateArgs {
-    /// Media file path or URI (file://, http://, rtsp://, ...).
-    pub input: String,
+    /// Media files, folders (their media files), globs ("calls/*.wav") or URIs. More than
+    /// one call (or --out-dir) is a batch.
+    #[arg(required = true, num_args = 1..)]
+    pub inputs: Vec<String>,
+    /// Batch: write each call's events (`ID.jsonl`), summary (`ID.summary.json`) and
+    /// report (`ID.html`) here, plus `summary.csv` (one row per call) and `index.html`;
+    /// calls already done there are skipped.
+    #[arg(long)]
+    pub(crate) out_dir: Option<PathBuf>,
+    /// Batch: calls annotated at once.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) jobs: usize,
+    /// One call: also write a self-contained HTML report (chart, summary, transcript).
+    #[arg(long)]
+    pub(crate) report: Option<PathBuf>,
     /// Stream id in the events (default: the file name).
     #[arg(long)]
     pub(crate) stream_id: Option<String>,

@@ -4,6 +4,7 @@
 
 mod annotate;
 pub mod args;
+mod batch;
 mod calibrate;
 mod eval;
 mod models;

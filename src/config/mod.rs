@@ -43,6 +43,12 @@ pub struct SinksConfig {
     pub outputs: Vec<String>,
     /// The Kafka sink.
     pub kafka: KafkaConfig,
+    /// Call summaries (talk time, turns, sentiment per quarter, most negative moments)
+    /// in the outputs: at the end of every stream.
+    pub summaries: bool,
+    /// Also a summary of the stream so far every this many seconds of stream time (live
+    /// streams, long files); 0: only at the end.
+    pub summary_every_s: f64,
 }
 
 /// What the Kafka sink does when its topic does not exist on the broker.
@@ -106,6 +112,8 @@ impl Default for SinksConfig {
             notices: true,
             outputs: vec!["stdout".into()],
             kafka: KafkaConfig::default(),
+            summaries: true,
+            summary_every_s: 300.0,
         }
     }
 }
@@ -563,6 +571,14 @@ impl SinksConfig {
             "must name at least one output (e.g. \"stdout\")",
         );
         self.kafka.check(p);
+        let e = self.summary_every_s;
+        need(
+            p,
+            e == 0.0 || (10.0..=86_400.0).contains(&e),
+            "sinks.summary_every_s",
+            e,
+            "must be 0 (only at the end) or 10..=86400",
+        );
     }
 }
 

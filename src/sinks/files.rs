@@ -23,14 +23,27 @@ pub enum Format {
     Vtt,
     /// SubRip subtitles.
     Srt,
+    /// Call summaries (`.summary.json`): a JSON object of each stream's latest summary,
+    /// rewritten whole (atomically) at every summary.
+    Summary,
+    /// A self-contained HTML report per stream (`.html`), rewritten at every summary.
+    Html,
 }
 
 impl Format {
-    /// Format from a path's extension (`.jsonl`/`.json`, `.vtt`, `.srt`).
+    /// Format from a path's extension (`.summary.json`, `.jsonl`/`.json`, `.vtt`,
+    /// `.srt`).
     pub fn from_path(p: &Path) -> Option<Self> {
+        if p.to_string_lossy()
+            .to_ascii_lowercase()
+            .ends_with(".summary.json")
+        {
+            return Some(Self::Summary);
+        }
         match p.extension()?.to_str()?.to_ascii_lowercase().as_str() {
             "jsonl" | "json" | "ndjson" => Some(Self::Jsonl),
             "vtt" => Some(Self::Vtt),
+            "html" | "htm" => Some(Self::Html),
             "srt" => Some(Self::Srt),
             _ => None,
         }
@@ -50,6 +63,10 @@ pub struct FileSink {
     files: HashMap<String, Open>,
     /// Streams seen so far (a shared file names the stream in cues once there are two).
     streams: Vec<String>,
+    /// Summary files: latest summary per stream, per file.
+    summaries: HashMap<PathBuf, serde_json::Map<String, serde_json::Value>>,
+    /// HTML reports: each stream's window events so far.
+    pages: HashMap<String, Vec<serde_json::Value>>,
 }
 
 /// `HH:MM:SS.mmm` (VTT) or `HH:MM:SS,mmm` (SRT).
@@ -111,8 +128,20 @@ impl FileSink {
             format,
             files: HashMap::new(),
             streams: Vec::new(),
+            summaries: HashMap::new(),
+            pages: HashMap::new(),
         };
-        if sink.shared() {
+        if matches!(format, Format::Summary | Format::Html) {
+            let path = sink.path_for("");
+            if sink.shared() && format == Format::Summary {
+                sink.rewrite(&path, serde_json::Map::new())?;
+            } else {
+                check_writable(dir).map_err(|source| SinkError::Io {
+                    target: template.display().to_string(),
+                    source,
+                })?;
+            }
+        } else if sink.shared() {
             sink.file("")?;
         } else {
             check_writable(dir).map_err(|source| SinkError::Io {
@@ -127,14 +156,88 @@ impl FileSink {
         !self.template.to_string_lossy().contains("{stream}")
     }
 
+    fn path_for(&self, stream: &str) -> PathBuf {
+        PathBuf::from(
+            self.template
+                .to_string_lossy()
+                .replace("{stream}", &sanitize(stream)),
+        )
+    }
+
+    /// Writes a summary file whole: to a temporary name, then renamed over it.
+    fn rewrite(
+        &mut self,
+        path: &Path,
+        map: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), SinkError> {
+        let io = |source| SinkError::Io {
+            target: path.display().to_string(),
+            source,
+        };
+        let text = serde_json::to_string_pretty(&map).map_err(|e| io(e.into()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text + "\n").map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        self.summaries.insert(path.to_path_buf(), map);
+        Ok(())
+    }
+
+    /// Keeps a stream's windows; writes its page at every summary (atomically).
+    fn page(&mut self, out: &Output) -> Result<(), SinkError> {
+        match out {
+            Output::Window(e) => {
+                let v = serde_json::to_value(e).map_err(|err| SinkError::Io {
+                    target: self.template.display().to_string(),
+                    source: err.into(),
+                })?;
+                self.pages.entry(e.stream.clone()).or_default().push(v);
+                Ok(())
+            }
+            Output::Summary(s) => {
+                let path = self.path_for(&s.stream);
+                let events = self.pages.get(&s.stream).map_or(&[][..], |v| &v[..]);
+                let summary = serde_json::to_value(&s.summary).unwrap_or_default();
+                let big = events
+                    .iter()
+                    .filter_map(|e| e["score"].as_f64())
+                    .any(|v| v.abs() > 1.0);
+                let html = crate::report::call_page(
+                    &format!("sentistream: {}", s.stream),
+                    events,
+                    &summary,
+                    if big { 3.0 } else { 1.0 },
+                );
+                let io = |source| SinkError::Io {
+                    target: path.display().to_string(),
+                    source,
+                };
+                let tmp = path.with_extension("html.tmp");
+                std::fs::write(&tmp, html).map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)
+            }
+            Output::Status(_) => Ok(()),
+        }
+    }
+
+    /// Records a stream's latest summary in its summary file.
+    fn summary(&mut self, out: &Output) -> Result<(), SinkError> {
+        let Output::Summary(s) = out else {
+            return Ok(());
+        };
+        let path = self.path_for(&s.stream);
+        let mut map = self.summaries.remove(&path).unwrap_or_default();
+        let value = serde_json::to_value(&s.summary).map_err(|e| SinkError::Io {
+            target: path.display().to_string(),
+            source: e.into(),
+        })?;
+        map.insert(s.stream.clone(), value);
+        self.rewrite(&path, map)
+    }
+
     fn file(&mut self, stream: &str) -> Result<&mut Open, SinkError> {
         let key = if self.shared() { "" } else { stream };
         if !self.files.contains_key(key) {
-            let path = PathBuf::from(
-                self.template
-                    .to_string_lossy()
-                    .replace("{stream}", &sanitize(stream)),
-            );
+            let path = self.path_for(stream);
             let io = |source| SinkError::Io {
                 target: path.display().to_string(),
                 source,
@@ -182,6 +285,11 @@ impl Sink for FileSink {
     }
 
     fn write(&mut self, out: &Output) -> Result<(), SinkError> {
+        match self.format {
+            Format::Summary => return self.summary(out),
+            Format::Html => return self.page(out),
+            _ => {}
+        }
         let stream = out.stream().to_string();
         if !self.streams.contains(&stream) {
             self.streams.push(stream.clone());
@@ -216,7 +324,12 @@ impl Sink for FileSink {
                     .map(|r| format!(": {}", r.replace("-->", "->").replace('\n', " ")))
                     .unwrap_or_default()
             ),
-            (Format::Srt, Output::Status(_)) => return Ok(()), // SRT has no comments.
+            (Format::Vtt, Output::Summary(s)) => format!(
+                "NOTE summary of {}: {} windows, {:.0} s of speech, trend {}\n\n",
+                s.stream, s.summary.windows, s.summary.speech_s, s.summary.trend_word
+            ),
+            (Format::Srt, Output::Status(_) | Output::Summary(_)) => return Ok(()), // SRT has no comments.
+            (Format::Summary | Format::Html, _) => return Ok(()),
         };
         let io = |source| SinkError::Io {
             target: f.path.display().to_string(),

@@ -56,7 +56,7 @@ impl SinkSpec {
             Some(f) => Ok(Self::File(path, f)),
             None => Err(SinkError::Spec {
                 spec: spec.into(),
-                reason: "unknown output; use stdout, ws://ADDR:PORT, kafka://HOST:PORT/TOPIC, or a .jsonl, .vtt or .srt file name".into(),
+                reason: "unknown output; use stdout, ws://ADDR:PORT, kafka://HOST:PORT/TOPIC, or a .jsonl, .summary.json, .html, .vtt or .srt file name".into(),
             }),
         }
     }

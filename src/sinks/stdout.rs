@@ -30,6 +30,7 @@ impl<W: Write> JsonlSink<W> {
         let r = match o {
             Output::Window(e) => serde_json::to_writer(&mut self.line, e),
             Output::Status(s) => serde_json::to_writer(&mut self.line, s),
+            Output::Summary(s) => serde_json::to_writer(&mut self.line, s),
         };
         r.map_err(|err| SinkError::Io {
             target: self.target.clone(),

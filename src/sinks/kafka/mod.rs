@@ -175,6 +175,11 @@ impl Sink for KafkaSink {
                 &s.stream,
                 serde_json::to_writer(&mut self.line, s),
             ),
+            Output::Summary(s) => (
+                &self.notice_topic,
+                &s.stream,
+                serde_json::to_writer(&mut self.line, s),
+            ),
         };
         r.map_err(|e| SinkError::Io {
             target: self.name.clone(),
