@@ -46,6 +46,15 @@ pub enum SourceError {
         "input {input}: no audio track; sentistream needs speech audio to cut utterance windows"
     )]
     NoAudio { input: String },
+    /// `--channels` names a different number of speakers than the input has channels.
+    #[error(
+        "input {input}: {found} audio channel(s), but --channels names {named} speaker(s); name one speaker per channel (e.g. --channels agent,customer for a stereo call), or drop --channels for a mono recording"
+    )]
+    Channels {
+        input: String,
+        found: u32,
+        named: u32,
+    },
     /// The consumer of the source stopped before the end.
     #[error("input {input}: processing stopped early: {reason}")]
     Aborted { input: String, reason: String },

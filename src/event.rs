@@ -339,6 +339,12 @@ pub struct Event {
     pub start: f64,
     /// Window end, seconds of stream time.
     pub end: f64,
+    /// Who spoke (`--channels`: the channel's name); absent when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speaker: Option<String>,
+    /// Audio channel of the recording the window came from (`--channels`), from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<u32>,
     /// Transcript ("" when nothing reliable was said).
     pub text: String,
     /// Language of the transcript.
@@ -370,6 +376,19 @@ pub struct Event {
 }
 
 impl Event {
+    /// The call the window belongs to: the stream id, without the `:speaker` suffix that
+    /// the streams of one recording's channels carry.
+    pub fn call_id(&self) -> &str {
+        match &self.speaker {
+            Some(sp) => self
+                .stream
+                .strip_suffix(sp.as_str())
+                .and_then(|s| s.strip_suffix(':'))
+                .unwrap_or(&self.stream),
+            None => &self.stream,
+        }
+    }
+
     /// A transcribed window without a verdict yet (sentiment fields `null`).
     pub fn transcribed(stream: &str, seq: u64, start: f64, end: f64) -> Self {
         Self {
@@ -377,6 +396,8 @@ impl Event {
             seq,
             start,
             end,
+            speaker: None,
+            channel: None,
             text: String::new(),
             language: None,
             asr_confidence: 0.0,
@@ -473,6 +494,8 @@ pub(crate) mod tests_support {
             seq: 0,
             start: 1.0,
             end: 2.5,
+            speaker: None,
+            channel: None,
             text: "hello there".into(),
             language: Some("en".into()),
             asr_confidence: 0.9,

@@ -168,12 +168,54 @@ pub(crate) struct Sources {
     pub progress: bool,
     /// Write stream notices to the sinks.
     pub notices: bool,
+    /// One speaker name per audio channel (`--channels`): each recorded input becomes
+    /// one stream per channel, `ID:NAME`, whose events carry `speaker` and `channel`.
+    pub channels: Vec<String>,
+}
+
+/// Streams of recorded inputs split by channel: (input, id) per channel.
+fn split_channels(
+    inputs: Vec<Input>,
+    ids: Vec<String>,
+    channels: &[String],
+) -> Result<(Vec<Input>, Vec<String>)> {
+    if channels.is_empty() {
+        return Ok((inputs, ids));
+    }
+    let mut seen = Vec::new();
+    for c in channels {
+        if c.is_empty() || c.contains(':') || seen.contains(&c) {
+            return Err(Error::Usage(format!(
+                "--channels {}: give one distinct, non-empty name per channel, without ':' (e.g. agent,customer)",
+                channels.join(",")
+            )));
+        }
+        seen.push(c);
+    }
+    let (mut out_inputs, mut out_ids) = (Vec::new(), Vec::new());
+    for (input, id) in inputs.into_iter().zip(ids) {
+        for (k, speaker) in channels.iter().enumerate() {
+            out_inputs.push(Input::Channel {
+                uri: input.name().to_string(),
+                index: k as u32,
+                count: channels.len() as u32,
+                speaker: speaker.clone(),
+            });
+            out_ids.push(format!("{id}:{speaker}"));
+        }
+    }
+    Ok((out_inputs, out_ids))
 }
 
 impl Plan {
     /// Builds the plan: applies the overrides, parses the inputs, resolves every model.
     pub fn new(mut cfg: Config, models: ModelFiles, o: &Overrides, s: &Sources) -> Result<Self> {
         o.apply(&mut cfg)?;
+        if !s.channels.is_empty() && !s.recorded {
+            return Err(Error::Usage(
+                "--channels is for recorded calls (annotate)".into(),
+            ));
+        }
         let inputs = if s.recorded {
             s.inputs.iter().map(|i| Input::Uri(i.clone())).collect()
         } else {
@@ -182,6 +224,7 @@ impl Plan {
                 .map(|i| Input::parse(i, &cfg.source))
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let (inputs, ids) = split_channels(inputs, stream_ids(&s.inputs, &s.ids)?, &s.channels)?;
         let live = !s.recorded && (s.live || inputs.iter().any(Input::known_live));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = fair_threads(cfg.asr.threads, inputs.len(), cores, o.threads.is_some());
@@ -199,7 +242,6 @@ impl Plan {
             .clone()
             .or_else(|| cfg.models.vad.clone())
             .unwrap_or_else(|| PathBuf::from(assets::VAD_FILE));
-        let ids = stream_ids(&s.inputs, &s.ids)?;
         let jobs = inputs
             .into_iter()
             .zip(ids)

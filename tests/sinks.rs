@@ -24,6 +24,8 @@ fn event(seq: u64, start: f64, end: f64, text: &str, score: f32, stage: Stage) -
         seq,
         start,
         end,
+        speaker: None,
+        channel: None,
         text: text.into(),
         language: Some("en".into()),
         asr_confidence: 0.9,

@@ -177,6 +177,36 @@ impl Progress {
     }
 }
 
+/// Calls split by channel: call id -> its channel streams' ids.
+fn channel_calls(jobs: &[StreamJob]) -> Vec<(String, Vec<String>)> {
+    let mut calls: Vec<(String, Vec<String>)> = Vec::new();
+    for j in jobs {
+        if let crate::source::Input::Channel { speaker, .. } = &j.input {
+            let call =
+                j.id.strip_suffix(speaker.as_str())
+                    .and_then(|c| c.strip_suffix(':'))
+                    .unwrap_or(&j.id)
+                    .to_string();
+            match calls.iter_mut().find(|(c, _)| *c == call) {
+                Some((_, v)) => v.push(j.id.clone()),
+                None => calls.push((call, vec![j.id.clone()])),
+            }
+        }
+    }
+    calls
+}
+
+/// The router's summaries as the configuration asks.
+fn summaries(cfg: &Config, calls: &[(String, Vec<String>)]) -> router::Summaries {
+    if !cfg.sinks.summaries {
+        return router::Summaries::default();
+    }
+    calls.iter().fold(
+        router::Summaries::new(cfg.sinks.summary_every_s),
+        |s, (call, streams)| s.call(call, streams),
+    )
+}
+
 /// Shared models and settings of a run.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -298,6 +328,7 @@ where
     let load_s = started.elapsed().as_secs_f64();
     let (tx, rx) = crossbeam_channel::bounded(256);
     let ids: Vec<String> = run.jobs.iter().map(|j| j.id.clone()).collect();
+    let channel_calls = channel_calls(&run.jobs);
     let mut handles = Vec::new();
     for (i, (job, models)) in run.jobs.into_iter().zip(loaded).enumerate() {
         let (tx, shutdown, cfg, body) =
@@ -318,11 +349,7 @@ where
         metrics.clone(),
         run.shared.notices,
     )
-    .summarizing(if run.cfg.sinks.summaries {
-        router::Summaries::new(run.cfg.sinks.summary_every_s)
-    } else {
-        router::Summaries::default()
-    })
+    .summarizing(summaries(run.cfg, &channel_calls))
     .stopping(run.stop);
     let finished = router.run(rx, ids.len());
     let results = join_streams(ids.clone(), handles, finished.streams);

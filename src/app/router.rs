@@ -71,13 +71,19 @@ pub(crate) struct Router {
     summaries: Summaries,
 }
 
-/// Per-stream call summaries: one when a stream ends, and one every `every_s` seconds of
-/// stream time while it runs (0: only at the end).
+/// Per-call summaries: one when a call ends, and one every `every_s` seconds of stream
+/// time while it runs (0: only at the end). A call is a stream, or the streams of one
+/// recording's channels (`ID:speaker`), summarised together once all have ended.
 #[derive(Debug, Default)]
 pub(crate) struct Summaries {
     on: bool,
     every_s: f64,
     streams: HashMap<String, (Summarizer, f64)>,
+    /// Channel streams: stream id -> call id.
+    call_of: HashMap<String, String>,
+    /// Calls with channel streams: streams still running, and whether all read their
+    /// input to the end so far.
+    running: HashMap<String, (usize, bool)>,
 }
 
 impl Summaries {
@@ -86,8 +92,17 @@ impl Summaries {
         Self {
             on: true,
             every_s,
-            streams: HashMap::new(),
+            ..Self::default()
         }
+    }
+
+    /// Registers the streams of a call split by channel.
+    pub fn call(mut self, call: &str, streams: &[String]) -> Self {
+        for s in streams {
+            self.call_of.insert(s.clone(), call.to_string());
+        }
+        self.running.insert(call.to_string(), (streams.len(), true));
+        self
     }
 
     fn output(stream: &str, s: &Summarizer, at: f64, complete: bool) -> Output {
@@ -104,14 +119,15 @@ impl Summaries {
             return None;
         }
         let every = self.every_s;
+        let call = self.call_of.get(&e.stream).map_or(e.stream.as_str(), |c| c);
         let (s, due) = self
             .streams
-            .entry(e.stream.clone())
+            .entry(call.to_string())
             .or_insert_with(|| (Summarizer::default(), every));
-        s.add(e.start, e.end, e.score, None, &e.text);
+        s.add(e.start, e.end, e.score, e.speaker.as_deref(), &e.text);
         if every > 0.0 && e.end >= *due {
             *due = (e.end / every).floor() * every + every;
-            return Some(Self::output(&e.stream, s, e.end, false));
+            return Some(Self::output(call, s, e.end, false));
         }
         None
     }
@@ -122,8 +138,22 @@ impl Summaries {
         if !self.on {
             return None;
         }
-        let (s, _) = self.streams.remove(stream).unwrap_or_default();
-        Some(Self::output(stream, &s, at, complete))
+        let call = self
+            .call_of
+            .get(stream)
+            .cloned()
+            .unwrap_or_else(|| stream.to_string());
+        let mut complete = complete;
+        if let Some((left, all)) = self.running.get_mut(&call) {
+            *left = left.saturating_sub(1);
+            *all &= complete;
+            if *left > 0 {
+                return None;
+            }
+            complete = *all;
+        }
+        let (s, _) = self.streams.remove(&call).unwrap_or_default();
+        Some(Self::output(&call, &s, at, complete))
     }
 }
 

@@ -36,7 +36,8 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
         inputs: vec![input.clone()],
         ids: a.stream_id.iter().cloned().collect(),
         recorded: true,
-        progress: !a.no_progress,
+        progress: !a.no_progress && a.channels.is_empty(),
+        channels: a.channels.clone(),
         ..Sources::default()
     };
     let plan = Plan::new(ctx.cfg, ctx.models, &overrides, &sources)?;
@@ -48,7 +49,7 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
         specs.push(SinkSpec::File(r.clone(), crate::sinks::files::Format::Html));
     }
     let (report, mut results, stopped) = super::execute(plan, &specs)?;
-    if let Some(e) = results.pop().and_then(|r| r.error) {
+    if let Some(e) = results.drain(..).find_map(|r| r.error) {
         return Err(e);
     }
     if a.stats {

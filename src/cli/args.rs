@@ -269,6 +269,11 @@ pub struct AnnotateArgs {
     /// One call: also write a self-contained HTML report (chart, summary, transcript).
     #[arg(long)]
     pub(crate) report: Option<PathBuf>,
+    /// One speaker name per audio channel of a multichannel recording (e.g.
+    /// `agent,customer` for a stereo call): each channel is cut and transcribed on its
+    /// own; events carry `speaker` and `channel`; the summary covers both.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) channels: Vec<String>,
     /// Stream id in the events (default: the file name).
     #[arg(long)]
     pub(crate) stream_id: Option<String>,

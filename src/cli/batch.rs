@@ -235,6 +235,7 @@ fn run_group(
         ids: group.iter().map(|c| c.id.clone()).collect(),
         recorded: true,
         progress: false,
+        channels: a.channels.clone(),
         ..Sources::default()
     };
     let plan = Plan::new(ctx.cfg.clone(), ctx.models.clone(), o, &sources)?;
@@ -253,8 +254,13 @@ fn run_group(
         .map(|c| {
             let err = results
                 .iter()
-                .find(|r| r.id == c.id)
-                .and_then(|r| r.error.as_ref().map(|e| e.to_string()));
+                .filter(|r| {
+                    r.id == c.id
+                        || r.id
+                            .strip_prefix(c.id.as_str())
+                            .is_some_and(|s| s.starts_with(':'))
+                })
+                .find_map(|r| r.error.as_ref().map(|e| e.to_string()));
             match (err, summary_of(dir, &c.id)) {
                 (Some(e), _) => Row::error(c, &e),
                 (None, Some(s)) => Row::ok(c, &s),

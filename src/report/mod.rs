@@ -202,7 +202,13 @@ th{background:#f3f3f3;font-weight:600}.dot{display:inline-block;width:10px;heigh
 
 /// One call's page. `limit`: the score range drawn (±limit).
 pub fn call_page(title: &str, events: &[Value], summary: &Value, limit: f64) -> String {
-    let windows: Vec<&Value> = events.iter().filter(|e| e.get("seq").is_some()).collect();
+    let mut windows: Vec<&Value> = events.iter().filter(|e| e.get("seq").is_some()).collect();
+    // Channel streams arrive interleaved by processing; the page reads in call order.
+    windows.sort_by(|a, b| {
+        f(a, "start")
+            .unwrap_or(0.0)
+            .total_cmp(&f(b, "start").unwrap_or(0.0))
+    });
     let speakers: Vec<String> = summary["speakers"]
         .as_array()
         .into_iter()

@@ -190,7 +190,10 @@ impl FileSink {
                     target: self.template.display().to_string(),
                     source: err.into(),
                 })?;
-                self.pages.entry(e.stream.clone()).or_default().push(v);
+                self.pages
+                    .entry(e.call_id().to_string())
+                    .or_default()
+                    .push(v);
                 Ok(())
             }
             Output::Summary(s) => {

@@ -117,6 +117,17 @@ impl Delivery {
 pub enum Input {
     /// A file path or any URI GStreamer opens (file://, http://, rtsp://, ...).
     Uri(String),
+    /// One channel of a multichannel recording (one speaker per channel, `--channels`).
+    Channel {
+        /// Path or URI.
+        uri: String,
+        /// Channel index, from 0.
+        index: u32,
+        /// Channels the recording must have.
+        count: u32,
+        /// Who speaks on it.
+        speaker: String,
+    },
     /// A complete launch description with appsinks named `audio` (required) and `video`.
     Launch {
         /// Where it came from (for messages).
@@ -198,6 +209,7 @@ impl Input {
                     || u.starts_with("udp://")
                     || u.starts_with("srt://")
             }
+            Self::Channel { .. } => false,
             Self::Launch { description, .. } => {
                 description.contains("v4l2src")
                     || description.contains("is-live=true")
@@ -209,7 +221,7 @@ impl Input {
     /// Name for messages.
     pub fn name(&self) -> &str {
         match self {
-            Self::Uri(u) => u,
+            Self::Uri(u) | Self::Channel { uri: u, .. } => u,
             Self::Launch { name, .. } => name,
         }
     }
@@ -331,7 +343,17 @@ impl Source {
         let (frame_pool_tx, frame_pool_rx) = crossbeam_channel::bounded::<Vec<u8>>(POOL_CAPACITY);
         let input_name = input.name().to_string();
         let pipeline = match input {
-            Input::Uri(u) => Self::build_uri(u, cfg, &delivery, &pool_rx, &frame_pool_rx)?,
+            Input::Uri(u) => Self::build_uri(u, None, cfg, &delivery, &pool_rx, &frame_pool_rx)?,
+            Input::Channel {
+                uri, index, count, ..
+            } => Self::build_uri(
+                uri,
+                Some((*index, *count)),
+                cfg,
+                &delivery,
+                &pool_rx,
+                &frame_pool_rx,
+            )?,
             Input::Launch { name, description } => {
                 Self::build_launch(name, description, &delivery, &pool_rx, &frame_pool_rx, &tx)?
             }
@@ -449,6 +471,7 @@ impl Source {
 
     fn build_uri(
         input: &str,
+        channel: Option<(u32, u32)>,
         cfg: &SourceConfig,
         delivery: &Delivery,
         pool_rx: &Receiver<Vec<f32>>,
@@ -488,7 +511,14 @@ impl Source {
                     return;
                 };
                 let result = if media == "audio/x-raw" && !la.swap(true, Ordering::SeqCst) {
-                    link_branch(&pipeline, pad, AUDIO_BRANCH.trim(), "audio").map(|sink| {
+                    let branch = match channel_branch(&caps, channel, &input_name) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let _ = tx.send(SourceMsg::Error(e));
+                            return;
+                        }
+                    };
+                    link_branch(&pipeline, pad, &branch, "audio").map(|sink| {
                         attach_audio(&sink, delivery.clone(), pool_rx.clone());
                     })
                 } else if media == "video/x-raw" && !lv.swap(true, Ordering::SeqCst) {
@@ -504,26 +534,7 @@ impl Source {
                 }
             });
         }
-        {
-            let tx = tx.clone();
-            let (la, lv) = (linked_audio, linked_video);
-            let input_name = input.to_string();
-            decode.connect_no_more_pads(move |_| {
-                let (has_audio, has_video) = (la.load(Ordering::SeqCst), lv.load(Ordering::SeqCst));
-                let msg = if has_audio {
-                    SourceMsg::StreamsKnown {
-                        has_audio,
-                        has_video,
-                    }
-                } else {
-                    SourceMsg::Error(SourceError::NoAudio {
-                        input: input_name.clone(),
-                    })
-                };
-                let _ = tx.send(msg);
-            });
-        }
-
+        announce_streams(&decode, &tx, linked_audio, linked_video, input);
         Ok(pipeline)
     }
 
@@ -574,6 +585,73 @@ impl Drop for Source {
 }
 
 /// Builds a branch from a launch description, adds it and links `pad` to it.
+/// When the decoder has no more pads: says which streams the input has (an error when
+/// there is no audio).
+fn announce_streams(
+    decode: &gst::Element,
+    tx: &Sender<SourceMsg>,
+    la: Arc<AtomicBool>,
+    lv: Arc<AtomicBool>,
+    input: &str,
+) {
+    let tx = tx.clone();
+    let input_name = input.to_string();
+    decode.connect_no_more_pads(move |_| {
+        let (has_audio, has_video) = (la.load(Ordering::SeqCst), lv.load(Ordering::SeqCst));
+        let msg = if has_audio {
+            SourceMsg::StreamsKnown {
+                has_audio,
+                has_video,
+            }
+        } else {
+            SourceMsg::Error(SourceError::NoAudio {
+                input: input_name.clone(),
+            })
+        };
+        let _ = tx.send(msg);
+    });
+}
+
+/// The audio branch: as is, or picking channel `index` of `count` with a mix matrix
+/// (an error when the decoded audio has another channel count).
+fn channel_branch(
+    caps: &gst::Caps,
+    channel: Option<(u32, u32)>,
+    input: &str,
+) -> Result<String, SourceError> {
+    let Some((index, count)) = channel else {
+        return Ok(AUDIO_BRANCH.trim().to_string());
+    };
+    let found = caps
+        .structure(0)
+        .and_then(|s| s.get::<i32>("channels").ok())
+        .unwrap_or(1) as u32;
+    if found != count {
+        return Err(SourceError::Channels {
+            input: input.to_string(),
+            found,
+            named: count,
+        });
+    }
+    let row: Vec<&str> = (0..count)
+        .map(|c| {
+            if c == index {
+                "(float)1.0"
+            } else {
+                "(float)0.0"
+            }
+        })
+        .collect();
+    Ok(AUDIO_BRANCH.trim().replacen(
+        "audioconvert",
+        &format!(
+            "audioconvert mix-matrix=\"<<{}>>\" ! audio/x-raw,channels=1 ! audioconvert",
+            row.join(",")
+        ),
+        1,
+    ))
+}
+
 fn link_branch(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,

@@ -212,6 +212,10 @@ impl Processor<'_> {
         });
         let tr = tr?;
         let mut event = Event::transcribed(&self.job.id, w.seq, round_ms(w.start), round_ms(w.end));
+        if let Input::Channel { index, speaker, .. } = &self.job.input {
+            event.speaker = Some(speaker.clone());
+            event.channel = Some(*index);
+        }
         event.text = tr.text;
         event.language = tr.language;
         event.asr_confidence = tr.confidence;
