@@ -375,7 +375,10 @@ fn sigterm_drains_and_closes_files_valid() {
     let (ok, rest, err) = r.finish(Duration::from_secs(60));
     assert!(ok, "a drained shutdown exits 0: {err:#?}");
     seen.extend(rest);
-    let last = seen.last().unwrap();
+    // The last line is the call summary, incomplete (stopped early); the notice before it.
+    let summary = seen.last().unwrap();
+    assert_eq!(summary["summary"]["complete"], false, "{seen:#?}");
+    let last = &seen[seen.len() - 2];
     assert_eq!(last["status"], "ended", "{seen:#?}");
     assert_eq!(last["reason"], "shutdown");
     // The stream ended where the signal found it (stream time), not at the input's end.
@@ -760,7 +763,11 @@ fn a_wrong_rtsp_path_fails_fast_and_giving_up_is_a_failure() {
         err.contains("error: stream cam: input") && err.contains("check the address"),
         "{err}"
     );
-    let ended = events.last().unwrap();
+    let ended = events
+        .iter()
+        .rev()
+        .find(|e| e.get("status").is_some())
+        .unwrap();
     assert_eq!(ended["status"], "ended");
     assert!(
         ended["reason"].as_str().unwrap().contains("cannot read"),
@@ -790,7 +797,11 @@ fn a_wrong_rtsp_path_fails_fast_and_giving_up_is_a_failure() {
     assert!(!ok, "giving up is a failure: {err:#?}");
     let err = err.join("\n");
     assert!(err.contains("gave up after 2 reconnect attempts"), "{err}");
-    let ended = events.last().unwrap();
+    let ended = events
+        .iter()
+        .rev()
+        .find(|e| e.get("status").is_some())
+        .unwrap();
     assert!(
         ended["reason"].as_str().unwrap().contains("gave up"),
         "{ended}"

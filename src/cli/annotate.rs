@@ -24,10 +24,15 @@ pub(super) fn annotate(a: &AnnotateArgs, ctx: Context) -> Result<i32> {
         return super::batch::batch(a, &ctx, &overrides, dir);
     }
     let input = match &a.inputs[..] {
-        [one] if !std::path::Path::new(one).is_dir() && !one.contains(['*', '?']) => one,
+        [one] if std::path::Path::new(one).is_dir() => {
+            return Err(Error::Usage(format!(
+                "input {one} is a directory: to annotate each media file in it as a batch, add --out-dir DIR"
+            )));
+        }
+        [one] if !one.contains(['*', '?']) || one.contains("://") => one,
         _ => {
             return Err(Error::Usage(format!(
-                "{} inputs: several calls (or a folder, or a pattern) are a batch; add --out-dir DIR",
+                "{} inputs: several calls (or a pattern) are a batch; add --out-dir DIR",
                 a.inputs.len()
             )));
         }

@@ -84,11 +84,19 @@ pub fn make_media(launch: &str, out: &Path) {
     }
 }
 
-/// Parses JSON lines from stdout.
-pub fn events(out: &Output) -> Vec<serde_json::Value> {
+/// Every JSON line of stdout (windows, notices, call summaries).
+pub fn outputs(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// The window events of stdout (lines with a `seq`).
+pub fn events(out: &Output) -> Vec<serde_json::Value> {
+    outputs(out)
+        .into_iter()
+        .filter(|e| e.get("seq").is_some())
         .collect()
 }
 
