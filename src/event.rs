@@ -416,6 +416,7 @@ impl Event {
     }
 
     /// Writes a verdict into the sentiment fields: the one place they are filled.
+    /// Callers pass verdicts settled by the one-verdict rule (`routing::verdict::settle`).
     pub(crate) fn set_sentiment(&mut self, s: &Sentiment) {
         let [negative, neutral, positive] = s.probs;
         self.score = Some(s.score);

@@ -17,6 +17,7 @@ use crate::features::WindowFeatures;
 use crate::metrics::Metrics;
 use crate::models::ubm::{Modalities, Ubm};
 use crate::routing::uncertainty::polarity;
+use crate::routing::verdict::settle;
 use crate::sinks::Fanout;
 use crate::summary::Summarizer;
 
@@ -24,6 +25,8 @@ use crate::summary::Summarizer;
 pub(crate) trait SmallModel {
     /// Scores one window.
     fn score(&self, features: &WindowFeatures) -> Sentiment;
+    /// Neutral band of its scores.
+    fn band(&self) -> f32;
 }
 
 impl SmallModel for Ubm {
@@ -35,6 +38,9 @@ impl SmallModel for Ubm {
             p.probs,
             p.uncertainty,
         )
+    }
+    fn band(&self) -> f32 {
+        self.meta.band
     }
 }
 
@@ -236,7 +242,7 @@ impl Router {
                 metrics.queue_depth(c.depth());
             }
             None => {
-                event.set_sentiment(&verdict);
+                event.set_sentiment(&settle(&verdict, small.band()));
                 emit(sinks, metrics, sums, stamp(event, started));
             }
         }
@@ -357,6 +363,9 @@ mod tests {
                 ([0.3, 0.3, 0.4], 1.08)
             };
             Sentiment::small(1.0, Polarity::Positive, probs, u)
+        }
+        fn band(&self) -> f32 {
+            0.1
         }
     }
 

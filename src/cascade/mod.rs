@@ -24,6 +24,7 @@ use crate::models::ubm::UbmMeta;
 use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, fuse_probs, stage1};
 use crate::routing::thresholds::{ThresholdSources, UNCALIBRATED_TAU2};
 use crate::routing::uncertainty::polarity;
+use crate::routing::verdict::settle;
 use backend::Backend;
 
 /// What to do with an escalation when the queue is full.
@@ -389,7 +390,7 @@ impl Cascade {
         let order = self.next_order[stream];
         self.next_order[stream] += 1;
         if stage1(verdict(&small), self.s.tau1) == Stage1::Accept {
-            event.set_sentiment(&small);
+            event.set_sentiment(&settle(&small, self.s.band));
             self.order[stream].insert(order, stamp(event, started));
         } else {
             let offered = Instant::now();
@@ -414,7 +415,7 @@ impl Cascade {
                     self.waiting.insert((stream, order), w);
                 }
                 Err((_, reason)) => {
-                    event.set_sentiment(&small.fallback(reason));
+                    event.set_sentiment(&settle(&small.fallback(reason), self.s.band));
                     self.order[stream].insert(order, stamp(event, started));
                 }
             }
@@ -482,7 +483,7 @@ impl Cascade {
         for (stream, order) in picked {
             let w = self.waiting.remove(&(stream, order)).expect("listed above");
             let mut e = w.event;
-            e.set_sentiment(&w.small.fallback(reason));
+            e.set_sentiment(&settle(&w.small.fallback(reason), self.s.band));
             self.order[stream].insert(order, stamp(e, w.started));
         }
     }
@@ -527,7 +528,7 @@ impl Cascade {
             }
             Resolution::Fallback(reason) => w.small.fallback(reason),
         };
-        e.set_sentiment(&sentiment);
+        e.set_sentiment(&settle(&sentiment, self.s.band));
         self.order[r.stream].insert(r.order, stamp(e, w.started));
     }
 

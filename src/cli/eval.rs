@@ -170,6 +170,7 @@ fn ablations(model: &Ubm, data: &SplitData) -> Vec<Prediction> {
         rows.push((name.to_string(), metrics));
     }
     println!("{}", trainer::format_table(&rows));
+    verdict_rule(&all, data, model.meta.band);
     let u = trainer::uncertainty_report(&all, &data.labels, model.meta.band);
     println!(
         "uncertainty (entropy, nats): correct mean {:.4}, wrong mean {:.4}, AUROC for errors {}, corr with |error| {:.4}",
@@ -179,6 +180,41 @@ fn ablations(model: &Ubm, data: &SplitData) -> Vec<Prediction> {
         u.corr_abs_error
     );
     all
+}
+
+/// Prints how often the two heads disagree on the polarity, and the metrics of the
+/// scores events carry (the one-verdict rule, `routing::verdict`) beside the raw ones.
+fn verdict_rule(preds: &[Prediction], data: &SplitData, band: f32) {
+    use crate::routing::uncertainty::{argmax, class_index};
+    let n = preds.len().max(1) as f64;
+    let disagree = preds
+        .iter()
+        .filter(|p| argmax(&p.probs) != class_index(p.score, band))
+        .count();
+    let truth: Vec<usize> = data.labels.iter().map(|&y| class_index(y, band)).collect();
+    let acc = |f: &dyn Fn(&Prediction) -> usize| {
+        preds
+            .iter()
+            .zip(&truth)
+            .filter(|(p, t)| f(p) == **t)
+            .count() as f64
+            / n
+    };
+    let coherent: Vec<f32> = preds
+        .iter()
+        .map(|p| crate::routing::verdict::coherent(p.score, &p.probs, band).0)
+        .collect();
+    let m = crate::train::metrics::compute(&coherent, &data.labels);
+    println!(
+        "one verdict (band {band}): the heads disagree on {:.1}% of windows; 3-class accuracy at the band: score {:.4}, class head {:.4}; event scores (class head decides, score moved into its range): Has0-Acc2 {:.4}, Acc3 {:.4}, MAE {:.4}, Corr {:.4}",
+        disagree as f64 / n * 100.0,
+        acc(&|p| class_index(p.score, band)),
+        acc(&|p| argmax(&p.probs)),
+        m.has0_acc2,
+        m.acc3,
+        m.mae,
+        m.corr
+    );
 }
 
 /// Prints the small model's forward time per window, batched and at batch 1 (as live).

@@ -4,3 +4,4 @@
 pub mod fusion;
 pub(crate) mod thresholds;
 pub mod uncertainty;
+pub mod verdict;

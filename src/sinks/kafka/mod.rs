@@ -130,7 +130,7 @@ impl KafkaSink {
         }
         let topics = vec![target.topic.clone(), notice_topic.clone()];
         let opts = sender::Options::new(target, cfg, topics);
-        sender::check_topics(&opts).map_err(|reason| SinkError::Spec {
+        sender::check_topics(&opts, false).map_err(|reason| SinkError::Spec {
             spec: name.clone(),
             reason,
         })?;

@@ -122,8 +122,8 @@ impl ProducerContext for Context {
 
 /// Checks that the topics exist, creating missing ones when the policy says so.
 /// `Ok` when they exist or were created, and when the broker did not answer (events
-/// are spooled until it does); `Err` with what to do otherwise.
-pub(crate) fn check_topics(o: &Options) -> Result<(), String> {
+/// are spooled until it does; said unless `quiet`); `Err` with what to do otherwise.
+pub(crate) fn check_topics(o: &Options, quiet: bool) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = o
         .client_config()
         .create()
@@ -141,10 +141,12 @@ pub(crate) fn check_topics(o: &Options) -> Result<(), String> {
                 }
             }
             Err(e) => {
-                tracing::warn!(
-                    "kafka {}: the broker did not answer ({e}); events are spooled until it does",
-                    o.brokers
-                );
+                if !quiet {
+                    tracing::warn!(
+                        "kafka {}: the broker did not answer ({e}); events are spooled until it does",
+                        o.brokers
+                    );
+                }
                 return Ok(());
             }
         }
@@ -247,14 +249,9 @@ impl Sender {
                         );
                         episode_logged = true;
                     }
-                    if matches!(
-                        e.rdkafka_error_code(),
-                        Some(
-                            RDKafkaErrorCode::UnknownTopicOrPartition
-                                | RDKafkaErrorCode::UnknownTopic
-                        )
-                    ) && let Err(why) = check_topics(&self.opts)
-                    {
+                    // The broker may have come back without the topic (or the failure
+                    // was a timeout that hid it): check, and create it if allowed.
+                    if let Err(why) = check_topics(&self.opts, true) {
                         tracing::error!("{}: {why}", self.name);
                     }
                 }
