@@ -2,8 +2,8 @@
 //! group rebalance delays the first messages; it waits for the topic to exist) and writes
 //! every message
 //! as a JSON line `{"recv_ms":..,"key":..,"partition":..,"offset":..,"value":<event>}`,
-//! until no message has come for IDLE seconds (after the first one). Used by
-//! scripts/bench-fleet.
+//! until no message has come for IDLE seconds (after the first one), flushing each line.
+//! Used by scripts/bench-fleet.
 //!
 //!   cargo run --release --example kafka_tail -- BROKERS TOPIC OUT.jsonl [IDLE_S]
 
@@ -69,6 +69,8 @@ fn main() {
                     String::from_utf8_lossy(value)
                 )
                 .expect("write");
+                // Flushed per message: the benchmark may stop this process at any time.
+                out.flush().expect("flush");
                 n += 1;
                 last = Some(Instant::now());
             }
