@@ -266,10 +266,16 @@ impl Summarizer {
         let mut order: Vec<&Window> = self.windows.iter().collect();
         order.sort_by(|a, b| a.start.total_cmp(&b.start));
         let (mut overlaps, mut interruptions) = (0, 0);
+        // The latest end of each speaker's windows so far: O(windows x speakers).
+        let mut ends: Vec<(&str, f64)> = Vec::new();
         for (i, w) in order.iter().enumerate() {
-            let running = order[..i]
+            let running = ends
                 .iter()
-                .any(|o| o.speaker != w.speaker && o.end > w.start);
+                .any(|(sp, end)| *sp != w.speaker && *end > w.start);
+            match ends.iter_mut().find(|(sp, _)| *sp == w.speaker) {
+                Some((_, end)) => *end = end.max(w.end),
+                None => ends.push((&w.speaker, w.end)),
+            }
             if running {
                 overlaps += 1;
                 if i > 0 && order[i - 1].speaker != w.speaker {
