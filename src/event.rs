@@ -285,6 +285,19 @@ pub struct StatusEvent {
     pub emitted_at_ms: u64,
 }
 
+/// Stream id of one channel of a recorded call (`--channels`): `CALL:SPEAKER`.
+pub(crate) fn channel_stream(call: &str, speaker: &str) -> String {
+    format!("{call}:{speaker}")
+}
+
+/// The call of a stream: its id without the `:SPEAKER` suffix of a channel stream.
+pub fn call_of<'a>(stream: &'a str, speaker: Option<&str>) -> &'a str {
+    speaker
+        .and_then(|sp| stream.strip_suffix(sp))
+        .and_then(|s| s.strip_suffix(':'))
+        .unwrap_or(stream)
+}
+
 /// A call summary (a JSON object with a `summary` field): at the end of a stream, and
 /// every `sinks.summary_every_s` of stream time on a live one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -311,13 +324,19 @@ pub enum Output {
 impl Output {
     /// The JSON line (without newline).
     pub(crate) fn to_json(&self) -> String {
-        match self {
-            Output::Window(e) => serde_json::to_string(e),
-            Output::Status(s) => serde_json::to_string(s),
-            Output::Summary(s) => serde_json::to_string(s),
-        }
-        .expect("events serialise")
+        let mut w = Vec::with_capacity(512);
+        self.write_json(&mut w).expect("events serialise");
+        String::from_utf8(w).expect("JSON is UTF-8")
     }
+    /// Appends the JSON object (without newline) to `w`.
+    pub(crate) fn write_json(&self, w: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            Output::Window(e) => serde_json::to_writer(w, e),
+            Output::Status(s) => serde_json::to_writer(w, s),
+            Output::Summary(s) => serde_json::to_writer(w, s),
+        }
+    }
+
     /// Stream id.
     pub fn stream(&self) -> &str {
         match self {
@@ -376,17 +395,9 @@ pub struct Event {
 }
 
 impl Event {
-    /// The call the window belongs to: the stream id, without the `:speaker` suffix that
-    /// the streams of one recording's channels carry.
+    /// The call the window belongs to (see [`call_of`]).
     pub fn call_id(&self) -> &str {
-        match &self.speaker {
-            Some(sp) => self
-                .stream
-                .strip_suffix(sp.as_str())
-                .and_then(|s| s.strip_suffix(':'))
-                .unwrap_or(&self.stream),
-            None => &self.stream,
-        }
+        call_of(&self.stream, self.speaker.as_deref())
     }
 
     /// A transcribed window without a verdict yet (sentiment fields `null`).

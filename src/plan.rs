@@ -201,7 +201,7 @@ fn split_channels(
                 count: channels.len() as u32,
                 speaker: speaker.clone(),
             });
-            out_ids.push(format!("{id}:{speaker}"));
+            out_ids.push(crate::event::channel_stream(&id, speaker));
         }
     }
     Ok((out_inputs, out_ids))

@@ -70,10 +70,16 @@ impl Broker {
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
+impl Broker {
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -211,17 +217,21 @@ fn two_streams_publish_and_a_consumer_group_reads_them_in_order() {
     assert_eq!(left, 1, "only the LOCK file remains: the spool is empty");
 }
 
-/// A broker and a Kafka sink on `topic` with a spool in a temporary folder.
+/// A broker and a Kafka sink on `topic` with a spool in a temporary folder; `streams`
+/// publish numbered notices.
 struct Rig {
     port: u16,
     broker: Broker,
     metrics: Arc<Metrics>,
     sink: KafkaSink,
+    streams: Vec<&'static str>,
+    /// Rounds published so far (the next notice's number).
+    n: usize,
     _dir: tempfile::TempDir,
 }
 
 impl Rig {
-    fn start(bin: &Path, topic: &str, message_timeout_s: f64) -> Self {
+    fn start(bin: &Path, topic: &str, message_timeout_s: f64, streams: &[&'static str]) -> Self {
         let port = common::free_port();
         let broker = Broker::start(bin, port);
         let dir = tempfile::tempdir().unwrap();
@@ -239,45 +249,53 @@ impl Rig {
             broker,
             metrics,
             sink,
+            streams: streams.to_vec(),
+            n: 0,
             _dir: dir,
         }
+    }
+
+    /// Publishes `rounds` notices per stream, 50 ms apart.
+    fn publish(&mut self, rounds: usize) {
+        for _ in 0..rounds {
+            for s in &self.streams {
+                self.sink.write(&notice(s, self.n)).unwrap();
+            }
+            self.n += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker, publishes `rounds` while it is down and keeps it down for `down`.
+    fn outage(&mut self, rounds: usize, down: Duration) {
+        self.broker.kill();
+        let t = Instant::now();
+        self.publish(rounds);
+        while t.elapsed() < down {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until `n` events were delivered; then reads them (Tansu keeps topics in
+    /// memory: read what it holds before it is killed).
+    fn delivered(&self, topic: &str, n: u64) -> Vec<(String, String)> {
+        wait_until("the deliveries", Duration::from_secs(30), || {
+            self.metrics.bus()[1] == n
+        });
+        consume(self.port, topic, n as usize, Duration::from_secs(30))
     }
 }
 
 #[test]
 fn events_produced_during_a_10_s_outage_all_arrive_in_order_after_the_restart() {
     let Some(bin) = tansu() else { return };
-    let Rig {
-        port,
-        mut broker,
-        metrics,
-        mut sink,
-        _dir,
-    } = Rig::start(&bin, "outage", 30.0);
     let streams = ["cam1", "cam2"];
-    let mut n = 0;
-    let mut write = |sink: &mut KafkaSink, count: usize| {
-        for _ in 0..count {
-            for s in streams {
-                sink.write(&notice(s, n)).unwrap();
-            }
-            n += 1;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    write(&mut sink, 20);
-    wait_until("40 deliveries", Duration::from_secs(30), || {
-        metrics.bus()[1] == 40
-    });
-    // Tansu keeps topics in memory: read what it holds before it is killed.
-    let before = consume(port, "outage", 40, Duration::from_secs(30));
+    let mut rig = Rig::start(&bin, "outage", 30.0, &streams);
+    rig.publish(20);
+    let before = rig.delivered("outage", 40);
     assert_eq!(before.len(), 40);
-    drop(broker);
-    let outage = Instant::now();
-    write(&mut sink, 100);
-    while outage.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    rig.outage(100, Duration::from_secs(10));
+    let metrics = rig.metrics.clone();
     assert_eq!(
         metrics.bus()[1],
         40,
@@ -288,13 +306,13 @@ fn events_produced_during_a_10_s_outage_all_arrive_in_order_after_the_restart() 
         200,
         "the outage's events wait in the spool"
     );
-    broker = Broker::start(&bin, port);
-    write(&mut sink, 10);
-    sink.close().unwrap();
+    rig.broker = Broker::start(&bin, rig.port);
+    rig.publish(10);
+    rig.sink.close().unwrap();
     let [spooled, delivered, dropped, pending] = metrics.bus();
     assert_eq!((spooled, dropped, pending), (260, 0, 0));
     assert!(delivered >= 260, "{delivered}");
-    let after = consume(port, "outage", 220, Duration::from_secs(30));
+    let after = consume(rig.port, "outage", 220, Duration::from_secs(30));
     let all = by_key(&[before, after].concat());
     let text = metrics.render();
     assert!(text.contains("sentistream_bus_delivered_total"), "{text}");
@@ -306,7 +324,6 @@ fn events_produced_during_a_10_s_outage_all_arrive_in_order_after_the_restart() 
         assert_eq!(firsts, (0..130).collect::<Vec<_>>(), "{s}: all, in order");
         eprintln!("{s}: 130 events, {dups} delivered twice (at-least-once)");
     }
-    drop(broker);
 }
 
 #[test]
@@ -388,32 +405,11 @@ fn an_outage_longer_than_the_message_timeout_is_resent_from_the_spool_in_order()
     let Some(bin) = tansu() else { return };
     // librdkafka gives up on a message after 2 s: the sink must rebuild its producer and
     // resend from the spool.
-    let Rig {
-        port,
-        mut broker,
-        metrics,
-        mut sink,
-        _dir,
-    } = Rig::start(&bin, "long", 2.0);
-    let mut n = 0;
-    let mut write = |sink: &mut KafkaSink, count: usize| {
-        for _ in 0..count {
-            sink.write(&notice("cam", n)).unwrap();
-            n += 1;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    write(&mut sink, 10);
-    wait_until("10 deliveries", Duration::from_secs(30), || {
-        metrics.bus()[1] == 10
-    });
-    let before = consume(port, "long", 10, Duration::from_secs(30));
-    drop(broker);
-    let outage = Instant::now();
-    write(&mut sink, 40);
-    while outage.elapsed() < Duration::from_secs(6) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut rig = Rig::start(&bin, "long", 2.0, &["cam"]);
+    rig.publish(10);
+    let before = rig.delivered("long", 10);
+    rig.outage(40, Duration::from_secs(6));
+    let metrics = rig.metrics.clone();
     let retries = |m: &Metrics| {
         m.render()
             .lines()
@@ -425,14 +421,14 @@ fn an_outage_longer_than_the_message_timeout_is_resent_from_the_spool_in_order()
         retries(&metrics) >= 1,
         "the producer was rebuilt after the timeouts"
     );
-    broker = Broker::start(&bin, port);
+    rig.broker = Broker::start(&bin, rig.port);
     let back = Instant::now();
-    write(&mut sink, 5);
-    sink.close().unwrap();
+    rig.publish(5);
+    rig.sink.close().unwrap();
     let resent_s = back.elapsed().as_secs_f64();
     let [_, _, dropped, pending] = metrics.bus();
     assert_eq!((dropped, pending), (0, 0));
-    let after = consume(port, "long", 45, Duration::from_secs(30));
+    let after = consume(rig.port, "long", 45, Duration::from_secs(30));
     let mut got = numbers(&by_key(&[before, after].concat())["cam"]);
     let n_got = got.len();
     got.dedup();
@@ -442,5 +438,4 @@ fn an_outage_longer_than_the_message_timeout_is_resent_from_the_spool_in_order()
         retries(&metrics),
         n_got - 55
     );
-    drop(broker);
 }

@@ -182,11 +182,7 @@ fn channel_calls(jobs: &[StreamJob]) -> Vec<(String, Vec<String>)> {
     let mut calls: Vec<(String, Vec<String>)> = Vec::new();
     for j in jobs {
         if let crate::source::Input::Channel { speaker, .. } = &j.input {
-            let call =
-                j.id.strip_suffix(speaker.as_str())
-                    .and_then(|c| c.strip_suffix(':'))
-                    .unwrap_or(&j.id)
-                    .to_string();
+            let call = crate::event::call_of(&j.id, Some(speaker)).to_string();
             match calls.iter_mut().find(|(c, _)| *c == call) {
                 Some((_, v)) => v.push(j.id.clone()),
                 None => calls.push((call, vec![j.id.clone()])),

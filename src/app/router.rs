@@ -114,7 +114,7 @@ impl Summaries {
     fn output(stream: &str, s: &Summarizer, at: f64, complete: bool) -> Output {
         Output::Summary(Box::new(SummaryEvent {
             stream: stream.to_string(),
-            summary: s.summary(stream, at, complete),
+            summary: s.summary(at, complete),
             emitted_at_ms: crate::event::now_ms(),
         }))
     }
@@ -126,10 +126,11 @@ impl Summaries {
         }
         let every = self.every_s;
         let call = self.call_of.get(&e.stream).map_or(e.stream.as_str(), |c| c);
-        let (s, due) = self
-            .streams
-            .entry(call.to_string())
-            .or_insert_with(|| (Summarizer::default(), every));
+        if !self.streams.contains_key(call) {
+            let first = (Summarizer::default(), every);
+            self.streams.insert(call.to_string(), first);
+        }
+        let (s, due) = self.streams.get_mut(call).expect("inserted above");
         s.add(e.start, e.end, e.score, e.speaker.as_deref(), &e.text);
         if every > 0.0 && e.end >= *due {
             *due = (e.end / every).floor() * every + every;

@@ -33,7 +33,7 @@ struct Call {
 }
 
 /// One row of the table.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Row {
     call: String,
     input: String,
@@ -97,19 +97,7 @@ impl Row {
             input: call.input.clone(),
             status: "error".into(),
             error: e.replace('\n', " "),
-            duration_s: String::new(),
-            windows: String::new(),
-            speech_s: String::new(),
-            silence_share: String::new(),
-            mean_score: String::new(),
-            q1: String::new(),
-            q2: String::new(),
-            q3: String::new(),
-            q4: String::new(),
-            trend: String::new(),
-            trend_word: String::new(),
-            overlaps: String::new(),
-            most_negative_at_s: String::new(),
+            ..Self::default()
         }
     }
 }

@@ -57,6 +57,18 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("–".into(), |x| format!("{x:+.2}"))
 }
 
+/// Four quarter means as `+0.12 / – / ...`.
+fn quarters(v: Option<&Value>) -> String {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|q| fmt_opt(q.as_f64()))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        })
+        .unwrap_or_default()
+}
+
 fn mmss(t: f64) -> String {
     let t = t.max(0.0).round() as u64;
     format!("{}:{:02}", t / 60, t % 60)
@@ -134,16 +146,6 @@ fn chart(events: &[&Value], speakers: &[String], duration: f64, limit: f64) -> S
 /// The summary tables (call and per speaker).
 fn summary_html(s: &Value) -> String {
     let mut h = String::new();
-    let quarters = |v: Option<&Value>| -> String {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|q| fmt_opt(q.as_f64()))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
-            })
-            .unwrap_or_default()
-    };
     let _ = write!(
         h,
         "<table class=\"summary\"><tr><th>duration</th><td>{}</td><th>speech</th><td>{:.0} s</td><th>silence</th><td>{:.0}%</td></tr>\
@@ -272,15 +274,7 @@ pub fn index_page(title: &str, rows: &[(String, Option<String>, Result<Value, St
         };
         match summary {
             Ok(s) => {
-                let q = s["quarters"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|q| fmt_opt(q.as_f64()))
-                            .collect::<Vec<_>>()
-                            .join(" / ")
-                    })
-                    .unwrap_or_default();
+                let q = quarters(s.get("quarters"));
                 let _ = write!(
                     h,
                     "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{q}</td><td>{}</td><td>ok</td></tr>",

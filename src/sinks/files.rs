@@ -170,14 +170,11 @@ impl FileSink {
         path: &Path,
         map: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), SinkError> {
-        let io = |source| SinkError::Io {
+        let text = serde_json::to_string_pretty(&map).map_err(|e| SinkError::Io {
             target: path.display().to_string(),
-            source,
-        };
-        let text = serde_json::to_string_pretty(&map).map_err(|e| io(e.into()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text + "\n").map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
+            source: e.into(),
+        })?;
+        write_whole(path, &(text + "\n"))?;
         self.summaries.insert(path.to_path_buf(), map);
         Ok(())
     }
@@ -210,13 +207,7 @@ impl FileSink {
                     &summary,
                     if big { 3.0 } else { 1.0 },
                 );
-                let io = |source| SinkError::Io {
-                    target: path.display().to_string(),
-                    source,
-                };
-                let tmp = path.with_extension("html.tmp");
-                std::fs::write(&tmp, html).map_err(io)?;
-                std::fs::rename(&tmp, &path).map_err(io)
+                write_whole(&path, &html)
             }
             Output::Status(_) => Ok(()),
         }
@@ -261,6 +252,19 @@ impl FileSink {
         }
         Ok(self.files.get_mut(key).expect("inserted above"))
     }
+}
+
+/// Writes a file whole, atomically: to a temporary name beside it, then renamed over it
+/// (a reader never sees half a summary or report).
+fn write_whole(path: &Path, text: &str) -> Result<(), SinkError> {
+    let io = |source| SinkError::Io {
+        target: path.display().to_string(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Whether files can be created in `dir` (a probe file is made and removed).

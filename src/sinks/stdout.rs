@@ -27,12 +27,7 @@ impl<W: Write> JsonlSink<W> {
     /// Writes any output (window or stream notice) and flushes.
     pub(crate) fn write_output(&mut self, o: &Output) -> Result<(), SinkError> {
         self.line.clear();
-        let r = match o {
-            Output::Window(e) => serde_json::to_writer(&mut self.line, e),
-            Output::Status(s) => serde_json::to_writer(&mut self.line, s),
-            Output::Summary(s) => serde_json::to_writer(&mut self.line, s),
-        };
-        r.map_err(|err| SinkError::Io {
+        o.write_json(&mut self.line).map_err(|err| SinkError::Io {
             target: self.target.clone(),
             source: err.into(),
         })?;

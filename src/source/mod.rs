@@ -584,7 +584,6 @@ impl Drop for Source {
     }
 }
 
-/// Builds a branch from a launch description, adds it and links `pad` to it.
 /// When the decoder has no more pads: says which streams the input has (an error when
 /// there is no audio).
 fn announce_streams(
@@ -652,6 +651,7 @@ fn channel_branch(
     ))
 }
 
+/// Builds a branch from a launch description, adds it and links `pad` to it.
 fn link_branch(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,

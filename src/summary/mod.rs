@@ -80,8 +80,6 @@ pub struct Moment {
 /// How a call went.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CallSummary {
-    /// Stream id.
-    pub stream: String,
     /// Stream time covered, seconds (0 to the end of the call or of the last window).
     pub duration_s: f64,
     /// Whether the call is over (false: a live stream's summary so far).
@@ -164,18 +162,8 @@ impl Summarizer {
         });
     }
 
-    /// Windows so far.
-    pub fn len(&self) -> usize {
-        self.windows.len()
-    }
-
-    /// Whether no window came yet.
-    pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
-    }
-
     /// The summary of `[0, duration_s]` (at least to the last window's end).
-    pub fn summary(&self, stream: &str, duration_s: f64, complete: bool) -> CallSummary {
+    pub fn summary(&self, duration_s: f64, complete: bool) -> CallSummary {
         let ws = &self.windows;
         let duration = ws.iter().map(|w| w.end).fold(duration_s.max(0.0), f64::max);
         let speech = union_len(ws.iter().map(|w| (w.start, w.end)).collect());
@@ -206,7 +194,6 @@ impl Summarizer {
             .collect();
         neg.sort_by(|a, b| a.score.unwrap_or(0.0).total_cmp(&b.score.unwrap_or(0.0)));
         CallSummary {
-            stream: stream.to_string(),
             duration_s: duration,
             complete,
             windows: ws.len(),
@@ -317,7 +304,7 @@ mod tests {
 
     #[test]
     fn talk_time_turns_overlaps_and_trend() {
-        let c = call().summary("call", 40.0, true);
+        let c = call().summary(40.0, true);
         assert_eq!(c.windows, 5);
         assert!((c.speech_s - 25.0).abs() < 1e-9, "{}", c.speech_s);
         assert!((c.silence_share - 15.0 / 40.0).abs() < 1e-9);
@@ -341,7 +328,7 @@ mod tests {
     #[test]
     fn without_speakers_or_windows() {
         let mut s = Summarizer::default();
-        let empty = s.summary("x", 30.0, false);
+        let empty = s.summary(30.0, false);
         assert_eq!(
             (empty.windows, empty.speech_s, empty.silence_share),
             (0, 0.0, 1.0)
@@ -349,7 +336,7 @@ mod tests {
         assert_eq!(empty.trend_word, "unknown");
         s.add(1.0, 2.0, None, None, "");
         s.add(1.5, 3.0, Some(-1.0), None, "no");
-        let c = s.summary("x", 0.0, true);
+        let c = s.summary(0.0, true);
         assert_eq!(c.duration_s, 3.0, "at least to the last window's end");
         assert_eq!(c.speakers.len(), 1);
         assert_eq!(c.speakers[0].speaker, ALL);

@@ -164,28 +164,15 @@ impl Sink for KafkaSink {
 
     fn write(&mut self, out: &Output) -> Result<(), SinkError> {
         self.line.clear();
-        let (topic, key, r) = match out {
-            Output::Window(e) => (
-                &self.events_topic,
-                &e.stream,
-                serde_json::to_writer(&mut self.line, e),
-            ),
-            Output::Status(s) => (
-                &self.notice_topic,
-                &s.stream,
-                serde_json::to_writer(&mut self.line, s),
-            ),
-            Output::Summary(s) => (
-                &self.notice_topic,
-                &s.stream,
-                serde_json::to_writer(&mut self.line, s),
-            ),
+        let topic = match out {
+            Output::Window(_) => &self.events_topic,
+            Output::Status(_) | Output::Summary(_) => &self.notice_topic,
         };
-        r.map_err(|e| SinkError::Io {
+        out.write_json(&mut self.line).map_err(|e| SinkError::Io {
             target: self.name.clone(),
             source: e.into(),
         })?;
-        match self.spool.append(topic, key, &self.line) {
+        match self.spool.append(topic, out.stream(), &self.line) {
             Ok(_) => {
                 self.metrics.bus_spooled();
                 Ok(())

@@ -16,7 +16,7 @@ use rdkafka::producer::{
 };
 
 use super::KafkaTarget;
-use super::spool::{Spool, SpoolReader, unix_ms};
+use super::spool::{Spool, SpoolReader};
 use crate::config::{KafkaConfig, TopicPolicy};
 use crate::metrics::Metrics;
 
@@ -316,7 +316,7 @@ impl Sender {
                 match r.error {
                     None => {
                         self.spool.ack(r.seq);
-                        let lat = unix_ms().saturating_sub(r.at_ms) as f64 / 1e3;
+                        let lat = crate::event::now_ms().saturating_sub(r.at_ms) as f64 / 1e3;
                         self.metrics.bus_delivered(lat);
                     }
                     Some(e) => {

@@ -74,13 +74,6 @@ pub(crate) struct Spool {
     _lock: File,
 }
 
-/// Now as Unix time in milliseconds.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn io_err(path: &Path, source: std::io::Error) -> SinkError {
     SinkError::Io {
         target: path.display().to_string(),
@@ -162,7 +155,7 @@ impl Spool {
         let mut buf = Vec::with_capacity(len as usize);
         buf.extend_from_slice(&((len - 4) as u32).to_le_bytes());
         buf.extend_from_slice(&seq.to_le_bytes());
-        buf.extend_from_slice(&unix_ms().to_le_bytes());
+        buf.extend_from_slice(&crate::event::now_ms().to_le_bytes());
         buf.extend_from_slice(&(topic.len() as u16).to_le_bytes());
         buf.extend_from_slice(topic.as_bytes());
         buf.extend_from_slice(&(key.len() as u16).to_le_bytes());
