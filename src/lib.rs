@@ -12,6 +12,8 @@ pub mod cascade;
 pub mod cli;
 /// Typed, documented, validated configuration.
 pub mod config;
+/// Speaker diarization: CAM++ embeddings, the online speaker registry, window splitting.
+pub mod diarize;
 /// Error enums per boundary.
 pub mod error;
 /// The output event (one JSON object per window).

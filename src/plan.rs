@@ -35,6 +35,8 @@ pub(crate) struct Overrides {
     pub lambda: Option<f32>,
     /// Whisper's full 30 s context (asr.audio_ctx = full).
     pub(crate) full_audio_ctx: bool,
+    /// Diarize with this many speakers, 0: estimate (diarize.enabled, diarize.speakers).
+    pub(crate) speakers: Option<u32>,
 }
 
 impl Overrides {
@@ -62,6 +64,10 @@ impl Overrides {
         }
         if self.full_audio_ctx {
             cfg.asr.audio_ctx = AudioCtx::Full;
+        }
+        if let Some(n) = self.speakers {
+            cfg.diarize.enabled = true;
+            cfg.diarize.speakers = n;
         }
         cfg.validate()?;
         Ok(())
@@ -216,6 +222,16 @@ impl Plan {
                 "--channels is for recorded calls (annotate)".into(),
             ));
         }
+        if !s.channels.is_empty() && cfg.diarize.enabled {
+            return Err(Error::Usage(format!(
+                "--channels {} already names each channel's speaker; diarization (--speakers or diarize.enabled) is for mono audio: use one or the other",
+                s.channels.join(",")
+            )));
+        }
+        let speaker_model = cfg
+            .diarize
+            .enabled
+            .then(|| models.resolve(&cfg.diarize.model));
         let inputs = if s.recorded {
             s.inputs.iter().map(|i| Input::Uri(i.clone())).collect()
         } else {
@@ -255,6 +271,8 @@ impl Plan {
                 models_dir: models.dir.clone(),
                 sentiment: ubm.is_some(),
                 progress: s.progress,
+                speaker_model: speaker_model.clone(),
+                learn_speakers: s.recorded,
             })
             .collect();
         let shared = Shared {

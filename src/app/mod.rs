@@ -393,6 +393,8 @@ mod tests {
             sentiment: false,
             reconnect: false,
             progress: false,
+            speaker_model: None,
+            learn_speakers: false,
         }
     }
 

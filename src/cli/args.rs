@@ -44,8 +44,34 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Evaluate the UBM on a split: MMSA metrics, modality ablations, uncertainty.
     Eval(EvalArgs),
+    /// Who spoke when in a mono recording (no transcription): RTTM on stdout (or --out);
+    /// with --reference, the diarization error rate and speaker attribution.
+    Diarize(DiarizeArgs),
     /// Check a configuration file and report every problem.
     ValidateConfig,
+}
+
+/// Options of `diarize`.
+#[derive(Debug, Args)]
+pub struct DiarizeArgs {
+    /// Media file or URI.
+    pub input: String,
+    /// Number of speakers, or `auto` (default: diarize.speakers).
+    #[arg(long, value_parser = parse_speakers, value_name = "N|auto")]
+    pub(crate) speakers: Option<u32>,
+    /// Write the RTTM here instead of stdout.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Reference turns to score against: RTTM, or JSON `{"turns": [{"speaker", "start", "end"}]}`.
+    #[arg(long)]
+    pub(crate) reference: Option<PathBuf>,
+    /// With --reference: also print the score as one JSON line on stdout (after the RTTM
+    /// unless --out is given).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Label windows as they come, as live streams do (no learning pass over the file).
+    #[arg(long)]
+    pub(crate) online: bool,
 }
 
 /// Dataset options shared by train, calibrate and eval.
@@ -223,6 +249,24 @@ pub struct ModelArgs {
     /// lambda for tau1/tau2 (lower: more escalation); overrides cascade.lambda.
     #[arg(long)]
     pub lambda: Option<f32>,
+    /// Diarize mono audio: the number of speakers, or `auto` to estimate it (at most
+    /// diarize.max_speakers); events carry `speaker: "S1"`, `"S2"`, ... Sets
+    /// diarize.enabled and diarize.speakers.
+    #[arg(long, value_parser = parse_speakers, value_name = "N|auto")]
+    pub(crate) speakers: Option<u32>,
+}
+
+/// `--speakers`: a count in 1..=32, or `auto` (0).
+fn parse_speakers(s: &str) -> Result<u32, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(0);
+    }
+    match s.parse::<u32>() {
+        Ok(n) if (1..=32).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` is not a speaker count: give a number from 1 to 32, or `auto` to estimate it"
+        )),
+    }
 }
 
 /// Options of `run`.
@@ -377,6 +421,7 @@ impl ModelArgs {
             no_cascade: self.no_cascade,
             lambda: self.lambda,
             full_audio_ctx: false,
+            speakers: self.speakers,
         }
     }
 }

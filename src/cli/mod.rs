@@ -6,6 +6,7 @@ mod annotate;
 pub mod args;
 mod batch;
 mod calibrate;
+mod diarize;
 mod eval;
 mod models;
 mod run;
@@ -71,6 +72,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Train(t) => train::train(t, &ctx),
         Command::Calibrate(c) => calibrate::calibrate(c, &ctx),
         Command::Eval(e) => eval::eval(e, &ctx),
+        Command::Diarize(d) => diarize::diarize(d, ctx),
         Command::ValidateConfig => {
             let path = ctx
                 .config_path

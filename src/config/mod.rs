@@ -25,6 +25,90 @@ pub struct Config {
     pub cascade: CascadeConfig,
     /// Outputs of `run`.
     pub sinks: SinksConfig,
+    /// Speaker diarization of mono audio.
+    pub diarize: DiarizeConfig,
+}
+
+/// Speaker diarization: who speaks in each window of a mono recording or live stream.
+///
+/// Each window's speech is cut into overlapping segments, each gets a CAM++ speaker
+/// embedding, and the embeddings are clustered into speakers (spectral clustering; the
+/// number of speakers is given, or estimated from the eigenvalue gap). A recording
+/// (`annotate`) is read twice: the first pass learns its speakers from the whole call. A
+/// live stream re-clusters its recent segments at every window, keeping each speaker's
+/// number. A window whose segments change speaker is split at the quietest point of the
+/// change. Events carry `speaker: "S1"`, `"S2"`, ...
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiarizeConfig {
+    /// Diarize (also turned on by `--speakers`).
+    pub enabled: bool,
+    /// Number of speakers when known; `0`: estimate (at most `max_speakers`).
+    pub speakers: u32,
+    /// Most speakers a stream may have when the number is estimated.
+    pub max_speakers: u32,
+    /// Segment length, seconds (one embedding each).
+    pub segment_s: f32,
+    /// Step between segments, seconds (finer: better change points, more cost).
+    pub hop_s: f32,
+    /// The CAM++ model file: a path, or a file name inside the models folder.
+    pub model: PathBuf,
+}
+
+impl Default for DiarizeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            speakers: 0,
+            max_speakers: 8,
+            segment_s: 1.5,
+            hop_s: 0.5,
+            model: PathBuf::from("campplus/campplus_cn_en_common.pt"),
+        }
+    }
+}
+
+impl DiarizeConfig {
+    fn check(&self, p: &mut Vec<String>) {
+        let d = self;
+        need(
+            p,
+            d.speakers <= 32,
+            "diarize.speakers",
+            d.speakers,
+            "must be 0 (estimate) or 1..=32",
+        );
+        need(
+            p,
+            (1..=32).contains(&d.max_speakers),
+            "diarize.max_speakers",
+            d.max_speakers,
+            "must be 1..=32",
+        );
+        need(
+            p,
+            (0.5..=5.0).contains(&d.segment_s),
+            "diarize.segment_s",
+            d.segment_s,
+            "must be in [0.5, 5] seconds",
+        );
+        need(
+            p,
+            d.hop_s >= 0.1 && d.hop_s <= d.segment_s,
+            "diarize.hop_s",
+            d.hop_s,
+            "must be in [0.1, diarize.segment_s] seconds",
+        );
+    }
+
+    /// The most speakers a stream can have.
+    pub fn speaker_limit(&self) -> usize {
+        if self.speakers > 0 {
+            self.speakers as usize
+        } else {
+            self.max_speakers as usize
+        }
+    }
 }
 
 /// Outputs of `run` (which ones is chosen on the command line with `--sink`).
@@ -395,6 +479,7 @@ impl Config {
         self.asr.check(&mut p);
         self.sinks.check(&mut p);
         self.cascade.check(&mut p);
+        self.diarize.check(&mut p);
         if p.is_empty() {
             Ok(())
         } else {

@@ -35,6 +35,8 @@ pub struct Window {
     /// Mono 16 kHz samples of the padded window (`segment.padding_s` around the speech,
     /// widened to `segment.min_window_s`).
     pub audio: Vec<f32>,
+    /// Speaker number from 1 (diarization), when known.
+    pub speaker: Option<u32>,
 }
 
 /// The Silero voice-activity model, streaming.
@@ -183,6 +185,7 @@ impl Segmenter {
                 end: speech.end.min(w.end),
                 audio_start: w.start,
                 audio: self.buf[a..b].to_vec(),
+                speaker: None,
             });
             self.next_seq += 1;
             self.last_end = w.end;

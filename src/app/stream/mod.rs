@@ -21,6 +21,8 @@ use crate::app::shutdown::Shutdown;
 use crate::assets::MINILM_DIR;
 use crate::config::AsrConfig;
 use crate::config::Config;
+use crate::diarize::Diarizer;
+use crate::diarize::campp::CamPlus;
 use crate::error::{Error, SourceError};
 use crate::event::{Event, StatusEvent, StreamStatus};
 use crate::features::asr::{Asr, WhisperModels};
@@ -103,6 +105,10 @@ pub(crate) struct StreamJob {
     pub reconnect: bool,
     /// Draw a progress bar (files, one stream, terminal).
     pub progress: bool,
+    /// Diarize with this CAM++ model (`None`: no diarization).
+    pub(crate) speaker_model: Option<PathBuf>,
+    /// A recording: learn its speakers in a first pass over the whole file.
+    pub(crate) learn_speakers: bool,
 }
 
 /// Loaded per-stream models.
@@ -110,6 +116,7 @@ pub(crate) struct StreamModels {
     vad: Vad,
     asr: Asr,
     extractor: Option<Extractor>,
+    diarizer: Option<Diarizer>,
 }
 
 impl StreamModels {
@@ -121,7 +128,21 @@ impl StreamModels {
             english_model: job.english_model.clone(),
             ..cfg.asr.clone()
         };
+        let diarizer = match &job.speaker_model {
+            Some(path) => {
+                let net = match &shared.speakers {
+                    Some(n) => n.clone(),
+                    None => shared
+                        .speakers
+                        .insert(Arc::new(CamPlus::load(path)?))
+                        .clone(),
+                };
+                Some(Diarizer::new(&cfg.diarize, net))
+            }
+            None => None,
+        };
         Ok(Self {
+            diarizer,
             vad: Vad::load(&job.vad_model)?,
             asr: Asr::new(&mut shared.whisper, &asr_cfg)?,
             extractor: if job.sentiment {
@@ -146,12 +167,13 @@ impl StreamModels {
     }
 }
 
-/// Model weights loaded once per process and shared by its streams: Whisper per file, and
-/// the text encoder.
+/// Model weights loaded once per process and shared by its streams: Whisper per file, the
+/// text encoder and the speaker embedding network.
 #[derive(Default)]
 pub(crate) struct SharedWeights {
     whisper: WhisperModels,
     text: Option<Arc<TextEncoder>>,
+    speakers: Option<Arc<CamPlus>>,
 }
 
 /// Turns utterance windows into transcribed windows with features, in order, once their
@@ -161,6 +183,7 @@ struct Processor<'a> {
     job: &'a StreamJob,
     asr: Asr,
     extractor: Option<Extractor>,
+    diarizer: Option<Diarizer>,
     tx: &'a Sender<ToRouter>,
     frames: FrameQueue,
     pending: VecDeque<Window>,
@@ -171,6 +194,17 @@ struct Processor<'a> {
 }
 
 impl Processor<'_> {
+    /// Queues new windows from the segmenter (diarized, and split at speaker changes,
+    /// when diarization is on).
+    fn enqueue(&mut self, ready: &mut Vec<Window>) {
+        match &mut self.diarizer {
+            Some(d) => ready
+                .drain(..)
+                .for_each(|w| d.process(w, &mut self.pending)),
+            None => self.pending.extend(ready.drain(..)),
+        }
+    }
+
     /// Processes pending windows whose video has arrived (or will never arrive); with
     /// `all`, every pending window.
     fn drain(&mut self, source: Option<&Source>, all: bool) -> Result<(), Error> {
@@ -215,6 +249,8 @@ impl Processor<'_> {
         if let Input::Channel { index, speaker, .. } = &self.job.input {
             event.speaker = Some(speaker.clone());
             event.channel = Some(*index);
+        } else if let Some(s) = w.speaker {
+            event.speaker = Some(format!("S{s}"));
         }
         event.text = tr.text;
         event.language = tr.language;
@@ -345,7 +381,7 @@ impl Runner<'_> {
                 SourceMsg::Eos => return Ok((Ended::Eos, got_audio)),
                 SourceMsg::Error(e) => return Ok((Ended::Failed(e), got_audio)),
             }
-            self.p.pending.extend(ready.drain(..));
+            self.p.enqueue(&mut ready);
             self.p.drain(Some(source), false)?;
             if last_report.elapsed() > PROGRESS_REPORT {
                 last_report = Instant::now();
@@ -377,7 +413,7 @@ impl Runner<'_> {
     fn flush(&mut self, source: &Source) -> Result<(), Error> {
         let mut ready = Vec::new();
         self.seg.finish(&mut ready)?;
-        self.p.pending.extend(ready);
+        self.p.enqueue(&mut ready);
         self.p.clock.video_ended = true;
         self.p.drain(Some(source), true)?;
         self.p.clock.video_ended = false;
@@ -445,6 +481,15 @@ impl Runner<'_> {
         }
     }
 
+    /// The diarization learning pass over a recording, when asked for.
+    fn learn_speakers(&mut self) -> Result<(), Error> {
+        if let (Some(d), true) = (&mut self.p.diarizer, self.p.job.learn_speakers) {
+            let vad = Vad::load(&self.p.job.vad_model)?;
+            d.learn(&self.p.job.input, &self.cfg.source, &self.cfg.segment, vad)?;
+        }
+        Ok(())
+    }
+
     /// Opens and reads connections until the stream ends; the error that ended it.
     fn run(&mut self) -> Option<Error> {
         loop {
@@ -493,6 +538,7 @@ pub(crate) fn run_stream(
         vad,
         asr,
         extractor,
+        diarizer,
     } = models;
     let mut r = Runner {
         p: Processor {
@@ -500,6 +546,7 @@ pub(crate) fn run_stream(
             job: &job,
             asr,
             extractor,
+            diarizer,
             tx: &tx,
             frames: FrameQueue::default(),
             pending: VecDeque::new(),
@@ -514,8 +561,22 @@ pub(crate) fn run_stream(
         progress: Progress::new(job.progress),
         got_any: false,
     };
-    let error = r.run();
+    let error = match r.learn_speakers() {
+        Ok(()) => r.run(),
+        Err(e) => Some(e),
+    };
     r.progress.finish(r.p.clock.audio_high, r.p.windows);
+    if let Some(d) = &r.p.diarizer {
+        tracing::info!(
+            stream = %job.id,
+            speakers = d.speakers(),
+            segments = d.segments_done,
+            "diarization: {} speaker(s); {:.0} ms embedding and labelling in all ({:.1} ms per window)",
+            d.speakers(),
+            d.busy_s * 1e3,
+            d.busy_s * 1e3 / r.p.windows.max(1) as f64
+        );
+    }
     let reason = match (&error, shutdown.is_set()) {
         (Some(e), _) => Some(e.to_string()),
         (None, true) => Some("shutdown".to_string()),

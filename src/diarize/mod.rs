@@ -1,0 +1,312 @@
+//! Speaker diarization of mono audio, online: who speaks in each utterance window, as
+//! windows come from the segmenter and before they are transcribed.
+//!
+//! A window's speech is cut into overlapping segments (`diarize.segment_s` every
+//! `diarize.hop_s`); each gets a CAM++ embedding ([`campp`], over a Kaldi filterbank,
+//! [`fbank`]); the stream's speaker [`registry`] labels them. Where the label changes, the
+//! window is split at the quietest 20 ms inside the two segments' overlap, so each piece
+//! has one speaker, its own transcript and its own sentiment. Pieces are renumbered so
+//! `seq` stays gapless.
+//!
+//! Live streams learn their speakers as they go (online registry). A recording can be
+//! read twice instead ([`Diarizer::learn`]): a first pass embeds all its speech and
+//! clusters it ([`cluster`]), so every window, the first one included, is labelled
+//! against speakers known from the whole call.
+
+pub mod campp;
+pub mod cluster;
+pub mod fbank;
+pub mod registry;
+pub mod score;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tch::Tensor;
+
+use crate::config::{DiarizeConfig, SegmentConfig, SourceConfig};
+use crate::error::Error;
+use crate::segment::{Segmenter, Vad, Window};
+use crate::source::{Input, SAMPLE_RATE, Source, SourceMsg};
+use campp::{CamPlus, EMBED_DIM};
+use fbank::{Fbank, N_BINS};
+use registry::{Registry, RegistryRules};
+
+/// Energy is compared over frames of this many samples (20 ms) to place a split.
+const QUIET_FRAME: usize = 320;
+/// Segments shorter than this (samples, 0.4 s) are not embedded: too little voice.
+const MIN_SEGMENT: usize = 6400;
+/// The learning pass clusters at most this many segments (evenly spread).
+const LEARN_MAX_SEGMENTS: usize = 3000;
+
+/// `(start, end)` sample ranges of the segments covering `from..to`: `len` long every
+/// `hop`, the last one ending at `to`; one segment when the span is shorter than `len`.
+pub fn segments(from: usize, to: usize, len: usize, hop: usize) -> Vec<(usize, usize)> {
+    if to <= from + len {
+        return vec![(from, to)];
+    }
+    let mut out: Vec<(usize, usize)> = (0..)
+        .map(|k| from + k * hop)
+        .take_while(|s| s + len < to)
+        .map(|s| (s, s + len))
+        .collect();
+    if out.last().is_some_and(|l| to - len - l.0 < hop / 2) {
+        out.pop();
+    }
+    out.push((to - len, to));
+    out
+}
+
+/// The quietest `QUIET_FRAME` of `audio[from..to]`: its centre, as a sample index.
+pub fn quietest(audio: &[f32], from: usize, to: usize) -> usize {
+    let to = to.min(audio.len());
+    if to <= from + QUIET_FRAME {
+        return (from + to) / 2;
+    }
+    (from..=to - QUIET_FRAME)
+        .step_by(QUIET_FRAME / 4)
+        .map(|s| {
+            (
+                s,
+                audio[s..s + QUIET_FRAME].iter().map(|v| v * v).sum::<f32>(),
+            )
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or((from + to) / 2, |(s, _)| s + QUIET_FRAME / 2)
+}
+
+/// One stream's diarizer.
+pub struct Diarizer {
+    net: Arc<CamPlus>,
+    rules: RegistryRules,
+    /// Speaker count given (0: estimate) and the most speakers.
+    speakers_given: usize,
+    max_speakers: usize,
+    fbank: Fbank,
+    registry: Registry,
+    seg_len: usize,
+    hop: usize,
+    feats: Vec<f32>,
+    batch: Vec<f32>,
+    next_seq: u64,
+    /// Segments embedded, and the time spent, for the benchmark and logs.
+    pub segments_done: u64,
+    /// Seconds spent embedding and labelling.
+    pub busy_s: f64,
+}
+
+impl Diarizer {
+    /// A diarizer for a new stream, sharing the loaded network.
+    pub fn new(cfg: &DiarizeConfig, net: Arc<CamPlus>) -> Self {
+        let rules = RegistryRules {
+            limit: cfg.speaker_limit(),
+            given: cfg.speakers as usize,
+        };
+        Self {
+            net,
+            rules,
+            speakers_given: cfg.speakers as usize,
+            max_speakers: cfg.max_speakers as usize,
+            fbank: Fbank::new(),
+            registry: Registry::new(rules),
+            seg_len: (cfg.segment_s * SAMPLE_RATE as f32) as usize,
+            hop: (cfg.hop_s * SAMPLE_RATE as f32) as usize,
+            feats: Vec::new(),
+            batch: Vec::new(),
+            next_seq: 0,
+            segments_done: 0,
+            busy_s: 0.0,
+        }
+    }
+
+    /// Speakers met so far.
+    pub fn speakers(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Labels `w` and appends it to `out`, split where the speaker changes.
+    pub fn process(&mut self, w: Window, out: &mut impl Extend<Window>) {
+        let t0 = Instant::now();
+        let rate = SAMPLE_RATE as f64;
+        let at =
+            |t: f64| (((t - w.audio_start) * rate).round().max(0.0) as usize).min(w.audio.len());
+        let (from, to) = (at(w.start), at(w.end));
+        let segs: Vec<(usize, usize)> = segments(from, to, self.seg_len, self.hop)
+            .into_iter()
+            .filter(|(a, b)| b - a >= MIN_SEGMENT.min(to - from))
+            .collect();
+        let labels = if segs.is_empty() || to - from < QUIET_FRAME {
+            Vec::new()
+        } else {
+            let embs = self.embed(&w.audio, &segs);
+            self.registry.label(&embs)
+        };
+        self.busy_s += t0.elapsed().as_secs_f64();
+        // Split points (sample indices) where the label changes.
+        let mut cuts = Vec::new();
+        for (i, pair) in labels.windows(2).enumerate() {
+            if pair[0] != pair[1] {
+                let (next_start, prev_end) = (segs[i + 1].0, segs[i].1);
+                cuts.push(if next_start < prev_end {
+                    quietest(&w.audio, next_start, prev_end)
+                } else {
+                    (prev_end + next_start) / 2
+                });
+            }
+        }
+        if cuts.is_empty() {
+            let speaker = labels.first().map(|&l| l as u32 + 1);
+            out.extend(std::iter::once(Window {
+                seq: self.take_seq(),
+                speaker,
+                ..w
+            }));
+            return;
+        }
+        let mut run_labels = registry::runs(&labels).into_iter().map(|r| r.0 as u32 + 1);
+        let time = |i: usize| w.audio_start + i as f64 / rate;
+        let mut piece_from = 0;
+        let mut speech_from = w.start;
+        let bounds: Vec<usize> = cuts.iter().copied().chain([w.audio.len()]).collect();
+        for (k, &cut) in bounds.iter().enumerate() {
+            let last = k + 1 == bounds.len();
+            let speech_to = if last { w.end } else { time(cut) };
+            out.extend(std::iter::once(Window {
+                seq: self.take_seq(),
+                start: speech_from,
+                end: speech_to,
+                audio_start: time(piece_from),
+                audio: w.audio[piece_from..cut].to_vec(),
+                speaker: run_labels.next(),
+            }));
+            piece_from = cut;
+            speech_from = speech_to;
+        }
+    }
+
+    /// The learning pass of a recording: decodes `input` to its end, cuts it with the VAD,
+    /// embeds its speech in half-overlapping segments and clusters them; afterwards every
+    /// window is labelled against those speakers. Returns the number of speakers.
+    pub(crate) fn learn(
+        &mut self,
+        input: &Input,
+        source: &SourceConfig,
+        segment: &SegmentConfig,
+        vad: Vad,
+    ) -> Result<usize, Error> {
+        let t0 = Instant::now();
+        let src = Source::open_input(input, source)?;
+        let mut seg = Segmenter::new(segment.clone(), vad);
+        let (mut ready, mut embs) = (Vec::new(), Vec::new());
+        let hop = self.seg_len / 2;
+        loop {
+            match src.recv() {
+                SourceMsg::Audio { pts, samples } => {
+                    seg.push(pts, &samples, &mut ready)?;
+                    src.recycle_audio(samples);
+                }
+                SourceMsg::Video(f) => src.recycle_frame(f.data),
+                SourceMsg::Eos => break,
+                SourceMsg::Error(e) => return Err(e.into()),
+                SourceMsg::StreamsKnown { .. } | SourceMsg::VideoEnd => {}
+            }
+            self.learn_windows(&mut ready, hop, &mut embs);
+        }
+        seg.finish(&mut ready)?;
+        self.learn_windows(&mut ready, hop, &mut embs);
+        if embs.len() > LEARN_MAX_SEGMENTS {
+            let step = embs.len() as f64 / LEARN_MAX_SEGMENTS as f64;
+            embs = (0..LEARN_MAX_SEGMENTS)
+                .map(|i| std::mem::take(&mut embs[(i as f64 * step) as usize]))
+                .collect();
+        }
+        let labels = cluster::cluster(&embs, self.speakers_given, self.max_speakers);
+        let k = labels.iter().max().map_or(0, |m| m + 1);
+        if k > 0 {
+            self.registry = Registry::seeded(self.rules, &cluster::centroids(&embs, &labels, k));
+        }
+        self.busy_s += t0.elapsed().as_secs_f64();
+        tracing::info!(
+            "diarization learning pass: {} segments, {k} speaker(s), {:.1} s",
+            embs.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(k)
+    }
+
+    fn learn_windows(&mut self, ready: &mut Vec<Window>, hop: usize, embs: &mut Vec<Vec<f32>>) {
+        for w in ready.drain(..) {
+            let at = |t: f64| {
+                (((t - w.audio_start) * SAMPLE_RATE as f64).round().max(0.0) as usize)
+                    .min(w.audio.len())
+            };
+            let segs: Vec<(usize, usize)> = segments(at(w.start), at(w.end), self.seg_len, hop)
+                .into_iter()
+                .filter(|(a, b)| b - a >= MIN_SEGMENT)
+                .collect();
+            if !segs.is_empty() {
+                embs.extend(self.embed(&w.audio, &segs));
+            }
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+
+    /// Unit-length embeddings of `audio`'s segments (one batch per segment length).
+    fn embed(&mut self, audio: &[f32], segs: &[(usize, usize)]) -> Vec<Vec<f32>> {
+        let mut out = vec![Vec::new(); segs.len()];
+        let mut lens: Vec<usize> = segs.iter().map(|s| s.1 - s.0).collect();
+        lens.sort_unstable();
+        lens.dedup();
+        for len in lens {
+            let idx: Vec<usize> = (0..segs.len())
+                .filter(|&i| segs[i].1 - segs[i].0 == len)
+                .collect();
+            self.batch.clear();
+            for &i in &idx {
+                self.fbank
+                    .compute(&audio[segs[i].0..segs[i].1], &mut self.feats);
+                self.batch.extend_from_slice(&self.feats);
+            }
+            let frames = (self.batch.len() / N_BINS / idx.len()) as i64;
+            let x =
+                Tensor::from_slice(&self.batch).reshape([idx.len() as i64, frames, N_BINS as i64]);
+            let e = self.net.embed(&x);
+            let flat: Vec<f32> = Vec::<f32>::try_from(e.flatten(0, -1)).expect("f32 embeddings");
+            for (j, &i) in idx.iter().enumerate() {
+                let mut v = flat[j * EMBED_DIM..(j + 1) * EMBED_DIM].to_vec();
+                registry::normalize(&mut v);
+                out[i] = v;
+            }
+            self.segments_done += idx.len() as u64;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_the_span() {
+        assert_eq!(segments(0, 100, 150, 50), vec![(0, 100)]);
+        assert_eq!(
+            segments(0, 300, 150, 50),
+            vec![(0, 150), (50, 200), (100, 250), (150, 300)]
+        );
+        // The tail segment ends at the span's end; a start too close to it is dropped.
+        assert_eq!(segments(10, 230, 150, 50), vec![(10, 160), (80, 230)]);
+    }
+
+    #[test]
+    fn the_quietest_frame_is_found() {
+        let mut a = vec![0.5f32; 16000];
+        a[9000..9400].fill(0.0);
+        let q = quietest(&a, 8000, 12000);
+        assert!((9000..9400).contains(&q), "{q}");
+    }
+}
