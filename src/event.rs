@@ -358,6 +358,10 @@ pub struct Event {
     pub start: f64,
     /// Window end, seconds of stream time.
     pub end: f64,
+    /// Seconds of voiced speech in the window (VAD frames at or above
+    /// `segment.threshold`): what talk time counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voiced_s: Option<f64>,
     /// Who spoke (`--channels`: the channel's name); absent when not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speaker: Option<String>,
@@ -407,6 +411,7 @@ impl Event {
             seq,
             start,
             end,
+            voiced_s: None,
             speaker: None,
             channel: None,
             text: String::new(),
@@ -506,6 +511,7 @@ pub(crate) mod tests_support {
             seq: 0,
             start: 1.0,
             end: 2.5,
+            voiced_s: None,
             speaker: None,
             channel: None,
             text: "hello there".into(),

@@ -94,7 +94,8 @@ fn a_stereo_call_attributes_every_window_to_its_channels_speaker() {
             "{name}: talk {got:.2} s, truth {truth_s:.2} s, turns {}",
             sp["turns"]
         );
-        assert!((got - truth_s).abs() < 1.0, "{name}: {got} vs {truth_s}");
+        // Within 0.75 s: two of the agent's turns are 0.4 s apart, which counts as talk.
+        assert!((got - truth_s).abs() < 0.75, "{name}: {got} vs {truth_s}");
     }
     assert_eq!(s["speakers"].as_array().unwrap().len(), 2);
 }

@@ -24,6 +24,7 @@ fn event(seq: u64, start: f64, end: f64, text: &str, score: f32, stage: Stage) -
         seq,
         start,
         end,
+        voiced_s: None,
         speaker: None,
         channel: None,
         text: text.into(),

@@ -131,7 +131,14 @@ impl Summaries {
             self.streams.insert(call.to_string(), first);
         }
         let (s, due) = self.streams.get_mut(call).expect("inserted above");
-        s.add(e.start, e.end, e.score, e.speaker.as_deref(), &e.text);
+        s.add(
+            e.start,
+            e.end,
+            e.voiced_s,
+            e.score,
+            e.speaker.as_deref(),
+            &e.text,
+        );
         if every > 0.0 && e.end >= *due {
             *due = (e.end / every).floor() * every + every;
             return Some(Self::output(call, s, e.end, false));

@@ -363,6 +363,9 @@ pub struct SegmentConfig {
     pub padding_s: f32,
     /// A pause shorter than this (seconds) does not end a window.
     pub merge_gap_s: f32,
+    /// Talk time (summaries) counts a window's voiced frames; pauses inside it shorter
+    /// than this (seconds) count as talk too (breaths, commas), longer ones do not.
+    pub talk_pause_s: f32,
     /// How much new audio (seconds) arrives between two window decisions. The VAD itself
     /// runs once per 32 ms chunk as audio arrives; a decision only reads its output.
     pub step_s: f32,
@@ -378,6 +381,7 @@ impl Default for SegmentConfig {
             max_window_s: 15.0,
             padding_s: 0.2,
             merge_gap_s: 0.5,
+            talk_pause_s: 0.4,
             step_s: 0.1,
         }
     }
@@ -558,6 +562,7 @@ impl SegmentConfig {
             ("min_window_s", g.min_window_s),
             ("padding_s", g.padding_s),
             ("merge_gap_s", g.merge_gap_s),
+            ("talk_pause_s", g.talk_pause_s),
         ] {
             need(
                 p,

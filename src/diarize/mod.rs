@@ -171,6 +171,12 @@ impl Diarizer {
         for (k, &cut) in bounds.iter().enumerate() {
             let last = k + 1 == bounds.len();
             let speech_to = if last { w.end } else { time(cut) };
+            let voiced = w
+                .voiced
+                .iter()
+                .map(|&(a, b)| (a.max(speech_from), b.min(speech_to)))
+                .filter(|(a, b)| b > a)
+                .collect();
             out.extend(std::iter::once(Window {
                 seq: self.take_seq(),
                 start: speech_from,
@@ -178,6 +184,7 @@ impl Diarizer {
                 audio_start: time(piece_from),
                 audio: w.audio[piece_from..cut].to_vec(),
                 speaker: run_labels.next(),
+                voiced,
             }));
             piece_from = cut;
             speech_from = speech_to;

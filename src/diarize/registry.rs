@@ -129,20 +129,10 @@ impl Registry {
         for (c, &l) in clusters.iter().zip(&self.history_labels) {
             overlap[*c][l] += 1;
         }
-        let mut pairs: Vec<(usize, usize, usize)> = (0..k)
-            .flat_map(|c| (0..self.speakers.len()).map(move |s| (c, s)))
-            .map(|(c, s)| (overlap[c][s], c, s))
-            .filter(|p| p.0 > 0)
+        let mut map: Vec<usize> = greedy_match(&overlap, 1)
+            .into_iter()
+            .map(|m| m.unwrap_or(usize::MAX))
             .collect();
-        pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        let mut map = vec![usize::MAX; k];
-        let mut taken = vec![false; self.speakers.len()];
-        for (_, c, s) in pairs {
-            if map[c] == usize::MAX && !taken[s] {
-                map[c] = s;
-                taken[s] = true;
-            }
-        }
         let mut labels: Vec<usize> = Vec::with_capacity(embs.len());
         let mut next = self.speakers.len();
         for (i, e) in embs.iter().enumerate() {
@@ -246,6 +236,27 @@ pub fn smooth(labels: &mut [usize], sims: &[f32]) {
     }
 }
 
+/// A one-to-one matching of rows to columns by the largest counts first (pairs with a
+/// count below `min` stay unmatched): `shared[row][col]` -> the column of each row.
+pub fn greedy_match(shared: &[Vec<usize>], min: usize) -> Vec<Option<usize>> {
+    let cols = shared.first().map_or(0, Vec::len);
+    let mut pairs: Vec<(usize, usize, usize)> = (0..shared.len())
+        .flat_map(|r| (0..cols).map(move |c| (r, c)))
+        .map(|(r, c)| (shared[r][c], r, c))
+        .filter(|p| p.0 >= min)
+        .collect();
+    pairs.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
+    let mut map = vec![None; shared.len()];
+    let mut taken = vec![false; cols];
+    for (_, r, c) in pairs {
+        if map[r].is_none() && !taken[c] {
+            map[r] = Some(c);
+            taken[c] = true;
+        }
+    }
+    map
+}
+
 /// `(label, first, end)` of each run of equal labels.
 pub fn runs(labels: &[usize]) -> Vec<(usize, usize, usize)> {
     let mut out: Vec<(usize, usize, usize)> = Vec::new();
@@ -261,12 +272,6 @@ pub fn runs(labels: &[usize]) -> Vec<(usize, usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unit(v: &[f32]) -> Vec<f32> {
-        let mut v = v.to_vec();
-        normalize(&mut v);
-        v
-    }
 
     fn rules(limit: usize) -> RegistryRules {
         RegistryRules { limit, given: 0 }

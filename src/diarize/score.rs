@@ -190,19 +190,7 @@ fn best_mapping(shared: &[Vec<usize>]) -> Vec<Option<usize>> {
         );
         return best.1;
     }
-    let mut map = vec![None; nh];
-    let mut pairs: Vec<(usize, usize, usize)> = (0..nh)
-        .flat_map(|h| (0..nr).map(move |r| (shared[h][r], h, r)))
-        .collect();
-    pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    let mut used = vec![false; nr];
-    for (_, h, r) in pairs {
-        if map[h].is_none() && !used[r] {
-            map[h] = Some(r);
-            used[r] = true;
-        }
-    }
-    map
+    super::registry::greedy_match(shared, 0)
 }
 
 /// Scores `hyp` against `reference`.

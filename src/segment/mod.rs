@@ -37,6 +37,44 @@ pub struct Window {
     pub audio: Vec<f32>,
     /// Speaker number from 1 (diarization), when known.
     pub speaker: Option<u32>,
+    /// Voiced stretches inside the speech (VAD frames at or above `segment.threshold`),
+    /// stream time: talk time counts these, not the pauses a window spans.
+    pub voiced: Vec<(f64, f64)>,
+}
+
+impl Window {
+    /// Seconds of voiced speech.
+    pub fn voiced_s(&self) -> f64 {
+        self.voiced.iter().map(|(a, b)| b - a).sum()
+    }
+}
+
+/// Runs of frames at or above `threshold` in `probs` (frame `i` starts at
+/// `t0 + i * frame_s`), clipped to `[from, to]`; gaps shorter than `pause_s` are bridged.
+fn voiced_runs(
+    probs: &[f32],
+    (t0, frame_s): (f64, f64),
+    (threshold, pause_s): (f32, f64),
+    from: f64,
+    to: f64,
+) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    let first = (((from - t0) / frame_s).floor().max(0.0)) as usize;
+    for (i, &p) in probs.iter().enumerate().skip(first) {
+        let (a, b) = (t0 + i as f64 * frame_s, t0 + (i + 1) as f64 * frame_s);
+        if a >= to {
+            break;
+        }
+        if p < threshold {
+            continue;
+        }
+        let (a, b) = (a.max(from), b.min(to));
+        match out.last_mut() {
+            Some(r) if a - r.1 < pause_s - 1e-9 => r.1 = b,
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 /// The Silero voice-activity model, streaming.
@@ -179,13 +217,18 @@ impl Segmenter {
                 continue;
             }
             let (a, b) = (self.index_of(w.start), self.index_of(w.end));
+            let (from, to) = (speech.start.max(w.start), speech.end.min(w.end));
+            let frame_s = CHUNK as f64 / SAMPLE_RATE as f64;
+            let rules = (self.cfg.threshold, self.cfg.talk_pause_s as f64);
+            let voiced = voiced_runs(&self.probs, (t_from, frame_s), rules, from, to);
             out.push(Window {
                 seq: self.next_seq,
-                start: speech.start.max(w.start),
-                end: speech.end.min(w.end),
+                start: from,
+                end: to,
                 audio_start: w.start,
                 audio: self.buf[a..b].to_vec(),
                 speaker: None,
+                voiced,
             });
             self.next_seq += 1;
             self.last_end = w.end;
@@ -233,6 +276,16 @@ mod tests {
                     + 0.3 * (2.0 * std::f32::consts::PI * 1330.0 * t).sin())
             })
             .collect()
+    }
+
+    #[test]
+    fn voiced_runs_join_frames_and_clip_to_the_span() {
+        let p = [0.1, 0.9, 0.8, 0.2, 0.7, 0.9];
+        let r = voiced_runs(&p, (10.0, 0.5), (0.5, 0.4), 10.2, 12.75);
+        assert_eq!(r, vec![(10.5, 11.5), (12.0, 12.75)]);
+        // A pause shorter than talk_pause_s is talk.
+        let r = voiced_runs(&p, (10.0, 0.5), (0.5, 0.6), 10.2, 12.75);
+        assert_eq!(r, vec![(10.5, 12.75)]);
     }
 
     #[test]

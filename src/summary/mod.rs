@@ -28,6 +28,8 @@ const STEADY: f32 = 0.25;
 struct Window {
     start: f64,
     end: f64,
+    /// Voiced seconds inside the window (VAD), when known.
+    voiced: Option<f64>,
     score: Option<f32>,
     speaker: String,
     text: String,
@@ -149,6 +151,7 @@ impl Summarizer {
         &mut self,
         start: f64,
         end: f64,
+        voiced: Option<f64>,
         score: Option<f32>,
         speaker: Option<&str>,
         text: &str,
@@ -156,6 +159,7 @@ impl Summarizer {
         self.windows.push(Window {
             start,
             end: end.max(start),
+            voiced,
             score,
             speaker: speaker.unwrap_or(ALL).to_string(),
             text: text.to_string(),
@@ -174,9 +178,10 @@ impl Summarizer {
             }
         }
         let (overlaps, interruptions) = self.overlaps();
+        let all_talk = Self::talk(&ws.iter().collect::<Vec<_>>());
         let speakers = names
             .iter()
-            .map(|name| self.speaker(name, duration, speech))
+            .map(|name| self.speaker(name, duration, all_talk))
             .collect();
         let q = quarters(ws.iter(), duration);
         let first = q.iter().flatten().next();
@@ -223,10 +228,19 @@ impl Summarizer {
         }
     }
 
-    fn speaker(&self, name: &str, duration: f64, speech: f64) -> SpeakerSummary {
+    /// Talk time of some windows: their voiced seconds when every one has them (pauses
+    /// inside a window are not talk), else the union of the windows.
+    fn talk(ws: &[&Window]) -> f64 {
+        match ws.iter().map(|w| w.voiced).sum::<Option<f64>>() {
+            Some(v) => v,
+            None => union_len(ws.iter().map(|w| (w.start, w.end)).collect()),
+        }
+    }
+
+    fn speaker(&self, name: &str, duration: f64, all_talk: f64) -> SpeakerSummary {
         let mine: Vec<&Window> = self.windows.iter().filter(|w| w.speaker == name).collect();
         let scores: Vec<f32> = mine.iter().filter_map(|w| w.score).collect();
-        let talk = union_len(mine.iter().map(|w| (w.start, w.end)).collect());
+        let talk = Self::talk(&mine);
         let mut order: Vec<&Window> = self.windows.iter().collect();
         order.sort_by(|a, b| a.start.total_cmp(&b.start));
         let turns = order
@@ -237,7 +251,7 @@ impl Summarizer {
         SpeakerSummary {
             speaker: name.to_string(),
             talk_s: talk,
-            talk_share: if speech > 0.0 { talk / speech } else { 0.0 },
+            talk_share: if all_talk > 0.0 { talk / all_talk } else { 0.0 },
             turns,
             windows: mine.len(),
             mean_score: (!scores.is_empty())
@@ -282,19 +296,35 @@ mod tests {
         let mut s = Summarizer::default();
         // agent 0-4 (+1), customer 5-9 (-2), agent 8.5-12 (+0.5, interrupts),
         // customer 20-24 (+1), agent 30-40 (+2).
-        s.add(0.0, 4.0, Some(1.0), Some("agent"), "Hello, how can I help?");
+        s.add(
+            0.0,
+            4.0,
+            None,
+            Some(1.0),
+            Some("agent"),
+            "Hello, how can I help?",
+        );
         s.add(
             5.0,
             9.0,
+            None,
             Some(-2.0),
             Some("customer"),
             "It is broken again.",
         );
-        s.add(8.5, 12.0, Some(0.5), Some("agent"), "Let me check.");
-        s.add(20.0, 24.0, Some(1.0), Some("customer"), "Oh, that works.");
+        s.add(8.5, 12.0, None, Some(0.5), Some("agent"), "Let me check.");
+        s.add(
+            20.0,
+            24.0,
+            None,
+            Some(1.0),
+            Some("customer"),
+            "Oh, that works.",
+        );
         s.add(
             30.0,
             40.0,
+            None,
             Some(2.0),
             Some("agent"),
             "Great, have a nice day.",
@@ -334,8 +364,8 @@ mod tests {
             (0, 0.0, 1.0)
         );
         assert_eq!(empty.trend_word, "unknown");
-        s.add(1.0, 2.0, None, None, "");
-        s.add(1.5, 3.0, Some(-1.0), None, "no");
+        s.add(1.0, 2.0, None, None, None, "");
+        s.add(1.5, 3.0, None, Some(-1.0), None, "no");
         let c = s.summary(0.0, true);
         assert_eq!(c.duration_s, 3.0, "at least to the last window's end");
         assert_eq!(c.speakers.len(), 1);

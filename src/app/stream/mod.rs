@@ -252,6 +252,7 @@ impl Processor<'_> {
         } else if let Some(s) = w.speaker {
             event.speaker = Some(format!("S{s}"));
         }
+        event.voiced_s = Some(round_ms(w.voiced_s()));
         event.text = tr.text;
         event.language = tr.language;
         event.asr_confidence = tr.confidence;
