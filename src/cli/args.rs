@@ -212,6 +212,15 @@ pub struct EvalArgs {
     /// Adapter of the large model for --compare; default: cascade.adapter.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Compare uncertainty estimators (entropy, entropy after temperature scaling, the
+    /// calibrated probability that the emitted polarity is wrong, head disagreement):
+    /// AUROC for errors, ECE, accuracy of the accepted windows at fixed escalation.
+    #[arg(long)]
+    pub(crate) estimators: bool,
+    /// Dataset whose valid split fits the temperature for --estimators (default: --data;
+    /// give the training corpus when --data has no valid split, as an out-of-domain set).
+    #[arg(long)]
+    pub(crate) temperature_data: Option<PathBuf>,
     /// Compare the local large model with a remote one at this chat-completions URL
     /// (with cascade.remote_api, e.g. llama_cpp for a server on `models export-llm`'s
     /// GGUF) on the same windows.

@@ -4,24 +4,14 @@ use super::Context;
 use super::args::CalibrateArgs;
 use crate::error::Result;
 use crate::models::ubm::Ubm;
-use crate::plan::asr_config;
-use crate::train::dataset::{Dataset, Split};
+use crate::train::dataset::Split;
 use crate::train::trainer::{self, CalibrationRule};
 
 /// Runs `calibrate` and saves the threshold with the model.
 pub(super) fn calibrate(c: &CalibrateArgs, ctx: &Context) -> Result<i32> {
     let base = c.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm());
     let mut model = Ubm::load(&base)?;
-    let ds = Dataset::open(&c.data.data, c.data.scale)?;
-    let asr = asr_config(&ctx.cfg, &ctx.models);
-    let valid = trainer::load_split(
-        &ds,
-        Split::Valid,
-        c.data.text,
-        &ctx.models.dir,
-        Some(&asr),
-        c.data.workers,
-    )?;
+    let (_, valid) = super::dataset_split(&c.data.data, &c.data, Split::Valid, ctx)?;
     let rule = match (c.lambda, c.escalation_rate) {
         (_, Some(r)) => CalibrationRule::Rate(r),
         (l, None) => CalibrationRule::Lambda(l.unwrap_or(0.5)),

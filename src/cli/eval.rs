@@ -6,8 +6,7 @@ use super::args::EvalArgs;
 use crate::error::{DatasetError, Error, ModelError, Result};
 use crate::models::mllm::Mllm;
 use crate::models::ubm::{Modalities, Prediction, Ubm};
-use crate::plan::asr_config;
-use crate::train::dataset::{Dataset, TextSource};
+use crate::train::dataset::{Split, TextSource};
 use crate::train::mllm as mllm_train;
 use crate::train::trainer::{self, SplitData};
 
@@ -26,16 +25,7 @@ const VARIANTS: [(&str, [bool; 3]); 7] = [
 pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
     let base = e.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm());
     let model = Ubm::load(&base)?;
-    let ds = Dataset::open(&e.data.data, e.data.scale)?;
-    let asr = asr_config(&ctx.cfg, &ctx.models);
-    let data = trainer::load_split(
-        &ds,
-        e.split,
-        e.data.text,
-        &ctx.models.dir,
-        Some(&asr),
-        e.data.workers,
-    )?;
+    let (ds, data) = super::dataset_split(&e.data.data, &e.data, e.split, ctx)?;
     if data.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: e.data.data.clone(),
@@ -61,6 +51,9 @@ pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
     }
     if e.lambda_sweep {
         sweep(&model, &data, &preds)?;
+    }
+    if e.estimators {
+        estimators(e, ctx, &model, &data, &preds)?;
     }
     if let Some(url) = &e.remote {
         remote(e, ctx, url, &data)?;
@@ -256,6 +249,48 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
         text_s * 1e3
     );
     println!("{}", mllm_train::format_compare(&rows));
+    Ok(())
+}
+
+/// Prints the uncertainty estimators' comparison, with the temperature fitted on a
+/// validation split.
+fn estimators(
+    e: &EvalArgs,
+    ctx: &Context,
+    model: &Ubm,
+    data: &SplitData,
+    preds: &[Prediction],
+) -> Result<()> {
+    use crate::train::estimators as est;
+    let dir = e.temperature_data.as_ref().unwrap_or(&e.data.data);
+    let (_, valid) = super::dataset_split(dir, &e.data, Split::Valid, ctx)?;
+    if valid.feats.is_empty() {
+        return Err(DatasetError::Empty {
+            root: dir.clone(),
+            reason: "no clips in the valid split to fit the temperature on; pass --temperature-data with the training corpus".into(),
+        }
+        .into());
+    }
+    let band = model.meta.band;
+    let vp = trainer::predict_split(model, &valid, Modalities::ALL);
+    let t = est::fit_temperature(&vp, &valid.labels, band);
+    let raw: Vec<[f32; 3]> = preds.iter().map(|p| p.probs).collect();
+    let cal: Vec<[f32; 3]> = raw.iter().map(|p| est::at_temperature(p, t)).collect();
+    println!(
+        "\nuncertainty estimators (temperature {t:.2} fitted on the valid split of {}, {} clips); ECE of the class head: raw {:.4}, after temperature {:.4}",
+        dir.display(),
+        valid.feats.len(),
+        est::ece(&raw, &data.labels, band),
+        est::ece(&cal, &data.labels, band)
+    );
+    println!(
+        "| estimator | AUROC for emitted-polarity errors | accepted Has0-Acc2 at 10% / 20% / 30% / 50% escalated |\n|---|---|---|"
+    );
+    for r in est::compare(preds, &data.labels, band, t) {
+        let a = r.accepted.map(|x| format!("{x:.3}")).join(" / ");
+        let auroc = r.auroc.map_or("n/a".into(), |x| format!("{x:.4}"));
+        println!("| {} | {auroc} | {a} |", r.name);
+    }
     Ok(())
 }
 

@@ -30,6 +30,30 @@ pub(crate) struct Context {
     pub(crate) models: ModelFiles,
 }
 
+/// Opens the dataset at `dir` (scale and transcript source from `d`) and loads one
+/// split's features (cached; Whisper with the configured settings for `--text asr`).
+pub(crate) fn dataset_split(
+    dir: &Path,
+    d: &args::DataArgs,
+    split: crate::train::dataset::Split,
+    ctx: &Context,
+) -> Result<(
+    crate::train::dataset::Dataset,
+    crate::train::trainer::SplitData,
+)> {
+    let ds = crate::train::dataset::Dataset::open(dir, d.scale)?;
+    let asr = crate::plan::asr_config(&ctx.cfg, &ctx.models);
+    let data = crate::train::trainer::load_split(
+        &ds,
+        split,
+        d.text,
+        &ctx.models.dir,
+        Some(&asr),
+        d.workers,
+    )?;
+    Ok((ds, data))
+}
+
 /// Opens the outputs, runs the plan's streams until they end or Ctrl-C / SIGTERM, and
 /// says whether the run was stopped early.
 pub(crate) fn execute(

@@ -1,6 +1,8 @@
 //! Training and evaluation: metrics as in the MMSA toolkit.
 
 pub mod dataset;
+/// Uncertainty estimators compared; temperature scaling.
+pub mod estimators;
 pub mod metrics;
 pub mod mllm;
 pub mod trainer;
