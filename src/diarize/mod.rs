@@ -36,6 +36,9 @@ use registry::{Registry, RegistryRules};
 const QUIET_FRAME: usize = 320;
 /// Segments shorter than this (samples, 0.4 s) are not embedded: too little voice.
 const MIN_SEGMENT: usize = 6400;
+/// Speech shorter than this (samples, 0.2 s) is not embedded at all: the window keeps
+/// the previous window's speaker.
+const MIN_SPEECH: usize = 3200;
 /// The learning pass clusters at most this many segments (evenly spread).
 const LEARN_MAX_SEGMENTS: usize = 3000;
 
@@ -89,6 +92,8 @@ pub struct Diarizer {
     feats: Vec<f32>,
     batch: Vec<f32>,
     next_seq: u64,
+    /// Speaker of the last window (for windows too short to embed).
+    last_speaker: Option<u32>,
     /// Segments embedded, and the time spent, for the benchmark and logs.
     pub segments_done: u64,
     /// Seconds spent embedding and labelling.
@@ -114,6 +119,7 @@ impl Diarizer {
             feats: Vec::new(),
             batch: Vec::new(),
             next_seq: 0,
+            last_speaker: None,
             segments_done: 0,
             busy_s: 0.0,
         }
@@ -135,7 +141,7 @@ impl Diarizer {
             .into_iter()
             .filter(|(a, b)| b - a >= MIN_SEGMENT.min(to - from))
             .collect();
-        let labels = if segs.is_empty() || to - from < QUIET_FRAME {
+        let labels = if segs.is_empty() || to - from < MIN_SPEECH {
             Vec::new()
         } else {
             let embs = self.embed(&w.audio, &segs);
@@ -155,7 +161,8 @@ impl Diarizer {
             }
         }
         if cuts.is_empty() {
-            let speaker = labels.first().map(|&l| l as u32 + 1);
+            let speaker = labels.first().map(|&l| l as u32 + 1).or(self.last_speaker);
+            self.last_speaker = speaker;
             out.extend(std::iter::once(Window {
                 seq: self.take_seq(),
                 speaker,
@@ -189,6 +196,7 @@ impl Diarizer {
             piece_from = cut;
             speech_from = speech_to;
         }
+        self.last_speaker = labels.last().map(|&l| l as u32 + 1);
     }
 
     /// The learning pass of a recording: decodes `input` to its end, cuts it with the VAD,
