@@ -39,6 +39,8 @@ const MIN_SEGMENT: usize = 6400;
 /// Speech shorter than this (samples, 0.2 s) is not embedded at all: the window keeps
 /// the previous window's speaker.
 const MIN_SPEECH: usize = 3200;
+/// Segments per CAM++ forward.
+const MAX_BATCH: usize = 8;
 /// The learning pass clusters at most this many segments (evenly spread).
 const LEARN_MAX_SEGMENTS: usize = 3000;
 
@@ -277,26 +279,34 @@ impl Diarizer {
         lens.sort_unstable();
         lens.dedup();
         for len in lens {
-            let idx: Vec<usize> = (0..segs.len())
+            let same: Vec<usize> = (0..segs.len())
                 .filter(|&i| segs[i].1 - segs[i].0 == len)
                 .collect();
-            self.batch.clear();
-            for &i in &idx {
-                self.fbank
-                    .compute(&audio[segs[i].0..segs[i].1], &mut self.feats);
-                self.batch.extend_from_slice(&self.feats);
+            // Small batches: CAM++'s dense blocks keep every layer's output, so memory
+            // grows with the batch while speed does not.
+            for idx in same.chunks(MAX_BATCH) {
+                self.batch.clear();
+                for &i in idx {
+                    self.fbank
+                        .compute(&audio[segs[i].0..segs[i].1], &mut self.feats);
+                    self.batch.extend_from_slice(&self.feats);
+                }
+                let frames = (self.batch.len() / N_BINS / idx.len()) as i64;
+                let x = Tensor::from_slice(&self.batch).reshape([
+                    idx.len() as i64,
+                    frames,
+                    N_BINS as i64,
+                ]);
+                let e = self.net.embed(&x);
+                let flat: Vec<f32> =
+                    Vec::<f32>::try_from(e.flatten(0, -1)).expect("f32 embeddings");
+                for (j, &i) in idx.iter().enumerate() {
+                    let mut v = flat[j * EMBED_DIM..(j + 1) * EMBED_DIM].to_vec();
+                    registry::normalize(&mut v);
+                    out[i] = v;
+                }
             }
-            let frames = (self.batch.len() / N_BINS / idx.len()) as i64;
-            let x =
-                Tensor::from_slice(&self.batch).reshape([idx.len() as i64, frames, N_BINS as i64]);
-            let e = self.net.embed(&x);
-            let flat: Vec<f32> = Vec::<f32>::try_from(e.flatten(0, -1)).expect("f32 embeddings");
-            for (j, &i) in idx.iter().enumerate() {
-                let mut v = flat[j * EMBED_DIM..(j + 1) * EMBED_DIM].to_vec();
-                registry::normalize(&mut v);
-                out[i] = v;
-            }
-            self.segments_done += idx.len() as u64;
+            self.segments_done += same.len() as u64;
         }
         out
     }
