@@ -10,9 +10,9 @@ use super::args::DiarizeArgs;
 use crate::diarize::Diarizer;
 use crate::diarize::campp::CamPlus;
 use crate::diarize::score::{self, Turn};
-use crate::error::{Error, ModelError, Result, SourceError};
-use crate::segment::{Segmenter, Vad, Window};
-use crate::source::{Input, SAMPLE_RATE, Source, SourceMsg};
+use crate::error::{Error, Result, SourceError};
+use crate::segment::{Vad, Window, cut_input};
+use crate::source::{Input, SAMPLE_RATE};
 
 /// Reads reference turns: `.rttm`, else the turns JSON.
 fn reference(path: &Path) -> Result<Vec<Turn>> {
@@ -31,7 +31,8 @@ fn reference(path: &Path) -> Result<Vec<Turn>> {
     })
 }
 
-/// Decodes `input` and returns its diarized windows (audio dropped) and seconds decoded.
+/// Decodes `input` and returns its diarized windows (audio dropped), the seconds decoded
+/// and the diarizer (its figures).
 fn diarize_file(
     input: &str,
     ctx: &Context,
@@ -39,52 +40,35 @@ fn diarize_file(
     online: bool,
 ) -> Result<(Vec<Window>, f64, Diarizer)> {
     let cfg = &ctx.cfg;
-    let vad_path = ctx.models.resolve(
-        cfg.models
-            .vad
-            .as_deref()
-            .unwrap_or(Path::new(crate::assets::VAD_FILE)),
-    );
-    let mut seg = Segmenter::new(cfg.segment.clone(), Vad::load(&vad_path)?);
+    let vad = cfg
+        .models
+        .vad
+        .as_deref()
+        .unwrap_or(Path::new(crate::assets::VAD_FILE));
+    let vad_path = ctx.models.resolve(vad);
+    let input = Input::Uri(input.into());
     let mut d = Diarizer::new(&cfg.diarize, net);
     if !online {
-        d.learn(
-            &Input::Uri(input.into()),
-            &cfg.source,
-            &cfg.segment,
-            Vad::load(&vad_path)?,
-        )?;
+        d.learn(&input, &cfg.source, &cfg.segment, Vad::load(&vad_path)?)?;
     }
-    let src = Source::open(input, &cfg.source)?;
-    let (mut ready, mut out, mut samples) = (Vec::new(), Vec::new(), 0usize);
-    let take = |ready: &mut Vec<Window>, out: &mut Vec<Window>, d: &mut Diarizer| {
-        for w in ready.drain(..) {
-            d.process(w, out);
-        }
-        out.iter_mut().for_each(|w| w.audio = Vec::new());
-    };
-    loop {
-        match src.recv() {
-            SourceMsg::Audio { pts, samples: s } => {
-                samples += s.len();
-                seg.push(pts, &s, &mut ready)?;
-                src.recycle_audio(s);
-                take(&mut ready, &mut out, &mut d);
-            }
-            SourceMsg::Video(f) => src.recycle_frame(f.data),
-            SourceMsg::Eos => break,
-            SourceMsg::Error(e) => return Err(e.into()),
-            SourceMsg::StreamsKnown { .. } | SourceMsg::VideoEnd => {}
-        }
-    }
+    let mut out: Vec<Window> = Vec::new();
+    let samples = cut_input(
+        &input,
+        &cfg.source,
+        &cfg.segment,
+        Vad::load(&vad_path)?,
+        &mut |w| {
+            let from = out.len();
+            d.process(w, &mut out);
+            out[from..].iter_mut().for_each(|w| w.audio = Vec::new());
+        },
+    )?;
     if samples == 0 {
         return Err(SourceError::NoAudio {
-            input: input.into(),
+            input: input.name().into(),
         }
         .into());
     }
-    seg.finish(&mut ready)?;
-    take(&mut ready, &mut out, &mut d);
     Ok((out, samples as f64 / SAMPLE_RATE as f64, d))
 }
 
@@ -97,13 +81,7 @@ pub(super) fn diarize(a: &DiarizeArgs, mut ctx: Context) -> Result<i32> {
     ctx.cfg.validate()?;
     let truth = a.reference.as_deref().map(reference).transpose()?;
     let model = ctx.models.resolve(&ctx.cfg.diarize.model);
-    let net = std::sync::Arc::new(CamPlus::load(&model).map_err(|e| match e {
-        ModelError::Missing { path, .. } => ModelError::Missing {
-            path,
-            flag: "models-dir",
-        },
-        e => e,
-    })?);
+    let net = std::sync::Arc::new(CamPlus::load(&model)?);
     let t0 = Instant::now();
     let (windows, media_s, d) = diarize_file(&a.input, &ctx, net, a.online)?;
     let wall = t0.elapsed().as_secs_f64();

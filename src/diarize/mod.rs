@@ -26,8 +26,8 @@ use tch::Tensor;
 
 use crate::config::{DiarizeConfig, SegmentConfig, SourceConfig};
 use crate::error::Error;
-use crate::segment::{Segmenter, Vad, Window};
-use crate::source::{Input, SAMPLE_RATE, Source, SourceMsg};
+use crate::segment::{self, Vad, Window};
+use crate::source::{Input, SAMPLE_RATE};
 use campp::{CamPlus, EMBED_DIM};
 use fbank::{Fbank, N_BINS};
 use registry::{Registry, RegistryRules};
@@ -84,9 +84,6 @@ pub fn quietest(audio: &[f32], from: usize, to: usize) -> usize {
 pub struct Diarizer {
     net: Arc<CamPlus>,
     rules: RegistryRules,
-    /// Speaker count given (0: estimate) and the most speakers.
-    speakers_given: usize,
-    max_speakers: usize,
     fbank: Fbank,
     registry: Registry,
     seg_len: usize,
@@ -112,8 +109,6 @@ impl Diarizer {
         Self {
             net,
             rules,
-            speakers_given: cfg.speakers as usize,
-            max_speakers: cfg.max_speakers as usize,
             fbank: Fbank::new(),
             registry: Registry::new(rules),
             seg_len: (cfg.segment_s * SAMPLE_RATE as f32) as usize,
@@ -136,9 +131,7 @@ impl Diarizer {
     pub fn process(&mut self, w: Window, out: &mut impl Extend<Window>) {
         let t0 = Instant::now();
         let rate = SAMPLE_RATE as f64;
-        let at =
-            |t: f64| (((t - w.audio_start) * rate).round().max(0.0) as usize).min(w.audio.len());
-        let (from, to) = (at(w.start), at(w.end));
+        let (from, to) = (w.sample_at(w.start), w.sample_at(w.end));
         let segs: Vec<(usize, usize)> = segments(from, to, self.seg_len, self.hop)
             .into_iter()
             .filter(|(a, b)| b - a >= MIN_SEGMENT.min(to - from))
@@ -208,36 +201,22 @@ impl Diarizer {
         &mut self,
         input: &Input,
         source: &SourceConfig,
-        segment: &SegmentConfig,
+        segment_cfg: &SegmentConfig,
         vad: Vad,
     ) -> Result<usize, Error> {
         let t0 = Instant::now();
-        let src = Source::open_input(input, source)?;
-        let mut seg = Segmenter::new(segment.clone(), vad);
-        let (mut ready, mut embs) = (Vec::new(), Vec::new());
+        let mut embs = Vec::new();
         let hop = self.seg_len / 2;
-        loop {
-            match src.recv() {
-                SourceMsg::Audio { pts, samples } => {
-                    seg.push(pts, &samples, &mut ready)?;
-                    src.recycle_audio(samples);
-                }
-                SourceMsg::Video(f) => src.recycle_frame(f.data),
-                SourceMsg::Eos => break,
-                SourceMsg::Error(e) => return Err(e.into()),
-                SourceMsg::StreamsKnown { .. } | SourceMsg::VideoEnd => {}
-            }
-            self.learn_windows(&mut ready, hop, &mut embs);
-        }
-        seg.finish(&mut ready)?;
-        self.learn_windows(&mut ready, hop, &mut embs);
+        segment::cut_input(input, source, segment_cfg, vad, &mut |w| {
+            self.learn_window(&w, hop, &mut embs)
+        })?;
         if embs.len() > LEARN_MAX_SEGMENTS {
             let step = embs.len() as f64 / LEARN_MAX_SEGMENTS as f64;
             embs = (0..LEARN_MAX_SEGMENTS)
                 .map(|i| std::mem::take(&mut embs[(i as f64 * step) as usize]))
                 .collect();
         }
-        let labels = cluster::cluster(&embs, self.speakers_given, self.max_speakers);
+        let labels = cluster::cluster(&embs, self.rules.given, self.rules.limit);
         let k = labels.iter().max().map_or(0, |m| m + 1);
         if k > 0 {
             self.registry = Registry::seeded(self.rules, &cluster::centroids(&embs, &labels, k));
@@ -251,19 +230,14 @@ impl Diarizer {
         Ok(k)
     }
 
-    fn learn_windows(&mut self, ready: &mut Vec<Window>, hop: usize, embs: &mut Vec<Vec<f32>>) {
-        for w in ready.drain(..) {
-            let at = |t: f64| {
-                (((t - w.audio_start) * SAMPLE_RATE as f64).round().max(0.0) as usize)
-                    .min(w.audio.len())
-            };
-            let segs: Vec<(usize, usize)> = segments(at(w.start), at(w.end), self.seg_len, hop)
+    fn learn_window(&mut self, w: &Window, hop: usize, embs: &mut Vec<Vec<f32>>) {
+        let segs: Vec<(usize, usize)> =
+            segments(w.sample_at(w.start), w.sample_at(w.end), self.seg_len, hop)
                 .into_iter()
                 .filter(|(a, b)| b - a >= MIN_SEGMENT)
                 .collect();
-            if !segs.is_empty() {
-                embs.extend(self.embed(&w.audio, &segs));
-            }
+        if !segs.is_empty() {
+            embs.extend(self.embed(&w.audio, &segs));
         }
     }
 

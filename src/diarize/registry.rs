@@ -18,7 +18,6 @@ pub const MIN_RUN: usize = 2;
 struct Speaker {
     sum: Vec<f32>,
     norm: f32,
-    segments: u32,
 }
 
 impl Speaker {
@@ -26,7 +25,6 @@ impl Speaker {
         let mut s = Self {
             sum: vec![0.0; e.len()],
             norm: 0.0,
-            segments: 0,
         };
         s.add(e);
         s
@@ -37,7 +35,6 @@ impl Speaker {
             *s += v;
         }
         self.norm = self.sum.iter().map(|v| v * v).sum::<f32>().sqrt();
-        self.segments += 1;
     }
 
     /// Cosine similarity of a unit vector with this speaker's mean.

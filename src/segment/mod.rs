@@ -11,9 +11,9 @@ pub mod windows;
 
 use std::path::Path;
 
-use crate::config::SegmentConfig;
-use crate::error::ModelError;
-use crate::source::SAMPLE_RATE;
+use crate::config::{SegmentConfig, SourceConfig};
+use crate::error::{Error, ModelError};
+use crate::source::{Input, SAMPLE_RATE, Source, SourceMsg};
 use silero::{CHUNK, Silero};
 
 /// Gaps in audio timestamps larger than this are filled with silence.
@@ -47,6 +47,45 @@ impl Window {
     pub fn voiced_s(&self) -> f64 {
         self.voiced.iter().map(|(a, b)| b - a).sum()
     }
+
+    /// Index into `audio` of stream time `t` (clamped to the audio).
+    pub fn sample_at(&self, t: f64) -> usize {
+        let i = ((t - self.audio_start) * SAMPLE_RATE as f64)
+            .round()
+            .max(0.0) as usize;
+        i.min(self.audio.len())
+    }
+}
+
+/// Decodes `input` to its end (video frames dropped) and cuts it into windows, handing
+/// each to `each` as soon as it is final. Returns the number of samples decoded.
+pub(crate) fn cut_input(
+    input: &Input,
+    source: &SourceConfig,
+    segment: &SegmentConfig,
+    vad: Vad,
+    each: &mut dyn FnMut(Window),
+) -> Result<usize, Error> {
+    let src = Source::open_input(input, source)?;
+    let mut seg = Segmenter::new(segment.clone(), vad);
+    let (mut ready, mut samples) = (Vec::new(), 0usize);
+    loop {
+        match src.recv() {
+            SourceMsg::Audio { pts, samples: s } => {
+                samples += s.len();
+                seg.push(pts, &s, &mut ready)?;
+                src.recycle_audio(s);
+            }
+            SourceMsg::Video(f) => src.recycle_frame(f.data),
+            SourceMsg::Eos => break,
+            SourceMsg::Error(e) => return Err(e.into()),
+            SourceMsg::StreamsKnown { .. } | SourceMsg::VideoEnd => {}
+        }
+        ready.drain(..).for_each(&mut *each);
+    }
+    seg.finish(&mut ready)?;
+    ready.drain(..).for_each(each);
+    Ok(samples)
 }
 
 /// Runs of frames at or above `threshold` in `probs` (frame `i` starts at
