@@ -358,8 +358,8 @@ pub struct Event {
     pub start: f64,
     /// Window end, seconds of stream time.
     pub end: f64,
-    /// Seconds of voiced speech in the window (VAD frames at or above
-    /// `segment.threshold`): what talk time counts.
+    /// Seconds of talk in the window: VAD frames at or above `segment.threshold`, plus
+    /// pauses between them shorter than `segment.talk_pause_s`; what talk time counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voiced_s: Option<f64>,
     /// Who spoke (`--channels`: the channel's name); absent when not known.

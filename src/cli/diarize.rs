@@ -11,7 +11,7 @@ use crate::diarize::Diarizer;
 use crate::diarize::campp::CamPlus;
 use crate::diarize::score::{self, Turn};
 use crate::error::{Error, Result, SourceError};
-use crate::segment::{Vad, Window, cut_input};
+use crate::segment::{Span, Vad, Window, WindowSink, cut_input};
 use crate::source::{Input, SAMPLE_RATE};
 
 /// Reads reference turns: `.rttm`, else the turns JSON.
@@ -29,6 +29,27 @@ fn reference(path: &Path) -> Result<Vec<Turn>> {
             path.display()
         ))
     })
+}
+
+/// Diarized windows (audio dropped); speech still going on is watched for speaker
+/// changes as a live stream's is.
+struct Labelled<'a> {
+    d: &'a mut Diarizer,
+    out: Vec<Window>,
+}
+
+impl WindowSink for Labelled<'_> {
+    fn window(&mut self, w: Window) {
+        let from = self.out.len();
+        self.d.process(w, &mut self.out);
+        self.out[from..]
+            .iter_mut()
+            .for_each(|w| w.audio = Vec::new());
+    }
+
+    fn open(&mut self, open: Option<(Span, &[f32])>) -> Option<f64> {
+        self.d.watch(open)
+    }
 }
 
 /// Decodes `input` and returns its diarized windows (audio dropped), the seconds decoded
@@ -51,18 +72,13 @@ fn diarize_file(
     if !online {
         d.learn(&input, &cfg.source, &cfg.segment, Vad::load(&vad_path)?)?;
     }
-    let mut out: Vec<Window> = Vec::new();
-    let samples = cut_input(
-        &input,
-        &cfg.source,
-        &cfg.segment,
-        Vad::load(&vad_path)?,
-        &mut |w| {
-            let from = out.len();
-            d.process(w, &mut out);
-            out[from..].iter_mut().for_each(|w| w.audio = Vec::new());
-        },
-    )?;
+    let mut sink = Labelled {
+        d: &mut d,
+        out: Vec::new(),
+    };
+    let vad = Vad::load(&vad_path)?;
+    let samples = cut_input(&input, &cfg.source, &cfg.segment, vad, &mut sink)?;
+    let out = sink.out;
     if samples == 0 {
         return Err(SourceError::NoAudio {
             input: input.name().into(),

@@ -26,7 +26,7 @@ use tch::Tensor;
 
 use crate::config::{DiarizeConfig, SegmentConfig, SourceConfig};
 use crate::error::Error;
-use crate::segment::{self, Vad, Window};
+use crate::segment::{self, Span, Vad, Window};
 use crate::source::{Input, SAMPLE_RATE};
 use campp::{CamPlus, EMBED_DIM};
 use fbank::{Fbank, N_BINS};
@@ -80,6 +80,17 @@ pub fn quietest(audio: &[f32], from: usize, to: usize) -> usize {
         .map_or((from + to) / 2, |(s, _)| s + QUIET_FRAME / 2)
 }
 
+/// A segment's embedding computed while its speech was still going on, keyed by the
+/// stream time of its first sample (in samples).
+struct Cached {
+    at: i64,
+    len: usize,
+    emb: Vec<f32>,
+}
+
+/// Cached segments whose start is within this many samples match.
+const CACHE_SLACK: i64 = 4;
+
 /// One stream's diarizer.
 pub struct Diarizer {
     net: Arc<CamPlus>,
@@ -93,6 +104,8 @@ pub struct Diarizer {
     next_seq: u64,
     /// Speaker of the last window (for windows too short to embed).
     last_speaker: Option<u32>,
+    /// Embeddings of the open speech's segments (live streams, [`Diarizer::watch`]).
+    cache: Vec<Cached>,
     /// Segments embedded, and the time spent, for the benchmark and logs.
     pub segments_done: u64,
     /// Seconds spent embedding and labelling.
@@ -117,6 +130,7 @@ impl Diarizer {
             batch: Vec::new(),
             next_seq: 0,
             last_speaker: None,
+            cache: Vec::new(),
             segments_done: 0,
             busy_s: 0.0,
         }
@@ -139,9 +153,13 @@ impl Diarizer {
         let labels = if segs.is_empty() || to - from < MIN_SPEECH {
             Vec::new()
         } else {
-            let embs = self.embed(&w.audio, &segs);
-            self.registry.label(&embs)
+            let embs = self.embed_cached(&w.audio, w.audio_start, &segs);
+            let labels = self.registry.label(&embs);
+            tracing::debug!("window {:.2}-{:.2} s: labels {labels:?}", w.start, w.end);
+            labels
         };
+        let end = key(w.end);
+        self.cache.retain(|c| c.at >= end);
         self.busy_s += t0.elapsed().as_secs_f64();
         // Split points (sample indices) where the label changes.
         let mut cuts = Vec::new();
@@ -192,6 +210,101 @@ impl Diarizer {
             speech_from = speech_to;
         }
         self.last_speaker = labels.last().map(|&l| l as u32 + 1);
+    }
+
+    /// Looks at the speech still going on in a live stream (`open`: its span and audio,
+    /// from [`crate::segment::Segmenter::open_speech`]): embeds its segments as they
+    /// complete, so a window's embeddings are mostly done when it closes, and returns
+    /// the stream time at which to end the window when the speaker has changed inside it
+    /// (the new speaker holding the last [`registry::MIN_RUN`] segments): the first piece
+    /// then goes out without waiting for the pause after the second. Recordings labelled
+    /// against a learnt registry are never cut early (they have no latency to save).
+    pub fn watch(&mut self, open: Option<(Span, &[f32])>) -> Option<f64> {
+        let (span, audio) = open?;
+        if self.registry.is_fixed() || audio.len() < self.seg_len {
+            return None;
+        }
+        let n = (audio.len() - self.seg_len) / self.hop + 1;
+        let segs: Vec<(usize, usize)> = (0..n)
+            .map(|k| (k * self.hop, k * self.hop + self.seg_len))
+            .collect();
+        if self
+            .find(key(span.start) + segs[n - 1].0 as i64, self.seg_len)
+            .is_some()
+        {
+            return None;
+        }
+        let t0 = Instant::now();
+        let embs = self.embed_cached(audio, span.start, &segs);
+        let mut cut = None;
+        if n > registry::MIN_RUN {
+            // What the registry would say now, without learning from it yet.
+            let labels = self.registry.clone().label(&embs);
+            let runs = registry::runs(&labels);
+            // Only a change to a speaker met before (a new one needs the whole window's
+            // evidence: a short remainder alone would look like one), and only when each
+            // segment of the new run is also closest to that speaker's mean.
+            if let Some(&(speaker, first, last)) = runs.get(1)
+                && last - first >= registry::MIN_RUN
+                && speaker < self.registry.len()
+                && (first..last).all(|i| self.registry.closest(&embs[i]) == Some(speaker))
+            {
+                let (next_start, prev_end) = (segs[first].0, segs[first - 1].1);
+                let at = quietest(audio, next_start, prev_end);
+                cut = Some(span.start + at as f64 / SAMPLE_RATE as f64);
+                tracing::debug!(
+                    "speaker change in open speech from {:.2} s: labels {labels:?}, cut at {:.2} s",
+                    span.start,
+                    cut.unwrap_or_default()
+                );
+            }
+        }
+        self.busy_s += t0.elapsed().as_secs_f64();
+        cut
+    }
+
+    fn find(&self, at: i64, len: usize) -> Option<&Cached> {
+        self.cache
+            .iter()
+            .find(|c| c.len == len && (c.at - at).abs() <= CACHE_SLACK)
+    }
+
+    /// Embeddings of `audio`'s segments (`audio[0]` at stream time `start`), reusing
+    /// those [`Diarizer::watch`] computed and caching the new ones (live streams).
+    fn embed_cached(
+        &mut self,
+        audio: &[f32],
+        start: f64,
+        segs: &[(usize, usize)],
+    ) -> Vec<Vec<f32>> {
+        let at = |s: &(usize, usize)| key(start) + s.0 as i64;
+        let missing: Vec<(usize, usize)> = segs
+            .iter()
+            .filter(|s| self.find(at(s), s.1 - s.0).is_none())
+            .copied()
+            .collect();
+        let fresh = self.embed(audio, &missing);
+        let keep = !self.registry.is_fixed();
+        let mut fresh = missing.iter().zip(fresh);
+        let mut out = Vec::with_capacity(segs.len());
+        for s in segs {
+            match self.find(at(s), s.1 - s.0) {
+                Some(c) => out.push(c.emb.clone()),
+                None => {
+                    let (m, e) = fresh.next().expect("an embedding per missing segment");
+                    debug_assert_eq!(m, s);
+                    if keep {
+                        self.cache.push(Cached {
+                            at: at(s),
+                            len: s.1 - s.0,
+                            emb: e.clone(),
+                        });
+                    }
+                    out.push(e);
+                }
+            }
+        }
+        out
     }
 
     /// The learning pass of a recording: decodes `input` to its end, cuts it with the VAD,
@@ -284,6 +397,11 @@ impl Diarizer {
         }
         out
     }
+}
+
+/// Stream time `t` in samples (cache keys).
+fn key(t: f64) -> i64 {
+    (t * SAMPLE_RATE as f64).round() as i64
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@
 /// A speaker change needs this many consecutive segments.
 pub const MIN_RUN: usize = 2;
 
+/// A new speaker needs this many segments of one window (3 s of speech at the default
+/// 1.5 s segments every 0.5 s).
+pub const NEW_SPEAKER_SEGMENTS: usize = 4;
+
 /// One speaker: the sum of its embeddings (their mean's direction is what counts).
 #[derive(Debug, Clone)]
 struct Speaker {
@@ -99,6 +103,21 @@ impl Registry {
         }
     }
 
+    /// Seeded from a whole recording (labels only, no learning).
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
+    }
+
+    /// The known speaker whose mean is most similar to the unit embedding `e`.
+    pub fn closest(&self, e: &[f32]) -> Option<usize> {
+        self.speakers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.similarity(e)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    }
+
     /// Speakers met so far.
     pub fn len(&self) -> usize {
         self.speakers.len()
@@ -132,10 +151,15 @@ impl Registry {
             .collect();
         let mut labels: Vec<usize> = Vec::with_capacity(embs.len());
         let mut next = self.speakers.len();
+        let mut fresh = vec![0usize; k];
+        clusters[start..].iter().for_each(|&c| fresh[c] += 1);
         for (i, e) in embs.iter().enumerate() {
             let c = clusters[start + i];
             if map[c] == usize::MAX {
-                map[c] = if next < self.rules.limit {
+                // A new speaker needs NEW_SPEAKER_SEGMENTS of its own (the first one
+                // excepted): a short odd stretch is a known voice sounding different.
+                let enough = fresh[c] >= NEW_SPEAKER_SEGMENTS || self.speakers.is_empty();
+                map[c] = if next < self.rules.limit && enough {
                     next += 1;
                     next - 1
                 } else {
@@ -312,6 +336,20 @@ mod tests {
         assert_eq!(r.label(&mixed), vec![0, 0, 0, 0, 1, 1, 1, 1]);
         assert_eq!(r.label(&voice(2, 3, 5)), vec![1; 3]);
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn a_short_odd_stretch_does_not_open_a_speaker() {
+        let mut r = Registry::new(rules(8));
+        r.label(&voice(1, 8, 1));
+        r.label(&voice(2, 8, 2));
+        // Two segments of a third voice: too little to be a new speaker.
+        let l = r.label(&voice(3, NEW_SPEAKER_SEGMENTS - 1, 3));
+        assert!(l.iter().all(|&s| s < 2), "{l:?}");
+        assert_eq!(r.len(), 2);
+        // Enough of it is.
+        assert_eq!(r.label(&voice(3, 6, 4)), vec![2; 6]);
+        assert_eq!(r.len(), 3);
     }
 
     #[test]

@@ -457,8 +457,31 @@ fn collapse_repeats(text: &str) -> String {
         kept.push(i);
         i += 1;
     }
+    let kept = cut_trailing_loop(&kept, &norm);
     kept.iter().map(|&k| words[k]).collect::<Vec<_>>().join(" ")
 }
+
+/// A block of 2..=8 words repeated back to back at least [`LOOP_REPEATS`] times up to the
+/// end of the text (the last copy may be cut off): the decoder looping until its token
+/// limit ("2 9 1 8 2 9 1 8 2 9 1 8 ..."). Keeps the text before the loop and one copy.
+fn cut_trailing_loop(kept: &[usize], norm: &[String]) -> Vec<usize> {
+    let w = |i: usize| &norm[kept[i]];
+    for p in 2..=8.min(kept.len() / LOOP_REPEATS) {
+        // Walk back from the end while each word equals the one p words later.
+        let n = kept.len();
+        let mut start = n - p;
+        while start > 0 && w(start - 1) == w(start - 1 + p) {
+            start -= 1;
+        }
+        if n - start >= LOOP_REPEATS * p {
+            return kept[..start + p].to_vec();
+        }
+    }
+    kept.to_vec()
+}
+
+/// Back-to-back copies of a short block that make a decoder loop.
+const LOOP_REPEATS: usize = 3;
 
 #[cfg(test)]
 mod tests {
@@ -485,6 +508,13 @@ mod tests {
             collapse_repeats("We will see. We will see. We will see it through."),
             "We will see. We will see it through."
         );
+        // A loop without sentence ends, cut off by the token limit.
+        assert_eq!(
+            collapse_repeats("Sure, it's 2 9 1 8 2 9 1 8 2 9 1 8 2 9 1"),
+            "Sure, it's 2 9 1 8"
+        );
+        // Two copies are speech ("very very", "bye bye").
+        assert_eq!(collapse_repeats("bye now bye now"), "bye now bye now");
     }
 
     #[test]

@@ -9,6 +9,8 @@
 pub mod silero;
 pub mod windows;
 
+pub use windows::Span;
+
 use std::path::Path;
 
 use crate::config::{SegmentConfig, SourceConfig};
@@ -37,15 +39,25 @@ pub struct Window {
     pub audio: Vec<f32>,
     /// Speaker number from 1 (diarization), when known.
     pub speaker: Option<u32>,
-    /// Voiced stretches inside the speech (VAD frames at or above `segment.threshold`),
-    /// stream time: talk time counts these, not the pauses a window spans.
+    /// Voiced stretches inside the speech (runs of VAD frames at or above
+    /// `segment.threshold`), stream time, in order: talk time counts these, not the
+    /// pauses a window spans.
     pub voiced: Vec<(f64, f64)>,
 }
 
 impl Window {
-    /// Seconds of voiced speech.
-    pub fn voiced_s(&self) -> f64 {
-        self.voiced.iter().map(|(a, b)| b - a).sum()
+    /// Seconds of talk: the voiced runs plus the pauses between them shorter than
+    /// `pause_s` (breaths, commas). Pauses are bridged inside the window only, so a window
+    /// split at a speaker change counts the gap at the cut for neither piece.
+    pub fn voiced_s(&self, pause_s: f64) -> f64 {
+        let runs: f64 = self.voiced.iter().map(|(a, b)| b - a).sum();
+        let bridged: f64 = self
+            .voiced
+            .windows(2)
+            .map(|p| p[1].0 - p[0].1)
+            .filter(|&gap| gap < pause_s - 1e-9)
+            .sum();
+        runs + bridged
     }
 
     /// Index into `audio` of stream time `t` (clamped to the audio).
@@ -57,6 +69,24 @@ impl Window {
     }
 }
 
+/// Where [`cut_input`] hands its windows.
+pub(crate) trait WindowSink {
+    /// A final window.
+    fn window(&mut self, w: Window);
+
+    /// Speech still going on (its span and audio) after new audio: a stream time at
+    /// which to end its window now (a speaker change, [`Segmenter::close_open_at`]).
+    fn open(&mut self, _open: Option<(Span, &[f32])>) -> Option<f64> {
+        None
+    }
+}
+
+impl<F: FnMut(Window)> WindowSink for F {
+    fn window(&mut self, w: Window) {
+        self(w)
+    }
+}
+
 /// Decodes `input` to its end (video frames dropped) and cuts it into windows, handing
 /// each to `each` as soon as it is final. Returns the number of samples decoded.
 pub(crate) fn cut_input(
@@ -64,7 +94,7 @@ pub(crate) fn cut_input(
     source: &SourceConfig,
     segment: &SegmentConfig,
     vad: Vad,
-    each: &mut dyn FnMut(Window),
+    each: &mut dyn WindowSink,
 ) -> Result<usize, Error> {
     let src = Source::open_input(input, source)?;
     let mut seg = Segmenter::new(segment.clone(), vad);
@@ -75,25 +105,28 @@ pub(crate) fn cut_input(
                 samples += s.len();
                 seg.push(pts, &s, &mut ready)?;
                 src.recycle_audio(s);
+                if let Some(at) = each.open(seg.open_speech()) {
+                    seg.close_open_at(at, &mut ready);
+                }
             }
             SourceMsg::Video(f) => src.recycle_frame(f.data),
             SourceMsg::Eos => break,
             SourceMsg::Error(e) => return Err(e.into()),
             SourceMsg::StreamsKnown { .. } | SourceMsg::VideoEnd => {}
         }
-        ready.drain(..).for_each(&mut *each);
+        ready.drain(..).for_each(|w| each.window(w));
     }
     seg.finish(&mut ready)?;
-    ready.drain(..).for_each(each);
+    ready.drain(..).for_each(|w| each.window(w));
     Ok(samples)
 }
 
 /// Runs of frames at or above `threshold` in `probs` (frame `i` starts at
-/// `t0 + i * frame_s`), clipped to `[from, to]`; gaps shorter than `pause_s` are bridged.
+/// `t0 + i * frame_s`), clipped to `[from, to]`.
 fn voiced_runs(
     probs: &[f32],
     (t0, frame_s): (f64, f64),
-    (threshold, pause_s): (f32, f64),
+    threshold: f32,
     from: f64,
     to: f64,
 ) -> Vec<(f64, f64)> {
@@ -109,7 +142,7 @@ fn voiced_runs(
         }
         let (a, b) = (a.max(from), b.min(to));
         match out.last_mut() {
-            Some(r) if a - r.1 < pause_s - 1e-9 => r.1 = b,
+            Some(r) if a - r.1 < 1e-9 => r.1 = b,
             _ => out.push((a, b)),
         }
     }
@@ -149,6 +182,8 @@ pub(crate) struct Segmenter {
     committed: f64,
     /// End of the last emitted window (windows never overlap).
     last_end: f64,
+    /// Speech still going on at the latest decision.
+    open: Option<Span>,
     since_pass: usize,
     next_seq: u64,
 }
@@ -170,6 +205,7 @@ impl Segmenter {
             probs_from: 0,
             committed: 0.0,
             last_end: 0.0,
+            open: None,
             since_pass: 0,
             next_seq: 0,
         }
@@ -245,38 +281,83 @@ impl Segmenter {
         (i.max(0.0) as usize).min(self.buf.len())
     }
 
+    /// Emits the window of `speech` (padded, within `last_end..ceil`).
+    fn emit(&mut self, speech: Span, ceil: f64, out: &mut Vec<Window>) {
+        let w = windows::window_for(speech, &self.cfg, self.last_end, ceil);
+        if w.is_empty() {
+            return;
+        }
+        let (a, b) = (self.index_of(w.start), self.index_of(w.end));
+        let (from, to) = (speech.start.max(w.start), speech.end.min(w.end));
+        let frame_s = CHUNK as f64 / SAMPLE_RATE as f64;
+        let t_from = self.time_of(self.probs_from * CHUNK);
+        let threshold = self.cfg.threshold;
+        let voiced = voiced_runs(&self.probs, (t_from, frame_s), threshold, from, to);
+        out.push(Window {
+            seq: self.next_seq,
+            start: from,
+            end: to,
+            audio_start: w.start,
+            audio: self.buf[a..b].to_vec(),
+            speaker: None,
+            voiced,
+        });
+        self.next_seq += 1;
+        self.last_end = w.end;
+    }
+
+    /// Speech still going on (its start and the end of its last speech frame so far,
+    /// stream time) and its audio, as of the latest decision.
+    pub fn open_speech(&self) -> Option<(Span, &[f32])> {
+        let span = self.open?;
+        let (a, b) = (self.index_of(span.start), self.index_of(span.end));
+        Some((span, &self.buf[a..b]))
+    }
+
+    /// Ends the open speech at stream time `at` (a speaker change found inside it): the
+    /// speech before `at` becomes a window now, without padding past `at`; the speech
+    /// after it goes on as new open speech. Does nothing unless `at` lies inside the open
+    /// speech.
+    pub fn close_open_at(&mut self, at: f64, out: &mut Vec<Window>) {
+        let Some(open) = self.open else {
+            return;
+        };
+        if !(open.start < at && at < open.end) {
+            return;
+        }
+        self.emit(
+            Span {
+                start: open.start,
+                end: at,
+            },
+            at,
+            out,
+        );
+        self.open = None;
+        self.commit(at);
+    }
+
     fn pass(&mut self, last: bool, out: &mut Vec<Window>) {
         self.since_pass = 0;
         let t_from = self.time_of(self.probs_from * CHUNK);
         let cut = windows::cut(&self.probs, t_from, &self.cfg, last);
         let ceil = self.buf_end();
         for speech in &cut.closed {
-            let w = windows::window_for(*speech, &self.cfg, self.last_end, ceil);
-            if w.is_empty() {
-                continue;
-            }
-            let (a, b) = (self.index_of(w.start), self.index_of(w.end));
-            let (from, to) = (speech.start.max(w.start), speech.end.min(w.end));
-            let frame_s = CHUNK as f64 / SAMPLE_RATE as f64;
-            let rules = (self.cfg.threshold, self.cfg.talk_pause_s as f64);
-            let voiced = voiced_runs(&self.probs, (t_from, frame_s), rules, from, to);
-            out.push(Window {
-                seq: self.next_seq,
-                start: from,
-                end: to,
-                audio_start: w.start,
-                audio: self.buf[a..b].to_vec(),
-                speaker: None,
-                voiced,
-            });
-            self.next_seq += 1;
-            self.last_end = w.end;
+            self.emit(*speech, ceil, out);
         }
-        self.committed = if last {
+        self.open = cut.open;
+        self.commit(if last {
             ceil
         } else {
             cut.committed.max(self.committed)
-        };
+        });
+    }
+
+    /// Everything before stream time `at` is decided: its probabilities and the audio no
+    /// window can need any more are dropped.
+    fn commit(&mut self, at: f64) {
+        self.committed = at;
+        let t_from = self.time_of(self.probs_from * CHUNK);
         // Probabilities before the commit point are decided.
         let decided = ((self.committed - t_from) * SAMPLE_RATE as f64 / CHUNK as f64).round();
         let n = (decided.max(0.0) as usize).min(self.probs.len());
@@ -320,11 +401,75 @@ mod tests {
     #[test]
     fn voiced_runs_join_frames_and_clip_to_the_span() {
         let p = [0.1, 0.9, 0.8, 0.2, 0.7, 0.9];
-        let r = voiced_runs(&p, (10.0, 0.5), (0.5, 0.4), 10.2, 12.75);
-        assert_eq!(r, vec![(10.5, 11.5), (12.0, 12.75)]);
+        let voiced = voiced_runs(&p, (10.0, 0.5), 0.5, 10.2, 12.75);
+        assert_eq!(voiced, vec![(10.5, 11.5), (12.0, 12.75)]);
+        let w = Window {
+            seq: 0,
+            start: 10.2,
+            end: 12.75,
+            audio_start: 10.0,
+            audio: Vec::new(),
+            speaker: None,
+            voiced,
+        };
+        assert!((w.voiced_s(0.4) - 1.75).abs() < 1e-9);
         // A pause shorter than talk_pause_s is talk.
-        let r = voiced_runs(&p, (10.0, 0.5), (0.5, 0.6), 10.2, 12.75);
-        assert_eq!(r, vec![(10.5, 12.75)]);
+        assert!((w.voiced_s(0.6) - 2.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn open_speech_can_be_closed_early_at_a_speaker_change() {
+        let dir = crate::assets::default_models_dir();
+        let (Some(path), wav) = (model(), dir.join("test/jfk.wav")) else {
+            eprintln!("skipped: Silero model not installed (scripts/setup)");
+            return;
+        };
+        if !wav.is_file() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI: {} missing",
+                wav.display()
+            );
+            eprintln!("skipped: jfk.wav not installed (scripts/setup)");
+            return;
+        }
+        let audio = super::silero::tests::wav_samples(&std::fs::read(&wav).unwrap());
+        // Long merge gap: JFK's 11 s are one utterance until we end it.
+        let cfg = SegmentConfig {
+            merge_gap_s: 3.0,
+            ..SegmentConfig::default()
+        };
+        let mut seg = Segmenter::new(cfg, Vad::load(&path).unwrap());
+        let (mut out, mut at) = (Vec::new(), None);
+        for piece in audio.chunks(1600) {
+            seg.push(None, piece, &mut out).unwrap();
+            if at.is_none()
+                && let Some((span, samples)) = seg.open_speech()
+                && span.len() > 4.0
+            {
+                assert_eq!(samples.len(), (span.len() * 16000.0).round() as usize);
+                // Outside the open speech: nothing happens.
+                seg.close_open_at(span.end + 1.0, &mut out);
+                assert!(out.is_empty());
+                let t = span.start + 3.0;
+                seg.close_open_at(t, &mut out);
+                assert_eq!(out.len(), 1, "the first part goes out at once");
+                let w = &out[0];
+                assert!((w.end - t).abs() < 1e-9, "{} vs {t}", w.end);
+                assert!(w.audio_start + w.audio.len() as f64 / 16000.0 <= t + 1e-3);
+                assert!(w.voiced.iter().all(|r| r.1 <= t + 1e-9));
+                at = Some(t);
+            }
+        }
+        seg.finish(&mut out).unwrap();
+        let t = at.expect("JFK's speech was open for 4 s");
+        assert!(out.len() >= 2, "the rest follows");
+        assert!(
+            out[1..]
+                .iter()
+                .all(|w| w.start >= t - 1e-9 && w.audio_start >= t - 1e-9)
+        );
+        assert!(out.windows(2).all(|p| p[1].seq == p[0].seq + 1));
     }
 
     #[test]

@@ -317,11 +317,11 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// 16-bit mono PCM samples of a WAV file (its `data` chunk).
-    fn wav_samples(bytes: &[u8]) -> Vec<f32> {
+    pub(crate) fn wav_samples(bytes: &[u8]) -> Vec<f32> {
         let mut i = 12;
         while i + 8 <= bytes.len() {
             let len = u32::from_le_bytes([bytes[i + 4], bytes[i + 5], bytes[i + 6], bytes[i + 7]]);

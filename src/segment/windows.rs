@@ -33,6 +33,9 @@ pub struct Cut {
     pub closed: Vec<Span>,
     /// Stream time up to which everything has been decided: later passes start here.
     pub committed: f64,
+    /// Speech still going on at the end of the probabilities (start, end of the last
+    /// speech frame so far), when there is some and more audio will come.
+    pub open: Option<Span>,
 }
 
 /// Finds closed speech spans in `probs` (frame `i` covers `t0 + i * VAD_FRAME_S`).
@@ -49,6 +52,7 @@ pub fn cut(probs: &[f32], t0: f64, cfg: &SegmentConfig, last: bool) -> Cut {
     let t = |i: usize| t0 + i as f64 * VAD_FRAME_S;
 
     let mut closed = Vec::new();
+    let mut open_speech = None;
     let mut i = 0;
     // First frame not yet decided.
     let mut decided = 0;
@@ -87,6 +91,10 @@ pub fn cut(probs: &[f32], t0: f64, cfg: &SegmentConfig, last: bool) -> Cut {
         }
         if open && !last {
             // Speech still going on at the end of what we have: decide later.
+            open_speech = Some(Span {
+                start: t(start),
+                end: t(end),
+            });
             break;
         }
         if end - start >= min_frames {
@@ -104,6 +112,7 @@ pub fn cut(probs: &[f32], t0: f64, cfg: &SegmentConfig, last: bool) -> Cut {
     Cut {
         closed,
         committed: t(decided),
+        open: open_speech,
     }
 }
 
@@ -175,8 +184,11 @@ mod tests {
             c.committed <= 1.0,
             "must not commit past the start of open speech: {c:?}"
         );
+        let open = c.open.expect("open speech is reported");
+        assert!(close(open.start, 1.0) && close(open.end, 3.0), "{open:?}");
         let c = cut(&p, 0.0, &cfg(), true);
         assert_eq!(c.closed.len(), 1);
+        assert_eq!(c.open, None);
     }
 
     #[test]

@@ -191,6 +191,8 @@ struct Processor<'a> {
     windows: u64,
     /// End of the latest window sent, stream time.
     last_end: f64,
+    /// `segment.talk_pause_s`: shorter pauses inside a window count as talk.
+    talk_pause_s: f64,
 }
 
 impl Processor<'_> {
@@ -252,7 +254,7 @@ impl Processor<'_> {
         } else if let Some(s) = w.speaker {
             event.speaker = Some(format!("S{s}"));
         }
-        event.voiced_s = Some(round_ms(w.voiced_s()));
+        event.voiced_s = Some(round_ms(w.voiced_s(self.talk_pause_s)));
         event.text = tr.text;
         event.language = tr.language;
         event.asr_confidence = tr.confidence;
@@ -366,6 +368,12 @@ impl Runner<'_> {
                     let res = self.seg.push(pts, &samples, &mut ready);
                     source.recycle_audio(samples);
                     res?;
+                    // A speaker change inside speech still going on ends its window now.
+                    if let Some(d) = &mut self.p.diarizer
+                        && let Some(at) = d.watch(self.seg.open_speech())
+                    {
+                        self.seg.close_open_at(at, &mut ready);
+                    }
                 }
                 SourceMsg::Video(mut f) => {
                     last_data = Instant::now();
@@ -554,6 +562,7 @@ pub(crate) fn run_stream(
             clock: StreamClock::new(!job.reconnect),
             windows: 0,
             last_end: 0.0,
+            talk_pause_s: cfg.segment.talk_pause_s as f64,
         },
         seg: Segmenter::new(cfg.segment.clone(), vad),
         cfg: &cfg,
