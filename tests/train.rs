@@ -55,11 +55,56 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
     assert!(stdout.contains("rate=0.5"), "{stdout}");
     assert!(!calibrated || stdout.contains("tau(0.5)"), "{stdout}");
 
-    let mut args = vec!["eval", "--data", d, "--ubm", u];
+    let jsonl = dir.path().join("pred.jsonl");
+    let mut args = vec![
+        "eval",
+        "--data",
+        d,
+        "--ubm",
+        u,
+        "--predictions",
+        jsonl.to_str().unwrap(),
+    ];
     if calibrated {
         args.push("--lambda-sweep");
     }
     let stdout = common::sentistream_ok(&args);
+    check_predictions(&stdout, &jsonl);
+    let csv = dir.path().join("pred.csv");
+    common::sentistream_ok(&[
+        "eval",
+        "--data",
+        d,
+        "--ubm",
+        u,
+        "--predictions",
+        csv.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("clip,label,score,polarity,raw_score"),
+        "{text}"
+    );
+    assert_eq!(lines.count(), 4, "{text}");
+    let bad = common::sentistream(&[
+        "eval",
+        "--data",
+        d,
+        "--ubm",
+        u,
+        "--predictions",
+        "/nonexistent-folder/p.jsonl",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("nonexistent-folder") && err.contains("--predictions"),
+        "{err}"
+    );
     if calibrated {
         assert!(stdout.contains("| 0.9 |"), "{stdout}");
     }
@@ -106,6 +151,40 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
             assert!(e["uncertainty"].as_f64().unwrap() >= 0.0);
             assert!(e["latency_ms"]["features"].as_f64().unwrap() > 0.0);
         }
+    }
+}
+
+/// `eval --predictions` wrote one line per test clip whose raw scores give the MAE
+/// that `eval` printed for the full model, and whose event scores agree with their
+/// polarity and probabilities.
+fn check_predictions(stdout: &str, path: &std::path::Path) {
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 4);
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    let mae = rows
+        .iter()
+        .map(|r| (f(r, "raw_score") - f(r, "label")).abs())
+        .sum::<f64>()
+        / 4.0;
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| UBM T+A+V"))
+        .unwrap();
+    let printed: f64 = row.split('|').nth(9).unwrap().trim().parse().unwrap();
+    assert!((mae - printed).abs() < 1e-3, "{mae} vs {printed}: {row}");
+    for r in &rows {
+        assert!(r["clip"].as_str().unwrap().contains('/'));
+        let p = [f(r, "p_negative"), f(r, "p_neutral"), f(r, "p_positive")];
+        let top = (0..3).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        assert_eq!(
+            r["polarity"],
+            ["negative", "neutral", "positive"][top],
+            "{r}"
+        );
     }
 }
 

@@ -226,6 +226,12 @@ pub struct EvalArgs {
     /// GGUF) on the same windows.
     #[arg(long)]
     pub remote: Option<String>,
+    /// Write each clip's prediction by the small model (all modalities) to this file:
+    /// JSON lines, or CSV when the name ends in .csv. Columns: clip, label, score and
+    /// polarity as an event carries them (one-verdict rule), raw score, probabilities,
+    /// uncertainty, text.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) predictions: Option<PathBuf>,
 }
 
 /// Options shared by `annotate` and `run`.

@@ -11,7 +11,7 @@ use crate::diarize::Diarizer;
 use crate::diarize::campp::CamPlus;
 use crate::diarize::score::{self, Turn};
 use crate::error::{Error, Result, SourceError};
-use crate::segment::{Span, Vad, Window, WindowSink, cut_input};
+use crate::segment::{OpenSpeech, Vad, Window, WindowSink, cut_input};
 use crate::source::{Input, SAMPLE_RATE};
 
 /// Reads reference turns: `.rttm`, else the turns JSON.
@@ -47,7 +47,7 @@ impl WindowSink for Labelled<'_> {
             .for_each(|w| w.audio = Vec::new());
     }
 
-    fn open(&mut self, open: Option<(Span, &[f32])>) -> Option<f64> {
+    fn open(&mut self, open: Option<OpenSpeech<'_>>) -> Option<f64> {
         self.d.watch(open)
     }
 }

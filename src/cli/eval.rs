@@ -1,6 +1,8 @@
 //! `eval`: MMSA metrics of the small model on a split, modality ablations, uncertainty,
 //! speed; optionally the cascade comparison and the lambda sweep.
 
+use std::path::Path;
+
 use super::Context;
 use super::args::EvalArgs;
 use crate::error::{DatasetError, Error, ModelError, Result};
@@ -45,6 +47,10 @@ pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
         }
     );
     let preds = ablations(&model, &data);
+    if let Some(path) = &e.predictions {
+        write_predictions(path, &data, &preds, model.meta.band)?;
+        println!("predictions of {} clips: {}", preds.len(), path.display());
+    }
     speed(&model, &data);
     if e.compare {
         compare(e, ctx, &model, &data)?;
@@ -208,6 +214,70 @@ fn verdict_rule(preds: &[Prediction], data: &SplitData, band: f32) {
         m.mae,
         m.corr
     );
+}
+
+/// One clip's prediction as `eval --predictions` writes it.
+#[derive(serde::Serialize)]
+struct ClipPrediction<'a> {
+    clip: &'a str,
+    label: f32,
+    /// As an event carries it (`routing::verdict`).
+    score: f32,
+    polarity: crate::event::Polarity,
+    /// The regression head's own score.
+    raw_score: f32,
+    p_negative: f32,
+    p_neutral: f32,
+    p_positive: f32,
+    uncertainty: f32,
+    text: &'a str,
+}
+
+/// Writes one prediction per clip (JSON lines, or CSV for a `.csv` name), so the metrics
+/// can be recomputed with other tools.
+fn write_predictions(path: &Path, data: &SplitData, preds: &[Prediction], band: f32) -> Result<()> {
+    let rows = data
+        .ids
+        .iter()
+        .zip(&data.labels)
+        .zip(&data.texts)
+        .zip(preds);
+    let rows = rows.map(|(((clip, &label), text), p)| {
+        let (score, polarity) = crate::routing::verdict::coherent(p.score, &p.probs, band);
+        ClipPrediction {
+            clip,
+            label,
+            score,
+            polarity,
+            raw_score: p.score,
+            p_negative: p.probs[0],
+            p_neutral: p.probs[1],
+            p_positive: p.probs[2],
+            uncertainty: p.uncertainty,
+            text,
+        }
+    });
+    let text = if path
+        .extension()
+        .is_some_and(|x| x.eq_ignore_ascii_case("csv"))
+    {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in rows {
+            w.serialize(r).map_err(|e| Error::Usage(e.to_string()))?;
+        }
+        let bytes = w.into_inner().map_err(|e| Error::Usage(e.to_string()))?;
+        String::from_utf8(bytes).map_err(|e| Error::Usage(e.to_string()))?
+    } else {
+        let lines: Vec<String> = rows
+            .map(|r| serde_json::to_string(&r).expect("a prediction serialises"))
+            .collect();
+        lines.join("\n") + "\n"
+    };
+    crate::sinks::files::write_whole(path, &text).map_err(|e| {
+        Error::Usage(format!(
+            "{e}; --predictions needs a writable path (its folder must exist)"
+        ))
+    })
 }
 
 /// Prints the small model's forward time per window, batched and at batch 1 (as live).

@@ -26,7 +26,7 @@ use tch::Tensor;
 
 use crate::config::{DiarizeConfig, SegmentConfig, SourceConfig};
 use crate::error::Error;
-use crate::segment::{self, Span, Vad, Window};
+use crate::segment::{self, OpenSpeech, Vad, Window};
 use crate::source::{Input, SAMPLE_RATE};
 use campp::{CamPlus, EMBED_DIM};
 use fbank::{Fbank, N_BINS};
@@ -39,6 +39,12 @@ const MIN_SEGMENT: usize = 6400;
 /// Speech shorter than this (samples, 0.2 s) is not embedded at all: the window keeps
 /// the previous window's speaker.
 const MIN_SPEECH: usize = 3200;
+/// A short last turn ([`Diarizer::short_tail`]) follows a pause of at least this long
+/// (seconds), lasts at least `TAIL_MIN_S` and at most `TAIL_MAX_S` (longer ones are
+/// resolved by the segments), and the window holds at least `TAIL_MAX_S` before it.
+const TAIL_PAUSE_S: f64 = 0.25;
+const TAIL_MIN_S: f64 = 0.5;
+const TAIL_MAX_S: f64 = 2.0;
 /// Segments per CAM++ forward.
 const MAX_BATCH: usize = 8;
 /// The learning pass clusters at most this many segments (evenly spread).
@@ -78,6 +84,21 @@ pub fn quietest(audio: &[f32], from: usize, to: usize) -> usize {
         })
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map_or((from + to) / 2, |(s, _)| s + QUIET_FRAME / 2)
+}
+
+/// Audio with its voiced runs: `audio[0]` at stream time `start`.
+struct Speech<'a> {
+    audio: &'a [f32],
+    start: f64,
+    voiced: &'a [(f64, f64)],
+}
+
+impl Speech<'_> {
+    /// Index into `audio` of stream time `t` (clamped).
+    fn index(&self, t: f64) -> usize {
+        let i = ((t - self.start) * SAMPLE_RATE as f64).round().max(0.0) as usize;
+        i.min(self.audio.len())
+    }
 }
 
 /// A segment's embedding computed while its speech was still going on, keyed by the
@@ -173,6 +194,17 @@ impl Diarizer {
                 });
             }
         }
+        let mut piece_labels: Vec<u32> = registry::runs(&labels)
+            .into_iter()
+            .map(|r| r.0 as u32 + 1)
+            .collect();
+        if let Some((cut, speaker)) = self.short_tail(&w, &labels)
+            && cuts.last().is_none_or(|&c| cut > c)
+        {
+            cuts.push(cut);
+            piece_labels.push(speaker as u32 + 1);
+        }
+        self.settle_cuts(&w, &mut cuts, &piece_labels);
         if cuts.is_empty() {
             let speaker = labels.first().map(|&l| l as u32 + 1).or(self.last_speaker);
             self.last_speaker = speaker;
@@ -183,7 +215,8 @@ impl Diarizer {
             }));
             return;
         }
-        let mut run_labels = registry::runs(&labels).into_iter().map(|r| r.0 as u32 + 1);
+        self.last_speaker = piece_labels.last().copied();
+        let mut run_labels = piece_labels.into_iter();
         let time = |i: usize| w.audio_start + i as f64 / rate;
         let mut piece_from = 0;
         let mut speech_from = w.start;
@@ -209,7 +242,76 @@ impl Diarizer {
             piece_from = cut;
             speech_from = speech_to;
         }
-        self.last_speaker = labels.last().map(|&l| l as u32 + 1);
+    }
+
+    /// Moves cuts placed inside the segments' overlap to the pause that really ends the
+    /// turn ([`Diarizer::settled`]).
+    fn settle_cuts(&mut self, w: &Window, cuts: &mut [usize], piece_labels: &[u32]) {
+        let time = |i: usize| w.audio_start + i as f64 / SAMPLE_RATE as f64;
+        let speech = Speech {
+            audio: &w.audio,
+            start: w.audio_start,
+            voiced: &w.voiced,
+        };
+        for k in 0..cuts.len() {
+            let until = cuts.get(k + 1).map_or(w.end, |&c| time(c));
+            let before = piece_labels[k] as usize - 1;
+            if piece_labels[k + 1] as usize - 1 != before
+                && let Some(t) = self.settled(&speech, time(cuts[k]), until - TAIL_MAX_S, before)
+            {
+                cuts[k] = w.sample_at(t);
+            }
+        }
+    }
+
+    /// Where a cut at stream time `at` between speaker `before` and another belongs:
+    /// when the speech after it, up to its first pause of at least [`TAIL_PAUSE_S`],
+    /// lasts [`TAIL_MIN_S`]..[`TAIL_MAX_S`], the pause ends by `latest`, and that speech
+    /// embedded alone is closest to `before` (the end of a turn: "..., thank you."), the
+    /// middle of that pause.
+    fn settled(&mut self, sp: &Speech, at: f64, latest: f64, before: usize) -> Option<f64> {
+        let (gap_from, gap_to) = sp
+            .voiced
+            .windows(2)
+            .map(|p| (p[0].1, p[1].0))
+            .find(|(a, b)| *a > at && b - a >= TAIL_PAUSE_S)?;
+        if !(TAIL_MIN_S..=TAIL_MAX_S).contains(&(gap_from - at)) || gap_to > latest {
+            return None;
+        }
+        let t0 = Instant::now();
+        let emb = self.embed(sp.audio, &[(sp.index(at), sp.index(gap_from))]);
+        let speaker = self.registry.nearest(&emb)[0];
+        self.busy_s += t0.elapsed().as_secs_f64();
+        (speaker == before).then_some((gap_from + gap_to) / 2.0)
+    }
+
+    /// A short last turn after a pause, too short for the segment grid to resolve (a
+    /// quick "Thursday is fine." closing the other speaker's window): the stretch after
+    /// the window's last pause of at least [`TAIL_PAUSE_S`], when it lasts
+    /// [`TAIL_MIN_S`]..[`TAIL_MAX_S`], is embedded alone; if another known speaker is
+    /// closest to it, the window is cut in the middle of that pause. Returns the cut
+    /// (sample index) and the tail's speaker.
+    fn short_tail(&mut self, w: &Window, labels: &[usize]) -> Option<(usize, usize)> {
+        let &last = labels.last()?;
+        if self.registry.len() < 2 {
+            return None;
+        }
+        let (gap_from, gap_to) = w
+            .voiced
+            .windows(2)
+            .rev()
+            .map(|p| (p[0].1, p[1].0))
+            .find(|(a, b)| b - a >= TAIL_PAUSE_S)?;
+        let tail = w.end - gap_to;
+        if !(TAIL_MIN_S..=TAIL_MAX_S).contains(&tail) || gap_from - w.start < TAIL_MAX_S {
+            return None;
+        }
+        let t0 = Instant::now();
+        let seg = (w.sample_at(gap_to), w.sample_at(w.end));
+        let emb = self.embed(&w.audio, &[seg]);
+        let speaker = self.registry.nearest(&emb)[0];
+        self.busy_s += t0.elapsed().as_secs_f64();
+        (speaker != last).then(|| (w.sample_at((gap_from + gap_to) / 2.0), speaker))
     }
 
     /// Looks at the speech still going on in a live stream (`open`: its span and audio,
@@ -219,8 +321,9 @@ impl Diarizer {
     /// (the new speaker holding the last [`registry::MIN_RUN`] segments): the first piece
     /// then goes out without waiting for the pause after the second. Recordings labelled
     /// against a learnt registry are never cut early (they have no latency to save).
-    pub fn watch(&mut self, open: Option<(Span, &[f32])>) -> Option<f64> {
-        let (span, audio) = open?;
+    pub fn watch(&mut self, open: Option<OpenSpeech<'_>>) -> Option<f64> {
+        let open = open?;
+        let (span, audio) = (open.span, open.audio);
         if self.registry.is_fixed() || audio.len() < self.seg_len {
             return None;
         }
@@ -237,21 +340,26 @@ impl Diarizer {
         let t0 = Instant::now();
         let embs = self.embed_cached(audio, span.start, &segs);
         let mut cut = None;
-        if n > registry::MIN_RUN {
-            // What the registry would say now, without learning from it yet.
-            let labels = self.registry.clone().label(&embs);
+        if n > registry::MIN_RUN && !self.registry.is_empty() {
+            // Each segment's closest known speaker (no clustering, no learning: cheap
+            // enough for every new segment); a new speaker waits for the window's end.
+            let labels = self.registry.nearest(&embs);
             let runs = registry::runs(&labels);
-            // Only a change to a speaker met before (a new one needs the whole window's
-            // evidence: a short remainder alone would look like one), and only when each
-            // segment of the new run is also closest to that speaker's mean.
-            if let Some(&(speaker, first, last)) = runs.get(1)
+            if let Some(&(_, first, last)) = runs.get(1)
                 && last - first >= registry::MIN_RUN
-                && speaker < self.registry.len()
-                && (first..last).all(|i| self.registry.closest(&embs[i]) == Some(speaker))
             {
                 let (next_start, prev_end) = (segs[first].0, segs[first - 1].1);
-                let at = quietest(audio, next_start, prev_end);
-                cut = Some(span.start + at as f64 / SAMPLE_RATE as f64);
+                let at =
+                    span.start + quietest(audio, next_start, prev_end) as f64 / SAMPLE_RATE as f64;
+                let voiced = open.voiced();
+                let speech = Speech {
+                    audio,
+                    start: span.start,
+                    voiced: &voiced,
+                };
+                // The new voice keeps some speech after a moved cut.
+                let latest = span.end - self.hop as f64 / SAMPLE_RATE as f64;
+                cut = Some(self.settled(&speech, at, latest, runs[0].0).unwrap_or(at));
                 tracing::debug!(
                     "speaker change in open speech from {:.2} s: labels {labels:?}, cut at {:.2} s",
                     span.start,

@@ -108,16 +108,6 @@ impl Registry {
         self.fixed
     }
 
-    /// The known speaker whose mean is most similar to the unit embedding `e`.
-    pub fn closest(&self, e: &[f32]) -> Option<usize> {
-        self.speakers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i, s.similarity(e)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i)
-    }
-
     /// Speakers met so far.
     pub fn len(&self) -> usize {
         self.speakers.len()
@@ -180,8 +170,8 @@ impl Registry {
         labels
     }
 
-    /// Each segment's most similar speaker, smoothed.
-    fn nearest(&self, embs: &[Vec<f32>]) -> Vec<usize> {
+    /// Each segment's most similar known speaker, smoothed (no learning).
+    pub fn nearest(&self, embs: &[Vec<f32>]) -> Vec<usize> {
         let mut labels = Vec::with_capacity(embs.len());
         let mut sims = Vec::with_capacity(embs.len());
         for e in embs {

@@ -69,6 +69,32 @@ impl Window {
     }
 }
 
+/// Speech still going on in a [`Segmenter`].
+pub struct OpenSpeech<'a> {
+    /// Its start and the end of its last speech frame so far, stream time.
+    pub span: Span,
+    /// Its audio (`audio[0]` at `span.start`).
+    pub audio: &'a [f32],
+    probs: &'a [f32],
+    probs_t0: f64,
+    threshold: f32,
+}
+
+impl OpenSpeech<'_> {
+    /// Its voiced runs (as [`Window::voiced`]).
+    pub fn voiced(&self) -> Vec<(f64, f64)> {
+        let frame_s = CHUNK as f64 / SAMPLE_RATE as f64;
+        let (t0, span) = (self.probs_t0, self.span);
+        voiced_runs(
+            self.probs,
+            (t0, frame_s),
+            self.threshold,
+            span.start,
+            span.end,
+        )
+    }
+}
+
 /// Where [`cut_input`] hands its windows.
 pub(crate) trait WindowSink {
     /// A final window.
@@ -76,7 +102,7 @@ pub(crate) trait WindowSink {
 
     /// Speech still going on (its span and audio) after new audio: a stream time at
     /// which to end its window now (a speaker change, [`Segmenter::close_open_at`]).
-    fn open(&mut self, _open: Option<(Span, &[f32])>) -> Option<f64> {
+    fn open(&mut self, _open: Option<OpenSpeech<'_>>) -> Option<f64> {
         None
     }
 }
@@ -306,12 +332,17 @@ impl Segmenter {
         self.last_end = w.end;
     }
 
-    /// Speech still going on (its start and the end of its last speech frame so far,
-    /// stream time) and its audio, as of the latest decision.
-    pub fn open_speech(&self) -> Option<(Span, &[f32])> {
+    /// Speech still going on, as of the latest decision.
+    pub fn open_speech(&self) -> Option<OpenSpeech<'_>> {
         let span = self.open?;
         let (a, b) = (self.index_of(span.start), self.index_of(span.end));
-        Some((span, &self.buf[a..b]))
+        Some(OpenSpeech {
+            span,
+            audio: &self.buf[a..b],
+            probs: &self.probs,
+            probs_t0: self.time_of(self.probs_from * CHUNK),
+            threshold: self.cfg.threshold,
+        })
     }
 
     /// Ends the open speech at stream time `at` (a speaker change found inside it): the
@@ -444,10 +475,14 @@ mod tests {
         for piece in audio.chunks(1600) {
             seg.push(None, piece, &mut out).unwrap();
             if at.is_none()
-                && let Some((span, samples)) = seg.open_speech()
-                && span.len() > 4.0
+                && let Some(open) = seg.open_speech()
+                && open.span.len() > 4.0
             {
-                assert_eq!(samples.len(), (span.len() * 16000.0).round() as usize);
+                let span = open.span;
+                assert_eq!(open.audio.len(), (span.len() * 16000.0).round() as usize);
+                let voiced = open.voiced();
+                assert!(voiced.first().unwrap().0 >= span.start - 1e-9);
+                assert!(voiced.last().unwrap().1 <= span.end + 1e-9);
                 // Outside the open speech: nothing happens.
                 seg.close_open_at(span.end + 1.0, &mut out);
                 assert!(out.is_empty());

@@ -256,7 +256,7 @@ impl FileSink {
 
 /// Writes a file whole, atomically: to a temporary name beside it, then renamed over it
 /// (a reader never sees half a summary or report).
-fn write_whole(path: &Path, text: &str) -> Result<(), SinkError> {
+pub(crate) fn write_whole(path: &Path, text: &str) -> Result<(), SinkError> {
     let io = |source| SinkError::Io {
         target: path.display().to_string(),
         source,

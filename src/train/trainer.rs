@@ -61,6 +61,8 @@ pub struct SplitData {
     pub labels: Vec<f32>,
     /// Transcripts (the given text column).
     pub texts: Vec<String>,
+    /// Clip ids, `video_id/clip_id`.
+    pub ids: Vec<String>,
 }
 
 /// Loads a dataset split's features (cached), skipping undecodable clips.
@@ -85,6 +87,7 @@ pub fn load_split(
         feats: Vec::new(),
         labels: Vec::new(),
         texts: Vec::new(),
+        ids: Vec::new(),
     };
     let mut failed = 0;
     for (c, f) in clips.iter().zip(feats) {
@@ -93,6 +96,7 @@ pub fn load_split(
                 out.feats.push(f);
                 out.labels.push(c.label);
                 out.texts.push(c.text.clone());
+                out.ids.push(format!("{}/{}", c.video_id, c.clip_id));
             }
             None => failed += 1,
         }
