@@ -13,7 +13,7 @@ use sentistream::cascade::{Cascade, CascadeSettings, Pool, WhenFull};
 use sentistream::event::{Event, FallbackReason, Polarity, Sentiment, Stage};
 use sentistream::models::mllm::{Mllm, Query};
 use sentistream::routing::fusion::{Policy, Verdict};
-use sentistream::train::dataset::{Dataset, Scale, Split, TextSource};
+use sentistream::train::dataset::{ClipCut, Dataset, Scale, Split, TextSource};
 use sentistream::train::trainer::{SplitData, load_split};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -90,10 +90,15 @@ fn main() {
         return;
     }
     let ds = Dataset::open(&root.join("samples/dataset"), Scale::Mosi).expect("sample dataset");
-    let mut data =
-        load_split(&ds, Split::Train, TextSource::Given, &models, None, 2).expect("features");
+    // Each clip cut as annotate serves it (default segmenter settings).
+    let cut = ClipCut {
+        segment: sentistream::config::SegmentConfig::default(),
+        vad: models.join(sentistream::assets::VAD_FILE),
+    };
+    let split = |s| load_split(&ds, &cut, s, TextSource::Given, &models, None, 2);
+    let mut data = split(Split::Train).expect("features");
     for s in [Split::Valid, Split::Test] {
-        let d = load_split(&ds, s, TextSource::Given, &models, None, 2).expect("features");
+        let d = split(s).expect("features");
         data.feats.extend(d.feats);
         data.texts.extend(d.texts);
         data.labels.extend(d.labels);

@@ -93,6 +93,19 @@ pub(crate) fn asr_config(cfg: &Config, models: &ModelFiles) -> crate::config::As
     }
 }
 
+/// How `train` and `eval` cut each clip: the configured segmenter and VAD, as `annotate`.
+pub(crate) fn clip_cut(cfg: &Config, models: &ModelFiles) -> crate::train::dataset::ClipCut {
+    let vad = cfg
+        .models
+        .vad
+        .as_deref()
+        .unwrap_or(Path::new(assets::VAD_FILE));
+    crate::train::dataset::ClipCut {
+        segment: cfg.segment.clone(),
+        vad: models.resolve(vad),
+    }
+}
+
 /// `asr.english_model` resolved against the models folder (`None` when empty).
 fn english_model(cfg: &Config, models: &ModelFiles) -> Option<PathBuf> {
     cfg.asr

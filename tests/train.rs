@@ -134,6 +134,8 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
             "--whisper-model",
             "ggml-tiny.en.bin",
             "--no-progress",
+            // The small model alone: whether its tau1 escalates a window is not the point.
+            "--no-cascade",
         ]);
         assert!(
             out.status.success(),
@@ -308,6 +310,7 @@ fn eval_with_asr_transcripts() {
         "[asr]\nmodel = \"ggml-tiny.en.bin\"\nlanguage = \"en\"\n",
     )
     .unwrap();
+    let predictions = dir.path().join("p.jsonl");
     let stdout = common::sentistream_ok(&[
         "--config",
         cfg.to_str().unwrap(),
@@ -316,13 +319,53 @@ fn eval_with_asr_transcripts() {
         data.to_str().unwrap(),
         "--text",
         "asr",
+        "--predictions",
+        predictions.to_str().unwrap(),
     ]);
     assert!(
         stdout.contains("UBM T+A+V") && stdout.contains("(4 clips"),
         "{stdout}"
     );
     assert!(
-        data.join(".sentistream-cache/v1-asr").is_dir(),
+        data.join(".sentistream-cache/v1-served-asr").is_dir(),
         "ASR features are cached apart from given-text ones"
+    );
+    // eval sees each clip as annotate serves it: the same window, transcript, features
+    // and so the same score, for every clip annotate answers with one window.
+    let mut same = 0;
+    for line in std::fs::read_to_string(&predictions).unwrap().lines() {
+        let p: serde_json::Value = serde_json::from_str(line).unwrap();
+        let clip = data
+            .join("Raw")
+            .join(format!("{}.mp4", p["clip"].as_str().unwrap()));
+        let out = common::sentistream(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "annotate",
+            clip.to_str().unwrap(),
+            "--no-cascade",
+            "--no-progress",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events = common::events(&out);
+        if events.len() != 1 {
+            continue;
+        }
+        let e = &events[0];
+        let (served, evaluated) = (e["score"].as_f64().unwrap(), p["score"].as_f64().unwrap());
+        assert!(
+            (served - evaluated).abs() < 0.01,
+            "{clip:?}: annotate {served}, eval {evaluated}\n{e}\n{p}"
+        );
+        assert_eq!(e["polarity"], p["polarity"], "{clip:?}");
+        same += 1;
+    }
+    assert!(
+        same >= 3,
+        "only {same} of 4 clips came out of annotate as one window"
     );
 }

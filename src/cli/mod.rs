@@ -45,6 +45,7 @@ pub(crate) fn dataset_split(
     let asr = crate::plan::asr_config(&ctx.cfg, &ctx.models);
     let data = crate::train::trainer::load_split(
         &ds,
+        &crate::plan::clip_cut(&ctx.cfg, &ctx.models),
         split,
         d.text,
         &ctx.models.dir,

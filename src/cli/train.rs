@@ -3,7 +3,7 @@
 use super::Context;
 use super::args::{TrainCommand, TrainMllmArgs, TrainUbmArgs};
 use crate::error::{Error, Result};
-use crate::plan::asr_config;
+use crate::plan::{asr_config, clip_cut};
 use crate::train::dataset::TextSource;
 use crate::train::mllm::{self as mllm_train, MllmTrainOptions};
 use crate::train::trainer::{self, TrainOptions};
@@ -23,6 +23,7 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
         text: u.data.text,
         models_dir: ctx.models.dir.clone(),
         asr: Some(asr_config(&ctx.cfg, &ctx.models)),
+        cut: clip_cut(&ctx.cfg, &ctx.models),
         out: u.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm()),
         epochs: u.epochs,
         batch: u.batch,
@@ -69,6 +70,7 @@ fn mllm(t: &TrainMllmArgs, ctx: &Context) -> Result<i32> {
         data: t.data.data.clone(),
         scale: t.data.scale,
         models_dir: ctx.models.dir.clone(),
+        cut: clip_cut(&ctx.cfg, &ctx.models),
         gguf: t
             .gguf
             .clone()

@@ -1,15 +1,64 @@
 //! Datasets in the MMSA raw layout (how CMU-MOSI, MOSEI and CH-SIMS ship):
 //! `label.csv` (video_id, clip_id, text, label, ..., mode) and `Raw/<video_id>/<clip_id>.mp4`.
-//! Clips go through the same source and feature code as live windows; features are cached
-//! per clip so extraction runs once.
+//! Clips go through the same source, VAD window cutting and feature code as `annotate`
+//! (each clip is seen as serving cuts it: [`ClipCut`]); features are cached per clip so
+//! extraction runs once.
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{AsrConfig, SourceConfig};
+use crate::config::{AsrConfig, SegmentConfig, SourceConfig};
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::asr::Asr;
 use crate::features::{Extractor, FEATURE_VERSION, WindowFeatures};
-use crate::source::decode_all;
+use crate::segment::{Segmenter, Vad, Window};
+use crate::source::{VideoFrame, decode_all};
+
+/// How a clip is cut before its features are made: as `annotate` cuts a recording (the
+/// VAD's window, with its padding), so training and evaluation see what serving sees.
+#[derive(Debug, Clone)]
+pub struct ClipCut {
+    /// The segmenter settings (`[segment]`).
+    pub segment: SegmentConfig,
+    /// The Silero VAD model file.
+    pub vad: PathBuf,
+}
+
+/// Samples per push into the segmenter (0.1 s, as a decoder hands audio over).
+const CUT_PIECE: usize = 1600;
+
+impl ClipCut {
+    /// The part of a decoded clip that serving analyses: the VAD window's audio (speech
+    /// with its padding) and the frames from its start to the end of speech. A clip the
+    /// VAD cuts into several windows (`annotate` would emit one event each) is taken from
+    /// the first window's start to the last one's end; a clip with no speech found is
+    /// taken whole.
+    fn apply(
+        &self,
+        audio: Vec<f32>,
+        frames: Vec<VideoFrame>,
+    ) -> Result<(Vec<f32>, Vec<VideoFrame>)> {
+        let mut seg = Segmenter::new(self.segment.clone(), Vad::load(&self.vad)?);
+        let mut windows: Vec<Window> = Vec::new();
+        for piece in audio.chunks(CUT_PIECE) {
+            seg.push(None, piece, &mut windows)?;
+        }
+        seg.finish(&mut windows)?;
+        let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
+            return Ok((audio, frames));
+        };
+        let index = |t: f64| {
+            ((t * crate::source::SAMPLE_RATE as f64).round().max(0.0) as usize).min(audio.len())
+        };
+        let (from, speech_end) = (first.audio_start, last.end);
+        let to = last.audio_start + last.audio.len() as f64 / crate::source::SAMPLE_RATE as f64;
+        let cut = audio[index(from)..index(to)].to_vec();
+        let frames = frames
+            .into_iter()
+            .filter(|f| f.pts >= from && f.pts < speech_end)
+            .collect();
+        Ok((cut, frames))
+    }
+}
 
 /// Label range of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -246,7 +295,8 @@ impl Dataset {
         self.clips.iter().filter(|c| c.split == s).collect()
     }
 
-    /// Cache file of a clip's features.
+    /// Cache file of a clip's features (`served`: cut as `annotate` cuts it, [`ClipCut`];
+    /// caches of whole clips, without it, are not read).
     pub(crate) fn cache_path(&self, clip: &Clip, text: TextSource) -> PathBuf {
         let mode = match text {
             TextSource::Given => "given",
@@ -254,7 +304,7 @@ impl Dataset {
         };
         self.root
             .join(".sentistream-cache")
-            .join(format!("v{FEATURE_VERSION}-{mode}"))
+            .join(format!("v{FEATURE_VERSION}-served-{mode}"))
             .join(&clip.video_id)
             .join(format!("{}.feat", clip.clip_id))
     }
@@ -272,18 +322,28 @@ struct LabelColumns {
 /// One feature worker: models are loaded on the first clip that is not cached.
 struct ClipWorker<'a> {
     ds: &'a Dataset,
-    text: TextSource,
-    models_dir: &'a Path,
-    /// Whisper settings (with the model path resolved) for `--text asr`.
-    asr_cfg: Option<&'a AsrConfig>,
+    how: Extraction<'a>,
     extractor: Option<Extractor>,
     asr: Option<Asr>,
+}
+
+/// How clip features are made.
+#[derive(Debug, Clone, Copy)]
+pub struct Extraction<'a> {
+    /// How each clip is cut (as served).
+    pub cut: &'a ClipCut,
+    /// Which transcript the text features read.
+    pub text: TextSource,
+    /// Models folder (feature models).
+    pub models_dir: &'a Path,
+    /// Whisper settings (with the model path resolved) for `--text asr`.
+    pub asr: Option<&'a AsrConfig>,
 }
 
 impl ClipWorker<'_> {
     /// Cached features, if the cache file is newer than the clip and readable.
     fn cached(&self, clip: &Clip) -> Option<WindowFeatures> {
-        let cache = self.ds.cache_path(clip, self.text);
+        let cache = self.ds.cache_path(clip, self.how.text);
         let (c, m) = (
             std::fs::metadata(&cache).ok()?,
             std::fs::metadata(&clip.path).ok()?,
@@ -295,13 +355,13 @@ impl ClipWorker<'_> {
     }
 
     fn transcript(&mut self, clip: &Clip, audio: &[f32]) -> Result<String> {
-        if self.text == TextSource::Given {
+        if self.how.text == TextSource::Given {
             return Ok(clip.text.clone());
         }
         let asr = match &mut self.asr {
             Some(a) => a,
             None => {
-                let cfg = self.asr_cfg.ok_or_else(|| ModelError::Runtime {
+                let cfg = self.how.asr.ok_or_else(|| ModelError::Runtime {
                     name: "asr".into(),
                     reason: "--text asr needs a Whisper model".into(),
                 })?;
@@ -318,7 +378,7 @@ impl ClipWorker<'_> {
             return Ok(Some(f));
         }
         let (audio, frames) = match decode_all(&clip.path, &SourceConfig::default()) {
-            Ok(decoded) => decoded,
+            Ok((audio, frames)) => self.how.cut.apply(audio, frames)?,
             Err(e) => {
                 tracing::warn!(clip = %clip.path.display(), "skipped: {e}");
                 return Ok(None);
@@ -327,11 +387,11 @@ impl ClipWorker<'_> {
         let transcript = self.transcript(clip, &audio)?;
         let extractor = match &mut self.extractor {
             Some(e) => e,
-            None => self.extractor.insert(Extractor::load(self.models_dir)?),
+            None => self.extractor.insert(Extractor::load(self.how.models_dir)?),
         };
         let f = extractor.extract(&audio, &frames, &transcript)?;
         // The cache is an optimisation: failing to write it only costs a recomputation.
-        let cache = self.ds.cache_path(clip, self.text);
+        let cache = self.ds.cache_path(clip, self.how.text);
         if let Some(d) = cache.parent() {
             let _ = std::fs::create_dir_all(d);
         }
@@ -345,9 +405,7 @@ impl ClipWorker<'_> {
 pub fn features(
     ds: &Dataset,
     clips: &[&Clip],
-    text: TextSource,
-    models_dir: &Path,
-    asr_cfg: Option<&AsrConfig>,
+    how: Extraction<'_>,
     workers: usize,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<Option<WindowFeatures>>> {
@@ -362,9 +420,7 @@ pub fn features(
                     let _g = tch::no_grad_guard();
                     let mut w = ClipWorker {
                         ds,
-                        text,
-                        models_dir,
-                        asr_cfg,
+                        how,
                         extractor: None,
                         asr: None,
                     };

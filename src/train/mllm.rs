@@ -28,6 +28,8 @@ pub struct MllmTrainOptions {
     pub(crate) scale: Scale,
     /// Models folder (MiniLM and face detector for features).
     pub models_dir: PathBuf,
+    /// How clips are cut before their features (as served).
+    pub cut: crate::train::dataset::ClipCut,
     /// The LLM's GGUF.
     pub gguf: PathBuf,
     /// Output base path (`.safetensors` + `.json`).
@@ -197,7 +199,17 @@ struct Clock {
 /// Loads the train and valid splits, checks both have clips and applies `o.limit` to the
 /// train split.
 fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData)> {
-    let split = |s| load_split(ds, s, TextSource::Given, &o.models_dir, None, o.workers);
+    let split = |s| {
+        load_split(
+            ds,
+            &o.cut,
+            s,
+            TextSource::Given,
+            &o.models_dir,
+            None,
+            o.workers,
+        )
+    };
     let (mut train, valid) = (split(Split::Train)?, split(Split::Valid)?);
     if train.feats.is_empty() || valid.feats.is_empty() {
         return Err(DatasetError::Empty {

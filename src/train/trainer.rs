@@ -31,6 +31,8 @@ pub struct TrainOptions {
     pub models_dir: PathBuf,
     /// Whisper model for `--text asr`.
     pub asr: Option<AsrConfig>,
+    /// How clips are cut before their features (as served).
+    pub cut: dataset::ClipCut,
     /// Where to write the model (base path; `.safetensors` and `.json` are added).
     pub out: PathBuf,
     /// Epochs.
@@ -68,6 +70,7 @@ pub struct SplitData {
 /// Loads a dataset split's features (cached), skipping undecodable clips.
 pub fn load_split(
     ds: &Dataset,
+    cut: &dataset::ClipCut,
     split: Split,
     text: TextSource,
     models_dir: &Path,
@@ -82,7 +85,13 @@ pub fn load_split(
             tracing::info!(split = ?split, "features {n}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
         }
     };
-    let feats = dataset::features(ds, &clips, text, models_dir, asr, workers, &progress)?;
+    let how = dataset::Extraction {
+        cut,
+        text,
+        models_dir,
+        asr,
+    };
+    let feats = dataset::features(ds, &clips, how, workers, &progress)?;
     let mut out = SplitData {
         feats: Vec::new(),
         labels: Vec::new(),
@@ -213,7 +222,17 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
 /// with the feature extraction wall time in seconds.
 fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData, f64)> {
     let t0 = Instant::now();
-    let split = |s| load_split(ds, s, o.text, &o.models_dir, o.asr.as_ref(), o.workers);
+    let split = |s| {
+        load_split(
+            ds,
+            &o.cut,
+            s,
+            o.text,
+            &o.models_dir,
+            o.asr.as_ref(),
+            o.workers,
+        )
+    };
     let (train, valid) = (split(Split::Train)?, split(Split::Valid)?);
     let features_s = t0.elapsed().as_secs_f64();
     if train.feats.is_empty() || valid.feats.is_empty() {
