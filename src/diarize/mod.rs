@@ -96,8 +96,7 @@ struct Speech<'a> {
 impl Speech<'_> {
     /// Index into `audio` of stream time `t` (clamped).
     fn index(&self, t: f64) -> usize {
-        let i = ((t - self.start) * SAMPLE_RATE as f64).round().max(0.0) as usize;
-        i.min(self.audio.len())
+        segment::sample_index(self.start, self.audio.len(), t)
     }
 }
 
@@ -278,11 +277,16 @@ impl Diarizer {
         if !(TAIL_MIN_S..=TAIL_MAX_S).contains(&(gap_from - at)) || gap_to > latest {
             return None;
         }
-        let t0 = Instant::now();
-        let emb = self.embed(sp.audio, &[(sp.index(at), sp.index(gap_from))]);
-        let speaker = self.registry.nearest(&emb)[0];
-        self.busy_s += t0.elapsed().as_secs_f64();
+        let speaker = self.speaker_of(sp.audio, (sp.index(at), sp.index(gap_from)));
         (speaker == before).then_some((gap_from + gap_to) / 2.0)
+    }
+
+    /// The known speaker closest to `audio[seg.0..seg.1]` embedded alone.
+    fn speaker_of(&mut self, audio: &[f32], seg: (usize, usize)) -> usize {
+        let t0 = Instant::now();
+        let emb = self.embed(audio, &[seg]);
+        self.busy_s += t0.elapsed().as_secs_f64();
+        self.registry.nearest(&emb)[0]
     }
 
     /// A short last turn after a pause, too short for the segment grid to resolve (a
@@ -306,11 +310,7 @@ impl Diarizer {
         if !(TAIL_MIN_S..=TAIL_MAX_S).contains(&tail) || gap_from - w.start < TAIL_MAX_S {
             return None;
         }
-        let t0 = Instant::now();
-        let seg = (w.sample_at(gap_to), w.sample_at(w.end));
-        let emb = self.embed(&w.audio, &[seg]);
-        let speaker = self.registry.nearest(&emb)[0];
-        self.busy_s += t0.elapsed().as_secs_f64();
+        let speaker = self.speaker_of(&w.audio, (w.sample_at(gap_to), w.sample_at(w.end)));
         (speaker != last).then(|| (w.sample_at((gap_from + gap_to) / 2.0), speaker))
     }
 

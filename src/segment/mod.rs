@@ -62,11 +62,15 @@ impl Window {
 
     /// Index into `audio` of stream time `t` (clamped to the audio).
     pub fn sample_at(&self, t: f64) -> usize {
-        let i = ((t - self.audio_start) * SAMPLE_RATE as f64)
-            .round()
-            .max(0.0) as usize;
-        i.min(self.audio.len())
+        sample_index(self.audio_start, self.audio.len(), t)
     }
+}
+
+/// Index of stream time `t` into `len` samples whose first is at stream time `start`
+/// (clamped to `0..=len`).
+pub(crate) fn sample_index(start: f64, len: usize, t: f64) -> usize {
+    let i = ((t - start) * SAMPLE_RATE as f64).round().max(0.0) as usize;
+    i.min(len)
 }
 
 /// Speech still going on in a [`Segmenter`].

@@ -46,9 +46,7 @@ impl ClipCut {
         let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
             return Ok((audio, frames));
         };
-        let index = |t: f64| {
-            ((t * crate::source::SAMPLE_RATE as f64).round().max(0.0) as usize).min(audio.len())
-        };
+        let index = |t: f64| crate::segment::sample_index(0.0, audio.len(), t);
         let (from, speech_end) = (first.audio_start, last.end);
         let to = last.audio_start + last.audio.len() as f64 / crate::source::SAMPLE_RATE as f64;
         let cut = audio[index(from)..index(to)].to_vec();
