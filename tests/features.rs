@@ -1,12 +1,13 @@
 //! Feature extractors on real inputs: MiniLM against reference embeddings computed once
-//! by an independent NumPy implementation (scripts/minilm-reference.py), and the audio
+//! by an independent NumPy implementation (scripts/minilm-reference.py), multilingual-e5
+//! against the C engine shipped with its file (scripts/e5-reference.py), and the audio
 //! features on the sample clip's speech and pauses.
 
 mod common;
 
 use sentistream::config::SourceConfig;
 use sentistream::features::audio::{AUDIO_DIM, AudioFeaturizer, HOP, idx};
-use sentistream::features::text::{TEXT_DIM, TextEncoder};
+use sentistream::features::text::{EncoderKind, TEXT_DIM, TextEncoder};
 use sentistream::source::{SAMPLE_RATE, Source, SourceMsg};
 
 #[test]
@@ -61,6 +62,53 @@ fn minilm_matches_reference_embeddings() {
     let b = enc.encode_one("I hate this.").unwrap();
     let cos: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
     assert!(cos < 0.99 && cos > 0.0);
+}
+
+#[test]
+fn e5_matches_the_reference_engine_in_english_and_chinese() {
+    let Some(path) = common::model("multilingual-e5-small/e5-small-q4.bin") else {
+        return;
+    };
+    let enc = TextEncoder::load_e5(&path).unwrap();
+    assert_eq!(enc.kind(), EncoderKind::E5Small);
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo("tests/fixtures/e5_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let refs = refs.as_array().unwrap();
+    let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let batch = enc.encode(&texts).unwrap();
+    for (i, r) in refs.iter().enumerate() {
+        // The same SentencePiece split: as many tokens ("query: " prefix, <s>, </s>).
+        assert_eq!(
+            enc.token_ids(texts[i]).unwrap().len() as u64,
+            r["tokens"].as_u64().unwrap(),
+            "token count of {:?}",
+            texts[i]
+        );
+        let want: Vec<f32> = r["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let single = enc.encode_one(texts[i]).unwrap();
+        let batched: Vec<f32> = Vec::try_from(batch.get(i as i64)).unwrap();
+        for got in [&single, &batched] {
+            // The reference quantises activations to 8 bits; the port keeps them in f32.
+            let cos: f32 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+            assert!(cos > 0.99, "{:?}: cosine {cos} to the reference", texts[i]);
+        }
+    }
+    // A Chinese complaint is nearer an English complaint than to praise.
+    let e = |t: &str| enc.encode_one(t).unwrap();
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let (zh, bad, good) = (
+        e("快递太慢了，非常失望。"),
+        e("The delivery was slow, very disappointing."),
+        e("I am so happy with this, it is wonderful."),
+    );
+    assert!(dot(&zh, &bad) > dot(&zh, &good));
 }
 
 #[test]

