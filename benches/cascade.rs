@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use sentistream::cascade::backend::{Backend, LocalBackend};
 use sentistream::cascade::{Cascade, CascadeSettings, Pool, WhenFull};
 use sentistream::event::{Event, FallbackReason, Polarity, Sentiment, Stage};
+use sentistream::features::text::EncoderKind;
 use sentistream::models::mllm::{Mllm, Query};
 use sentistream::routing::fusion::{Policy, Verdict};
-use sentistream::train::dataset::{ClipCut, Dataset, Scale, Split, TextSource};
+use sentistream::train::dataset::{ClipCut, Dataset, Extraction, Scale, Split, TextSource};
 use sentistream::train::trainer::{SplitData, load_split};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -95,7 +96,14 @@ fn main() {
         segment: sentistream::config::SegmentConfig::default(),
         vad: models.join(sentistream::assets::VAD_FILE),
     };
-    let split = |s| load_split(&ds, &cut, s, TextSource::Given, &models, None, 2);
+    let how = Extraction {
+        cut: &cut,
+        text: TextSource::Given,
+        models_dir: &models,
+        asr: None,
+        encoder: EncoderKind::MiniLm,
+    };
+    let split = |s| load_split(&ds, s, how, 2);
     let mut data = split(Split::Train).expect("features");
     for s in [Split::Valid, Split::Test] {
         let d = split(s).expect("features");

@@ -33,7 +33,13 @@ fn main() {
     every.set_detect_every(1);
     let mut tracked = VisualFeaturizer::load(&VisualModels::installed(&models.dir)).expect("faces");
     let text = TextEncoder::load(&models.minilm()).expect("MiniLM");
+    let e5 = TextEncoder::open(
+        sentistream::features::text::EncoderKind::E5Small,
+        &models.dir,
+    )
+    .expect("multilingual-e5-small");
     let (mut t_audio, mut t_every, mut t_tracked, mut t_text) = (0.0, 0.0, 0.0, 0.0);
+    let mut t_e5 = 0.0;
     let (mut n_frames, mut diff, mut present_every, mut present_tracked) = (0usize, 0.0f64, 0, 0);
     let (mut va, mut vb, mut out) = (Vec::new(), Vec::new(), Vec::new());
     for t in &turns {
@@ -73,6 +79,9 @@ fn main() {
         text.encode_one(t["text"].as_str().unwrap())
             .expect("encode");
         t_text += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        e5.encode_one(t["text"].as_str().unwrap()).expect("encode");
+        t_e5 += clock.elapsed().as_secs_f64();
     }
     let mut vad =
         sentistream::segment::silero::Silero::load(&models.dir.join(sentistream::assets::VAD_FILE))
@@ -104,8 +113,9 @@ fn main() {
         diff / n_frames as f64
     );
     println!(
-        "  text encoder          {:6.1} ms per window",
-        1e3 * t_text / n
+        "  text encoder          {:6.1} ms per window (MiniLM), {:.1} ms (multilingual-e5-small)",
+        1e3 * t_text / n,
+        1e3 * t_e5 / n
     );
     println!(
         "  streaming VAD         {:6.3} ms per 32 ms chunk ({chunks} chunks), {:.4} s per second of audio",

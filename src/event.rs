@@ -376,6 +376,10 @@ pub struct Event {
     pub asr_confidence: f32,
     /// Video frames seen in the window.
     pub frames: u32,
+    /// Why the window has no verdict although sentiment is on: its language has no
+    /// small model (no English model is ever applied to another language's text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_sentiment: Option<String>,
     /// Final sentiment score.
     pub score: Option<f32>,
     /// Final polarity.
@@ -418,6 +422,7 @@ impl Event {
             language: None,
             asr_confidence: 0.0,
             frames: 0,
+            no_sentiment: None,
             score: None,
             polarity: None,
             probs: None,

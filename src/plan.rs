@@ -12,6 +12,33 @@ use crate::config::{AudioCtx, Config};
 use crate::error::{Error, Result};
 use crate::source::Input;
 
+/// One small model of a run: where it is, which languages it scores, which text
+/// encoder it reads, and whether the cascade's large model backs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmallSpec {
+    /// Base path (`.safetensors` + `.json`).
+    pub base: PathBuf,
+    /// Whisper language codes it scores.
+    pub languages: Vec<String>,
+    /// Its text encoder.
+    pub encoder: crate::features::text::EncoderKind,
+    /// Windows it accepts uncertainly go to the large model (an English model).
+    pub cascade: bool,
+}
+
+/// Which small model scores a window in `language`: the one trained for it; a window
+/// without a language (nothing transcribed) goes to the first. `None`: no model knows
+/// the language, so the window gets no verdict rather than one from a model that cannot
+/// read it.
+pub fn pick_model(models: &[SmallSpec], language: Option<&str>) -> Option<usize> {
+    match language {
+        None => (!models.is_empty()).then_some(0),
+        Some(l) => models
+            .iter()
+            .position(|m| m.languages.iter().any(|x| x == l)),
+    }
+}
+
 /// What the command line may override.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Overrides {
@@ -25,8 +52,9 @@ pub(crate) struct Overrides {
     pub threads: Option<u32>,
     /// Analysis frames per second (source.video_fps).
     pub fps: Option<u32>,
-    /// Small model base path (default: the installed `ubm`).
-    pub ubm: Option<PathBuf>,
+    /// Small model base paths, the first for English (default: the installed `ubm` and
+    /// `ubm-zh`).
+    pub ubm: Vec<PathBuf>,
     /// Transcribe only.
     pub(crate) no_sentiment: bool,
     /// Small model only (cascade.enabled = false).
@@ -265,7 +293,7 @@ impl Plan {
             );
             cfg.asr.threads = threads;
         }
-        let ubm = Self::small_model(&models, o);
+        let small = Self::small_models(&models, o)?;
         let vad = o
             .vad_model
             .clone()
@@ -282,15 +310,16 @@ impl Plan {
                 english_model: english_model(&cfg, &models),
                 vad_model: models.resolve(&vad),
                 models_dir: models.dir.clone(),
-                sentiment: ubm.is_some(),
+                small: small.clone(),
                 progress: s.progress,
                 speaker_model: speaker_model.clone(),
                 learn_speakers: s.recorded,
             })
             .collect();
         let shared = Shared {
-            cascade: (cfg.cascade.enabled && ubm.is_some()).then(|| cfg.cascade.clone()),
-            ubm,
+            cascade: (cfg.cascade.enabled && small.first().is_some_and(|s| s.cascade))
+                .then(|| cfg.cascade.clone()),
+            small,
             models,
             live,
             notices: s.notices,
@@ -298,25 +327,49 @@ impl Plan {
         Ok(Self { cfg, jobs, shared })
     }
 
-    /// The small model's base path, or `None` (transcripts only) when sentiment is off
-    /// or the default model is not installed.
-    fn small_model(models: &ModelFiles, o: &Overrides) -> Option<PathBuf> {
+    /// The small models (none: transcripts only, when sentiment is off or no default
+    /// model is installed): those named by `--ubm`, else the installed English `ubm` and
+    /// Chinese `ubm-zh`. Each says from its metadata which languages it scores.
+    fn small_models(models: &ModelFiles, o: &Overrides) -> Result<Vec<SmallSpec>> {
         if o.no_sentiment {
-            return None;
+            return Ok(Vec::new());
         }
-        if let Some(p) = &o.ubm {
-            return Some(p.clone());
-        }
-        let base = models.ubm();
-        if base.with_extension("json").is_file() {
-            Some(base)
+        let bases: Vec<PathBuf> = if o.ubm.is_empty() {
+            let found: Vec<PathBuf> = [models.ubm(), models.ubm_zh()]
+                .into_iter()
+                .filter(|b| b.with_extension("json").is_file())
+                .collect();
+            if found.is_empty() {
+                tracing::warn!(
+                    "no sentiment model at {}: events carry transcripts only; train one with `sentistream train ubm` or pass --ubm",
+                    models.ubm().display()
+                );
+            }
+            found
         } else {
-            tracing::warn!(
-                "no sentiment model at {}: events carry transcripts only; train one with `sentistream train ubm` or pass --ubm",
-                base.display()
-            );
-            None
+            o.ubm.clone()
+        };
+        let mut specs: Vec<SmallSpec> = Vec::with_capacity(bases.len());
+        for base in bases {
+            let meta = crate::models::ubm::Ubm::read_meta(&base)?;
+            for l in &meta.languages {
+                if let Some(other) = specs.iter().find(|s| s.languages.contains(l)) {
+                    return Err(Error::Usage(format!(
+                        "the small models {} and {} are both for language {l:?}; pass one of them with --ubm",
+                        other.base.display(),
+                        base.display()
+                    )));
+                }
+            }
+            specs.push(SmallSpec {
+                // The large model is English: it backs the model that scores English.
+                cascade: meta.languages.iter().any(|l| l == "en"),
+                languages: meta.languages,
+                encoder: meta.text_encoder,
+                base,
+            });
         }
+        Ok(specs)
     }
 }
 
@@ -347,6 +400,70 @@ mod tests {
         assert_eq!(fair_threads(4, 3, 2, true), 4);
     }
 
+    /// Writes a small model's metadata (and an empty weights file) for `languages`.
+    fn small_model_at(base: &Path, languages: &[&str], enc: crate::features::text::EncoderKind) {
+        let mut meta = crate::models::ubm::UbmMeta::new(8, 0.1, 0.1, 1.0);
+        meta.languages = languages.iter().map(|l| l.to_string()).collect();
+        meta.text_encoder = enc;
+        std::fs::write(
+            base.with_extension("json"),
+            serde_json::to_string(&meta).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(base.with_extension("safetensors"), b"").unwrap();
+    }
+
+    #[test]
+    fn each_language_gets_its_own_small_model_or_none() {
+        use crate::features::text::EncoderKind;
+        let dir = tempfile::tempdir().unwrap();
+        let models = ModelFiles::new(dir.path());
+        small_model_at(&models.ubm(), &["en"], EncoderKind::MiniLm);
+        small_model_at(&models.ubm_zh(), &["zh"], EncoderKind::E5Small);
+        let specs = Plan::small_models(&models, &Overrides::default()).unwrap();
+        assert_eq!(specs.len(), 2);
+        assert!(
+            specs[0].cascade && !specs[1].cascade,
+            "the large model backs English only"
+        );
+        assert_eq!(specs[1].encoder, EncoderKind::E5Small);
+        assert_eq!(pick_model(&specs, Some("en")), Some(0));
+        assert_eq!(pick_model(&specs, Some("zh")), Some(1));
+        assert_eq!(
+            pick_model(&specs, Some("de")),
+            None,
+            "no English model on German text"
+        );
+        assert_eq!(pick_model(&specs, None), Some(0));
+        assert_eq!(pick_model(&[], None), None);
+        // Two models for one language is a usage error that names both.
+        let twin = dir.path().join("other");
+        small_model_at(&twin, &["zh", "ja"], EncoderKind::E5Small);
+        let o = Overrides {
+            ubm: vec![models.ubm_zh(), twin.clone()],
+            ..Overrides::default()
+        };
+        let e = Plan::small_models(&models, &o).unwrap_err().to_string();
+        assert!(
+            e.contains("ubm-zh") && e.contains("other") && e.contains("\"zh\""),
+            "{e}"
+        );
+        // Named models replace the defaults; sentiment off means none.
+        let o = Overrides {
+            ubm: vec![twin],
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Plan::small_models(&models, &o).unwrap()[0].languages,
+            ["zh", "ja"]
+        );
+        let off = Overrides {
+            no_sentiment: true,
+            ..Overrides::default()
+        };
+        assert!(Plan::small_models(&models, &off).unwrap().is_empty());
+    }
+
     #[test]
     fn every_model_path_is_resolved_in_the_models_folder() {
         let dir = tempfile::tempdir().unwrap();
@@ -369,7 +486,7 @@ mod tests {
         );
         assert_eq!(job.vad_model, dir.path().join(assets::VAD_FILE));
         assert_eq!(plan.cfg.source.video_fps, 7);
-        assert!(plan.shared.ubm.is_none() && plan.shared.cascade.is_none());
+        assert!(plan.shared.small.is_empty() && plan.shared.cascade.is_none());
         // A model named on the command line serves every window.
         let named = Overrides {
             whisper_model: Some("ggml-base.bin".into()),

@@ -9,7 +9,6 @@ pub mod shutdown;
 pub mod stream;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -206,8 +205,8 @@ fn summaries(cfg: &Config, calls: &[(String, Vec<String>)]) -> router::Summaries
 /// Shared models and settings of a run.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// Small model base path (`None`: transcription only).
-    pub ubm: Option<PathBuf>,
+    /// Small models, the first backed by the cascade (empty: transcription only).
+    pub small: Vec<crate::plan::SmallSpec>,
     /// Cascade settings (`None`: the small model decides alone).
     pub cascade: Option<CascadeConfig>,
     /// Models folder.
@@ -227,15 +226,20 @@ pub(crate) struct StreamResult {
     pub error: Option<Error>,
 }
 
-/// The shared stages: the small model (`None`: transcripts only) and the cascade.
-type Stages = (Option<Box<dyn SmallModel>>, Option<crate::cascade::Cascade>);
+/// The shared stages: the small models (none: transcripts only; in the order of
+/// [`Shared::small`]) and the cascade.
+type Stages = (Vec<Box<dyn SmallModel>>, Option<crate::cascade::Cascade>);
 
-/// The small model and the cascade, loaded and checked before any media work.
+/// The small models and the cascade, loaded and checked before any media work.
 fn load_shared(shared: &Shared) -> Result<Stages> {
-    let Some(base) = &shared.ubm else {
-        return Ok((None, None));
+    let mut small: Vec<Box<dyn SmallModel>> = Vec::with_capacity(shared.small.len());
+    for spec in &shared.small[1.min(shared.small.len())..] {
+        small.push(Box::new(Ubm::load(&spec.base)?));
+    }
+    let Some(first) = shared.small.first() else {
+        return Ok((small, None));
     };
-    let ubm = Ubm::load(base)?;
+    let ubm = Ubm::load(&first.base)?;
     let cascade = match &shared.cascade {
         Some(c) => Some(crate::cascade::from_config(
             c,
@@ -245,7 +249,8 @@ fn load_shared(shared: &Shared) -> Result<Stages> {
         )?),
         None => None,
     };
-    Ok((Some(Box::new(ubm)), cascade))
+    small.insert(0, Box::new(ubm));
+    Ok((small, cascade))
 }
 
 /// The message of a thread's panic payload.
@@ -385,6 +390,7 @@ pub(crate) fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
 mod tests {
     use super::*;
     use crate::source::Input;
+    use std::path::PathBuf;
     use stream::ToRouter;
 
     fn job(id: &str) -> StreamJob {
@@ -395,7 +401,7 @@ mod tests {
             english_model: None,
             vad_model: PathBuf::new(),
             models_dir: PathBuf::new(),
-            sentiment: false,
+            small: Vec::new(),
             reconnect: false,
             progress: false,
             speaker_model: None,
@@ -406,7 +412,7 @@ mod tests {
     #[test]
     fn a_panicking_stream_is_an_error_that_names_it() {
         let shared = Shared {
-            ubm: None,
+            small: Vec::new(),
             cascade: None,
             models: ModelFiles::new("models"),
             live: false,

@@ -29,18 +29,24 @@ pub(crate) trait SmallModel {
     fn band(&self) -> f32;
 }
 
+/// Events carry scores in [-3, 3] (MOSI) whatever the model's label range: a model
+/// trained on CH-SIMS's [-1, 1] (the Chinese one) has its score and band stretched by 3,
+/// so one stream's windows, summaries and alerts share one scale.
+const EVENT_SCORE_LIMIT: f32 = 3.0;
+
 impl SmallModel for Ubm {
     fn score(&self, features: &WindowFeatures) -> Sentiment {
         let p = self.predict(&[features], Modalities::ALL)[0];
+        let k = EVENT_SCORE_LIMIT / self.meta.score_limit;
         Sentiment::small(
-            p.score,
+            p.score * k,
             polarity(p.score, self.meta.band),
             p.probs,
             p.uncertainty,
         )
     }
     fn band(&self) -> f32 {
-        self.meta.band
+        self.meta.band * EVENT_SCORE_LIMIT / self.meta.score_limit
     }
 }
 
@@ -65,7 +71,7 @@ pub(crate) struct Finished {
 
 /// Shared stages and outputs.
 pub(crate) struct Router {
-    small: Option<Box<dyn SmallModel>>,
+    small: Vec<Box<dyn SmallModel>>,
     cascade: Option<Cascade>,
     sinks: Fanout,
     metrics: std::sync::Arc<Metrics>,
@@ -186,7 +192,7 @@ impl Router {
     /// A router over loaded models and opened sinks; `notices`: write stream notices
     /// (started, interrupted, ...) to the sinks too.
     pub fn new(
-        small: Option<Box<dyn SmallModel>>,
+        small: Vec<Box<dyn SmallModel>>,
         cascade: Option<Cascade>,
         sinks: Fanout,
         metrics: std::sync::Arc<Metrics>,
@@ -232,26 +238,34 @@ impl Router {
             stream,
             mut event,
             features,
+            model,
             started,
         } = w;
         let (sinks, metrics, sums) = (&mut self.sinks, &*self.metrics, &mut self.summaries);
-        let (Some(small), Some(feats)) = (&self.small, features) else {
-            emit(sinks, metrics, sums, stamp(event, started));
+        let mut out = |e: Event| emit(sinks, metrics, sums, e);
+        let (Some(small), Some(feats)) = (self.small.get(model), features) else {
+            match &mut self.cascade {
+                Some(c) => c.pass(stream, event, started, &mut out),
+                None => out(stamp(event, started)),
+            }
             return;
         };
         let t = Instant::now();
         let verdict = small.score(&feats);
         event.latency_ms.ubm = t.elapsed().as_secs_f64() * 1e3;
         match &mut self.cascade {
-            Some(c) => {
-                c.submit(stream, event, verdict, feats, started, &mut |e| {
-                    emit(sinks, metrics, sums, e)
-                });
+            // The large model backs the first small model (English) only.
+            Some(c) if model == 0 => {
+                c.submit(stream, event, verdict, feats, started, &mut out);
                 metrics.queue_depth(c.depth());
+            }
+            Some(c) => {
+                event.set_sentiment(&settle(&verdict, small.band()));
+                c.pass(stream, event, started, &mut out);
             }
             None => {
                 event.set_sentiment(&settle(&verdict, small.band()));
-                emit(sinks, metrics, sums, stamp(event, started));
+                out(stamp(event, started));
             }
         }
     }
@@ -432,6 +446,7 @@ mod tests {
             stream,
             event: Event::transcribed(&format!("s{stream}"), seq, seq as f64, seq as f64 + 1.0),
             features: Some(features),
+            model: 0,
             started: Instant::now(),
         }))
     }
@@ -471,7 +486,7 @@ mod tests {
         let mut sinks = Fanout::default();
         sinks.push(Box::new(Memory(out.clone())));
         let router = Router::new(
-            Some(Box::new(FakeSmall)),
+            vec![Box::new(FakeSmall)],
             Some(Cascade::new(pool, settings)),
             sinks,
             Arc::new(Metrics::default()),

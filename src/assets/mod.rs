@@ -24,6 +24,8 @@ pub mod quantize;
 pub const VAD_FILE: &str = "ggml-silero-v6.2.0.bin";
 /// Default small sentiment model (base path of `.safetensors` + `.json`).
 pub(crate) const UBM_BASE: &str = "ubm";
+/// Chinese small sentiment model (base path).
+pub(crate) const UBM_ZH_BASE: &str = "ubm-zh";
 /// Folder of the MiniLM text encoder (safetensors, tokenizer, config).
 pub(crate) const MINILM_DIR: &str = "all-MiniLM-L6-v2";
 /// Folder of the face detector (res10 SSD caffemodel + prototxt).
@@ -56,6 +58,11 @@ impl ModelFiles {
     /// The default small model's base path.
     pub fn ubm(&self) -> PathBuf {
         self.dir.join(UBM_BASE)
+    }
+
+    /// The Chinese small model's base path.
+    pub fn ubm_zh(&self) -> PathBuf {
+        self.dir.join(UBM_ZH_BASE)
     }
 
     /// The MiniLM folder.

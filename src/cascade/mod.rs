@@ -427,6 +427,22 @@ impl Cascade {
         }
     }
 
+    /// Emits a window that does not go through the cascade (decided by a small model the
+    /// large model does not back, or without a verdict) in its stream's order.
+    pub fn pass(
+        &mut self,
+        stream: usize,
+        event: Event,
+        started: Instant,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        self.stream(stream);
+        let order = self.next_order[stream];
+        self.next_order[stream] += 1;
+        self.order[stream].insert(order, stamp(event, started));
+        self.poll(false, emit);
+    }
+
     fn waiting_for(&self, stream: usize) -> usize {
         self.waiting.keys().filter(|k| k.0 == stream).count()
     }

@@ -92,6 +92,10 @@ pub struct DataArgs {
     /// UBM model base path (`.safetensors` + `.json`); default: <models>/ubm.
     #[arg(long)]
     pub ubm: Option<PathBuf>,
+    /// Spoken language of the clips for `--text asr` ("auto" or a code such as "zh");
+    /// overrides asr.language.
+    #[arg(long)]
+    pub language: Option<String>,
 }
 
 /// `train` subcommands.
@@ -133,6 +137,13 @@ pub struct TrainUbmArgs {
     /// lambda of tau1 = (1 - lambda) mu_correct + lambda mu_wrong.
     #[arg(long, default_value_t = 0.5)]
     pub lambda: f32,
+    /// Text encoder: minilm (English) or e5-small (multilingual; Chinese and others).
+    #[arg(long, value_enum, default_value = "minilm")]
+    pub text_encoder: crate::features::text::EncoderKind,
+    /// Languages the model is for (Whisper codes, comma-separated): windows in these
+    /// languages are scored by it.
+    #[arg(long, value_delimiter = ',', default_value = "en")]
+    pub languages: Vec<String>,
 }
 
 /// Options of `train mllm`.
@@ -252,9 +263,11 @@ pub struct ModelArgs {
     /// Video frames per second for the analysis; overrides source.video_fps.
     #[arg(long)]
     pub fps: Option<u32>,
-    /// Small sentiment model (base path of .safetensors + .json); default: <models>/ubm.
+    /// Small sentiment model (base path of .safetensors + .json); repeat it for models of
+    /// other languages (each model's metadata names its languages); default: <models>/ubm
+    /// (English) and <models>/ubm-zh (Chinese).
     #[arg(long)]
-    pub ubm: Option<PathBuf>,
+    pub ubm: Vec<PathBuf>,
     /// Transcribe only: no sentiment fields.
     #[arg(long)]
     pub(crate) no_sentiment: bool,

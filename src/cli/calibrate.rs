@@ -11,7 +11,8 @@ use crate::train::trainer::{self, CalibrationRule};
 pub(super) fn calibrate(c: &CalibrateArgs, ctx: &Context) -> Result<i32> {
     let base = c.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm());
     let mut model = Ubm::load(&base)?;
-    let (_, valid) = super::dataset_split(&c.data.data, &c.data, Split::Valid, ctx)?;
+    let enc = model.meta.text_encoder;
+    let (_, valid) = super::dataset_split(&c.data.data, &c.data, Split::Valid, enc, ctx)?;
     let rule = match (c.lambda, c.escalation_rate) {
         (_, Some(r)) => CalibrationRule::Rate(r),
         (l, None) => CalibrationRule::Lambda(l.unwrap_or(0.5)),

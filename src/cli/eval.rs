@@ -8,7 +8,7 @@ use super::args::EvalArgs;
 use crate::error::{DatasetError, Error, ModelError, Result};
 use crate::models::mllm::Mllm;
 use crate::models::ubm::{Modalities, Prediction, Ubm};
-use crate::train::dataset::{Split, TextSource};
+use crate::train::dataset::{Scale, Split, TextSource};
 use crate::train::mllm as mllm_train;
 use crate::train::trainer::{self, SplitData};
 
@@ -27,7 +27,8 @@ const VARIANTS: [(&str, [bool; 3]); 7] = [
 pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
     let base = e.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm());
     let model = Ubm::load(&base)?;
-    let (ds, data) = super::dataset_split(&e.data.data, &e.data, e.split, ctx)?;
+    let enc = model.meta.text_encoder;
+    let (ds, data) = super::dataset_split(&e.data.data, &e.data, e.split, enc, ctx)?;
     if data.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: e.data.data.clone(),
@@ -46,7 +47,7 @@ pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
             String::new()
         }
     );
-    let preds = ablations(&model, &data);
+    let preds = ablations(&model, &data, e.data.scale);
     if let Some(path) = &e.predictions {
         write_predictions(path, &data, &preds, model.meta.band)?;
         println!("predictions of {} clips: {}", preds.len(), path.display());
@@ -153,8 +154,9 @@ fn remote(e: &EvalArgs, ctx: &Context, url: &str, data: &SplitData) -> Result<()
 
 /// Prints the metrics table of every modality ablation and the uncertainty figures;
 /// returns the predictions with all modalities.
-fn ablations(model: &Ubm, data: &SplitData) -> Vec<Prediction> {
+fn ablations(model: &Ubm, data: &SplitData, scale: Scale) -> Vec<Prediction> {
     let mut rows = Vec::new();
+    let mut sims = Vec::new();
     let mut all = Vec::new();
     for (name, [text, audio, visual]) in VARIANTS {
         let use_ = Modalities {
@@ -163,12 +165,30 @@ fn ablations(model: &Ubm, data: &SplitData) -> Vec<Prediction> {
             visual,
         };
         let (metrics, preds) = trainer::evaluate(model, data, use_);
+        if scale == Scale::Sims {
+            let scores: Vec<f32> = preds.iter().map(|p| p.score).collect();
+            sims.push((
+                name,
+                crate::train::metrics::compute_sims(&scores, &data.labels),
+            ));
+        }
         if rows.is_empty() {
             all = preds;
         }
         rows.push((name.to_string(), metrics));
     }
     println!("{}", trainer::format_table(&rows));
+    if !sims.is_empty() {
+        println!(
+            "CH-SIMS metrics (MMSA): labels and scores clipped to [-1, 1]\n| model | Acc2 | Acc3 | Acc5 | F1 | MAE | Corr |\n|---|---|---|---|---|---|---|"
+        );
+        for (name, m) in sims {
+            println!(
+                "| {name} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                m.acc2, m.acc3, m.acc5, m.f1, m.mae, m.corr
+            );
+        }
+    }
     verdict_rule(&all, data, model.meta.band);
     let u = trainer::uncertainty_report(&all, &data.labels, model.meta.band);
     println!(
@@ -304,8 +324,8 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
         ));
     }
     let llm = large_model(e, ctx)?;
-    // The UBM's per-window cost includes encoding the transcript with MiniLM.
-    let enc = crate::features::text::TextEncoder::load(&ctx.models.minilm())?;
+    // The UBM's per-window cost includes encoding the transcript.
+    let enc = crate::features::text::TextEncoder::open(model.meta.text_encoder, &ctx.models.dir)?;
     let n_enc = data.texts.len().min(50);
     let t = std::time::Instant::now();
     for text in &data.texts[..n_enc] {
@@ -333,7 +353,8 @@ fn estimators(
 ) -> Result<()> {
     use crate::train::estimators as est;
     let dir = e.temperature_data.as_ref().unwrap_or(&e.data.data);
-    let (_, valid) = super::dataset_split(dir, &e.data, Split::Valid, ctx)?;
+    let enc = model.meta.text_encoder;
+    let (_, valid) = super::dataset_split(dir, &e.data, Split::Valid, enc, ctx)?;
     if valid.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: dir.clone(),

@@ -30,28 +30,46 @@ pub(crate) struct Context {
     pub(crate) models: ModelFiles,
 }
 
+/// Whisper settings for a dataset's `--text asr` (with its `--language`).
+pub(crate) fn data_asr_config(
+    d: &args::DataArgs,
+    ctx: &Context,
+) -> Result<crate::config::AsrConfig> {
+    let mut asr = crate::plan::asr_config(&ctx.cfg, &ctx.models);
+    if let Some(l) = &d.language {
+        if l != "auto" && !crate::config::LANGUAGES.contains(&l.as_str()) {
+            return Err(crate::error::Error::Usage(format!(
+                "--language {l:?}: use \"auto\" or a Whisper language code such as \"zh\""
+            )));
+        }
+        asr.language = l.clone();
+    }
+    Ok(asr)
+}
+
 /// Opens the dataset at `dir` (scale and transcript source from `d`) and loads one
 /// split's features (cached; Whisper with the configured settings for `--text asr`).
 pub(crate) fn dataset_split(
     dir: &Path,
     d: &args::DataArgs,
     split: crate::train::dataset::Split,
+    encoder: crate::features::text::EncoderKind,
     ctx: &Context,
 ) -> Result<(
     crate::train::dataset::Dataset,
     crate::train::trainer::SplitData,
 )> {
     let ds = crate::train::dataset::Dataset::open(dir, d.scale)?;
-    let asr = crate::plan::asr_config(&ctx.cfg, &ctx.models);
-    let data = crate::train::trainer::load_split(
-        &ds,
-        &crate::plan::clip_cut(&ctx.cfg, &ctx.models),
-        split,
-        d.text,
-        &ctx.models.dir,
-        Some(&asr),
-        d.workers,
-    )?;
+    let asr = data_asr_config(d, ctx)?;
+    let cut = crate::plan::clip_cut(&ctx.cfg, &ctx.models);
+    let how = crate::train::dataset::Extraction {
+        cut: &cut,
+        text: d.text,
+        models_dir: &ctx.models.dir,
+        asr: Some(&asr),
+        encoder,
+    };
+    let data = crate::train::trainer::load_split(&ds, split, how, d.workers)?;
     Ok((ds, data))
 }
 

@@ -3,7 +3,7 @@
 use super::Context;
 use super::args::{TrainCommand, TrainMllmArgs, TrainUbmArgs};
 use crate::error::{Error, Result};
-use crate::plan::{asr_config, clip_cut};
+use crate::plan::clip_cut;
 use crate::train::dataset::TextSource;
 use crate::train::mllm::{self as mllm_train, MllmTrainOptions};
 use crate::train::trainer::{self, TrainOptions};
@@ -17,12 +17,23 @@ pub(super) fn train(t: &TrainCommand, ctx: &Context) -> Result<i32> {
 }
 
 fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
+    if let Some(bad) = u
+        .languages
+        .iter()
+        .find(|l| !crate::config::LANGUAGES.contains(&l.as_str()))
+    {
+        return Err(Error::Usage(format!(
+            "--languages {bad:?}: not a Whisper language code; use codes such as en or zh"
+        )));
+    }
     let opts = TrainOptions {
         data: u.data.data.clone(),
         scale: u.data.scale,
         text: u.data.text,
         models_dir: ctx.models.dir.clone(),
-        asr: Some(asr_config(&ctx.cfg, &ctx.models)),
+        encoder: u.text_encoder,
+        languages: u.languages.clone(),
+        asr: Some(super::data_asr_config(&u.data, ctx)?),
         cut: clip_cut(&ctx.cfg, &ctx.models),
         out: u.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm()),
         epochs: u.epochs,

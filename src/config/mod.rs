@@ -413,6 +413,10 @@ pub struct AsrConfig {
     /// text and keep that language for the stream (false; detection costs a full 30 s
     /// encoder pass, more than doubling Whisper's time per window).
     pub redetect_language: bool,
+    /// With language "auto": the languages detection may choose from (Whisper codes;
+    /// empty: any of Whisper's 99). A stream known to be in English or Mandarin says
+    /// `["en", "zh"]`, so an unclear window is never taken for Latin or Thai.
+    pub languages: Vec<String>,
     /// CPU threads used by Whisper.
     pub threads: u32,
     /// Encoder context sizing.
@@ -434,6 +438,7 @@ impl Default for AsrConfig {
             english_model: Some(PathBuf::from("ggml-tiny.en-q8_0.bin")),
             language: "auto".into(),
             redetect_language: false,
+            languages: Vec::new(),
             threads: 2,
             audio_ctx: AudioCtx::Auto,
             ctx_margin_s: 2.0,
@@ -454,7 +459,7 @@ pub struct ModelsConfig {
 }
 
 /// Whisper language codes accepted by `asr.language` (besides "auto").
-const LANGUAGES: &[&str] = &[
+pub(crate) const LANGUAGES: &[&str] = &[
     "en", "zh", "de", "es", "ru", "ko", "fr", "ja", "pt", "tr", "pl", "ca", "nl", "ar", "sv", "it",
     "id", "hi", "fi", "vi", "he", "uk", "el", "ms", "cs", "ro", "da", "hu", "ta", "no", "th", "ur",
     "hr", "bg", "lt", "la", "mi", "ml", "cy", "sk", "te", "fa", "lv", "bn", "sr", "az", "sl", "kn",
@@ -599,6 +604,15 @@ impl AsrConfig {
             p.push(format!(
                 "asr.language = {:?}: use \"auto\" or a Whisper language code such as \"en\"",
                 a.language
+            ));
+        }
+        for l in a
+            .languages
+            .iter()
+            .filter(|l| !LANGUAGES.contains(&l.as_str()))
+        {
+            p.push(format!(
+                "asr.languages contains {l:?}: use Whisper language codes such as \"en\", \"zh\""
             ));
         }
         need(

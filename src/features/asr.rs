@@ -229,7 +229,16 @@ impl Asr {
             reason: format!("language detection failed: {e}"),
         };
         main.state.pcm_to_mel(&self.padded, threads).map_err(fail)?;
-        let (id, _) = main.state.lang_detect(0, threads).map_err(fail)?;
+        let (id, probs) = main.state.lang_detect(0, threads).map_err(fail)?;
+        // `asr.languages`: the most probable of the allowed ones.
+        let allowed = self
+            .cfg
+            .languages
+            .iter()
+            .filter_map(|l| whisper_rs::get_lang_id(l))
+            .filter_map(|i| Some((i, *probs.get(i as usize)?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let id = allowed.map_or(id, |(i, _)| i);
         Ok(whisper_rs::get_lang_str(id).map(str::to_string))
     }
 
@@ -245,7 +254,8 @@ impl Asr {
         let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
         // With an English model waiting and the language not known yet, the main model
         // only detects it (no decode); an English window goes to the English model.
-        let guess = if self.english.is_some() && self.detected.is_none() {
+        let restricted = !self.cfg.languages.is_empty() && self.cfg.language == "auto";
+        let guess = if (self.english.is_some() || restricted) && self.detected.is_none() {
             self.detect_language(secs, min_len)?
         } else {
             None
@@ -362,6 +372,7 @@ fn clean_text(cfg: &AsrConfig, heard: &Heard) -> String {
     } else {
         f32::NEG_INFINITY
     };
+    tracing::debug!(raw = %text, no_speech = heard.no_speech, avg_logp, "whisper heard");
     // Whisper's own rule for silence: high no-speech probability and low confidence.
     if heard.no_speech > cfg.no_speech_threshold && avg_logp < cfg.logprob_threshold {
         text.clear();
@@ -404,8 +415,16 @@ fn full_params<'a>(cfg: &AsrConfig, language: &'a str, audio_ctx: i32) -> FullPa
     p.set_print_timestamps(false);
     p.set_no_speech_thold(cfg.no_speech_threshold);
     p.set_logprob_thold(cfg.logprob_threshold);
+    if language == "zh" {
+        // Whisper writes Mandarin in traditional or simplified characters as it pleases;
+        // a simplified prompt keeps it to the script the Chinese model was trained on.
+        p.set_initial_prompt(ZH_PROMPT);
+    }
     p
 }
+
+/// Prompt for Mandarin windows: "What follows are sentences in Mandarin." (simplified).
+const ZH_PROMPT: &str = "以下是普通话的句子。";
 
 /// Text that Whisper emits for non-speech ("[Music]", "(applause)", "...").
 fn is_non_speech(text: &str) -> bool {

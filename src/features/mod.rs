@@ -91,21 +91,22 @@ impl WindowFeatures {
 pub(crate) struct Extractor {
     audio: AudioFeaturizer,
     visual: VisualFeaturizer,
-    text: Arc<TextEncoder>,
+    /// Text encoder per small model (see `plan::SmallSpec`), shared between streams.
+    texts: Vec<Arc<TextEncoder>>,
 }
 
 impl Extractor {
-    /// Loads MiniLM and the face detectors from the models folder.
-    pub fn load(models_dir: &Path) -> Result<Self, ModelError> {
-        let text = TextEncoder::load(&models_dir.join(crate::assets::MINILM_DIR))?;
-        Self::with_text(models_dir, Arc::new(text), visual::DETECT_EVERY)
+    /// Loads the text encoder `encoder` and the face detectors from the models folder.
+    pub fn load(models_dir: &Path, encoder: text::EncoderKind) -> Result<Self, ModelError> {
+        let text = TextEncoder::open(encoder, models_dir)?;
+        Self::with_text(models_dir, vec![Arc::new(text)], visual::DETECT_EVERY)
     }
 
     /// The face detectors from the models folder (detecting on every `detect_every`th
-    /// frame), with a text encoder shared with other streams.
+    /// frame), with text encoders (one per small model) shared with other streams.
     pub fn with_text(
         models_dir: &Path,
-        text: Arc<TextEncoder>,
+        texts: Vec<Arc<TextEncoder>>,
         detect_every: u32,
     ) -> Result<Self, ModelError> {
         let mut visual = VisualFeaturizer::load(&VisualModels::installed(models_dir))?;
@@ -113,7 +114,7 @@ impl Extractor {
         Ok(Self {
             audio: AudioFeaturizer::new(),
             visual,
-            text,
+            texts,
         })
     }
 
@@ -125,7 +126,7 @@ impl Extractor {
         text: &str,
     ) -> Result<WindowFeatures, ModelError> {
         let mut f = self.media(audio, frames)?;
-        self.add_text(&mut f, text)?;
+        self.add_text(&mut f, text, 0)?;
         Ok(f)
     }
 
@@ -146,10 +147,16 @@ impl Extractor {
         Ok(f)
     }
 
-    /// Adds the transcript's sentence embedding (none for an empty transcript).
-    pub(crate) fn add_text(&self, f: &mut WindowFeatures, text: &str) -> Result<(), ModelError> {
+    /// Adds the transcript's sentence embedding by small model `model`'s encoder (none
+    /// for an empty transcript).
+    pub(crate) fn add_text(
+        &self,
+        f: &mut WindowFeatures,
+        text: &str,
+        model: usize,
+    ) -> Result<(), ModelError> {
         if !text.trim().is_empty() {
-            f.text = Some(self.text.encode_one(text)?);
+            f.text = Some(self.texts[model].encode_one(text)?);
         }
         Ok(())
     }

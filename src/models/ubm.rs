@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::ModelError;
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
-use crate::features::text::TEXT_DIM;
+use crate::features::text::{EncoderKind, TEXT_DIM};
 use crate::features::visual::VIS_DIM;
 use crate::routing::thresholds::Calibration;
 use crate::routing::uncertainty::entropy;
@@ -55,6 +55,16 @@ pub struct UbmMeta {
     pub(crate) tau1_rule: Option<String>,
     /// Score range of the training labels ([-3, 3] or [-1, 1]).
     pub(crate) score_limit: f32,
+    /// Text encoder the model reads (models before it was recorded: MiniLM).
+    #[serde(default)]
+    pub text_encoder: EncoderKind,
+    /// Languages (Whisper codes) the model is trained for (older models: English).
+    #[serde(default = "english")]
+    pub languages: Vec<String>,
+}
+
+fn english() -> Vec<String> {
+    vec!["en".into()]
 }
 
 impl UbmMeta {
@@ -73,6 +83,8 @@ impl UbmMeta {
             tau1: None,
             tau1_rule: None,
             score_limit,
+            text_encoder: EncoderKind::MiniLm,
+            languages: english(),
         }
     }
 }
@@ -184,8 +196,8 @@ impl Ubm {
         crate::models::save_weights(&self.vs, &self.meta, base, "ubm")
     }
 
-    /// Loads a saved model; weights that do not fit the architecture are a clear error.
-    pub fn load(base: &Path) -> Result<Self, ModelError> {
+    /// Reads a saved model's metadata only (its languages and text encoder).
+    pub fn read_meta(base: &Path) -> Result<UbmMeta, ModelError> {
         let (w, m) = Self::paths(base);
         for p in [&w, &m] {
             if !p.is_file() {
@@ -195,14 +207,24 @@ impl Ubm {
                 });
             }
         }
-        let text = std::fs::read_to_string(&m).map_err(|source| ModelError::Io {
-            path: m.clone(),
+        Self::meta_of(&m)
+    }
+
+    fn meta_of(m: &Path) -> Result<UbmMeta, ModelError> {
+        let text = std::fs::read_to_string(m).map_err(|source| ModelError::Io {
+            path: m.to_path_buf(),
             source,
         })?;
-        let meta: UbmMeta = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
-            path: m.clone(),
+        serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
+            path: m.to_path_buf(),
             reason: e.to_string(),
-        })?;
+        })
+    }
+
+    /// Loads a saved model; weights that do not fit the architecture are a clear error.
+    pub fn load(base: &Path) -> Result<Self, ModelError> {
+        let meta = Self::read_meta(base)?;
+        let (w, m) = Self::paths(base);
         if meta.feature_version != crate::features::FEATURE_VERSION {
             return Err(ModelError::Corrupt {
                 path: m,

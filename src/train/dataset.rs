@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{AsrConfig, SegmentConfig, SourceConfig};
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::asr::Asr;
+use crate::features::text::EncoderKind;
 use crate::features::{Extractor, FEATURE_VERSION, WindowFeatures};
 use crate::segment::{Segmenter, Vad, Window};
 use crate::source::{VideoFrame, decode_all};
@@ -295,11 +296,16 @@ impl Dataset {
 
     /// Cache file of a clip's features (`served`: cut as `annotate` cuts it, [`ClipCut`];
     /// caches of whole clips, without it, are not read).
-    pub(crate) fn cache_path(&self, clip: &Clip, text: TextSource) -> PathBuf {
-        let mode = match text {
+    /// The text encoder is part of the folder's name, except MiniLM's (the first).
+    pub(crate) fn cache_path(&self, clip: &Clip, text: TextSource, enc: EncoderKind) -> PathBuf {
+        let mut mode = match text {
             TextSource::Given => "given",
             TextSource::Asr => "asr",
-        };
+        }
+        .to_string();
+        if enc != EncoderKind::MiniLm {
+            mode = format!("{mode}-{}", enc.name());
+        }
         self.root
             .join(".sentistream-cache")
             .join(format!("v{FEATURE_VERSION}-served-{mode}"))
@@ -334,6 +340,8 @@ pub struct Extraction<'a> {
     pub text: TextSource,
     /// Models folder (feature models).
     pub models_dir: &'a Path,
+    /// Text encoder (the one the model was or will be trained with).
+    pub encoder: EncoderKind,
     /// Whisper settings (with the model path resolved) for `--text asr`.
     pub asr: Option<&'a AsrConfig>,
 }
@@ -341,7 +349,7 @@ pub struct Extraction<'a> {
 impl ClipWorker<'_> {
     /// Cached features, if the cache file is newer than the clip and readable.
     fn cached(&self, clip: &Clip) -> Option<WindowFeatures> {
-        let cache = self.ds.cache_path(clip, self.how.text);
+        let cache = self.ds.cache_path(clip, self.how.text, self.how.encoder);
         let (c, m) = (
             std::fs::metadata(&cache).ok()?,
             std::fs::metadata(&clip.path).ok()?,
@@ -385,11 +393,13 @@ impl ClipWorker<'_> {
         let transcript = self.transcript(clip, &audio)?;
         let extractor = match &mut self.extractor {
             Some(e) => e,
-            None => self.extractor.insert(Extractor::load(self.how.models_dir)?),
+            None => self
+                .extractor
+                .insert(Extractor::load(self.how.models_dir, self.how.encoder)?),
         };
         let f = extractor.extract(&audio, &frames, &transcript)?;
         // The cache is an optimisation: failing to write it only costs a recomputation.
-        let cache = self.ds.cache_path(clip, self.how.text);
+        let cache = self.ds.cache_path(clip, self.how.text, self.how.encoder);
         if let Some(d) = cache.parent() {
             let _ = std::fs::create_dir_all(d);
         }

@@ -2,7 +2,8 @@
 //! Has0-Acc2 / Has0-F1 (truth >= 0 vs pred >= 0), Non0-Acc2 / Non0-F1 (samples with
 //! truth = 0 removed, positive vs not), Acc3/5/7 (clip to [-1,1], [-2,2], [-3,3], round
 //! half to even, compare), MAE and Pearson correlation. F1 is sklearn's weighted F1 over
-//! the two classes.
+//! the two classes. For CH-SIMS (labels in [-1, 1]) MMSA computes another table
+//! ([`SimsMetrics`]): both sides clipped to [-1, 1] and binned by fixed edges.
 
 use serde::Serialize;
 
@@ -136,9 +137,82 @@ pub fn compute(pred: &[f32], truth: &[f32]) -> Metrics {
     }
 }
 
+/// MMSA's CH-SIMS regression metrics: predictions and truths clipped to [-1, 1], then
+/// binned into left-open intervals: Acc2 over {[-1, 0], (0, 1]}, Acc3 over edges -0.1,
+/// 0.1, Acc5 over -0.7, -0.1, 0.1, 0.7; F1 is the weighted F1 of the Acc2 classes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SimsMetrics {
+    /// Two classes: (0, 1] vs [-1, 0].
+    pub(crate) acc2: f64,
+    /// Three classes.
+    pub(crate) acc3: f64,
+    /// Five classes.
+    pub(crate) acc5: f64,
+    /// Weighted F1 of the two classes.
+    pub(crate) f1: f64,
+    /// Mean absolute error (clipped values).
+    pub(crate) mae: f64,
+    /// Pearson correlation (clipped values).
+    pub(crate) corr: f64,
+}
+
+/// Index of the left-open bin of `x` between `edges` (ascending inner edges).
+fn sims_bin(x: f32, edges: &[f32]) -> usize {
+    edges.iter().filter(|&&e| x > e).count()
+}
+
+/// The CH-SIMS table (see [`SimsMetrics`]).
+pub fn compute_sims(pred: &[f32], truth: &[f32]) -> SimsMetrics {
+    assert_eq!(
+        pred.len(),
+        truth.len(),
+        "predictions and truths must pair up"
+    );
+    let p: Vec<f32> = pred.iter().map(|x| x.clamp(-1.0, 1.0)).collect();
+    let t: Vec<f32> = truth.iter().map(|x| x.clamp(-1.0, 1.0)).collect();
+    let acc = |edges: &[f32]| {
+        p.iter()
+            .zip(&t)
+            .filter(|(a, b)| sims_bin(**a, edges) == sims_bin(**b, edges))
+            .count() as f64
+            / p.len().max(1) as f64
+    };
+    let pos_p: Vec<bool> = p.iter().map(|&x| x > 0.0).collect();
+    let pos_t: Vec<bool> = t.iter().map(|&x| x > 0.0).collect();
+    SimsMetrics {
+        acc2: acc(&[0.0]),
+        acc3: acc(&[-0.1, 0.1]),
+        acc5: acc(&[-0.7, -0.1, 0.1, 0.7]),
+        f1: weighted_f1(&pos_t, &pos_p),
+        mae: p
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .sum::<f64>()
+            / p.len().max(1) as f64,
+        corr: pearson(&p, &t),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sims_table_by_hand() {
+        // truth: -1.0  0.0  0.1  0.8  -0.4 ; pred: -0.2  0.05  0.12  1.4  0.0
+        let truth = [-1.0, 0.0, 0.1, 0.8, -0.4];
+        let pred = [-0.2, 0.05, 0.12, 1.4, 0.0];
+        let m = compute_sims(&pred, &truth);
+        // Acc2 (> 0): truth F F T T F ; pred F T T T F -> 4/5
+        assert!((m.acc2 - 0.8).abs() < 1e-12);
+        // Acc3 edges -0.1, 0.1: truth 0 1 1 2 0 ; pred 0 1 2 2 1 -> 3/5
+        assert!((m.acc3 - 0.6).abs() < 1e-12);
+        // Acc5 edges -0.7 -0.1 0.1 0.7: truth 0 2 2 4 1 ; pred 1 2 3 4 2 -> 2/5
+        assert!((m.acc5 - 0.4).abs() < 1e-12);
+        // MAE with pred 1.4 clipped to 1: (0.8 + 0.05 + 0.02 + 0.2 + 0.4) / 5 = 0.294
+        assert!((m.mae - 0.294).abs() < 1e-6);
+    }
 
     #[test]
     fn hand_computed_case() {

@@ -9,6 +9,7 @@ use tch::{Kind, Tensor, nn};
 
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::audio::AUDIO_DIM;
+use crate::features::text::EncoderKind;
 use crate::features::visual::VIS_DIM;
 use crate::models::mllm::{AdapterMeta, Answer, Mllm, Query};
 use crate::models::ubm::{Modalities, Prediction, Ubm};
@@ -199,17 +200,14 @@ struct Clock {
 /// Loads the train and valid splits, checks both have clips and applies `o.limit` to the
 /// train split.
 fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData)> {
-    let split = |s| {
-        load_split(
-            ds,
-            &o.cut,
-            s,
-            TextSource::Given,
-            &o.models_dir,
-            None,
-            o.workers,
-        )
+    let how = crate::train::dataset::Extraction {
+        cut: &o.cut,
+        text: TextSource::Given,
+        models_dir: &o.models_dir,
+        asr: None,
+        encoder: EncoderKind::MiniLm,
     };
+    let split = |s| load_split(ds, s, how, o.workers);
     let (mut train, valid) = (split(Split::Train)?, split(Split::Valid)?);
     if train.feats.is_empty() || valid.feats.is_empty() {
         return Err(DatasetError::Empty {

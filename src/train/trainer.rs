@@ -11,6 +11,7 @@ use crate::config::AsrConfig;
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
+use crate::features::text::EncoderKind;
 use crate::features::visual::VIS_DIM;
 use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
 use crate::routing::thresholds::{self, Calibration};
@@ -27,8 +28,13 @@ pub struct TrainOptions {
     pub(crate) scale: Scale,
     /// Transcript source.
     pub text: TextSource,
-    /// Models folder (MiniLM, face detector, Whisper for `--text asr`).
+    /// Models folder (text encoder, face detector, Whisper for `--text asr`).
     pub models_dir: PathBuf,
+    /// Text encoder the model reads (recorded in its metadata).
+    pub encoder: EncoderKind,
+    /// Languages the model is for (recorded in its metadata; windows in other languages
+    /// get no verdict from it).
+    pub languages: Vec<String>,
     /// Whisper model for `--text asr`.
     pub asr: Option<AsrConfig>,
     /// How clips are cut before their features (as served).
@@ -70,11 +76,8 @@ pub struct SplitData {
 /// Loads a dataset split's features (cached), skipping undecodable clips.
 pub fn load_split(
     ds: &Dataset,
-    cut: &dataset::ClipCut,
     split: Split,
-    text: TextSource,
-    models_dir: &Path,
-    asr: Option<&AsrConfig>,
+    how: dataset::Extraction<'_>,
     workers: usize,
 ) -> Result<SplitData> {
     let clips = ds.split(split);
@@ -84,12 +87,6 @@ pub fn load_split(
         if n.is_multiple_of(250) || n == total {
             tracing::info!(split = ?split, "features {n}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
         }
-    };
-    let how = dataset::Extraction {
-        cut,
-        text,
-        models_dir,
-        asr,
     };
     let feats = dataset::features(ds, &clips, how, workers, &progress)?;
     let mut out = SplitData {
@@ -163,6 +160,13 @@ pub struct TrainReport {
 /// calibrates tau1 on the validation split and saves the model.
 pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
     let ds = Dataset::open(&o.data, o.scale)?;
+    // The output's folder must be writable before hours of features and epochs.
+    if let Some(d) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|source| ModelError::Io {
+            path: d.to_path_buf(),
+            source,
+        })?;
+    }
     tch::manual_seed(o.seed);
     let (train, valid, features_s) = load_train_valid(o, &ds)?;
     let model = fresh_ubm(o, &train);
@@ -222,17 +226,14 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
 /// with the feature extraction wall time in seconds.
 fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData, f64)> {
     let t0 = Instant::now();
-    let split = |s| {
-        load_split(
-            ds,
-            &o.cut,
-            s,
-            o.text,
-            &o.models_dir,
-            o.asr.as_ref(),
-            o.workers,
-        )
+    let how = dataset::Extraction {
+        cut: &o.cut,
+        text: o.text,
+        models_dir: &o.models_dir,
+        asr: o.asr.as_ref(),
+        encoder: o.encoder,
     };
+    let split = |s| load_split(ds, s, how, o.workers);
     let (train, valid) = (split(Split::Train)?, split(Split::Valid)?);
     let features_s = t0.elapsed().as_secs_f64();
     if train.feats.is_empty() || valid.feats.is_empty() {
@@ -248,6 +249,8 @@ fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitD
 /// An untrained UBM whose feature normalisation comes from the train split.
 fn fresh_ubm(o: &TrainOptions, train: &SplitData) -> Ubm {
     let mut meta = UbmMeta::new(o.hidden, 0.2, o.band, o.scale.limit());
+    meta.text_encoder = o.encoder;
+    meta.languages = o.languages.clone();
     let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
     let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
     (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);

@@ -18,7 +18,6 @@ use crossbeam_channel::Sender;
 
 use crate::app::Progress;
 use crate::app::shutdown::Shutdown;
-use crate::assets::MINILM_DIR;
 use crate::config::AsrConfig;
 use crate::config::Config;
 use crate::diarize::Diarizer;
@@ -26,8 +25,9 @@ use crate::diarize::campp::CamPlus;
 use crate::error::{Error, SourceError};
 use crate::event::{Event, StatusEvent, StreamStatus};
 use crate::features::asr::{Asr, WhisperModels};
-use crate::features::text::TextEncoder;
+use crate::features::text::{EncoderKind, TextEncoder};
 use crate::features::{Extractor, WindowFeatures};
+use crate::plan::pick_model;
 use crate::segment::{Segmenter, Vad, Window};
 use crate::source::{Input, Next, Source, SourceMsg};
 use clock::{MAX_VIDEO_WAIT_S, StreamClock};
@@ -78,8 +78,11 @@ pub(crate) struct Windowed {
     pub stream: usize,
     /// The event with transcript, times and ASR/feature latency filled.
     pub event: Event,
-    /// Features for the small model (`None`: transcription only).
+    /// Features for the small model (`None`: transcription only, or a language no small
+    /// model knows, said in `event.no_sentiment`).
     pub features: Option<WindowFeatures>,
+    /// Which small model scores it (index into `Shared::small`).
+    pub model: usize,
     /// When this window's processing began.
     pub started: Instant,
 }
@@ -99,8 +102,8 @@ pub(crate) struct StreamJob {
     pub(crate) vad_model: PathBuf,
     /// Models folder (features).
     pub models_dir: PathBuf,
-    /// Compute features for the small model.
-    pub sentiment: bool,
+    /// The small models (features for them; none: transcription only).
+    pub small: Vec<crate::plan::SmallSpec>,
     /// Reconnect after failures (live network sources).
     pub reconnect: bool,
     /// Draw a progress bar (files, one stream, terminal).
@@ -145,23 +148,25 @@ impl StreamModels {
             diarizer,
             vad: Vad::load(&job.vad_model)?,
             asr: Asr::new(&mut shared.whisper, &asr_cfg)?,
-            extractor: if job.sentiment {
-                let text = match &shared.text {
-                    Some(t) => t.clone(),
-                    None => shared
-                        .text
-                        .insert(Arc::new(TextEncoder::load(
-                            &job.models_dir.join(MINILM_DIR),
-                        )?))
-                        .clone(),
-                };
+            extractor: if job.small.is_empty() {
+                None
+            } else {
+                let mut texts = Vec::with_capacity(job.small.len());
+                for spec in &job.small {
+                    texts.push(match shared.text.get(&spec.encoder) {
+                        Some(t) => t.clone(),
+                        None => shared
+                            .text
+                            .entry(spec.encoder)
+                            .or_insert(Arc::new(TextEncoder::open(spec.encoder, &job.models_dir)?))
+                            .clone(),
+                    });
+                }
                 Some(Extractor::with_text(
                     &job.models_dir,
-                    text,
+                    texts,
                     cfg.source.face_detect_every,
                 )?)
-            } else {
-                None
             },
         })
     }
@@ -172,7 +177,7 @@ impl StreamModels {
 #[derive(Default)]
 pub(crate) struct SharedWeights {
     whisper: WhisperModels,
-    text: Option<Arc<TextEncoder>>,
+    text: std::collections::HashMap<EncoderKind, Arc<TextEncoder>>,
     speakers: Option<Arc<CamPlus>>,
 }
 
@@ -260,13 +265,18 @@ impl Processor<'_> {
         event.asr_confidence = tr.confidence;
         event.frames = self.frames.between(w.start, w.end).count() as u32;
         event.latency_ms.asr = tr.asr_ms;
-        let features = match (&self.extractor, media) {
-            (Some(x), Some(media)) => {
+        let model = pick_model(&self.job.small, event.language.as_deref());
+        let features = match (&self.extractor, media, model) {
+            (Some(x), Some(media), Some(m)) => {
                 let (mut f, media_time) = media?;
                 let t = Instant::now();
-                x.add_text(&mut f, &event.text)?;
+                x.add_text(&mut f, &event.text, m)?;
                 event.latency_ms.features = (media_time + t.elapsed()).as_secs_f64() * 1e3;
                 Some(f)
+            }
+            (Some(_), _, None) => {
+                event.no_sentiment = Some(no_model_for(&self.job.small, &event.language));
+                None
             }
             _ => None,
         };
@@ -276,6 +286,7 @@ impl Processor<'_> {
             stream: self.idx,
             event,
             features,
+            model: model.unwrap_or(0),
             started,
         })));
         Ok(())
@@ -300,6 +311,20 @@ impl Processor<'_> {
             video,
         });
     }
+}
+
+/// Why a window in `language` has no verdict: no small model is trained for it.
+fn no_model_for(small: &[crate::plan::SmallSpec], language: &Option<String>) -> String {
+    let known: Vec<&str> = small
+        .iter()
+        .flat_map(|s| s.languages.iter().map(String::as_str))
+        .collect();
+    format!(
+        "no sentiment model for language {:?} (models here: {}); the transcript is kept; train one with `sentistream train ubm --languages {}`",
+        language.as_deref().unwrap_or("?"),
+        known.join(", "),
+        language.as_deref().unwrap_or("CODE")
+    )
 }
 
 fn round_ms(t: f64) -> f64 {
