@@ -311,6 +311,8 @@ pub struct SummaryEvent {
 }
 
 /// Anything a sink receives.
+// Windows are nearly every output: boxing them would allocate once more per window.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// One window's result.
@@ -517,6 +519,7 @@ pub(crate) mod tests_support {
             start: 1.0,
             end: 2.5,
             voiced_s: None,
+            no_sentiment: None,
             speaker: None,
             channel: None,
             text: "hello there".into(),

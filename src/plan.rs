@@ -10,34 +10,8 @@ use crate::app::stream::StreamJob;
 use crate::assets::{self, ModelFiles};
 use crate::config::{AudioCtx, Config};
 use crate::error::{Error, Result};
+pub use crate::models::{SmallSpec, pick_model};
 use crate::source::Input;
-
-/// One small model of a run: where it is, which languages it scores, which text
-/// encoder it reads, and whether the cascade's large model backs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SmallSpec {
-    /// Base path (`.safetensors` + `.json`).
-    pub base: PathBuf,
-    /// Whisper language codes it scores.
-    pub languages: Vec<String>,
-    /// Its text encoder.
-    pub encoder: crate::features::text::EncoderKind,
-    /// Windows it accepts uncertainly go to the large model (an English model).
-    pub cascade: bool,
-}
-
-/// Which small model scores a window in `language`: the one trained for it; a window
-/// without a language (nothing transcribed) goes to the first. `None`: no model knows
-/// the language, so the window gets no verdict rather than one from a model that cannot
-/// read it.
-pub fn pick_model(models: &[SmallSpec], language: Option<&str>) -> Option<usize> {
-    match language {
-        None => (!models.is_empty()).then_some(0),
-        Some(l) => models
-            .iter()
-            .position(|m| m.languages.iter().any(|x| x == l)),
-    }
-}
 
 /// What the command line may override.
 #[derive(Debug, Clone, Default)]

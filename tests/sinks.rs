@@ -25,6 +25,7 @@ fn event(seq: u64, start: f64, end: f64, text: &str, score: f32, stage: Stage) -
         start,
         end,
         voiced_s: None,
+        no_sentiment: None,
         speaker: None,
         channel: None,
         text: text.into(),

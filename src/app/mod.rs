@@ -206,7 +206,7 @@ fn summaries(cfg: &Config, calls: &[(String, Vec<String>)]) -> router::Summaries
 #[derive(Debug, Clone)]
 pub struct Shared {
     /// Small models, the first backed by the cascade (empty: transcription only).
-    pub small: Vec<crate::plan::SmallSpec>,
+    pub small: Vec<crate::models::SmallSpec>,
     /// Cascade settings (`None`: the small model decides alone).
     pub cascade: Option<CascadeConfig>,
     /// Models folder.

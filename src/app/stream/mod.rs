@@ -27,7 +27,7 @@ use crate::event::{Event, StatusEvent, StreamStatus};
 use crate::features::asr::{Asr, WhisperModels};
 use crate::features::text::{EncoderKind, TextEncoder};
 use crate::features::{Extractor, WindowFeatures};
-use crate::plan::pick_model;
+use crate::models::pick_model;
 use crate::segment::{Segmenter, Vad, Window};
 use crate::source::{Input, Next, Source, SourceMsg};
 use clock::{MAX_VIDEO_WAIT_S, StreamClock};
@@ -103,7 +103,7 @@ pub(crate) struct StreamJob {
     /// Models folder (features).
     pub models_dir: PathBuf,
     /// The small models (features for them; none: transcription only).
-    pub small: Vec<crate::plan::SmallSpec>,
+    pub small: Vec<crate::models::SmallSpec>,
     /// Reconnect after failures (live network sources).
     pub reconnect: bool,
     /// Draw a progress bar (files, one stream, terminal).
@@ -314,7 +314,7 @@ impl Processor<'_> {
 }
 
 /// Why a window in `language` has no verdict: no small model is trained for it.
-fn no_model_for(small: &[crate::plan::SmallSpec], language: &Option<String>) -> String {
+fn no_model_for(small: &[crate::models::SmallSpec], language: &Option<String>) -> String {
     let known: Vec<&str> = small
         .iter()
         .flat_map(|s| s.languages.iter().map(String::as_str))

@@ -82,7 +82,7 @@ unsafe impl Sync for TextEncoder {}
 /// How a text becomes token ids.
 enum Tokens {
     /// HF `tokenizers` (MiniLM's WordPiece, with [CLS] and [SEP]).
-    Hf(Tokenizer),
+    Hf(Box<Tokenizer>),
     /// SentencePiece unigram (e5: `query: ` in front, `<s>` and `</s>` around).
     Unigram(e5::Unigram),
 }
@@ -267,7 +267,7 @@ impl TextEncoder {
             .get(0);
         Ok(Self {
             kind: EncoderKind::MiniLm,
-            tokenizer: Tokens::Hf(tokenizer),
+            tokenizer: Tokens::Hf(Box::new(tokenizer)),
             words: Words::Dense(word),
             pos,
             token_type,
