@@ -838,6 +838,16 @@ mod tests {
     }
 
     #[test]
+    fn detection_languages_must_be_whisper_codes() {
+        let mut c = Config::default();
+        c.asr.languages = vec!["en".into(), "zh".into()];
+        assert!(c.validate().is_ok());
+        c.asr.languages.push("xx".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("asr.languages contains \"xx\""), "{e}");
+    }
+
+    #[test]
     fn endpoint_urls_are_checked() {
         for ok in [
             "http://127.0.0.1:8080/v1/chat/completions",
