@@ -343,6 +343,8 @@ impl Plan {
                 base,
             });
         }
+        // The model the large model backs comes first (the cascade serves model 0).
+        specs.sort_by_key(|s| !s.cascade);
         Ok(specs)
     }
 }

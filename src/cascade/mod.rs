@@ -441,6 +441,9 @@ impl Cascade {
         self.next_order[stream] += 1;
         self.order[stream].insert(order, stamp(event, started));
         self.poll(false, emit);
+        while self.order[stream].len() + self.waiting_for(stream) > self.s.max_held {
+            self.poll(true, emit);
+        }
     }
 
     fn waiting_for(&self, stream: usize) -> usize {

@@ -265,7 +265,10 @@ impl Processor<'_> {
         event.asr_confidence = tr.confidence;
         event.frames = self.frames.between(w.start, w.end).count() as u32;
         event.latency_ms.asr = tr.asr_ms;
-        let model = pick_model(&self.job.small, event.language.as_deref());
+        // A window with nothing transcribed has no language to go by (Whisper still names
+        // one, often at random for silence): the first model scores its voice and face.
+        let heard = (!event.text.trim().is_empty()).then_some(event.language.as_deref());
+        let model = pick_model(&self.job.small, heard.flatten());
         let features = match (&self.extractor, media, model) {
             (Some(x), Some(media), Some(m)) => {
                 let (mut f, media_time) = media?;
