@@ -17,6 +17,12 @@ pub(super) fn train(t: &TrainCommand, ctx: &Context) -> Result<i32> {
 }
 
 fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
+    if u.text_encoder != crate::features::text::EncoderKind::MiniLm && u.data.ubm.is_none() {
+        return Err(Error::Usage(format!(
+            "--text-encoder {}: name the new model with --ubm (e.g. --ubm models/ubm-zh) so the English model at models/ubm is not overwritten, and its languages with --languages",
+            u.text_encoder.name()
+        )));
+    }
     if let Some(bad) = u
         .languages
         .iter()
