@@ -10,6 +10,24 @@ use sentistream::features::audio::{AUDIO_DIM, AudioFeaturizer, HOP, idx};
 use sentistream::features::text::{EncoderKind, TEXT_DIM, TextEncoder};
 use sentistream::source::{SAMPLE_RATE, Source, SourceMsg};
 
+/// The entries of a reference file in tests/fixtures.
+fn reference(name: &str) -> Vec<serde_json::Value> {
+    let path = common::repo(&format!("tests/fixtures/{name}"));
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    refs.as_array().unwrap().clone()
+}
+
+/// A reference entry's embedding.
+fn embedding(r: &serde_json::Value) -> Vec<f32> {
+    r["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
 #[test]
 fn minilm_matches_reference_embeddings() {
     let Some(dir) = common::model("all-MiniLM-L6-v2/model.safetensors")
@@ -18,11 +36,8 @@ fn minilm_matches_reference_embeddings() {
         return;
     };
     let enc = TextEncoder::load(&dir).unwrap();
-    let refs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo("tests/fixtures/minilm_reference.json")).unwrap(),
-    )
-    .unwrap();
-    let refs = refs.as_array().unwrap();
+    let refs = reference("minilm_reference.json");
+    let refs = &refs;
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     // Batched (with padding) and one at a time must both match.
     let batch = enc.encode(&texts).unwrap();
@@ -40,12 +55,7 @@ fn minilm_matches_reference_embeddings() {
             "token ids of {:?}",
             texts[i]
         );
-        let want: Vec<f32> = r["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want = embedding(r);
         let single = enc.encode_one(texts[i]).unwrap();
         let batched: Vec<f32> = Vec::try_from(batch.get(i as i64)).unwrap();
         for got in [&single, &batched] {
@@ -71,11 +81,8 @@ fn e5_matches_the_reference_engine_in_english_and_chinese() {
     };
     let enc = TextEncoder::load_e5(&path).unwrap();
     assert_eq!(enc.kind(), EncoderKind::E5Small);
-    let refs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::repo("tests/fixtures/e5_reference.json")).unwrap(),
-    )
-    .unwrap();
-    let refs = refs.as_array().unwrap();
+    let refs = reference("e5_reference.json");
+    let refs = &refs;
     let texts: Vec<&str> = refs.iter().map(|r| r["text"].as_str().unwrap()).collect();
     let batch = enc.encode(&texts).unwrap();
     for (i, r) in refs.iter().enumerate() {
@@ -86,12 +93,7 @@ fn e5_matches_the_reference_engine_in_english_and_chinese() {
             "token count of {:?}",
             texts[i]
         );
-        let want: Vec<f32> = r["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let want = embedding(r);
         let single = enc.encode_one(texts[i]).unwrap();
         let batched: Vec<f32> = Vec::try_from(batch.get(i as i64)).unwrap();
         for got in [&single, &batched] {

@@ -51,15 +51,13 @@ fn redetect_config(dir: &std::path::Path) -> String {
     p.display().to_string()
 }
 
-#[test]
-fn each_window_is_scored_by_the_model_of_its_language() {
-    if !has_models() {
-        return;
-    }
+/// The call's window events from `annotate` with `extra` arguments, detecting English
+/// or Mandarin on every window (one Whisper thread: the tests run side by side).
+fn annotate_call(extra: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = redetect_config(dir.path());
     let call = common::repo("samples/zh-call.mp4").display().to_string();
-    let out = common::sentistream(&[
+    let mut args = vec![
         "annotate",
         &call,
         "--no-progress",
@@ -67,13 +65,23 @@ fn each_window_is_scored_by_the_model_of_its_language() {
         &cfg,
         "--threads",
         "1",
-    ]);
+    ];
+    args.extend(extra);
+    let out = common::sentistream(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let events = common::events(&out);
+    common::events(&out)
+}
+
+#[test]
+fn each_window_is_scored_by_the_model_of_its_language() {
+    if !has_models() {
+        return;
+    }
+    let events = annotate_call(&[]);
     let turns = turns();
     assert_eq!(
         events.len(),
@@ -120,27 +128,8 @@ fn a_language_without_a_model_gets_no_verdict_and_says_why() {
     if !has_models() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = redetect_config(dir.path());
-    let call = common::repo("samples/zh-call.mp4").display().to_string();
     let english = common::models_dir().join("ubm").display().to_string();
-    let out = common::sentistream(&[
-        "annotate",
-        &call,
-        "--no-progress",
-        "--config",
-        &cfg,
-        "--ubm",
-        &english,
-        "--threads",
-        "1",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events = common::events(&out);
+    let events = annotate_call(&["--ubm", &english]);
     let (mut zh, mut en) = (0, 0);
     for e in &events {
         if e["language"] == "zh" {
@@ -162,6 +151,7 @@ fn a_language_without_a_model_gets_no_verdict_and_says_why() {
     }
     assert!(zh >= 3 && en >= 1, "{events:#?}");
     // Two models for one language cannot both be meant.
+    let call = common::repo("samples/zh-call.mp4").display().to_string();
     let out = common::sentistream(&["annotate", &call, "--ubm", &english, "--ubm", &english]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

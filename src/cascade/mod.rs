@@ -386,9 +386,7 @@ impl Cascade {
         started: Instant,
         emit: &mut dyn FnMut(Event),
     ) {
-        self.stream(stream);
-        let order = self.next_order[stream];
-        self.next_order[stream] += 1;
+        let order = self.next_slot(stream);
         if stage1(verdict(&small), self.s.tau1) == Stage1::Accept {
             event.set_sentiment(&settle(&small, self.s.band));
             self.order[stream].insert(order, stamp(event, started));
@@ -420,8 +418,21 @@ impl Cascade {
                 }
             }
         }
+        self.settle_held(stream, emit);
+    }
+
+    /// The next place in `stream`'s output order.
+    fn next_slot(&mut self, stream: usize) -> u64 {
+        self.stream(stream);
+        let order = self.next_order[stream];
+        self.next_order[stream] += 1;
+        order
+    }
+
+    /// Emits what is ready, then bounds what is held: waits for the workers while the
+    /// stream holds too much.
+    fn settle_held(&mut self, stream: usize, emit: &mut dyn FnMut(Event)) {
         self.poll(false, emit);
-        // Bound what is held: wait for the workers while a stream holds too much.
         while self.order[stream].len() + self.waiting_for(stream) > self.s.max_held {
             self.poll(true, emit);
         }
@@ -436,14 +447,9 @@ impl Cascade {
         started: Instant,
         emit: &mut dyn FnMut(Event),
     ) {
-        self.stream(stream);
-        let order = self.next_order[stream];
-        self.next_order[stream] += 1;
+        let order = self.next_slot(stream);
         self.order[stream].insert(order, stamp(event, started));
-        self.poll(false, emit);
-        while self.order[stream].len() + self.waiting_for(stream) > self.s.max_held {
-            self.poll(true, emit);
-        }
+        self.settle_held(stream, emit);
     }
 
     fn waiting_for(&self, stream: usize) -> usize {
