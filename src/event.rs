@@ -5,6 +5,11 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Events carry scores in [-3, 3] (MOSI) whatever the model's label range: a model
+/// trained on CH-SIMS's [-1, 1] (the Chinese one) has its score and band stretched by 3,
+/// so one stream's windows, summaries and alerts share one scale.
+pub const SCORE_LIMIT: f32 = 3.0;
+
 /// An enum whose values travel as fixed names (JSON, metric labels): the names are
 /// defined once, in `name`, and serde uses them.
 pub(crate) trait Named: Sized + Copy + 'static {

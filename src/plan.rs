@@ -291,8 +291,11 @@ impl Plan {
             })
             .collect();
         let shared = Shared {
-            cascade: (cfg.cascade.enabled && small.first().is_some_and(|s| s.cascade))
-                .then(|| cfg.cascade.clone()),
+            cascade: (cfg.cascade.enabled
+                && small.iter().enumerate().any(|(i, s)| {
+                    (i == 0 && s.cascade) || cfg.cascade.language_entry(&s.languages).is_some()
+                }))
+            .then(|| cfg.cascade.clone()),
             small,
             models,
             live,

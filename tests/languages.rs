@@ -40,12 +40,13 @@ fn has_models() -> bool {
     .all(|m| common::model(m).is_some())
 }
 
-/// A config file that detects the language on every window, English or Mandarin.
-fn redetect_config(dir: &std::path::Path) -> String {
+/// A config file that detects the language on every window, English or Mandarin, with
+/// `more` TOML after it.
+fn redetect_config(dir: &std::path::Path, more: &str) -> String {
     let p = dir.join("redetect.toml");
     std::fs::write(
         &p,
-        "[asr]\nredetect_language = true\nlanguages = [\"en\", \"zh\"]\n",
+        format!("[asr]\nredetect_language = true\nlanguages = [\"en\", \"zh\"]\n{more}"),
     )
     .unwrap();
     p.display().to_string()
@@ -54,8 +55,13 @@ fn redetect_config(dir: &std::path::Path) -> String {
 /// The call's window events from `annotate` with `extra` arguments, detecting English
 /// or Mandarin on every window (one Whisper thread: the tests run side by side).
 fn annotate_call(extra: &[&str]) -> Vec<Value> {
+    annotate_call_with("", extra)
+}
+
+/// [`annotate_call`] with more configuration (TOML).
+fn annotate_call_with(config: &str, extra: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = redetect_config(dir.path());
+    let cfg = redetect_config(dir.path(), config);
     let call = common::repo("samples/zh-call.mp4").display().to_string();
     let mut args = vec![
         "annotate",
@@ -109,7 +115,8 @@ fn each_window_is_scored_by_the_model_of_its_language() {
                 text.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)),
                 "a Mandarin transcript: {text}"
             );
-            // The large model is English: Mandarin windows stay with the small model.
+            // The built-in large model is English and no [[cascade.languages]] entry is
+            // configured: Mandarin windows stay with the small model.
             assert_eq!(e["stage"], "ubm", "{e}");
         }
     }
@@ -121,6 +128,67 @@ fn each_window_is_scored_by_the_model_of_its_language() {
         .unwrap();
     assert_eq!(complaint["language"], "zh");
     assert!(complaint["score"].as_f64().unwrap() < 0.0, "{complaint}");
+}
+
+/// The Chinese large model (Qwen2.5-Coder-0.5B-Instruct, installed by setup) and
+/// llama.cpp's server to serve it, or `None` (skip; a failure under CI).
+fn qwen() -> Option<std::path::PathBuf> {
+    let py = common::repo("third_party/xllamacpp/bin/python");
+    if !py.is_file() {
+        common::skip(&format!("{} is not installed", py.display()));
+        return None;
+    }
+    common::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+}
+
+#[test]
+fn mandarin_windows_escalate_to_the_chinese_large_model() {
+    if !has_models() {
+        return;
+    }
+    let Some(gguf) = qwen() else {
+        return;
+    };
+    let server = common::LlmServer::start(&gguf, common::free_port());
+    // tau1 = 0: every Mandarin window goes to the Chinese large model.
+    let lane = format!(
+        "[[cascade.languages]]\nlanguages = [\"zh\"]\nurl = \"{}\"\ntau1 = 0.0\n",
+        server.url()
+    );
+    let events = annotate_call_with(&lane, &[]);
+    let turns = turns();
+    let mut zh = 0;
+    for e in events.iter().filter(|e| e["language"] == "zh") {
+        zh += 1;
+        let stage = e["stage"].as_str().unwrap();
+        assert!(
+            ["mllm", "fused", "cross_verified"].contains(&stage),
+            "answered by the large model: {e}"
+        );
+        assert!(e["fallback_reason"].is_null(), "{e}");
+        let large = e["mllm"]["score"].as_f64().unwrap();
+        assert!(large.abs() <= 3.0, "on the events' scale: {e}");
+    }
+    assert!(zh >= 3, "{events:#?}");
+    let complaint = events
+        .iter()
+        .find(|e| turn_of(&turns, e)["grade"].as_f64() == Some(-0.8))
+        .unwrap();
+    assert!(
+        complaint["mllm"]["score"].as_f64().unwrap() < 0.0,
+        "{complaint}"
+    );
+    assert!(complaint["score"].as_f64().unwrap() < 0.0, "{complaint}");
+    // With the endpoint gone, Mandarin windows keep the small model's verdict and say
+    // why; nothing is lost.
+    drop(server);
+    let events = annotate_call_with(&lane, &[]);
+    assert_eq!(events.len(), turns.len(), "{events:#?}");
+    for e in events.iter().filter(|e| e["language"] == "zh") {
+        assert_eq!(e["stage"], "ubm_fallback", "{e}");
+        assert_eq!(e["fallback_reason"], "backend_unreachable", "{e}");
+        assert!(e["score"].is_number(), "{e}");
+    }
 }
 
 #[test]

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -17,48 +15,6 @@ use sentistream::config::RemoteApi;
 use sentistream::features::WindowFeatures;
 use sentistream::models::mllm::Mllm;
 use serde_json::Value;
-
-/// A running llm-server; killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(model: &Path, port: u16) -> Self {
-        let mut child = Command::new(common::repo("scripts/llm-server"))
-            .arg(model)
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start scripts/llm-server");
-        let out = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(out).lines();
-        let t = Instant::now();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.contains("listening") => break,
-                Some(_) => {}
-                None => panic!("llm-server exited before listening"),
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "llm-server too slow");
-        }
-        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1/chat/completions", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The installed pieces, or `None` (skip; a failure under CI).
 fn ready() -> Option<()> {
@@ -109,7 +65,7 @@ fn the_exported_model_answers_label_word_probabilities_like_the_local_one() {
         .unwrap()
         .len();
     assert!(size > base && size < base + 30_000_000, "{size} vs {base}");
-    let server = Server::start(gguf, common::free_port());
+    let server = common::LlmServer::start(gguf, common::free_port());
     let mut remote = backend(&server.url(), Duration::from_secs(30));
     let local = Mllm::load(
         &common::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -153,7 +109,7 @@ fn a_slow_answer_is_a_timeout_and_a_dead_server_is_unreachable() {
     if ready().is_none() {
         return;
     }
-    let server = Server::start(exported(), common::free_port());
+    let server = common::LlmServer::start(exported(), common::free_port());
     let mut b = backend(&server.url(), Duration::from_millis(1));
     let e = b
         .judge(SENTENCES[0], &WindowFeatures::default(), None)
@@ -191,7 +147,7 @@ fn a_server_restart_mid_run_costs_only_the_windows_escalated_while_it_was_down()
         return;
     }
     let port = common::free_port();
-    let mut server = Some(Server::start(exported(), port));
+    let mut server = Some(common::LlmServer::start(exported(), port));
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("remote.toml");
     std::fs::write(
@@ -224,7 +180,7 @@ fn a_server_restart_mid_run_costs_only_the_windows_escalated_while_it_was_down()
             .iter()
             .any(|e| e["fallback_reason"] == "backend_unreachable");
         if restarted_after.is_none() && killed_after.is_some() && fell_back {
-            server = Some(Server::start(exported(), port));
+            server = Some(common::LlmServer::start(exported(), port));
             restarted_after = Some(read_events(&out).len());
         }
         assert!(t.elapsed() < Duration::from_secs(300), "annotate too slow");

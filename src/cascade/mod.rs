@@ -165,8 +165,21 @@ impl Pool {
         tau2: f32,
         policy: Policy,
     ) -> Self {
+        Self::start_replying(backends, queue, when_full, tau2, policy, unbounded())
+    }
+
+    /// [`Pool::start`], the workers replying on `replies` (a channel several pools of one
+    /// [`Cascade`] share, so the router waits on one channel).
+    pub(crate) fn start_replying(
+        backends: Vec<Box<dyn Backend>>,
+        queue: usize,
+        when_full: WhenFull,
+        tau2: f32,
+        policy: Policy,
+        replies: (Sender<Resolved>, Receiver<Resolved>),
+    ) -> Self {
         let (tx, rx) = bounded::<Escalation>(queue.max(1));
-        let (done_tx, done) = unbounded();
+        let (done_tx, done) = replies;
         let handles = backends
             .into_iter()
             .enumerate()
@@ -315,13 +328,26 @@ struct Waiting {
     small: Sentiment,
     deadline: Option<Instant>,
     started: Instant,
+    /// Lane it was escalated in.
+    lane: usize,
+}
+
+/// One large model of a cascade and the thresholds of the small model it backs.
+struct Lane {
+    pool: Pool,
+    s: CascadeSettings,
 }
 
 /// Runs stage 1 for every window and routes escalations through a [`Pool`]; events leave
-/// in window order per stream, each exactly once.
+/// in window order per stream, each exactly once. A cascade has a lane (a large model and
+/// its thresholds) per small model it backs: the English model's, and one per
+/// `[[cascade.languages]]` entry; a stream's windows keep their order across lanes.
 pub struct Cascade {
-    pool: Pool,
-    s: CascadeSettings,
+    lanes: Vec<Lane>,
+    /// Small model index -> its lane.
+    lane_of: Vec<Option<usize>>,
+    /// Most windows a stream holds (waiting or reordering) before the caller blocks.
+    max_held: usize,
     waiting: HashMap<(usize, u64), Waiting>,
     order: Vec<Reorder<Event>>,
     next_order: Vec<u64>,
@@ -338,11 +364,30 @@ fn verdict(s: &Sentiment) -> Verdict {
 }
 
 impl Cascade {
-    /// A cascade over a started pool.
+    /// A cascade over a started pool, backing the first small model.
     pub fn new(pool: Pool, s: CascadeSettings) -> Self {
+        Self::with_lanes(vec![(pool, s)], vec![Some(0)])
+    }
+
+    /// A cascade with several lanes (their pools replying on one shared channel, see
+    /// [`Pool::start_replying`]); `lane_of[m]` is the lane backing small model `m`.
+    pub(crate) fn with_lanes(
+        lanes: Vec<(Pool, CascadeSettings)>,
+        lane_of: Vec<Option<usize>>,
+    ) -> Self {
+        debug_assert!(
+            lanes
+                .iter()
+                .all(|(p, _)| p.results().same_channel(lanes[0].0.results())),
+            "the lanes of a cascade share one reply channel"
+        );
         Self {
-            pool,
-            s,
+            max_held: lanes.iter().map(|(_, s)| s.max_held).max().unwrap_or(64),
+            lanes: lanes
+                .into_iter()
+                .map(|(pool, s)| Lane { pool, s })
+                .collect(),
+            lane_of,
             waiting: HashMap::new(),
             order: Vec::new(),
             next_order: Vec::new(),
@@ -350,16 +395,26 @@ impl Cascade {
         }
     }
 
-    /// Escalations waiting in the queue.
+    /// Escalations waiting in the queues.
     pub(crate) fn depth(&self) -> usize {
-        self.pool.depth()
+        self.lanes.iter().map(|l| l.pool.depth()).sum()
+    }
+
+    /// The lane backing small model `model`, if any.
+    pub(crate) fn lane_for(&self, model: usize) -> Option<usize> {
+        self.lane_of.get(model).copied().flatten()
+    }
+
+    /// The replies of every lane (one channel).
+    fn results(&self) -> &Receiver<Resolved> {
+        self.lanes[0].pool.results()
     }
 
     /// The workers' replies, for a caller that waits on several channels at once and
     /// then calls [`Cascade::poll`]; `None` once every worker is gone (the channel would
     /// be ready forever).
     pub(crate) fn replies(&self) -> Option<&Receiver<Resolved>> {
-        (!self.workers_gone).then(|| self.pool.results())
+        (!self.workers_gone).then(|| self.results())
     }
 
     /// The nearest deadline of a window still waiting for the large model.
@@ -374,11 +429,26 @@ impl Cascade {
         }
     }
 
-    /// Takes a transcribed window and the small model's verdict on it; escalates it if
-    /// stage 1 says so. `started` is when its processing began. Ready events are passed
+    /// Takes a transcribed window and the first small model's verdict on it; escalates it
+    /// if stage 1 says so. `started` is when its processing began. Ready events are passed
     /// to `emit` in order.
     pub fn submit(
         &mut self,
+        stream: usize,
+        event: Event,
+        small: Sentiment,
+        features: WindowFeatures,
+        started: Instant,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        self.submit_to(0, stream, event, small, features, started, emit);
+    }
+
+    /// [`Cascade::submit`] for the small model that `lane` backs (see [`Cascade::lane_for`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit_to(
+        &mut self,
+        lane: usize,
         stream: usize,
         mut event: Event,
         small: Sentiment,
@@ -387,12 +457,13 @@ impl Cascade {
         emit: &mut dyn FnMut(Event),
     ) {
         let order = self.next_slot(stream);
-        if stage1(verdict(&small), self.s.tau1) == Stage1::Accept {
-            event.set_sentiment(&settle(&small, self.s.band));
+        let s = self.lanes[lane].s;
+        if stage1(verdict(&small), s.tau1) == Stage1::Accept {
+            event.set_sentiment(&settle(&small, s.band));
             self.order[stream].insert(order, stamp(event, started));
         } else {
             let offered = Instant::now();
-            let deadline = self.s.deadline.map(|d| offered + d);
+            let deadline = s.deadline.map(|d| offered + d);
             let job = Escalation {
                 stream,
                 order,
@@ -402,18 +473,19 @@ impl Cascade {
                 deadline,
                 offered,
             };
-            match self.pool.offer(job) {
+            match self.lanes[lane].pool.offer(job) {
                 Ok(()) => {
                     let w = Waiting {
                         event,
                         small,
                         deadline,
                         started,
+                        lane,
                     };
                     self.waiting.insert((stream, order), w);
                 }
                 Err((_, reason)) => {
-                    event.set_sentiment(&settle(&small.fallback(reason), self.s.band));
+                    event.set_sentiment(&settle(&small.fallback(reason), s.band));
                     self.order[stream].insert(order, stamp(event, started));
                 }
             }
@@ -433,7 +505,7 @@ impl Cascade {
     /// stream holds too much.
     fn settle_held(&mut self, stream: usize, emit: &mut dyn FnMut(Event)) {
         self.poll(false, emit);
-        while self.order[stream].len() + self.waiting_for(stream) > self.s.max_held {
+        while self.order[stream].len() + self.waiting_for(stream) > self.max_held {
             self.poll(true, emit);
         }
     }
@@ -463,11 +535,10 @@ impl Cascade {
         if block && !self.waiting.is_empty() {
             let r = match self.next_deadline() {
                 Some(d) => self
-                    .pool
                     .results()
                     .recv_timeout(d.saturating_duration_since(Instant::now()))
                     .map_err(|e| e.is_disconnected()),
-                None => self.pool.results().recv().map_err(|_| true),
+                None => self.results().recv().map_err(|_| true),
             };
             match r {
                 Ok(r) => self.apply(r),
@@ -476,7 +547,7 @@ impl Cascade {
             }
         }
         loop {
-            match self.pool.results().try_recv() {
+            match self.results().try_recv() {
                 Ok(r) => self.apply(r),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
@@ -508,7 +579,8 @@ impl Cascade {
         for (stream, order) in picked {
             let w = self.waiting.remove(&(stream, order)).expect("listed above");
             let mut e = w.event;
-            e.set_sentiment(&settle(&w.small.fallback(reason), self.s.band));
+            let band = self.lanes[w.lane].s.band;
+            e.set_sentiment(&settle(&w.small.fallback(reason), band));
             self.order[stream].insert(order, stamp(e, w.started));
         }
     }
@@ -525,6 +597,7 @@ impl Cascade {
         let Some(w) = self.waiting.remove(&(r.stream, r.order)) else {
             return;
         };
+        let band = self.lanes[w.lane].s.band;
         let mut e = w.event;
         e.latency_ms.queue = round2(r.queue_ms);
         e.latency_ms.mllm = round2(r.mllm_ms);
@@ -539,7 +612,7 @@ impl Cascade {
                 let last = second.unwrap_or(first);
                 Sentiment {
                     score: verdict.score,
-                    polarity: polarity(verdict.score, self.s.band),
+                    polarity: polarity(verdict.score, band),
                     probs,
                     uncertainty: verdict.uncertainty,
                     stage,
@@ -553,7 +626,7 @@ impl Cascade {
             }
             Resolution::Fallback(reason) => w.small.fallback(reason),
         };
-        e.set_sentiment(&settle(&sentiment, self.s.band));
+        e.set_sentiment(&settle(&sentiment, band));
         self.order[r.stream].insert(r.order, stamp(e, w.started));
     }
 
@@ -578,11 +651,13 @@ pub(crate) fn stamp(mut e: Event, started: Instant) -> Event {
 }
 
 /// Loads one backend per worker as configured (every model is loaded and checked here,
-/// at start-up).
-fn load_backends(
+/// at start-up). Remote and TorchScript backends answer on the events' score scale:
+/// neutral band `band`, scores in [-`limit`, `limit`].
+pub(crate) fn load_backends(
     cfg: &CascadeConfig,
     models: &ModelFiles,
-    ubm: &UbmMeta,
+    band: f32,
+    limit: f32,
 ) -> Result<Vec<Box<dyn Backend>>, ModelError> {
     let adapter = models.resolve(&cfg.adapter);
     let mut backends: Vec<Box<dyn Backend>> = Vec::new();
@@ -602,8 +677,8 @@ fn load_backends(
                     })?;
                 Box::new(backend::TorchScriptBackend::load(
                     &models.resolve(p),
-                    ubm.band,
-                    ubm.score_limit,
+                    band,
+                    limit,
                 )?)
             }
             BackendKind::Openai => Box::new(
@@ -613,8 +688,8 @@ fn load_backends(
                     cfg.remote_api,
                     std::env::var(&cfg.api_key_env).ok(),
                     Duration::from_millis(cfg.timeout_ms),
-                    ubm.band,
-                    ubm.score_limit,
+                    band,
+                    limit,
                 )
                 .map_err(|e| ModelError::Runtime {
                     name: "cascade".into(),
@@ -662,38 +737,80 @@ fn thresholds(
     Ok((tau1, tau2))
 }
 
-/// Builds the configured backends and the thresholds: returns a ready [`Cascade`].
-/// `live`: queue policy `auto` becomes `drop_newest`.
+/// Which lane configuration backs each small model (`metas[m]`): the main one backs the
+/// first when `main_backs_first` (it scores English); any model may be backed by the
+/// `[[cascade.languages]]` entry for its languages.
+fn lane_configs(
+    cfg: &CascadeConfig,
+    metas: &[&UbmMeta],
+    main_backs_first: bool,
+) -> Vec<Option<CascadeConfig>> {
+    metas
+        .iter()
+        .enumerate()
+        .map(|(m, meta)| {
+            if m == 0 && main_backs_first {
+                Some(cfg.clone())
+            } else {
+                cfg.language_entry(&meta.languages)
+                    .map(|l| cfg.for_language(l))
+            }
+        })
+        .collect()
+}
+
+/// Builds the configured backends and thresholds for the small models (`metas[m]` of
+/// model `m`, see [`lane_configs`]): a ready [`Cascade`], or `None` when no model is
+/// backed. `live`: queue policy `auto` becomes `drop_newest`.
 pub(crate) fn from_config(
     cfg: &CascadeConfig,
     models: &ModelFiles,
-    ubm: &UbmMeta,
+    metas: &[&UbmMeta],
+    main_backs_first: bool,
     live: bool,
-) -> Result<Cascade, ModelError> {
-    let backends = load_backends(cfg, models, ubm)?;
-    let (tau1, tau2) = thresholds(cfg, models, ubm)?;
-    let when_full = match (cfg.when_full, live) {
-        (QueuePolicy::Block, _) | (QueuePolicy::Auto, false) => WhenFull::Block,
-        (QueuePolicy::DropNewest, _) | (QueuePolicy::Auto, true) => WhenFull::DropNewest,
-    };
-    tracing::info!(
-        backend = ?cfg.backend,
-        workers = cfg.workers,
-        tau1,
-        tau2,
-        ?when_full,
-        "cascade ready"
-    );
-    let pool = Pool::start(backends, cfg.queue, when_full, tau2, Policy::Full);
-    Ok(Cascade::new(
-        pool,
-        CascadeSettings {
+) -> Result<Option<Cascade>, ModelError> {
+    let (tx, rx) = unbounded();
+    let mut lanes = Vec::new();
+    let mut lane_of = Vec::with_capacity(metas.len());
+    for (lane, ubm) in lane_configs(cfg, metas, main_backs_first)
+        .into_iter()
+        .zip(metas)
+    {
+        let Some(lane) = lane else {
+            lane_of.push(None);
+            continue;
+        };
+        // Small verdicts reach the cascade on the events' scale ([-3, 3]).
+        let k = crate::event::SCORE_LIMIT / ubm.score_limit;
+        let band = ubm.band * k;
+        let backends = load_backends(&lane, models, band, crate::event::SCORE_LIMIT)?;
+        let (tau1, tau2) = thresholds(&lane, models, ubm)?;
+        let when_full = match (lane.when_full, live) {
+            (QueuePolicy::Block, _) | (QueuePolicy::Auto, false) => WhenFull::Block,
+            (QueuePolicy::DropNewest, _) | (QueuePolicy::Auto, true) => WhenFull::DropNewest,
+        };
+        tracing::info!(
+            languages = ?ubm.languages,
+            backend = ?lane.backend,
+            workers = lane.workers,
             tau1,
-            band: ubm.band,
-            deadline: (cfg.deadline_ms > 0).then(|| Duration::from_millis(cfg.deadline_ms)),
-            max_held: cfg.queue + cfg.workers + 64,
-        },
-    ))
+            tau2,
+            ?when_full,
+            "cascade ready"
+        );
+        let replies = (tx.clone(), rx.clone());
+        let pool =
+            Pool::start_replying(backends, lane.queue, when_full, tau2, Policy::Full, replies);
+        let settings = CascadeSettings {
+            tau1,
+            band,
+            deadline: (lane.deadline_ms > 0).then(|| Duration::from_millis(lane.deadline_ms)),
+            max_held: lane.queue + lane.workers + 64,
+        };
+        lane_of.push(Some(lanes.len()));
+        lanes.push((pool, settings));
+    }
+    Ok((!lanes.is_empty()).then(|| Cascade::with_lanes(lanes, lane_of)))
 }
 
 #[cfg(test)]

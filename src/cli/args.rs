@@ -216,8 +216,10 @@ pub struct EvalArgs {
     /// Also print escalation rate vs accuracy of accepted windows for lambda 0.1..0.9.
     #[arg(long)]
     pub(crate) lambda_sweep: bool,
-    /// Compare UBM only, large model only and U-ACS (several lambdas, ablations) on the
-    /// same windows: accuracy and runtime.
+    /// Compare UBM only, large model only and U-ACS (several lambdas, ablations, tau1 0)
+    /// on the same windows: accuracy and runtime. The large model is the one that backs
+    /// the small model: the local one for English, the `[[cascade.languages]]` entry of
+    /// the configuration for other languages.
     #[arg(long)]
     pub compare: bool,
     /// Adapter of the large model for --compare; default: cascade.adapter.

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::Context;
 use super::args::EvalArgs;
+use crate::cascade::backend::{Backend, LocalBackend};
 use crate::error::{DatasetError, Error, ModelError, Result};
 use crate::models::mllm::Mllm;
 use crate::models::ubm::{Modalities, Prediction, Ubm};
@@ -81,7 +82,7 @@ fn large_model(e: &EvalArgs, ctx: &Context) -> Result<Mllm> {
 /// Prints the local large model (multimodal, value head) beside a remote one on the
 /// same windows: metrics, agreement of the polarity, time per window.
 fn remote(e: &EvalArgs, ctx: &Context, url: &str, data: &SplitData) -> Result<()> {
-    use crate::cascade::backend::{Backend, OpenAiBackend};
+    use crate::cascade::backend::OpenAiBackend;
     let cascade = &ctx.cfg.cascade;
     let llm = large_model(e, ctx)?;
     let meta = &llm.adapter.meta;
@@ -323,7 +324,41 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
             "--compare uses the given transcripts; drop --text asr".into(),
         ));
     }
-    let llm = large_model(e, ctx)?;
+    // The English model is backed by the local large model; a model for other languages
+    // by its [[cascade.languages]] entry (on the model's own score scale here).
+    let cascade = &ctx.cfg.cascade;
+    let entry = (!model.meta.languages.iter().any(|l| l == "en"))
+        .then(|| cascade.language_entry(&model.meta.languages))
+        .flatten();
+    let (mut backend, calibration, tau2, name): (Box<dyn Backend>, _, _, String) = match entry {
+        Some(l) => {
+            let lane = cascade.for_language(l);
+            let mut b = crate::cascade::load_backends(
+                &lane,
+                &ctx.models,
+                model.meta.band,
+                model.meta.score_limit,
+            )?;
+            let desc = format!("{:?} at {}", lane.backend, lane.url);
+            (b.remove(0), None, lane.tau2, desc)
+        }
+        None if !model.meta.languages.iter().any(|l| l == "en") => {
+            return Err(Error::Usage(format!(
+                "--compare: no large model for a model in {:?}; add a [[cascade.languages]] entry for it to the configuration (README, Languages)",
+                model.meta.languages
+            )));
+        }
+        None => {
+            let llm = large_model(e, ctx)?;
+            let c = llm.adapter.meta.calibration;
+            (
+                Box::new(LocalBackend::new(llm)),
+                c,
+                cascade.tau2,
+                "local".to_string(),
+            )
+        }
+    };
     // The UBM's per-window cost includes encoding the transcript.
     let enc = crate::features::text::TextEncoder::open(model.meta.text_encoder, &ctx.models.dir)?;
     let n_enc = data.texts.len().min(50);
@@ -332,9 +367,14 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
         enc.encode_one(text)?;
     }
     let text_s = t.elapsed().as_secs_f64() / n_enc.max(1) as f64;
-    let rows = mllm_train::compare(model, &llm, data, text_s, &[0.1, 0.3, 0.5, 0.7, 0.9])?;
+    let large = mllm_train::CompareLarge {
+        backend: backend.as_mut(),
+        calibration,
+        tau2,
+    };
+    let rows = mllm_train::compare(model, large, data, text_s, &[0.1, 0.3, 0.5, 0.7, 0.9])?;
     println!(
-        "\ncascade comparison ({} windows; runtime = model compute: MiniLM text encoding {:.1} ms + UBM, and large-model passes at batch 1; shared feature extraction excluded):",
+        "\ncascade comparison ({} windows; large model {name}; runtime = model compute: text encoding {:.1} ms + UBM, and large-model passes at batch 1; shared feature extraction excluded):",
         data.feats.len(),
         text_s * 1e3
     );

@@ -281,6 +281,103 @@ pub struct CascadeConfig {
     /// Fixed tau2 (overrides the calibrated one; the only one remote/TorchScript backends
     /// have unless the local adapter's calibration is present).
     pub tau2: Option<f32>,
+    /// Large models for the windows of small models in other languages (the built-in
+    /// large model reads English): one per small model, picked by its languages.
+    pub languages: Vec<LanguageCascade>,
+}
+
+/// A large model for the windows a non-English small model scores (`[[cascade.languages]]`):
+/// its uncertain windows go to this backend, through the same queue policy, deadline and
+/// stages as the English cascade. Its tau1 is the small model's own calibrated threshold
+/// unless set here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LanguageCascade {
+    /// Whisper language codes of the small model this large model backs.
+    pub languages: Vec<String>,
+    /// Backend serving its escalations (`openai`: a chat endpoint such as llama.cpp's
+    /// server on the Qwen GGUF setup installs; `torchscript`; `local` with its own
+    /// `gguf` and `adapter`).
+    pub backend: BackendKind,
+    /// Chat-completions URL for `backend = "openai"`.
+    pub url: String,
+    /// Model name sent to the endpoint.
+    pub remote_model: String,
+    /// The endpoint's dialect (see `cascade.remote_api`).
+    pub remote_api: RemoteApi,
+    /// Environment variable holding the endpoint's API key.
+    pub api_key_env: String,
+    /// Endpoint timeout per request, milliseconds.
+    pub timeout_ms: u64,
+    /// GGUF for `backend = "local"`.
+    pub gguf: PathBuf,
+    /// Adapter for `backend = "local"`.
+    pub adapter: PathBuf,
+    /// TorchScript module for `backend = "torchscript"`.
+    pub torchscript: Option<PathBuf>,
+    /// Worker threads (requests in flight for an endpoint).
+    pub workers: usize,
+    /// Escalations waiting for a worker, at most.
+    pub queue: usize,
+    /// Fixed tau1 for this small model (else its stored or lambda-derived one).
+    pub tau1: Option<f32>,
+    /// Fixed tau2 (else the uncalibrated default for remote backends).
+    pub tau2: Option<f32>,
+}
+
+impl Default for LanguageCascade {
+    fn default() -> Self {
+        Self {
+            languages: Vec::new(),
+            backend: BackendKind::Openai,
+            url: "http://127.0.0.1:8181/v1/chat/completions".into(),
+            remote_model: "default".into(),
+            remote_api: RemoteApi::LlamaCpp,
+            api_key_env: "OPENAI_API_KEY".into(),
+            timeout_ms: 5000,
+            gguf: PathBuf::new(),
+            adapter: PathBuf::new(),
+            torchscript: None,
+            workers: 1,
+            queue: 8,
+            tau1: None,
+            tau2: None,
+        }
+    }
+}
+
+impl CascadeConfig {
+    /// The configuration of the cascade lane for a small model in `l`'s languages: its
+    /// backend and thresholds, with this configuration's queue policy, deadline and lambda.
+    pub fn for_language(&self, l: &LanguageCascade) -> CascadeConfig {
+        CascadeConfig {
+            enabled: self.enabled,
+            backend: l.backend,
+            gguf: l.gguf.clone(),
+            adapter: l.adapter.clone(),
+            torchscript: l.torchscript.clone(),
+            url: l.url.clone(),
+            remote_model: l.remote_model.clone(),
+            remote_api: l.remote_api,
+            api_key_env: l.api_key_env.clone(),
+            timeout_ms: l.timeout_ms,
+            workers: l.workers,
+            queue: l.queue,
+            when_full: self.when_full,
+            deadline_ms: self.deadline_ms,
+            lambda: self.lambda,
+            tau1: l.tau1,
+            tau2: l.tau2,
+            languages: Vec::new(),
+        }
+    }
+
+    /// The `[[cascade.languages]]` entry for a small model scoring `languages`.
+    pub fn language_entry(&self, languages: &[String]) -> Option<&LanguageCascade> {
+        self.languages
+            .iter()
+            .find(|e| e.languages.iter().any(|l| languages.contains(l)))
+    }
 }
 
 impl Default for CascadeConfig {
@@ -303,6 +400,7 @@ impl Default for CascadeConfig {
             lambda: None,
             tau1: None,
             tau2: None,
+            languages: Vec::new(),
         }
     }
 }
@@ -807,6 +905,41 @@ impl CascadeConfig {
                 );
             }
         }
+        self.check_languages(p);
+    }
+
+    /// `[[cascade.languages]]`: each names languages (not English, which the main large
+    /// model backs), no language twice, and a usable backend.
+    fn check_languages(&self, p: &mut Vec<String>) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (i, l) in self.languages.iter().enumerate() {
+            let at = format!("cascade.languages[{i}]");
+            if l.languages.is_empty() {
+                p.push(format!("{at}.languages is empty: name the Whisper language codes (e.g. [\"zh\"]) whose small model it backs"));
+            }
+            for code in &l.languages {
+                if code == "en" {
+                    p.push(format!("{at}.languages names \"en\": English windows go to the main large model ([cascade]); remove it"));
+                } else if seen.contains(&code.as_str()) {
+                    p.push(format!(
+                        "{at}.languages: {code:?} is already backed by an earlier entry; keep one"
+                    ));
+                }
+                seen.push(code);
+            }
+            let lane = self.for_language(l);
+            let mut q = Vec::new();
+            lane.check(&mut q);
+            p.extend(
+                q.into_iter()
+                    .map(|m| m.replacen("cascade.", &format!("{at}."), 1)),
+            );
+            if l.backend == BackendKind::Local
+                && (l.gguf.as_os_str().is_empty() || l.adapter.as_os_str().is_empty())
+            {
+                p.push(format!("{at}: backend \"local\" needs its own gguf and adapter (the built-in ones read English)"));
+            }
+        }
     }
 }
 
@@ -863,6 +996,43 @@ mod tests {
             "127.0.0.1:8080",
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn language_cascades_are_checked() {
+        let ok: Config = toml::from_str(
+            "[[cascade.languages]]\nlanguages = [\"zh\"]\nurl = \"http://127.0.0.1:8181/v1/chat/completions\"\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        let l = &ok.cascade.languages[0];
+        assert_eq!(
+            (l.backend, l.remote_api),
+            (BackendKind::Openai, RemoteApi::LlamaCpp)
+        );
+        let lane = ok.cascade.for_language(l);
+        assert_eq!(lane.url, l.url);
+        assert_eq!(lane.when_full, ok.cascade.when_full);
+        assert!(ok.cascade.language_entry(&["zh".into()]).is_some());
+        assert!(ok.cascade.language_entry(&["en".into()]).is_none());
+        let bad: Config = toml::from_str(
+            "[[cascade.languages]]\nlanguages = [\"en\", \"zh\"]\nurl = \"ftp://x\"\nworkers = 0\n\
+             [[cascade.languages]]\nlanguages = [\"zh\"]\n\
+             [[cascade.languages]]\nlanguages = []\n\
+             [[cascade.languages]]\nlanguages = [\"de\"]\nbackend = \"local\"\n",
+        )
+        .unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        for want in [
+            "cascade.languages[0].languages names \"en\"",
+            "cascade.languages[0].url",
+            "cascade.languages[0].workers",
+            "cascade.languages[1].languages: \"zh\" is already backed",
+            "cascade.languages[2].languages is empty",
+            "cascade.languages[3]: backend \"local\" needs its own gguf and adapter",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
         }
     }
 

@@ -51,7 +51,8 @@ pub struct SmallSpec {
     pub languages: Vec<String>,
     /// Its text encoder.
     pub encoder: crate::features::text::EncoderKind,
-    /// Windows it accepts uncertainly go to the large model (an English model).
+    /// The main large model (English) backs it: it scores English (other languages are
+    /// backed by their `[[cascade.languages]]` entry, if any).
     pub cascade: bool,
 }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tch::nn::OptimizerConfig;
 use tch::{Kind, Tensor, nn};
 
+use crate::cascade::backend::Backend;
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::audio::AUDIO_DIM;
 use crate::features::text::EncoderKind;
@@ -466,20 +467,50 @@ pub(crate) fn format_compare(rows: &[CompareRow]) -> String {
     s
 }
 
+/// The large model of `eval --compare`: a backend (on the small model's score scale)
+/// and its tau2 calibration, if it has one.
+pub(crate) struct CompareLarge<'a> {
+    /// Answers windows.
+    pub(crate) backend: &'a mut dyn Backend,
+    /// Its stage-2 calibration (the local adapter's); `None`: `tau2` or the default.
+    pub(crate) calibration: Option<Calibration>,
+    /// Fixed tau2 (configured), used when there is no calibration.
+    pub(crate) tau2: Option<f32>,
+}
+
+/// A backend's answer, its failure as a model error.
+fn ask_backend(
+    backend: &mut dyn Backend,
+    data: &SplitData,
+    i: usize,
+    earlier: Option<(Verdict, Verdict)>,
+) -> Result<Answer> {
+    backend
+        .judge(&data.texts[i], &data.feats[i], earlier)
+        .map_err(|e| {
+            ModelError::Runtime {
+                name: "large model".into(),
+                reason: e.to_string(),
+            }
+            .into()
+        })
+}
+
 /// `eval --compare`: measures the UBM and the large model on every window of `split`,
 /// then replays the cascade at several lambdas and the ablations.
-pub fn compare(
+pub(crate) fn compare(
     ubm: &Ubm,
-    model: &Mllm,
+    large: CompareLarge<'_>,
     data: &SplitData,
     text_encode_s: f64,
     lambdas: &[f32],
 ) -> Result<Vec<CompareRow>> {
     let _g = tch::no_grad_guard();
     let n = data.feats.len();
-    let band = model.adapter.meta.band;
+    let backend = large.backend;
+    let band = backend.band();
     let (small, small_s) = small_pass(ubm, data, text_encode_s);
-    let first = first_pass(model, data)?;
+    let first = first_pass(backend, data)?;
     let mut inp = CompareInputs {
         labels: data.labels.clone(),
         small,
@@ -489,11 +520,7 @@ pub fn compare(
     };
     let mut ask = |i: usize, e: (Verdict, Verdict)| -> Result<(Answer, f64)> {
         let t = Instant::now();
-        let a = model.judge(&Query {
-            text: &data.texts[i],
-            features: &data.feats[i],
-            earlier: Some(e),
-        })?;
+        let a = ask_backend(backend, data, i, Some(e))?;
         Ok((a, t.elapsed().as_secs_f64()))
     };
     let mut rows = baseline_rows(&inp, n);
@@ -501,15 +528,16 @@ pub fn compare(
         name: "eval --compare".into(),
         reason: "the UBM is not calibrated; run `sentistream calibrate`".into(),
     })?;
-    // An adapter trained on a tiny validation split may have no calibration.
-    let c2 = model.adapter.meta.calibration;
+    // An adapter trained on a tiny validation split, or a remote model, may have no
+    // calibration.
+    let c2 = large.calibration;
+    let fixed = large
+        .tau2
+        .unwrap_or(crate::routing::thresholds::UNCALIBRATED_TAU2);
     if c2.is_none() {
-        tracing::warn!(
-            "the adapter has no tau2 calibration; using tau2 = {}",
-            crate::routing::thresholds::UNCALIBRATED_TAU2
-        );
+        tracing::warn!("the large model has no tau2 calibration; using tau2 = {fixed}");
     }
-    let tau2 = |l: f32| c2.map_or(crate::routing::thresholds::UNCALIBRATED_TAU2, |c| c.tau(l));
+    let tau2 = |l: f32| c2.map_or(fixed, |c| c.tau(l));
     for &l in lambdas {
         rows.push(cascade_row(
             &format!("U-ACS lambda {l:.1}"),
@@ -522,17 +550,24 @@ pub fn compare(
         )?);
     }
     let l = 0.5;
-    for (name, p) in [
+    for (name, tau1, p) in [
         (
             "U-ACS 0.5 without stage 3 (fusion only)",
+            c1.tau(l),
             Policy::NoCrossVerify,
         ),
-        ("U-ACS 0.5 without fusion (large final)", Policy::LargeFinal),
+        (
+            "U-ACS 0.5 without fusion (large final)",
+            c1.tau(l),
+            Policy::LargeFinal,
+        ),
+        // tau1 = 0: stage 1 accepts nothing, stages 2 and 3 as served.
+        ("tau1 0: every window escalated", 0.0, Policy::Full),
     ] {
         rows.push(cascade_row(
             name,
             &mut inp,
-            c1.tau(l),
+            tau1,
             tau2(l),
             band,
             p,
@@ -557,17 +592,13 @@ fn small_pass(ubm: &Ubm, data: &SplitData, text_encode_s: f64) -> (Vec<Predictio
 }
 
 /// Large model first pass on every window, one at a time, with each answer's wall time.
-fn first_pass(model: &Mllm, data: &SplitData) -> Result<Vec<(Answer, f64)>> {
+fn first_pass(backend: &mut dyn Backend, data: &SplitData) -> Result<Vec<(Answer, f64)>> {
     let n = data.feats.len();
     let mut first = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
         let t = Instant::now();
-        let a = model.judge(&Query {
-            text: &data.texts[i],
-            features: &data.feats[i],
-            earlier: None,
-        })?;
+        let a = ask_backend(backend, data, i, None)?;
         first.push((a, t.elapsed().as_secs_f64()));
         if (i + 1) % 50 == 0 {
             tracing::info!(

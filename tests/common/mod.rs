@@ -2,8 +2,11 @@
 //! real binary, making small media files with real GStreamer pipelines.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The models folder the tests use (the one scripts/setup fills).
 pub fn models_dir() -> PathBuf {
@@ -148,4 +151,46 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A running llm-server; killed when dropped.
+pub struct LlmServer {
+    child: Child,
+    port: u16,
+}
+
+impl LlmServer {
+    pub fn start(model: &Path, port: u16) -> Self {
+        let mut child = Command::new(repo("scripts/llm-server"))
+            .arg(model)
+            .arg(port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start scripts/llm-server");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let t = Instant::now();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("listening") => break,
+                Some(_) => {}
+                None => panic!("llm-server exited before listening"),
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "llm-server too slow");
+        }
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/chat/completions", self.port)
+    }
+}
+
+impl Drop for LlmServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
