@@ -218,8 +218,8 @@ pub struct EvalArgs {
     pub(crate) lambda_sweep: bool,
     /// Compare UBM only, large model only and U-ACS (several lambdas, ablations, tau1 0)
     /// on the same windows: accuracy and runtime. The large model is the one that backs
-    /// the small model: the local one for English, the `[[cascade.languages]]` entry of
-    /// the configuration for other languages.
+    /// the small model: `cascade.backend` for English (the built-in local model by
+    /// default), the `[[cascade.languages]]` entry of the configuration for other languages.
     #[arg(long)]
     pub compare: bool,
     /// Adapter of the large model for --compare; default: cascade.adapter.

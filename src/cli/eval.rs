@@ -324,8 +324,9 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
             "--compare uses the given transcripts; drop --text asr".into(),
         ));
     }
-    // The English model is backed by the local large model; a model for other languages
-    // by its [[cascade.languages]] entry (on the model's own score scale here).
+    // The English model is backed by the configured large model (cascade.backend); a
+    // model for other languages by its [[cascade.languages]] entry (on the model's own
+    // score scale here).
     let cascade = &ctx.cfg.cascade;
     let entry = (!model.meta.languages.iter().any(|l| l == "en"))
         .then(|| cascade.language_entry(&model.meta.languages))
@@ -347,6 +348,18 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
                 "--compare: no large model for a model in {:?}; add a [[cascade.languages]] entry for it to the configuration (README, Languages)",
                 model.meta.languages
             )));
+        }
+        // The configured main backend when it is not the built-in one (e.g. a remote
+        // model served by llama.cpp), to compare large models in the cascade.
+        None if cascade.backend != crate::config::BackendKind::Local => {
+            let mut b = crate::cascade::load_backends(
+                cascade,
+                &ctx.models,
+                model.meta.band,
+                model.meta.score_limit,
+            )?;
+            let desc = format!("{:?} at {}", cascade.backend, cascade.url);
+            (b.remove(0), None, cascade.tau2, desc)
         }
         None => {
             let llm = large_model(e, ctx)?;
