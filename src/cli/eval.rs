@@ -328,50 +328,30 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
     // model for other languages by its [[cascade.languages]] entry (on the model's own
     // score scale here).
     let cascade = &ctx.cfg.cascade;
-    let entry = (!model.meta.languages.iter().any(|l| l == "en"))
-        .then(|| cascade.language_entry(&model.meta.languages))
-        .flatten();
-    let (mut backend, calibration, tau2, name): (Box<dyn Backend>, _, _, String) = match entry {
-        Some(l) => {
-            let lane = cascade.for_language(l);
-            let mut b = crate::cascade::load_backends(
-                &lane,
-                &ctx.models,
-                model.meta.band,
-                model.meta.score_limit,
-            )?;
-            let desc = format!("{:?} at {}", lane.backend, lane.url);
-            (b.remove(0), None, lane.tau2, desc)
-        }
-        None if !model.meta.languages.iter().any(|l| l == "en") => {
+    let english = model.meta.languages.iter().any(|l| l == "en");
+    let lane = match cascade.language_entry(&model.meta.languages) {
+        Some(l) if !english => cascade.for_language(l),
+        None if !english => {
             return Err(Error::Usage(format!(
                 "--compare: no large model for a model in {:?}; add a [[cascade.languages]] entry for it to the configuration (README, Languages)",
                 model.meta.languages
             )));
         }
-        // The configured main backend when it is not the built-in one (e.g. a remote
-        // model served by llama.cpp), to compare large models in the cascade.
-        None if cascade.backend != crate::config::BackendKind::Local => {
-            let mut b = crate::cascade::load_backends(
-                cascade,
-                &ctx.models,
-                model.meta.band,
-                model.meta.score_limit,
-            )?;
-            let desc = format!("{:?} at {}", cascade.backend, cascade.url);
-            (b.remove(0), None, cascade.tau2, desc)
-        }
-        None => {
+        _ => cascade.clone(),
+    };
+    let (mut backend, calibration, name): (Box<dyn Backend>, _, String) =
+        if lane.backend == crate::config::BackendKind::Local && english {
             let llm = large_model(e, ctx)?;
             let c = llm.adapter.meta.calibration;
-            (
-                Box::new(LocalBackend::new(llm)),
-                c,
-                cascade.tau2,
-                "local".to_string(),
-            )
-        }
-    };
+            (Box::new(LocalBackend::new(llm)), c, "local".to_string())
+        } else {
+            // A remote or TorchScript model (e.g. served by llama.cpp).
+            let (band, limit) = (model.meta.band, model.meta.score_limit);
+            let mut b = crate::cascade::load_backends(&lane, &ctx.models, band, limit)?;
+            let desc = format!("{:?} at {}", lane.backend, lane.url);
+            (b.remove(0), None, desc)
+        };
+    let tau2 = lane.tau2;
     // The UBM's per-window cost includes encoding the transcript.
     let enc = crate::features::text::TextEncoder::open(model.meta.text_encoder, &ctx.models.dir)?;
     let n_enc = data.texts.len().min(50);
