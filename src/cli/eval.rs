@@ -365,13 +365,30 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
         calibration,
         tau2,
     };
-    let rows = mllm_train::compare(model, large, data, text_s, &[0.1, 0.3, 0.5, 0.7, 0.9])?;
+    let cmp = mllm_train::compare(model, large, data, text_s, &[0.1, 0.3, 0.5, 0.7, 0.9])?;
     println!(
         "\ncascade comparison ({} windows; large model {name}; runtime = model compute: text encoding {:.1} ms + UBM, and large-model passes at batch 1; shared feature extraction excluded):",
         data.feats.len(),
         text_s * 1e3
     );
-    println!("{}", mllm_train::format_compare(&rows));
+    println!("{}", mllm_train::format_compare(&cmp.rows));
+    if let Some(c) = cmp.large_calibration {
+        // A remote model has no stored calibration: this is how to give it one (fit on a
+        // validation split, never on test).
+        println!(
+            "large model uncertainty on these windows: correct {:.4} +- {:.4} (n {}), wrong {:.4} +- {:.4} (n {}); tau2 at lambda 0.3 / 0.5 / 0.7: {:.4} / {:.4} / {:.4} (fitted on the {:?} split; set `tau2` of its [cascade] or [[cascade.languages]] entry from a validation split)",
+            c.correct.mu,
+            c.correct.sigma,
+            c.correct.n,
+            c.wrong.mu,
+            c.wrong.sigma,
+            c.wrong.n,
+            c.tau(0.3),
+            c.tau(0.5),
+            c.tau(0.7),
+            e.split
+        );
+    }
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use crate::models::mllm::{AdapterMeta, Answer, Mllm, Query};
 use crate::models::ubm::{Modalities, Prediction, Ubm};
 use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, stage1};
 use crate::routing::thresholds::Calibration;
-use crate::routing::uncertainty::{class_index, polarity};
+use crate::routing::uncertainty::{argmax, class_index, polarity};
 use crate::train::dataset::{Dataset, Scale, Split, TextSource};
 use crate::train::metrics::{self, Metrics};
 use crate::train::trainer::{SplitData, load_split, mean_std};
@@ -496,6 +496,16 @@ fn ask_backend(
         })
 }
 
+/// What `eval --compare` measured: the table's rows, and the large model's uncertainty
+/// calibration fitted on these windows (its first answers; `None` without both correct
+/// and wrong answers).
+pub(crate) struct Comparison {
+    /// The table.
+    pub(crate) rows: Vec<CompareRow>,
+    /// The large model's tau2 calibration on this split.
+    pub(crate) large_calibration: Option<Calibration>,
+}
+
 /// `eval --compare`: measures the UBM and the large model on every window of `split`,
 /// then replays the cascade at several lambdas and the ablations.
 pub(crate) fn compare(
@@ -504,13 +514,14 @@ pub(crate) fn compare(
     data: &SplitData,
     text_encode_s: f64,
     lambdas: &[f32],
-) -> Result<Vec<CompareRow>> {
+) -> Result<Comparison> {
     let _g = tch::no_grad_guard();
     let n = data.feats.len();
     let backend = large.backend;
     let band = backend.band();
     let (small, small_s) = small_pass(ubm, data, text_encode_s);
     let first = first_pass(backend, data)?;
+    let large_calibration = fit_large(&first, &data.labels, band);
     let mut inp = CompareInputs {
         labels: data.labels.clone(),
         small,
@@ -574,7 +585,21 @@ pub(crate) fn compare(
             &mut ask,
         )?);
     }
-    Ok(rows)
+    Ok(Comparison {
+        rows,
+        large_calibration,
+    })
+}
+
+/// The large model's tau2 calibration from its first answers, fitted as the adapter's
+/// is: the label-word class against the label's.
+fn fit_large(first: &[(Answer, f64)], labels: &[f32], band: f32) -> Option<Calibration> {
+    let samples: Vec<(f32, bool)> = first
+        .iter()
+        .zip(labels)
+        .map(|((a, _), &y)| (a.uncertainty, argmax(&a.probs) == class_index(y, band)))
+        .collect();
+    Calibration::fit(&samples)
 }
 
 /// Small model on every window, one at a time (as served); returns its predictions and
