@@ -291,11 +291,8 @@ impl Plan {
             })
             .collect();
         let shared = Shared {
-            cascade: (cfg.cascade.enabled
-                && small.iter().enumerate().any(|(i, s)| {
-                    (i == 0 && s.cascade) || cfg.cascade.language_entry(&s.languages).is_some()
-                }))
-            .then(|| cfg.cascade.clone()),
+            // Which models it backs is decided when it is built (`CascadeConfig::lane`).
+            cascade: (cfg.cascade.enabled && !small.is_empty()).then(|| cfg.cascade.clone()),
             small,
             models,
             live,

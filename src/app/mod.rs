@@ -239,8 +239,7 @@ fn load_shared(shared: &Shared) -> Result<Stages> {
     let cascade = match &shared.cascade {
         Some(c) => {
             let metas: Vec<&crate::models::ubm::UbmMeta> = ubms.iter().map(|u| &u.meta).collect();
-            let main = shared.small.first().is_some_and(|s| s.cascade);
-            crate::cascade::from_config(c, &shared.models, &metas, main, shared.live)?
+            crate::cascade::from_config(c, &shared.models, &metas, shared.live)?
         }
         None => None,
     };

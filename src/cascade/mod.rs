@@ -737,52 +737,25 @@ fn thresholds(
     Ok((tau1, tau2))
 }
 
-/// Which lane configuration backs each small model (`metas[m]`): the main one backs the
-/// first when `main_backs_first` (it scores English); any model may be backed by the
-/// `[[cascade.languages]]` entry for its languages.
-fn lane_configs(
-    cfg: &CascadeConfig,
-    metas: &[&UbmMeta],
-    main_backs_first: bool,
-) -> Vec<Option<CascadeConfig>> {
-    metas
-        .iter()
-        .enumerate()
-        .map(|(m, meta)| {
-            if m == 0 && main_backs_first {
-                Some(cfg.clone())
-            } else {
-                cfg.language_entry(&meta.languages)
-                    .map(|l| cfg.for_language(l))
-            }
-        })
-        .collect()
-}
-
 /// Builds the configured backends and thresholds for the small models (`metas[m]` of
-/// model `m`, see [`lane_configs`]): a ready [`Cascade`], or `None` when no model is
-/// backed. `live`: queue policy `auto` becomes `drop_newest`.
+/// model `m`, each backed as [`CascadeConfig::lane`] says): a ready [`Cascade`], or
+/// `None` when no model is backed. `live`: queue policy `auto` becomes `drop_newest`.
 pub(crate) fn from_config(
     cfg: &CascadeConfig,
     models: &ModelFiles,
     metas: &[&UbmMeta],
-    main_backs_first: bool,
     live: bool,
 ) -> Result<Option<Cascade>, ModelError> {
     let (tx, rx) = unbounded();
     let mut lanes = Vec::new();
     let mut lane_of = Vec::with_capacity(metas.len());
-    for (lane, ubm) in lane_configs(cfg, metas, main_backs_first)
-        .into_iter()
-        .zip(metas)
-    {
-        let Some(lane) = lane else {
+    for ubm in metas {
+        let Some(lane) = cfg.lane(&ubm.languages) else {
             lane_of.push(None);
             continue;
         };
         // Small verdicts reach the cascade on the events' scale ([-3, 3]).
-        let k = crate::event::SCORE_LIMIT / ubm.score_limit;
-        let band = ubm.band * k;
+        let band = ubm.event_band();
         let backends = load_backends(&lane, models, band, crate::event::SCORE_LIMIT)?;
         let (tau1, tau2) = thresholds(&lane, models, ubm)?;
         let when_full = match (lane.when_full, live) {

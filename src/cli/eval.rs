@@ -329,16 +329,12 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
     // score scale here).
     let cascade = &ctx.cfg.cascade;
     let english = model.meta.languages.iter().any(|l| l == "en");
-    let lane = match cascade.language_entry(&model.meta.languages) {
-        Some(l) if !english => cascade.for_language(l),
-        None if !english => {
-            return Err(Error::Usage(format!(
-                "--compare: no large model for a model in {:?}; add a [[cascade.languages]] entry for it to the configuration (README, Languages)",
-                model.meta.languages
-            )));
-        }
-        _ => cascade.clone(),
-    };
+    let lane = cascade.lane(&model.meta.languages).ok_or_else(|| {
+        Error::Usage(format!(
+            "--compare: no large model for a model in {:?}; add a [[cascade.languages]] entry for it to the configuration (README, Languages)",
+            model.meta.languages
+        ))
+    })?;
     let (mut backend, calibration, name): (Box<dyn Backend>, _, String) =
         if lane.backend == crate::config::BackendKind::Local && english {
             let llm = large_model(e, ctx)?;

@@ -372,6 +372,16 @@ impl CascadeConfig {
         }
     }
 
+    /// The lane configuration backing a small model that scores `languages`: this one
+    /// for English, else its `[[cascade.languages]]` entry's; `None`: no large model
+    /// backs it.
+    pub fn lane(&self, languages: &[String]) -> Option<CascadeConfig> {
+        if languages.iter().any(|l| l == "en") {
+            return Some(self.clone());
+        }
+        self.language_entry(languages).map(|l| self.for_language(l))
+    }
+
     /// The `[[cascade.languages]]` entry for a small model scoring `languages`.
     pub fn language_entry(&self, languages: &[String]) -> Option<&LanguageCascade> {
         self.languages
@@ -927,12 +937,16 @@ impl CascadeConfig {
                 }
                 seen.push(code);
             }
-            let lane = self.for_language(l);
+            // lambda is shared with [cascade]: checked there, not once per entry.
+            let lane = CascadeConfig {
+                lambda: None,
+                ..self.for_language(l)
+            };
             let mut q = Vec::new();
             lane.check(&mut q);
             p.extend(
                 q.into_iter()
-                    .map(|m| m.replacen("cascade.", &format!("{at}."), 1)),
+                    .map(|m| m.replace("cascade.", &format!("{at}."))),
             );
             if l.backend == BackendKind::Local
                 && (l.gguf.as_os_str().is_empty() || l.adapter.as_os_str().is_empty())
@@ -1016,6 +1030,10 @@ mod tests {
         assert_eq!(lane.when_full, ok.cascade.when_full);
         assert!(ok.cascade.language_entry(&["zh".into()]).is_some());
         assert!(ok.cascade.language_entry(&["en".into()]).is_none());
+        // English: the main large model; Chinese: the entry's; German: none.
+        assert_eq!(ok.cascade.lane(&["en".into()]), Some(ok.cascade.clone()));
+        assert_eq!(ok.cascade.lane(&["zh".into()]).unwrap().url, l.url);
+        assert!(ok.cascade.lane(&["de".into()]).is_none());
         let bad: Config = toml::from_str(
             "[[cascade.languages]]\nlanguages = [\"en\", \"zh\"]\nurl = \"ftp://x\"\nworkers = 0\n\
              [[cascade.languages]]\nlanguages = [\"zh\"]\n\

@@ -499,10 +499,4 @@ impl Mllm {
     pub fn judge(&self, q: &Query) -> Result<Answer, ModelError> {
         Ok(self.judge_batch(std::slice::from_ref(q))?.remove(0))
     }
-
-    /// Is an answer's class (argmax of the label-word probabilities) right for a label?
-    pub fn correct(&self, a: &Answer, label: f32) -> bool {
-        crate::routing::uncertainty::argmax(&a.probs)
-            == crate::routing::uncertainty::class_index(label, self.adapter.meta.band)
-    }
 }

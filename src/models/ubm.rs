@@ -68,6 +68,17 @@ fn english() -> Vec<String> {
 }
 
 impl UbmMeta {
+    /// Factor from the model's score range to the events' (see
+    /// [`crate::event::SCORE_LIMIT`]): 3 for a CH-SIMS model, 1 for a MOSI one.
+    pub(crate) fn event_scale(&self) -> f32 {
+        crate::event::SCORE_LIMIT / self.score_limit
+    }
+
+    /// The neutral band on the events' score scale.
+    pub(crate) fn event_band(&self) -> f32 {
+        self.band * self.event_scale()
+    }
+
     /// Fresh metadata with identity normalisation.
     pub fn new(hidden: i64, dropout: f64, band: f32, score_limit: f32) -> Self {
         Self {

@@ -324,11 +324,7 @@ fn train_step(
 /// when it cannot) and returns the validation metrics and label-word class accuracy.
 fn calibrate_tau2(model: &mut Mllm, valid: &SplitData, lambda: f32) -> Result<(Metrics, f64)> {
     let answers = judge_split(model, valid, 16)?;
-    let samples: Vec<(f32, bool)> = answers
-        .iter()
-        .zip(&valid.labels)
-        .map(|(a, &y)| (a.uncertainty, model.correct(a, y)))
-        .collect();
+    let samples = tau2_samples(answers.iter(), &valid.labels, model.adapter.meta.band);
     let class_acc = samples.iter().filter(|s| s.1).count() as f64 / samples.len() as f64;
     let scores: Vec<f32> = answers.iter().map(|a| a.score).collect();
     let vm = metrics::compute(&scores, &valid.labels);
@@ -521,7 +517,11 @@ pub(crate) fn compare(
     let band = backend.band();
     let (small, small_s) = small_pass(ubm, data, text_encode_s);
     let first = first_pass(backend, data)?;
-    let large_calibration = fit_large(&first, &data.labels, band);
+    let large_calibration = Calibration::fit(&tau2_samples(
+        first.iter().map(|(a, _)| a),
+        &data.labels,
+        band,
+    ));
     let mut inp = CompareInputs {
         labels: data.labels.clone(),
         small,
@@ -539,16 +539,11 @@ pub(crate) fn compare(
         name: "eval --compare".into(),
         reason: "the UBM is not calibrated; run `sentistream calibrate`".into(),
     })?;
-    // An adapter trained on a tiny validation split, or a remote model, may have no
-    // calibration.
-    let c2 = large.calibration;
-    let fixed = large
-        .tau2
-        .unwrap_or(crate::routing::thresholds::UNCALIBRATED_TAU2);
-    if c2.is_none() {
-        tracing::warn!("the large model has no tau2 calibration; using tau2 = {fixed}");
+    let (fixed, c2) = (large.tau2, large.calibration);
+    if fixed.is_none() && c2.is_none() {
+        tracing::warn!("the large model has no tau2 calibration; using the default tau2");
     }
-    let tau2 = |l: f32| c2.map_or(fixed, |c| c.tau(l));
+    let tau2 = |l: f32| tau2_at(fixed, c2, l);
     for &l in lambdas {
         rows.push(cascade_row(
             &format!("U-ACS lambda {l:.1}"),
@@ -591,15 +586,31 @@ pub(crate) fn compare(
     })
 }
 
-/// The large model's tau2 calibration from its first answers, fitted as the adapter's
-/// is: the label-word class against the label's.
-fn fit_large(first: &[(Answer, f64)], labels: &[f32], band: f32) -> Option<Calibration> {
-    let samples: Vec<(f32, bool)> = first
-        .iter()
+/// tau2 as the served cascade resolves it: configured, else the calibration at lambda
+/// (an adapter trained on a tiny split, or a remote model, may have none), else the
+/// uncalibrated default.
+fn tau2_at(fixed: Option<f32>, calibration: Option<Calibration>, lambda: f32) -> f32 {
+    crate::routing::thresholds::ThresholdSources {
+        fixed,
+        lambda: Some(lambda),
+        calibration,
+        stored: None,
+    }
+    .resolve()
+    .unwrap_or(crate::routing::thresholds::UNCALIBRATED_TAU2)
+}
+
+/// tau2's calibration samples: each answer's uncertainty, and whether its class (argmax
+/// of the label-word probabilities) is the label's.
+fn tau2_samples<'a>(
+    answers: impl Iterator<Item = &'a Answer>,
+    labels: &[f32],
+    band: f32,
+) -> Vec<(f32, bool)> {
+    answers
         .zip(labels)
-        .map(|((a, _), &y)| (a.uncertainty, argmax(&a.probs) == class_index(y, band)))
-        .collect();
-    Calibration::fit(&samples)
+        .map(|(a, &y)| (a.uncertainty, argmax(&a.probs) == class_index(y, band)))
+        .collect()
 }
 
 /// Small model on every window, one at a time (as served); returns its predictions and
