@@ -96,12 +96,13 @@ fn main() {
         segment: sentistream::config::SegmentConfig::default(),
         vad: models.join(sentistream::assets::VAD_FILE),
     };
+    let minilm = sentistream::features::text::EncoderSpec::plain(EncoderKind::MiniLm);
     let how = Extraction {
         cut: &cut,
         text: TextSource::Given,
         models_dir: &models,
         asr: None,
-        encoder: EncoderKind::MiniLm,
+        encoder: &minilm,
     };
     let split = |s| load_split(&ds, s, how, 2);
     let mut data = split(Split::Train).expect("features");

@@ -338,8 +338,8 @@ impl Plan {
             specs.push(SmallSpec {
                 // The large model is English: it backs the model that scores English.
                 cascade: meta.languages.iter().any(|l| l == "en"),
+                encoder: meta.encoder_spec(&base),
                 languages: meta.languages,
-                encoder: meta.text_encoder,
                 base,
             });
         }
@@ -402,7 +402,8 @@ mod tests {
             specs[0].cascade && !specs[1].cascade,
             "the large model backs English only"
         );
-        assert_eq!(specs[1].encoder, EncoderKind::E5Small);
+        assert_eq!(specs[1].encoder.kind, EncoderKind::E5Small);
+        assert_eq!(specs[1].encoder.tuning, None);
         assert_eq!(pick_model(&specs, Some("en")), Some(0));
         assert_eq!(pick_model(&specs, Some("zh")), Some(1));
         assert_eq!(

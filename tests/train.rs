@@ -13,10 +13,7 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
     if !have_models() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    // A copy, so the feature cache is made fresh here and the source tree stays clean.
-    let data = dir.path().join("dataset");
-    copy_dir(&common::repo("samples/dataset"), &data);
+    let (dir, data) = tiny_dataset();
     let ubm = dir.path().join("ubm");
     let (d, u) = (data.to_str().unwrap(), ubm.to_str().unwrap());
     let out = common::sentistream(&[
@@ -227,9 +224,7 @@ fn train_mllm_and_compare_on_the_tiny_dataset() {
     {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dataset");
-    copy_dir(&common::repo("samples/dataset"), &data);
+    let (dir, data) = tiny_dataset();
     let adapter = dir.path().join("adapter");
     let (d, a) = (data.to_str().unwrap(), adapter.to_str().unwrap());
     let stdout = common::sentistream_ok(&[
@@ -277,6 +272,15 @@ fn train_mllm_and_compare_on_the_tiny_dataset() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ad"));
 }
 
+/// A copy of the tiny dataset in a new temporary folder, so the feature cache is made
+/// fresh there and the source tree stays clean.
+fn tiny_dataset() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dataset");
+    copy_dir(&common::repo("samples/dataset"), &data);
+    (dir, data)
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -301,9 +305,7 @@ fn eval_with_asr_transcripts() {
     {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("dataset");
-    copy_dir(&common::repo("samples/dataset"), &data);
+    let (dir, data) = tiny_dataset();
     let cfg = dir.path().join("tiny.toml");
     std::fs::write(
         &cfg,
@@ -367,5 +369,116 @@ fn eval_with_asr_transcripts() {
     assert!(
         same >= 3,
         "only {same} of 4 clips came out of annotate as one window"
+    );
+}
+
+/// `train text` tunes MiniLM's top layers on the tiny dataset's sentences; `train ubm
+/// --text-tuning` records the tuning, trains on the tuned embeddings (reusing the untuned
+/// cache's audio and faces), and `eval` and `annotate` read the tuned encoder.
+#[test]
+fn a_tuned_text_encoder_is_trained_recorded_and_served() {
+    if !have_models() {
+        return;
+    }
+    let (dir, data) = tiny_dataset();
+    let sentences = dir.path().join("extra.tsv");
+    std::fs::write(
+        &sentences,
+        "domain\tgrade\ttext\ncall\t2.0\tthanks, that fixed it right away\ncall\t-2.0\tthird time I am calling about this\ncall\t0.0\tmy order number is four two one\ncall\t1.0\tfair enough, that works\ncall\t-1.0\tI am not thrilled with the wait\n",
+    )
+    .unwrap();
+    let (models, ubm) = (dir.path().join("m"), dir.path().join("m/ubm"));
+    let tuning = models.join("ubm.text.safetensors");
+    let d = data.to_str().unwrap();
+    let stdout = common::sentistream_ok(&[
+        "train",
+        "text",
+        "--data",
+        d,
+        "--extra",
+        sentences.to_str().unwrap(),
+        "--report",
+        sentences.to_str().unwrap(),
+        "--layers",
+        "2",
+        "--rank",
+        "4",
+        "--epochs",
+        "2",
+        "--sign-weight",
+        "1",
+        "--out",
+        tuning.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout.contains("tuned the top 2 layers of minilm on 20 sentences (valid 5)"),
+        "12 clips + 4 extra sentences twice; 4 valid clips + 1 extra\n{stdout}"
+    );
+    assert!(
+        stdout.contains("neutral sentences at or above 0"),
+        "{stdout}"
+    );
+    assert!(tuning.is_file());
+    // Plain first, so the tuned model's features reuse its audio and faces.
+    let u = ubm.to_str().unwrap();
+    let train = [
+        "train", "ubm", "--data", d, "--ubm", u, "--epochs", "3", "--hidden", "32",
+    ];
+    common::sentistream_ok(&train);
+    let mut tuned = train.to_vec();
+    tuned.extend([
+        "--text-tuning",
+        tuning.to_str().unwrap(),
+        "--modality-dropout",
+        "0.5",
+    ]);
+    common::sentistream_ok(&tuned);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ubm.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["text_tuning"], "ubm.text.safetensors");
+    let caches: Vec<String> = std::fs::read_dir(data.join(".sentistream-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        caches.iter().any(|c| c.ends_with("-served-given"))
+            && caches.iter().any(|c| c.contains("-served-given-minilm-")),
+        "one cache per encoder: {caches:?}"
+    );
+    let stdout = common::sentistream_ok(&["eval", "--data", d, "--ubm", u]);
+    assert!(stdout.contains("Has0-Acc2"), "{stdout}");
+    let out = common::sentistream(&[
+        "annotate",
+        &common::repo("samples/sample.mp4").to_string_lossy(),
+        "--ubm",
+        u,
+        "--no-cascade",
+        "--no-progress",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!common::events(&out).is_empty());
+    // The tuning must move with the model: one in another folder is a usage error.
+    let elsewhere = dir.path().join("elsewhere.text.safetensors");
+    std::fs::copy(&tuning, &elsewhere).unwrap();
+    let mut bad = train.to_vec();
+    bad.extend(["--text-tuning", elsewhere.to_str().unwrap()]);
+    let out = common::sentistream(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("put it in the folder of the model"),
+        "{err}"
+    );
+    // A damaged tuning stops the model from loading, naming the file.
+    std::fs::write(&tuning, b"not safetensors").unwrap();
+    let out = common::sentistream(&["eval", "--data", d, "--ubm", u]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("ubm.text.safetensors"),
+        "{err}"
     );
 }

@@ -98,6 +98,13 @@ pub struct DataArgs {
     pub language: Option<String>,
 }
 
+impl DataArgs {
+    /// The small model's base path: `--ubm`, else the models folder's `ubm`.
+    pub(crate) fn ubm_base(&self, models: &crate::assets::ModelFiles) -> PathBuf {
+        self.ubm.clone().unwrap_or_else(|| models.ubm())
+    }
+}
+
 /// `train` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
@@ -105,6 +112,61 @@ pub enum TrainCommand {
     Ubm(TrainUbmArgs),
     /// Train the large model's adapter (LoRA on q/v, audio/visual projectors, value head).
     Mllm(TrainMllmArgs),
+    /// Tune the text encoder's top layers for sentiment (a LoRA file a small model reads
+    /// with `train ubm --text-tuning`).
+    Text(TrainTextArgs),
+}
+
+/// Options of `train text`.
+#[derive(Debug, Args)]
+pub struct TrainTextArgs {
+    /// Dataset folder: the transcripts and labels of its train and valid splits.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Label range of the dataset and the sentence files: mosi ([-3, 3]) or sims ([-1, 1]).
+    #[arg(long, value_enum, default_value = "mosi")]
+    pub(crate) scale: Scale,
+    /// Encoder to tune: minilm or e5-small.
+    #[arg(long, value_enum, default_value = "minilm")]
+    pub text_encoder: crate::features::text::EncoderKind,
+    /// More labelled sentences (`grade<TAB>text` or `domain<TAB>grade<TAB>text`):
+    /// every fifth goes to validation, the rest to training. Repeatable.
+    #[arg(long)]
+    pub extra: Vec<PathBuf>,
+    /// Times each extra training sentence counts per epoch.
+    #[arg(long, default_value_t = 2)]
+    pub extra_weight: usize,
+    /// Sentence files scored after training, never used for a choice (a test set).
+    #[arg(long)]
+    pub report: Vec<PathBuf>,
+    /// Top layers tuned.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub rank: i64,
+    /// Epochs (the one with the lowest validation loss is kept).
+    #[arg(long, default_value_t = 6)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Learning rate (Adam).
+    #[arg(long, default_value_t = 1e-3)]
+    pub(crate) lr: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    pub(crate) seed: i64,
+    /// Weight of the sign loss (negative vs not, as Has0-Acc2 counts).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) sign_weight: f64,
+    /// The tuning file to write; put it beside the small model that will read it
+    /// (e.g. models/ubm-zh.text.safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: i32,
 }
 
 /// Options of `train ubm`.
@@ -125,6 +187,10 @@ pub struct TrainUbmArgs {
     /// Weight of the classification loss (L1 + alpha * CE).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) alpha: f64,
+    /// Weight of the sign loss: cross-entropy of "not negative" with the score as logit,
+    /// so neutral windows score just above 0 (Has0-Acc2 counts neutral as not negative).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) sign_weight: f64,
     /// Width of the shared representation.
     #[arg(long, default_value_t = 128)]
     pub hidden: i64,
@@ -144,6 +210,14 @@ pub struct TrainUbmArgs {
     /// languages are scored by it.
     #[arg(long, value_delimiter = ',', default_value = "en")]
     pub languages: Vec<String>,
+    /// Chance that a training batch is seen without its audio (and, drawn apart,
+    /// without its faces), so the model learns to decide from the text alone.
+    #[arg(long, default_value_t = 0.0)]
+    pub modality_dropout: f64,
+    /// A text-encoder tuning from `train text`, in the same folder as the model
+    /// (recorded in its metadata; the model reads the tuned encoder everywhere).
+    #[arg(long)]
+    pub text_tuning: Option<PathBuf>,
 }
 
 /// Options of `train mllm`.

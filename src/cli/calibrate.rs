@@ -9,10 +9,10 @@ use crate::train::trainer::{self, CalibrationRule};
 
 /// Runs `calibrate` and saves the threshold with the model.
 pub(super) fn calibrate(c: &CalibrateArgs, ctx: &Context) -> Result<i32> {
-    let base = c.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm());
+    let base = c.data.ubm_base(&ctx.models);
     let mut model = Ubm::load(&base)?;
-    let enc = model.meta.text_encoder;
-    let (_, valid) = super::dataset_split(&c.data.data, &c.data, Split::Valid, enc, ctx)?;
+    let enc = model.meta.encoder_spec(&base);
+    let (_, valid) = super::dataset_split(&c.data.data, &c.data, Split::Valid, &enc, ctx)?;
     let rule = match (c.lambda, c.escalation_rate) {
         (_, Some(r)) => CalibrationRule::Rate(r),
         (l, None) => CalibrationRule::Lambda(l.unwrap_or(0.5)),

@@ -26,10 +26,10 @@ const VARIANTS: [(&str, [bool; 3]); 7] = [
 
 /// Runs `eval`.
 pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
-    let base = e.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm());
+    let base = e.data.ubm_base(&ctx.models);
     let model = Ubm::load(&base)?;
-    let enc = model.meta.text_encoder;
-    let (ds, data) = super::dataset_split(&e.data.data, &e.data, e.split, enc, ctx)?;
+    let enc = model.meta.encoder_spec(&base);
+    let (ds, data) = super::dataset_split(&e.data.data, &e.data, e.split, &enc, ctx)?;
     if data.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: e.data.data.clone(),
@@ -349,7 +349,10 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
         };
     let tau2 = lane.tau2;
     // The UBM's per-window cost includes encoding the transcript.
-    let enc = crate::features::text::TextEncoder::open(model.meta.text_encoder, &ctx.models.dir)?;
+    let enc = model
+        .meta
+        .encoder_spec(&e.data.ubm_base(&ctx.models))
+        .open(&ctx.models.dir)?;
     let n_enc = data.texts.len().min(50);
     let t = std::time::Instant::now();
     for text in &data.texts[..n_enc] {
@@ -399,8 +402,8 @@ fn estimators(
 ) -> Result<()> {
     use crate::train::estimators as est;
     let dir = e.temperature_data.as_ref().unwrap_or(&e.data.data);
-    let enc = model.meta.text_encoder;
-    let (_, valid) = super::dataset_split(dir, &e.data, Split::Valid, enc, ctx)?;
+    let enc = model.meta.encoder_spec(&e.data.ubm_base(&ctx.models));
+    let (_, valid) = super::dataset_split(dir, &e.data, Split::Valid, &enc, ctx)?;
     if valid.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: dir.clone(),

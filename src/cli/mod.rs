@@ -53,7 +53,7 @@ pub(crate) fn dataset_split(
     dir: &Path,
     d: &args::DataArgs,
     split: crate::train::dataset::Split,
-    encoder: crate::features::text::EncoderKind,
+    encoder: &crate::features::text::EncoderSpec,
     ctx: &Context,
 ) -> Result<(
     crate::train::dataset::Dataset,

@@ -1,7 +1,7 @@
 //! `train ubm` and `train mllm`.
 
 use super::Context;
-use super::args::{TrainCommand, TrainMllmArgs, TrainUbmArgs};
+use super::args::{TrainCommand, TrainMllmArgs, TrainTextArgs, TrainUbmArgs};
 use crate::error::{Error, Result};
 use crate::plan::clip_cut;
 use crate::train::dataset::TextSource;
@@ -13,7 +13,56 @@ pub(super) fn train(t: &TrainCommand, ctx: &Context) -> Result<i32> {
     match t {
         TrainCommand::Ubm(u) => ubm(u, ctx),
         TrainCommand::Mllm(m) => mllm(m, ctx),
+        TrainCommand::Text(t) => text(t, ctx),
     }
+}
+
+fn text(t: &TrainTextArgs, ctx: &Context) -> Result<i32> {
+    tch::set_num_threads(t.threads.max(1));
+    let o = crate::train::text::TextTrainOptions {
+        data: t.data.clone(),
+        scale: t.scale,
+        encoder: t.text_encoder,
+        models_dir: ctx.models.dir.clone(),
+        extra: t.extra.clone(),
+        extra_weight: t.extra_weight,
+        report: t.report.clone(),
+        layers: t.layers,
+        rank: t.rank,
+        epochs: t.epochs,
+        batch: t.batch,
+        lr: t.lr,
+        seed: t.seed,
+        sign_weight: t.sign_weight,
+        out: t.out.clone(),
+    };
+    let r = crate::train::text::train_text(&o)?;
+    println!(
+        "tuned the top {} layers of {} on {} sentences (valid {}); best epoch {}; frozen layers {:.0} s, training {:.0} s; saved {}",
+        t.layers,
+        t.text_encoder.name(),
+        r.sizes.0,
+        r.sizes.1,
+        r.best_epoch,
+        r.seconds.0,
+        r.seconds.1,
+        t.out.display()
+    );
+    let mut rows = vec![("score head (valid)".to_string(), r.valid)];
+    let mut neutral = Vec::new();
+    for rep in r.reports {
+        let (kept, n) = rep.neutral_kept;
+        rows.push((format!("score head ({})", rep.file.display()), rep.metrics));
+        neutral.push(format!(
+            "{}: {kept} of {n} neutral sentences at or above 0",
+            rep.file.display()
+        ));
+    }
+    println!("{}", trainer::format_table(&rows));
+    for line in neutral {
+        println!("{line}");
+    }
+    Ok(0)
 }
 
 fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
@@ -32,7 +81,13 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
             "--languages {bad:?}: not a Whisper language code; use codes such as en or zh"
         )));
     }
+    let out = u.data.ubm_base(&ctx.models);
+    let tuning = match &u.text_tuning {
+        Some(p) => Some(tuning_name(p, &out)?),
+        None => None,
+    };
     let opts = TrainOptions {
+        tuning,
         data: u.data.data.clone(),
         scale: u.data.scale,
         text: u.data.text,
@@ -41,16 +96,18 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
         languages: u.languages.clone(),
         asr: Some(super::data_asr_config(&u.data, ctx)?),
         cut: clip_cut(&ctx.cfg, &ctx.models),
-        out: u.data.ubm.clone().unwrap_or_else(|| ctx.models.ubm()),
+        out,
         epochs: u.epochs,
         batch: u.batch,
         lr: u.lr,
         alpha: u.alpha,
+        sign_weight: u.sign_weight,
         hidden: u.hidden,
         band: u.band,
         seed: u.seed,
         workers: u.data.workers,
         lambda: u.lambda,
+        modality_dropout: u.modality_dropout,
     };
     let (model, report) = trainer::train(&opts)?;
     println!(
@@ -73,6 +130,33 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
         opts.out.display()
     );
     Ok(0)
+}
+
+/// The file name of a tuning that must lie beside the model written to `out` (so the
+/// model and its tuning move together).
+fn tuning_name(p: &std::path::Path, out: &std::path::Path) -> Result<String> {
+    let dir = |x: &std::path::Path| {
+        let d = x.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::canonicalize(if d.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            d
+        })
+        .ok()
+    };
+    let name = p.file_name().and_then(|n| n.to_str());
+    match (name, p.is_file(), dir(p) == dir(out) && dir(out).is_some()) {
+        (Some(n), true, true) => Ok(n.to_string()),
+        (_, false, _) => Err(Error::Usage(format!(
+            "--text-tuning {}: no such file; write it with `sentistream train text --out`",
+            p.display()
+        ))),
+        _ => Err(Error::Usage(format!(
+            "--text-tuning {}: put it in the folder of the model ({}), so the two move together",
+            p.display(),
+            out.display()
+        ))),
+    }
 }
 
 fn mllm(t: &TrainMllmArgs, ctx: &Context) -> Result<i32> {

@@ -97,8 +97,8 @@ pub(crate) struct Extractor {
 
 impl Extractor {
     /// Loads the text encoder `encoder` and the face detectors from the models folder.
-    pub fn load(models_dir: &Path, encoder: text::EncoderKind) -> Result<Self, ModelError> {
-        let text = TextEncoder::open(encoder, models_dir)?;
+    pub fn load(models_dir: &Path, encoder: &text::EncoderSpec) -> Result<Self, ModelError> {
+        let text = encoder.open(models_dir)?;
         Self::with_text(models_dir, vec![Arc::new(text)], visual::DETECT_EVERY)
     }
 

@@ -50,7 +50,7 @@ pub struct SmallSpec {
     /// Whisper language codes it scores.
     pub languages: Vec<String>,
     /// Its text encoder.
-    pub encoder: crate::features::text::EncoderKind,
+    pub encoder: crate::features::text::EncoderSpec,
     /// The main large model (English) backs it: it scores English (other languages are
     /// backed by their `[[cascade.languages]]` entry, if any).
     pub cascade: bool,

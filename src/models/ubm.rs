@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::ModelError;
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
-use crate::features::text::{EncoderKind, TEXT_DIM};
+use crate::features::text::{EncoderKind, EncoderSpec, TEXT_DIM};
 use crate::features::visual::VIS_DIM;
 use crate::routing::thresholds::Calibration;
 use crate::routing::uncertainty::entropy;
@@ -61,6 +61,9 @@ pub struct UbmMeta {
     /// Languages (Whisper codes) the model is trained for (older models: English).
     #[serde(default = "english")]
     pub languages: Vec<String>,
+    /// File name (beside the model) of the text encoder's tuning (`train text`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_tuning: Option<String>,
 }
 
 fn english() -> Vec<String> {
@@ -72,6 +75,17 @@ impl UbmMeta {
     /// [`crate::event::SCORE_LIMIT`]): 3 for a CH-SIMS model, 1 for a MOSI one.
     pub(crate) fn event_scale(&self) -> f32 {
         crate::event::SCORE_LIMIT / self.score_limit
+    }
+
+    /// The text encoder of the model saved at `base` (its tuning beside it).
+    pub fn encoder_spec(&self, base: &Path) -> EncoderSpec {
+        EncoderSpec {
+            kind: self.text_encoder,
+            tuning: self
+                .text_tuning
+                .as_ref()
+                .map(|n| base.parent().unwrap_or(Path::new("")).join(n)),
+        }
     }
 
     /// The neutral band on the events' score scale.
@@ -95,6 +109,7 @@ impl UbmMeta {
             tau1_rule: None,
             score_limit,
             text_encoder: EncoderKind::MiniLm,
+            text_tuning: None,
             languages: english(),
         }
     }

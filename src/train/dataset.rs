@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{AsrConfig, SegmentConfig, SourceConfig};
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::asr::Asr;
-use crate::features::text::EncoderKind;
+use crate::features::text::EncoderSpec;
 use crate::features::{Extractor, FEATURE_VERSION, WindowFeatures};
 use crate::segment::{Segmenter, Vad, Window};
 use crate::source::{VideoFrame, decode_all};
@@ -296,15 +296,16 @@ impl Dataset {
 
     /// Cache file of a clip's features (`served`: cut as `annotate` cuts it, [`ClipCut`];
     /// caches of whole clips, without it, are not read).
-    /// The text encoder is part of the folder's name, except MiniLM's (the first).
-    pub(crate) fn cache_path(&self, clip: &Clip, text: TextSource, enc: EncoderKind) -> PathBuf {
+    /// The text encoder is part of the folder's name (`tag`: [`EncoderSpec::cache_tag`],
+    /// empty for MiniLM as installed, the first).
+    pub(crate) fn cache_path(&self, clip: &Clip, text: TextSource, tag: &str) -> PathBuf {
         let mut mode = match text {
             TextSource::Given => "given",
             TextSource::Asr => "asr",
         }
         .to_string();
-        if enc != EncoderKind::MiniLm {
-            mode = format!("{mode}-{}", enc.name());
+        if !tag.is_empty() {
+            mode = format!("{mode}-{tag}");
         }
         self.root
             .join(".sentistream-cache")
@@ -327,6 +328,12 @@ struct LabelColumns {
 struct ClipWorker<'a> {
     ds: &'a Dataset,
     how: Extraction<'a>,
+    /// The encoder's cache tag.
+    tag: &'a str,
+    /// The tag of the same encoder without its tuning, when the encoder is tuned: its
+    /// cached audio and face features are reused (with `--text given` only the text
+    /// changes).
+    plain_tag: Option<&'a str>,
     extractor: Option<Extractor>,
     asr: Option<Asr>,
 }
@@ -341,7 +348,7 @@ pub struct Extraction<'a> {
     /// Models folder (feature models).
     pub models_dir: &'a Path,
     /// Text encoder (the one the model was or will be trained with).
-    pub encoder: EncoderKind,
+    pub encoder: &'a EncoderSpec,
     /// Whisper settings (with the model path resolved) for `--text asr`.
     pub asr: Option<&'a AsrConfig>,
 }
@@ -349,15 +356,58 @@ pub struct Extraction<'a> {
 impl ClipWorker<'_> {
     /// Cached features, if the cache file is newer than the clip and readable.
     fn cached(&self, clip: &Clip) -> Option<WindowFeatures> {
-        let cache = self.ds.cache_path(clip, self.how.text, self.how.encoder);
+        self.read_cache(&self.ds.cache_path(clip, self.how.text, self.tag), clip)
+    }
+
+    /// The features in cache file `cache`, if it is newer than the clip and readable.
+    fn read_cache(&self, cache: &Path, clip: &Clip) -> Option<WindowFeatures> {
         let (c, m) = (
-            std::fs::metadata(&cache).ok()?,
+            std::fs::metadata(cache).ok()?,
             std::fs::metadata(&clip.path).ok()?,
         );
         if c.modified().ok()? < m.modified().ok()? {
             return None;
         }
-        WindowFeatures::from_bytes(&std::fs::read(&cache).ok()?)
+        WindowFeatures::from_bytes(&std::fs::read(cache).ok()?)
+    }
+
+    /// With given text and a tuned encoder: the untuned encoder's cached features of the
+    /// clip with the text encoded again (the audio and faces do not depend on the
+    /// encoder), written to this encoder's cache.
+    fn retexted(&mut self, clip: &Clip) -> Result<Option<WindowFeatures>> {
+        let Some(plain) = self.plain_tag else {
+            return Ok(None);
+        };
+        if self.how.text != TextSource::Given {
+            return Ok(None);
+        }
+        let Some(mut f) = self.read_cache(&self.ds.cache_path(clip, self.how.text, plain), clip)
+        else {
+            return Ok(None);
+        };
+        let extractor = self.extractor()?;
+        f.text = None;
+        extractor.add_text(&mut f, &clip.text, 0)?;
+        self.write_cache(clip, &f);
+        Ok(Some(f))
+    }
+
+    /// The extractor, loaded on first use.
+    fn extractor(&mut self) -> Result<&mut Extractor> {
+        if self.extractor.is_none() {
+            self.extractor = Some(Extractor::load(self.how.models_dir, self.how.encoder)?);
+        }
+        Ok(self.extractor.as_mut().expect("loaded above"))
+    }
+
+    /// Writes a clip's features to this encoder's cache; failing to write it only costs
+    /// a recomputation.
+    fn write_cache(&self, clip: &Clip, f: &WindowFeatures) {
+        let cache = self.ds.cache_path(clip, self.how.text, self.tag);
+        if let Some(d) = cache.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let _ = std::fs::write(&cache, f.to_bytes());
     }
 
     fn transcript(&mut self, clip: &Clip, audio: &[f32]) -> Result<String> {
@@ -383,6 +433,9 @@ impl ClipWorker<'_> {
         if let Some(f) = self.cached(clip) {
             return Ok(Some(f));
         }
+        if let Some(f) = self.retexted(clip)? {
+            return Ok(Some(f));
+        }
         let (audio, frames) = match decode_all(&clip.path, &SourceConfig::default()) {
             Ok((audio, frames)) => self.how.cut.apply(audio, frames)?,
             Err(e) => {
@@ -391,19 +444,8 @@ impl ClipWorker<'_> {
             }
         };
         let transcript = self.transcript(clip, &audio)?;
-        let extractor = match &mut self.extractor {
-            Some(e) => e,
-            None => self
-                .extractor
-                .insert(Extractor::load(self.how.models_dir, self.how.encoder)?),
-        };
-        let f = extractor.extract(&audio, &frames, &transcript)?;
-        // The cache is an optimisation: failing to write it only costs a recomputation.
-        let cache = self.ds.cache_path(clip, self.how.text, self.how.encoder);
-        if let Some(d) = cache.parent() {
-            let _ = std::fs::create_dir_all(d);
-        }
-        let _ = std::fs::write(&cache, f.to_bytes());
+        let f = self.extractor()?.extract(&audio, &frames, &transcript)?;
+        self.write_cache(clip, &f);
         Ok(Some(f))
     }
 }
@@ -418,6 +460,15 @@ pub fn features(
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<Vec<Option<WindowFeatures>>> {
     let done = std::sync::atomic::AtomicUsize::new(0);
+    let tag = how.encoder.cache_tag()?;
+    let tag = tag.as_str();
+    let plain = how
+        .encoder
+        .tuning
+        .as_ref()
+        .map(|_| EncoderSpec::plain(how.encoder.kind).cache_tag())
+        .transpose()?;
+    let plain_tag = plain.as_deref();
     let chunk = clips.len().div_ceil(workers.max(1)).max(1);
     let results: Vec<Result<Vec<Option<WindowFeatures>>>> = std::thread::scope(|s| {
         let handles: Vec<_> = clips
@@ -429,6 +480,8 @@ pub fn features(
                     let mut w = ClipWorker {
                         ds,
                         how,
+                        tag,
+                        plain_tag,
                         extractor: None,
                         asr: None,
                     };

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor, nn};
 use crate::cascade::backend::Backend;
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::audio::AUDIO_DIM;
-use crate::features::text::EncoderKind;
+use crate::features::text::{EncoderKind, EncoderSpec};
 use crate::features::visual::VIS_DIM;
 use crate::models::mllm::{AdapterMeta, Answer, Mllm, Query};
 use crate::models::ubm::{Modalities, Prediction, Ubm};
@@ -201,12 +201,13 @@ struct Clock {
 /// Loads the train and valid splits, checks both have clips and applies `o.limit` to the
 /// train split.
 fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData)> {
+    let minilm = EncoderSpec::plain(EncoderKind::MiniLm);
     let how = crate::train::dataset::Extraction {
         cut: &o.cut,
         text: TextSource::Given,
         models_dir: &o.models_dir,
         asr: None,
-        encoder: EncoderKind::MiniLm,
+        encoder: &minilm,
     };
     let split = |s| load_split(ds, s, how, o.workers);
     let (mut train, valid) = (split(Split::Train)?, split(Split::Valid)?);

@@ -5,4 +5,5 @@ pub mod dataset;
 pub mod estimators;
 pub mod metrics;
 pub mod mllm;
+pub mod text;
 pub mod trainer;

@@ -11,7 +11,7 @@ use crate::config::AsrConfig;
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
-use crate::features::text::EncoderKind;
+use crate::features::text::{EncoderKind, EncoderSpec};
 use crate::features::visual::VIS_DIM;
 use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
 use crate::routing::thresholds::{self, Calibration};
@@ -32,6 +32,8 @@ pub struct TrainOptions {
     pub models_dir: PathBuf,
     /// Text encoder the model reads (recorded in its metadata).
     pub encoder: EncoderKind,
+    /// File name (beside `out`) of the encoder's tuning, if any (recorded too).
+    pub tuning: Option<String>,
     /// Languages the model is for (recorded in its metadata; windows in other languages
     /// get no verdict from it).
     pub languages: Vec<String>,
@@ -49,6 +51,8 @@ pub struct TrainOptions {
     pub(crate) lr: f64,
     /// Weight of the classification loss (alpha in L1 + alpha CE).
     pub(crate) alpha: f64,
+    /// Weight of the sign loss ([`sign_loss`]: negative vs not, as Has0-Acc2 counts).
+    pub(crate) sign_weight: f64,
     /// Width of h.
     pub hidden: i64,
     /// Neutral band b.
@@ -59,6 +63,8 @@ pub struct TrainOptions {
     pub workers: usize,
     /// lambda for tau1 after training.
     pub lambda: f32,
+    /// Chance that a training batch loses its audio (and, apart, its faces).
+    pub modality_dropout: f64,
 }
 
 /// Features and labels of one split.
@@ -185,7 +191,7 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
     let mut rng = o.seed as u64 | 1;
     for epoch in 1..=o.epochs {
         shuffle(&mut order, &mut rng);
-        let epoch_loss = train_epoch(o, &model, &mut opt, &train, &order);
+        let epoch_loss = train_epoch(o, &model, &mut opt, &train, &order, &mut rng);
         let m = evaluate(&model, &valid, Modalities::ALL).0;
         tracing::info!(
             epoch,
@@ -226,12 +232,19 @@ pub fn train(o: &TrainOptions) -> Result<(Ubm, TrainReport)> {
 /// with the feature extraction wall time in seconds.
 fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitData, f64)> {
     let t0 = Instant::now();
+    let spec = EncoderSpec {
+        kind: o.encoder,
+        tuning: o
+            .tuning
+            .as_ref()
+            .map(|n| o.out.parent().unwrap_or(Path::new("")).join(n)),
+    };
     let how = dataset::Extraction {
         cut: &o.cut,
         text: o.text,
         models_dir: &o.models_dir,
         asr: o.asr.as_ref(),
-        encoder: o.encoder,
+        encoder: &spec,
     };
     let split = |s| load_split(ds, s, how, o.workers);
     let (train, valid) = (split(Split::Train)?, split(Split::Valid)?);
@@ -250,6 +263,7 @@ fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitD
 fn fresh_ubm(o: &TrainOptions, train: &SplitData) -> Ubm {
     let mut meta = UbmMeta::new(o.hidden, 0.2, o.band, o.scale.limit());
     meta.text_encoder = o.encoder;
+    meta.text_tuning = o.tuning.clone();
     meta.languages = o.languages.clone();
     let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
     let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
@@ -258,8 +272,30 @@ fn fresh_ubm(o: &TrainOptions, train: &SplitData) -> Ubm {
     Ubm::new(meta)
 }
 
+/// Binary cross-entropy of "not negative" (label >= 0, so neutral counts with positive,
+/// as MMSA's Has0-Acc2 counts it) with the score as logit (10 per unit of the label
+/// range): L1 alone leaves a neutral window's sign to chance, this term puts neutral
+/// scores just above 0 and negative ones below.
+pub(crate) fn sign_loss(score: &Tensor, labels: &[f32], limit: f32) -> Tensor {
+    let target: Vec<f32> = labels.iter().map(|&y| f32::from(y >= 0.0)).collect();
+    (score * (10.0 / f64::from(limit))).binary_cross_entropy_with_logits::<Tensor>(
+        &Tensor::from_slice(&target),
+        None,
+        None,
+        tch::Reduction::Mean,
+    )
+}
+
+/// A uniform draw in [0, 1) from the xorshift state.
+fn uniform(rng: &mut u64) -> f64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    (*rng >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Shuffles `order` in place.
-fn shuffle(order: &mut [usize], rng: &mut u64) {
+pub(crate) fn shuffle(order: &mut [usize], rng: &mut u64) {
     // Fisher-Yates with a small xorshift: reproducible without another dependency.
     for i in (1..order.len()).rev() {
         *rng ^= *rng << 13;
@@ -277,17 +313,27 @@ fn train_epoch(
     opt: &mut nn::Optimizer,
     train: &SplitData,
     order: &[usize],
+    rng: &mut u64,
 ) -> f64 {
     let mut epoch_loss = 0.0;
     for chunk in order.chunks(o.batch) {
         let items: Vec<&WindowFeatures> = chunk.iter().map(|&i| &train.feats[i]).collect();
         let y: Vec<f32> = chunk.iter().map(|&i| train.labels[i]).collect();
         let cls: Vec<i64> = y.iter().map(|&v| class_index(v, o.band) as i64).collect();
-        let batch = model.batch(&items, Modalities::ALL);
+        // Modality dropout: a batch now and then without its audio or its faces, so the
+        // model also learns to decide from the text alone (an unfamiliar voice or no face).
+        let mut drop = || uniform(rng) < o.modality_dropout;
+        let use_ = Modalities {
+            text: true,
+            audio: !drop(),
+            visual: !drop(),
+        };
+        let batch = model.batch(&items, use_);
         let (score, logits) = model.forward(&batch, true);
         let yt = Tensor::from_slice(&y);
-        let loss = (score - &yt).abs().mean(Kind::Float)
-            + logits.cross_entropy_for_logits(&Tensor::from_slice(&cls)) * o.alpha;
+        let loss = (&score - &yt).abs().mean(Kind::Float)
+            + logits.cross_entropy_for_logits(&Tensor::from_slice(&cls)) * o.alpha
+            + sign_loss(&score, &y, o.scale.limit()) * o.sign_weight;
         opt.backward_step(&loss);
         epoch_loss += loss.double_value(&[]) * chunk.len() as f64;
     }

@@ -25,7 +25,7 @@ use crate::diarize::campp::CamPlus;
 use crate::error::{Error, SourceError};
 use crate::event::{Event, StatusEvent, StreamStatus};
 use crate::features::asr::{Asr, WhisperModels};
-use crate::features::text::{EncoderKind, TextEncoder};
+use crate::features::text::{EncoderSpec, TextEncoder};
 use crate::features::{Extractor, WindowFeatures};
 use crate::models::pick_model;
 use crate::segment::{Segmenter, Vad, Window};
@@ -157,8 +157,8 @@ impl StreamModels {
                         Some(t) => t.clone(),
                         None => shared
                             .text
-                            .entry(spec.encoder)
-                            .or_insert(Arc::new(TextEncoder::open(spec.encoder, &job.models_dir)?))
+                            .entry(spec.encoder.clone())
+                            .or_insert(Arc::new(spec.encoder.open(&job.models_dir)?))
                             .clone(),
                     });
                 }
@@ -177,7 +177,7 @@ impl StreamModels {
 #[derive(Default)]
 pub(crate) struct SharedWeights {
     whisper: WhisperModels,
-    text: std::collections::HashMap<EncoderKind, Arc<TextEncoder>>,
+    text: std::collections::HashMap<EncoderSpec, Arc<TextEncoder>>,
     speakers: Option<Arc<CamPlus>>,
 }
 

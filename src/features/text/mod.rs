@@ -6,6 +6,9 @@
 //! one it was trained with.
 
 mod e5;
+mod tuning;
+
+pub use tuning::Tuning;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,6 +62,42 @@ impl EncoderKind {
         }
     }
 }
+/// A small model's text encoder: an installed encoder and, when the model was trained
+/// with one, the tuning of its top layers ([`Tuning`], a file beside the model).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncoderSpec {
+    /// The installed encoder.
+    pub kind: EncoderKind,
+    /// Its tuning file, if any.
+    pub tuning: Option<PathBuf>,
+}
+
+impl EncoderSpec {
+    /// The installed encoder as it is.
+    pub fn plain(kind: EncoderKind) -> Self {
+        Self { kind, tuning: None }
+    }
+
+    /// Loads the encoder from the models folder and applies the tuning.
+    pub fn open(&self, models_dir: &Path) -> Result<TextEncoder, ModelError> {
+        let enc = TextEncoder::open(self.kind, models_dir)?;
+        match &self.tuning {
+            Some(t) => enc.tuned(t),
+            None => Ok(enc),
+        }
+    }
+
+    /// What names this encoder's feature caches: empty for MiniLM as installed (the
+    /// first encoder), else the encoder's name and the tuning's fingerprint.
+    pub fn cache_tag(&self) -> Result<String, ModelError> {
+        Ok(match (&self.tuning, self.kind) {
+            (None, EncoderKind::MiniLm) => String::new(),
+            (None, k) => k.name().to_string(),
+            (Some(t), k) => format!("{}-{}", k.name(), tuning::fingerprint(t)?),
+        })
+    }
+}
+
 const LN_EPS: f64 = 1e-12;
 /// Longest token sequence encoded (longer transcripts are truncated).
 const MAX_TOKENS: usize = 256;
@@ -113,6 +152,53 @@ fn linear(x: &Tensor, p: &(Tensor, Tensor)) -> Tensor {
 
 fn layer_norm(x: &Tensor, p: &(Tensor, Tensor)) -> Tensor {
     x.layer_norm([TEXT_DIM as i64], Some(&p.0), Some(&p.1), LN_EPS, false)
+}
+
+/// Additive attention mask over keys `[b, 1, 1, l]`: 0 for tokens, a large negative for
+/// padding.
+fn key_mask(mask: &Tensor) -> Tensor {
+    let (b, l) = mask.size2().expect("a [batch, tokens] mask");
+    ((mask.ones_like() - mask) * -1e9).view([b, 1, 1, l])
+}
+
+/// Mean over real tokens, L2-normalised (as sentence-transformers).
+fn pool(x: &Tensor, mask: &Tensor) -> Tensor {
+    let m = mask.unsqueeze(-1);
+    let summed = (x * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let counts = m
+        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        .clamp_min(1.0);
+    let pooled = summed / counts;
+    let norm = pooled
+        .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
+        .clamp_min(1e-12);
+    pooled / norm
+}
+
+impl Layer {
+    /// One BERT layer over `x` `[b, l, 384]`, with a tuning's updates when given.
+    fn forward(&self, x: &Tensor, key_mask: &Tensor, t: Option<&tuning::LayerTuning>) -> Tensor {
+        let (b, l, _) = x.size3().expect("[batch, tokens, width] states");
+        let lin = |x: &Tensor, p: &(Tensor, Tensor), name: &str| match t {
+            Some(t) => linear(x, p) + t.map(name).apply(x),
+            None => linear(x, p),
+        };
+        let dh = TEXT_DIM as i64 / HEADS;
+        let split = |t: Tensor| t.view([b, l, HEADS, dh]).transpose(1, 2);
+        let q = split(lin(x, &self.q, "q"));
+        let k = split(linear(x, &self.k));
+        let v = split(lin(x, &self.v, "v"));
+        let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + key_mask;
+        let ctx = scores
+            .softmax(-1, Kind::Float)
+            .matmul(&v)
+            .transpose(1, 2)
+            .contiguous()
+            .view([b, l, TEXT_DIM as i64]);
+        let x = layer_norm(&(lin(&ctx, &self.attn_out, "attn_out") + x), &self.attn_ln);
+        let h = lin(&x, &self.inter, "inter").gelu("none");
+        layer_norm(&(lin(&h, &self.out, "out") + &x), &self.out_ln)
+    }
 }
 
 /// A model file that exists but cannot be used, with why.
@@ -323,55 +409,105 @@ impl TextEncoder {
     /// Sentence embeddings `[batch, 384]` (unit length) of `texts`.
     pub fn encode(&self, texts: &[&str]) -> Result<Tensor, ModelError> {
         let _guard = tch::no_grad_guard();
+        let (ids, mask_t) = self.padded(texts)?;
+        let (b, l) = mask_t.size2().expect("[batch, tokens]");
+        let mut x = self.embed(&ids, b, l)?;
+        let key_mask = key_mask(&mask_t);
+        for layer in &self.layers {
+            x = layer.forward(&x, &key_mask, None);
+        }
+        Ok(pool(&x, &mask_t))
+    }
+
+    /// Token ids of `texts` padded to one length (flat, `[b * l]`) and the mask `[b, l]`
+    /// (1 for tokens, 0 for padding).
+    fn padded(&self, texts: &[&str]) -> Result<(Vec<i64>, Tensor), ModelError> {
         let ids: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| self.token_ids(t))
             .collect::<Result<_, _>>()?;
-        let b = ids.len() as i64;
-        let l = ids.iter().map(Vec::len).max().unwrap_or(0).max(1) as i64;
-        let mut flat = vec![0i64; (b * l) as usize];
-        let mut mask = vec![0f32; (b * l) as usize];
+        let b = ids.len();
+        let l = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let mut flat = vec![0i64; b * l];
+        let mut mask = vec![0f32; b * l];
         for (i, seq) in ids.iter().enumerate() {
             for (j, &id) in seq.iter().enumerate() {
-                flat[i * l as usize + j] = id as i64;
-                mask[i * l as usize + j] = 1.0;
+                flat[i * l + j] = id as i64;
+                mask[i * l + j] = 1.0;
             }
         }
-        let mask_t = Tensor::from_slice(&mask).view([b, l]);
+        Ok((flat, Tensor::from_slice(&mask).view([b as i64, l as i64])))
+    }
+
+    /// Embedded tokens `[b, l, 384]` (words, positions, token type, LayerNorm).
+    fn embed(&self, flat: &[i64], b: i64, l: i64) -> Result<Tensor, ModelError> {
         let positions = Tensor::arange(l, (Kind::Int64, Device::Cpu));
-        let mut x = self.word_rows(&flat)?.view([b, l, TEXT_DIM as i64])
+        let x = self.word_rows(flat)?.view([b, l, TEXT_DIM as i64])
             + self.pos.index_select(0, &positions).unsqueeze(0)
             + self.token_type.view([1, 1, TEXT_DIM as i64]);
-        x = layer_norm(&x, &self.emb_ln);
-        // Additive attention mask over keys: 0 for tokens, a large negative for padding.
-        let key_mask = ((mask_t.ones_like() - &mask_t) * -1e9).view([b, 1, 1, l]);
-        let dh = TEXT_DIM as i64 / HEADS;
-        let split = |t: Tensor| t.view([b, l, HEADS, dh]).transpose(1, 2);
-        for layer in &self.layers {
-            let q = split(linear(&x, &layer.q));
-            let k = split(linear(&x, &layer.k));
-            let v = split(linear(&x, &layer.v));
-            let scores = q.matmul(&k.transpose(-2, -1)) / (dh as f64).sqrt() + &key_mask;
-            let ctx = scores
-                .softmax(-1, Kind::Float)
-                .matmul(&v)
-                .transpose(1, 2)
-                .contiguous()
-                .view([b, l, TEXT_DIM as i64]);
-            x = layer_norm(&(linear(&ctx, &layer.attn_out) + &x), &layer.attn_ln);
-            let h = linear(&x, &layer.inter).gelu("none");
-            x = layer_norm(&(linear(&h, &layer.out) + &x), &layer.out_ln);
+        Ok(layer_norm(&x, &self.emb_ln))
+    }
+
+    /// Number of layers.
+    pub(crate) fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The token states `[tokens, 384]` of each text after the first `upto` layers (no
+    /// gradient): what `train text` keeps so that only the tuned layers run per step.
+    pub(crate) fn states(&self, texts: &[&str], upto: usize) -> Result<Vec<Tensor>, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let lens: Vec<i64> = texts
+            .iter()
+            .map(|t| self.token_ids(t).map(|ids| ids.len() as i64))
+            .collect::<Result<_, _>>()?;
+        let (ids, mask_t) = self.padded(texts)?;
+        let (b, l) = mask_t.size2().expect("[batch, tokens]");
+        let key_mask = key_mask(&mask_t);
+        let mut x = self.embed(&ids, b, l)?;
+        for layer in &self.layers[..upto.min(self.layers.len())] {
+            x = layer.forward(&x, &key_mask, None);
         }
-        let m = mask_t.unsqueeze(-1);
-        let summed = (&x * &m).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
-        let counts = m
-            .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-            .clamp_min(1.0);
-        let pooled = summed / counts;
-        let norm = pooled
-            .norm_scalaropt_dim(2.0, [1i64].as_slice(), true)
-            .clamp_min(1e-12);
-        Ok(pooled / norm)
+        Ok(lens
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| x.get(i as i64).narrow(0, 0, n).copy())
+            .collect())
+    }
+
+    /// Sentence embeddings `[batch, 384]` of token states from [`TextEncoder::states`]
+    /// (`upto` = `tuning.from`) through the remaining layers with `tuning`'s updates,
+    /// with gradients to the tuning.
+    pub(crate) fn pooled_from(&self, states: &[&Tensor], tuning: &Tuning) -> Tensor {
+        let b = states.len() as i64;
+        let l = states.iter().map(|s| s.size()[0]).max().unwrap_or(1);
+        let mut mask = vec![0f32; (b * l) as usize];
+        let padded: Vec<Tensor> = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let n = s.size()[0];
+                mask[i * l as usize..i * l as usize + n as usize].fill(1.0);
+                s.constant_pad_nd([0, 0, 0, l - n])
+            })
+            .collect();
+        let mask_t = Tensor::from_slice(&mask).view([b, l]);
+        let key_mask = key_mask(&mask_t);
+        let mut x = Tensor::stack(&padded, 0);
+        for (k, layer) in self.layers[tuning.from..].iter().enumerate() {
+            x = layer.forward(&x, &key_mask, tuning.layers.get(k));
+        }
+        pool(&x, &mask_t)
+    }
+
+    /// This encoder with the tuning at `path` merged into its top layers.
+    pub fn tuned(mut self, path: &Path) -> Result<Self, ModelError> {
+        let t = Tuning::load(path, self.layers.len())?;
+        for (k, lt) in t.layers.iter().enumerate() {
+            let merged = self.layers[t.from + k].merged(lt);
+            self.layers[t.from + k] = merged;
+        }
+        Ok(self)
     }
 
     /// One sentence embedding as a vector.
