@@ -16,6 +16,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{DatasetError, Error, ModelError, Result};
 use crate::features::text::{EncoderKind, EncoderSpec, TextEncoder, Tuning};
+use crate::routing::uncertainty::class_index;
 use crate::train::dataset::{Dataset, Scale, Split};
 use crate::train::metrics::{self, Metrics};
 
@@ -170,17 +171,6 @@ impl Heads {
     }
 }
 
-/// Class index of a unit-scale label: 0 negative, 1 neutral (|y| < 0.1), 2 positive.
-fn class_of(y: f32) -> i64 {
-    if y < -0.1 {
-        0
-    } else if y > 0.1 {
-        2
-    } else {
-        1
-    }
-}
-
 /// Token states below the tuned layers, per sentence.
 fn states(enc: &TextEncoder, texts: &[String], upto: usize) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(texts.len());
@@ -218,7 +208,8 @@ impl Tuned<'_> {
             .heads
             .forward(&self.enc.pooled_from(&refs, &self.tuning));
         let y: Vec<f32> = idx.iter().map(|&i| labels[i]).collect();
-        let c: Vec<i64> = y.iter().map(|&v| class_of(v)).collect();
+        // The small model's classes: neutral within the default band (0.1 of the unit scale).
+        let c: Vec<i64> = y.iter().map(|&v| class_index(v, 0.1) as i64).collect();
         let loss = (&score - Tensor::from_slice(&y)).abs().mean(Kind::Float)
             + logits.cross_entropy_for_logits(&Tensor::from_slice(&c))
             + super::trainer::sign_loss(&score, &y, 1.0) * self.sign_weight;

@@ -288,20 +288,22 @@ pub(crate) fn sign_loss(score: &Tensor, labels: &[f32], limit: f32) -> Tensor {
 
 /// A uniform draw in [0, 1) from the xorshift state.
 fn uniform(rng: &mut u64) -> f64 {
+    (xorshift(rng) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The next state of a small xorshift generator: reproducible without another dependency.
+fn xorshift(rng: &mut u64) -> u64 {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
-    (*rng >> 11) as f64 / (1u64 << 53) as f64
+    *rng
 }
 
 /// Shuffles `order` in place.
 pub(crate) fn shuffle(order: &mut [usize], rng: &mut u64) {
-    // Fisher-Yates with a small xorshift: reproducible without another dependency.
+    // Fisher-Yates.
     for i in (1..order.len()).rev() {
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        order.swap(i, (*rng % (i as u64 + 1)) as usize);
+        order.swap(i, (xorshift(rng) % (i as u64 + 1)) as usize);
     }
 }
 

@@ -457,21 +457,16 @@ impl TextEncoder {
     /// gradient): what `train text` keeps so that only the tuned layers run per step.
     pub(crate) fn states(&self, texts: &[&str], upto: usize) -> Result<Vec<Tensor>, ModelError> {
         let _guard = tch::no_grad_guard();
-        let lens: Vec<i64> = texts
-            .iter()
-            .map(|t| self.token_ids(t).map(|ids| ids.len() as i64))
-            .collect::<Result<_, _>>()?;
         let (ids, mask_t) = self.padded(texts)?;
+        let lens = mask_t.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64);
         let (b, l) = mask_t.size2().expect("[batch, tokens]");
         let key_mask = key_mask(&mask_t);
         let mut x = self.embed(&ids, b, l)?;
         for layer in &self.layers[..upto.min(self.layers.len())] {
             x = layer.forward(&x, &key_mask, None);
         }
-        Ok(lens
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| x.get(i as i64).narrow(0, 0, n).copy())
+        Ok((0..b)
+            .map(|i| x.get(i).narrow(0, 0, lens.int64_value(&[i])).copy())
             .collect())
     }
 
