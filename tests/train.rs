@@ -328,9 +328,14 @@ fn eval_with_asr_transcripts() {
         stdout.contains("UBM T+A+V") && stdout.contains("(4 clips"),
         "{stdout}"
     );
+    // (`-minilm-<fingerprint>` follows for the committed model's tuned encoder.)
+    let caches: Vec<String> = std::fs::read_dir(data.join(".sentistream-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(
-        data.join(".sentistream-cache/v1-served-asr").is_dir(),
-        "ASR features are cached apart from given-text ones"
+        caches.iter().any(|c| c.starts_with("v1-served-asr")),
+        "ASR features are cached apart from given-text ones: {caches:?}"
     );
     // eval sees each clip as annotate serves it: the same window, transcript, features
     // and so the same score, for every clip annotate answers with one window.
@@ -431,8 +436,27 @@ fn a_tuned_text_encoder_is_trained_recorded_and_served() {
         tuning.to_str().unwrap(),
         "--modality-dropout",
         "0.5",
+        "--extra",
+        sentences.to_str().unwrap(),
+        "--extra-weight",
+        "2",
     ]);
-    common::sentistream_ok(&tuned);
+    let stdout = common::sentistream_ok(&tuned);
+    assert!(
+        stdout.contains("trained on 20 clips (valid 5;"),
+        "12 clips + 4 text-only sentences twice; 4 valid clips + 1 sentence\n{stdout}"
+    );
+    // A bad sentence file is named with its line, before any training.
+    let broken = dir.path().join("broken.tsv");
+    std::fs::write(&broken, "grade\ttext\n1\tfine\nseven\tnot a grade\n").unwrap();
+    let mut bad = train.to_vec();
+    bad.extend(["--extra", broken.to_str().unwrap()]);
+    let out = common::sentistream(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("broken.tsv") && err.contains('3'),
+        "{err}"
+    );
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ubm.with_extension("json")).unwrap())
             .unwrap();

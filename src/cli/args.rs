@@ -218,6 +218,14 @@ pub struct TrainUbmArgs {
     /// (recorded in its metadata; the model reads the tuned encoder everywhere).
     #[arg(long)]
     pub text_tuning: Option<PathBuf>,
+    /// Labelled sentences (`grade<TAB>text` or `domain<TAB>grade<TAB>text`) added as
+    /// text-only windows: every fifth line to validation, the rest to training.
+    /// Repeatable.
+    #[arg(long)]
+    pub extra: Vec<PathBuf>,
+    /// Times each extra training sentence counts per epoch.
+    #[arg(long, default_value_t = 1)]
+    pub extra_weight: usize,
 }
 
 /// Options of `train mllm`.

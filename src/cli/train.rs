@@ -108,6 +108,8 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
         workers: u.data.workers,
         lambda: u.lambda,
         modality_dropout: u.modality_dropout,
+        extra: u.extra.clone(),
+        extra_weight: u.extra_weight,
     };
     let (model, report) = trainer::train(&opts)?;
     println!(

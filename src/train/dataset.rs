@@ -371,23 +371,28 @@ impl ClipWorker<'_> {
         WindowFeatures::from_bytes(&std::fs::read(cache).ok()?)
     }
 
-    /// With given text and a tuned encoder: the untuned encoder's cached features of the
-    /// clip with the text encoded again (the audio and faces do not depend on the
-    /// encoder), written to this encoder's cache.
+    /// With a tuned encoder: the untuned encoder's cached features of the clip with the
+    /// text (given, or the transcript cached beside them) encoded again (the audio and
+    /// faces do not depend on the encoder), written to this encoder's cache.
     fn retexted(&mut self, clip: &Clip) -> Result<Option<WindowFeatures>> {
         let Some(plain) = self.plain_tag else {
             return Ok(None);
         };
-        if self.how.text != TextSource::Given {
-            return Ok(None);
-        }
-        let Some(mut f) = self.read_cache(&self.ds.cache_path(clip, self.how.text, plain), clip)
-        else {
+        let plain_path = self.ds.cache_path(clip, self.how.text, plain);
+        let text = match self.how.text {
+            TextSource::Given => clip.text.clone(),
+            // Whisper's transcript, kept beside the untuned features (none: decode again).
+            TextSource::Asr => match std::fs::read_to_string(plain_path.with_extension("txt")) {
+                Ok(t) => t,
+                Err(_) => return Ok(None),
+            },
+        };
+        let Some(mut f) = self.read_cache(&plain_path, clip) else {
             return Ok(None);
         };
         let extractor = self.extractor()?;
         f.text = None;
-        extractor.add_text(&mut f, &clip.text, 0)?;
+        extractor.add_text(&mut f, &text, 0)?;
         self.write_cache(clip, &f);
         Ok(Some(f))
     }
@@ -408,6 +413,13 @@ impl ClipWorker<'_> {
             let _ = std::fs::create_dir_all(d);
         }
         let _ = std::fs::write(&cache, f.to_bytes());
+    }
+
+    /// Keeps Whisper's transcript beside the clip's cached features, so a tuned encoder
+    /// re-encodes it instead of decoding the clip again.
+    fn write_transcript(&self, clip: &Clip, text: &str) {
+        let cache = self.ds.cache_path(clip, self.how.text, self.tag);
+        let _ = std::fs::write(cache.with_extension("txt"), text);
     }
 
     fn transcript(&mut self, clip: &Clip, audio: &[f32]) -> Result<String> {
@@ -446,6 +458,9 @@ impl ClipWorker<'_> {
         let transcript = self.transcript(clip, &audio)?;
         let f = self.extractor()?.extract(&audio, &frames, &transcript)?;
         self.write_cache(clip, &f);
+        if self.how.text == TextSource::Asr {
+            self.write_transcript(clip, &transcript);
+        }
         Ok(Some(f))
     }
 }

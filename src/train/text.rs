@@ -120,6 +120,26 @@ fn read_sentences(path: &Path, limit: f32) -> Result<Vec<(String, f32)>> {
     Ok(out)
 }
 
+/// Sentences with their grades.
+pub(crate) type Graded = Vec<(String, f32)>;
+
+/// The sentences of `--extra` files split as every training command splits them: every
+/// fifth line of a file (1-based 5, 10, ...) is for validation, the rest for training.
+/// Grades on the dataset's scale.
+pub(crate) fn extra_sentences(files: &[PathBuf], limit: f32) -> Result<(Graded, Graded)> {
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for f in files {
+        for (i, row) in read_sentences(f, limit)?.into_iter().enumerate() {
+            if i % 5 == 4 {
+                valid.push(row);
+            } else {
+                train.push(row);
+            }
+        }
+    }
+    Ok((train, valid))
+}
+
 /// What `train text` reports.
 pub struct TextTrainReport {
     /// Training and validation sentences.
@@ -241,16 +261,14 @@ fn gather(o: &TextTrainOptions) -> Result<(Sentences, Sentences)> {
     for c in ds.split(Split::Valid) {
         valid.push(&c.text, c.label / limit);
     }
-    for f in &o.extra {
-        for (i, (t, g)) in read_sentences(f, limit)?.into_iter().enumerate() {
-            if i % 5 == 4 {
-                valid.push(&t, g / limit);
-            } else {
-                for _ in 0..o.extra_weight.max(1) {
-                    train.push(&t, g / limit);
-                }
-            }
+    let (extra_train, extra_valid) = extra_sentences(&o.extra, limit)?;
+    for (t, g) in &extra_train {
+        for _ in 0..o.extra_weight.max(1) {
+            train.push(t, g / limit);
         }
+    }
+    for (t, g) in &extra_valid {
+        valid.push(t, g / limit);
     }
     if train.texts.is_empty() || valid.texts.is_empty() {
         return Err(DatasetError::Empty {
@@ -296,7 +314,7 @@ pub fn train_text(o: &TextTrainOptions) -> Result<TextTrainReport> {
     Ok(TextTrainReport {
         sizes: (train.texts.len(), valid.texts.len()),
         best_epoch,
-        valid: metrics::compute(&best_preds, &valid.labels),
+        valid: on_scale(&best_preds, &valid.labels, o.scale.limit()),
         reports,
         seconds: (frozen_s, train_s),
     })
@@ -335,7 +353,7 @@ fn fit(
             opt.backward_step(&loss);
         }
         let (loss, preds) = model.evaluate(st_valid, &valid.labels);
-        let m = metrics::compute(&preds, &valid.labels);
+        let m = on_scale(&preds, &valid.labels, o.scale.limit());
         tracing::info!(
             epoch,
             loss,
@@ -357,6 +375,13 @@ fn fit(
         }
     });
     Ok((best_epoch, best_preds))
+}
+
+/// Metrics of unit-scale scores on the dataset's own scale (MOSI's Acc7 and MAE count in
+/// [-3, 3] units).
+fn on_scale(preds: &[f32], truth: &[f32], limit: f32) -> Metrics {
+    let scaled = |v: &[f32]| -> Vec<f32> { v.iter().map(|x| x * limit).collect() };
+    metrics::compute(&scaled(preds), &scaled(truth))
 }
 
 /// Scores the `--report` files through the saved tuning (loaded back as a run loads it).
@@ -385,7 +410,7 @@ fn report(o: &TextTrainOptions, heads: &Heads) -> Result<Vec<Report>> {
         let kept = neutral.iter().filter(|&&p| p >= 0.0).count();
         out.push(Report {
             file: f.clone(),
-            metrics: metrics::compute(&preds, &truth),
+            metrics: on_scale(&preds, &truth, limit),
             neutral_kept: (kept, neutral.len()),
         });
     }

@@ -11,6 +11,7 @@ use crate::config::AsrConfig;
 use crate::error::{DatasetError, ModelError, Result};
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
+use crate::features::text::TEXT_DIM;
 use crate::features::text::{EncoderKind, EncoderSpec};
 use crate::features::visual::VIS_DIM;
 use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
@@ -18,6 +19,7 @@ use crate::routing::thresholds::{self, Calibration};
 use crate::routing::uncertainty::class_index;
 use crate::train::dataset::{self, Dataset, Scale, Split, TextSource};
 use crate::train::metrics::{self, Metrics};
+use crate::train::text::Graded;
 
 /// Options of `train ubm`.
 #[derive(Debug, Clone)]
@@ -65,6 +67,11 @@ pub struct TrainOptions {
     pub lambda: f32,
     /// Chance that a training batch loses its audio (and, apart, its faces).
     pub modality_dropout: f64,
+    /// Labelled sentence files (`train text --extra`'s format) added as text-only
+    /// windows: every fifth line to validation, the rest to training.
+    pub extra: Vec<PathBuf>,
+    /// Times each extra training sentence counts per epoch.
+    pub extra_weight: usize,
 }
 
 /// Features and labels of one split.
@@ -246,8 +253,13 @@ fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitD
         asr: o.asr.as_ref(),
         encoder: &spec,
     };
+    // Sentence files are read first: a bad line stops the run before minutes of features.
+    let extra = super::text::extra_sentences(&o.extra, o.scale.limit())?;
     let split = |s| load_split(ds, s, how, o.workers);
-    let (train, valid) = (split(Split::Train)?, split(Split::Valid)?);
+    let (mut train, mut valid) = (split(Split::Train)?, split(Split::Valid)?);
+    if !o.extra.is_empty() {
+        add_sentences(o, &spec, &extra, &mut train, &mut valid)?;
+    }
     let features_s = t0.elapsed().as_secs_f64();
     if train.feats.is_empty() || valid.feats.is_empty() {
         return Err(DatasetError::Empty {
@@ -257,6 +269,46 @@ fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitD
         .into());
     }
     Ok((train, valid, features_s))
+}
+
+/// Adds the `--extra` sentences as windows with text and neither audio nor faces (the
+/// model's masks mark both absent, as for a window without them in the field): they
+/// teach the text path conversational sentences the corpus lacks.
+fn add_sentences(
+    o: &TrainOptions,
+    spec: &EncoderSpec,
+    (tr, va): &(Graded, Graded),
+    train: &mut SplitData,
+    valid: &mut SplitData,
+) -> Result<()> {
+    let enc = spec.open(&o.models_dir)?;
+    let add = |rows: &[(String, f32)], to: &mut SplitData, times: usize| -> Result<()> {
+        for chunk in rows.chunks(64) {
+            let texts: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
+            let emb: Vec<f32> = Vec::try_from(enc.encode(&texts)?.view([-1])).unwrap_or_default();
+            for ((text, label), e) in chunk.iter().zip(emb.chunks(TEXT_DIM)) {
+                for _ in 0..times {
+                    to.feats.push(WindowFeatures {
+                        text: Some(e.to_vec()),
+                        audio: Vec::new(),
+                        visual: Vec::new(),
+                    });
+                    to.labels.push(*label);
+                    to.texts.push(text.clone());
+                    to.ids.push(format!("extra/{}", to.ids.len()));
+                }
+            }
+        }
+        Ok(())
+    };
+    add(tr, train, o.extra_weight.max(1))?;
+    add(va, valid, 1)?;
+    tracing::info!(
+        train = tr.len(),
+        valid = va.len(),
+        "text-only sentences added"
+    );
+    Ok(())
 }
 
 /// An untrained UBM whose feature normalisation comes from the train split.
