@@ -161,7 +161,8 @@ pub struct Sentiment {
     pub polarity: Polarity,
     /// Final class probabilities (negative, neutral, positive).
     pub probs: [f32; 3],
-    /// Final uncertainty (entropy, nats).
+    /// Final uncertainty (entropy, nats; a small model with the polarity-risk gate: its
+    /// calibrated probability that the polarity is wrong).
     pub uncertainty: f32,
     /// The stage that decided.
     pub stage: Stage,
@@ -393,7 +394,8 @@ pub struct Event {
     pub polarity: Option<Polarity>,
     /// Final class probabilities.
     pub probs: Option<Probs>,
-    /// Final uncertainty (entropy, nats).
+    /// Final uncertainty (entropy, nats; a small model with the polarity-risk gate: its
+    /// calibrated probability that the polarity is wrong).
     pub uncertainty: Option<f32>,
     /// Stage that decided.
     pub stage: Option<Stage>,

@@ -461,6 +461,27 @@ fn a_tuned_text_encoder_is_trained_recorded_and_served() {
         serde_json::from_str(&std::fs::read_to_string(ubm.with_extension("json")).unwrap())
             .unwrap();
     assert_eq!(meta["text_tuning"], "ubm.text.safetensors");
+    assert_eq!(
+        meta["gate"]["kind"], "entropy",
+        "the paper's gate by default"
+    );
+    // The other gate: the calibrated chance that the emitted polarity is wrong, its
+    // temperature fitted on validation and recorded; eval reports it by name.
+    let risk = models.join("risk");
+    let mut gated = train.to_vec();
+    gated[5] = risk.to_str().unwrap();
+    gated.extend(["--gate", "polarity-risk"]);
+    common::sentistream_ok(&gated);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(risk.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["gate"]["kind"], "polarity_risk", "{meta}");
+    assert!(meta["gate"]["temperature"].as_f64().unwrap() > 0.0);
+    let stdout = common::sentistream_ok(&["eval", "--data", d, "--ubm", risk.to_str().unwrap()]);
+    assert!(
+        stdout.contains("uncertainty (calibrated P(polarity wrong))"),
+        "{stdout}"
+    );
     let caches: Vec<String> = std::fs::read_dir(data.join(".sentistream-cache"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

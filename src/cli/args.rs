@@ -226,6 +226,20 @@ pub struct TrainUbmArgs {
     /// Times each extra training sentence counts per epoch.
     #[arg(long, default_value_t = 1)]
     pub extra_weight: usize,
+    /// What the stage-1 gate's uncertainty measures: the class entropy (the paper's), or
+    /// the calibrated probability that the emitted polarity is wrong (temperature fitted
+    /// on validation). Recorded in the model.
+    #[arg(long, value_enum, default_value = "entropy")]
+    pub gate: GateArg,
+}
+
+/// `train ubm --gate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GateArg {
+    /// Entropy of the class probabilities (nats).
+    Entropy,
+    /// Calibrated probability that the emitted score's polarity (negative or not) is wrong.
+    PolarityRisk,
 }
 
 /// Options of `train mllm`.

@@ -191,9 +191,11 @@ fn ablations(model: &Ubm, data: &SplitData, scale: Scale) -> Vec<Prediction> {
         }
     }
     verdict_rule(&all, data, model.meta.band);
-    let u = trainer::uncertainty_report(&all, &data.labels, model.meta.band);
+    let gate = model.meta.gate;
+    let u = trainer::uncertainty_report(&all, &data.labels, model.meta.band, gate);
     println!(
-        "uncertainty (entropy, nats): correct mean {:.4}, wrong mean {:.4}, AUROC for errors {}, corr with |error| {:.4}",
+        "uncertainty ({}): correct mean {:.4}, wrong mean {:.4}, AUROC for errors {}, corr with |error| {:.4}",
+        gate.name(),
         u.mean_correct,
         u.mean_wrong,
         u.auroc.map(|a| format!("{a:.4}")).unwrap_or("n/a".into()),

@@ -110,6 +110,7 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
         modality_dropout: u.modality_dropout,
         extra: u.extra.clone(),
         extra_weight: u.extra_weight,
+        polarity_risk: u.gate == super::args::GateArg::PolarityRisk,
     };
     let (model, report) = trainer::train(&opts)?;
     println!(

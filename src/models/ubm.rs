@@ -18,7 +18,7 @@ use crate::features::audio::AUDIO_DIM;
 use crate::features::text::{EncoderKind, EncoderSpec, TEXT_DIM};
 use crate::features::visual::VIS_DIM;
 use crate::routing::thresholds::Calibration;
-use crate::routing::uncertainty::entropy;
+use crate::routing::uncertainty::Gate;
 
 /// Audio frames averaged into one encoder step (4 x 10 ms).
 pub(crate) const AUDIO_POOL: usize = 4;
@@ -64,6 +64,9 @@ pub struct UbmMeta {
     /// File name (beside the model) of the text encoder's tuning (`train text`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_tuning: Option<String>,
+    /// What the uncertainty measures (models before it was recorded: entropy).
+    #[serde(default)]
+    pub gate: Gate,
 }
 
 fn english() -> Vec<String> {
@@ -111,6 +114,7 @@ impl UbmMeta {
             text_encoder: EncoderKind::MiniLm,
             text_tuning: None,
             languages: english(),
+            gate: Gate::Entropy,
         }
     }
 }
@@ -391,10 +395,11 @@ impl Ubm {
             .enumerate()
             .map(|(i, &s)| {
                 let p = [probs[i * 3], probs[i * 3 + 1], probs[i * 3 + 2]];
+                let score = s.clamp(-lim, lim);
                 Prediction {
-                    score: s.clamp(-lim, lim),
+                    score,
                     probs: p,
-                    uncertainty: entropy(&p),
+                    uncertainty: self.meta.gate.uncertainty(score, &p, self.meta.band),
                 }
             })
             .collect()

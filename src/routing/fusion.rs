@@ -10,7 +10,7 @@ pub(crate) const WEIGHT_EPS: f32 = 1e-6;
 pub struct Verdict {
     /// Sentiment score.
     pub score: f32,
-    /// Uncertainty (entropy, nats).
+    /// Uncertainty (the model's gate value: entropy in nats, or a probability of error).
     pub uncertainty: f32,
 }
 

@@ -11,6 +11,7 @@
 
 use crate::models::ubm::Prediction;
 use crate::routing::thresholds::auroc;
+pub use crate::routing::uncertainty::at_temperature;
 use crate::routing::uncertainty::{argmax, class_index};
 use crate::routing::verdict::coherent;
 
@@ -20,16 +21,6 @@ const GRID: std::ops::RangeInclusive<u32> = 5..=100;
 const ECE_BINS: usize = 15;
 /// Escalation shares at which the accepted windows' accuracy is reported.
 pub const ESCALATE: [f64; 4] = [0.1, 0.2, 0.3, 0.5];
-
-/// Class probabilities at temperature `t` (from the softmax outputs: log p are the
-/// logits up to a constant).
-pub fn at_temperature(p: &[f32; 3], t: f32) -> [f32; 3] {
-    let l = p.map(|x| x.max(1e-12).ln() / t);
-    let m = l.iter().copied().fold(f32::MIN, f32::max);
-    let e = l.map(|x| (x - m).exp());
-    let s: f32 = e.iter().sum();
-    e.map(|x| x / s)
-}
 
 fn entropy(p: &[f32; 3]) -> f32 {
     -p.iter()

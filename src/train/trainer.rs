@@ -16,7 +16,8 @@ use crate::features::text::{EncoderKind, EncoderSpec};
 use crate::features::visual::VIS_DIM;
 use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
 use crate::routing::thresholds::{self, Calibration};
-use crate::routing::uncertainty::class_index;
+use crate::routing::uncertainty::{Gate, class_index};
+use crate::routing::verdict::coherent;
 use crate::train::dataset::{self, Dataset, Scale, Split, TextSource};
 use crate::train::metrics::{self, Metrics};
 use crate::train::text::Graded;
@@ -72,6 +73,9 @@ pub struct TrainOptions {
     pub extra: Vec<PathBuf>,
     /// Times each extra training sentence counts per epoch.
     pub extra_weight: usize,
+    /// Gate on the calibrated probability that the emitted polarity is wrong (its
+    /// temperature fitted on validation) instead of the entropy.
+    pub polarity_risk: bool,
 }
 
 /// Features and labels of one split.
@@ -317,6 +321,10 @@ fn fresh_ubm(o: &TrainOptions, train: &SplitData) -> Ubm {
     meta.text_encoder = o.encoder;
     meta.text_tuning = o.tuning.clone();
     meta.languages = o.languages.clone();
+    if o.polarity_risk {
+        // The temperature is fitted on validation after training (`calibrate_model`).
+        meta.gate = Gate::PolarityRisk { temperature: 1.0 };
+    }
     let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
     let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
     (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
@@ -446,9 +454,14 @@ pub(crate) enum CalibrationRule {
     Rate(f32),
 }
 
-/// Whether the 3-class prediction (argmax of probs) is right.
-fn correct(p: &Prediction, label: f32, band: f32) -> bool {
-    crate::routing::uncertainty::argmax(&p.probs) == class_index(label, band)
+/// Whether the prediction is right in the sense its gate measures: the 3-class
+/// prediction (argmax of probs) for the entropy, the emitted score's Has0 polarity for
+/// the polarity risk.
+fn correct(p: &Prediction, label: f32, band: f32, gate: Gate) -> bool {
+    match gate {
+        Gate::Entropy => crate::routing::uncertainty::argmax(&p.probs) == class_index(label, band),
+        Gate::PolarityRisk { .. } => (coherent(p.score, &p.probs, band).0 >= 0.0) == (label >= 0.0),
+    }
 }
 
 /// Fits the uncertainty calibration on `valid` and sets tau1.
@@ -457,12 +470,18 @@ pub(crate) fn calibrate_model(
     valid: &SplitData,
     rule: CalibrationRule,
 ) -> Result<Option<Calibration>> {
-    let preds = predict_split(model, valid, Modalities::ALL);
     let band = model.meta.band;
+    if let Gate::PolarityRisk { .. } = model.meta.gate {
+        let preds = predict_split(model, valid, Modalities::ALL);
+        let temperature = super::estimators::fit_temperature(&preds, &valid.labels, band);
+        model.meta.gate = Gate::PolarityRisk { temperature };
+    }
+    let gate = model.meta.gate;
+    let preds = predict_split(model, valid, Modalities::ALL);
     let samples: Vec<(f32, bool)> = preds
         .iter()
         .zip(&valid.labels)
-        .map(|(p, &y)| (p.uncertainty, correct(p, y, band)))
+        .map(|(p, &y)| (p.uncertainty, correct(p, y, band, gate)))
         .collect();
     // The Gaussian fits need right and wrong windows; the rate rule needs neither.
     let cal = Calibration::fit(&samples);
@@ -512,11 +531,12 @@ pub(crate) fn uncertainty_report(
     preds: &[Prediction],
     labels: &[f32],
     band: f32,
+    gate: Gate,
 ) -> UncertaintyReport {
     let ok: Vec<bool> = preds
         .iter()
         .zip(labels)
-        .map(|(p, &y)| correct(p, y, band))
+        .map(|(p, &y)| correct(p, y, band, gate))
         .collect();
     let u: Vec<f32> = preds.iter().map(|p| p.uncertainty).collect();
     let mean = |want: bool| {
@@ -583,7 +603,7 @@ pub(crate) fn lambda_sweep(
                     / n,
                 accepted_acc3: acc
                     .iter()
-                    .filter(|&&i| correct(&preds[i], labels[i], band))
+                    .filter(|&&i| correct(&preds[i], labels[i], band, Gate::Entropy))
                     .count() as f64
                     / n,
             }
