@@ -23,7 +23,7 @@ use crate::models::mllm::{Adapter, AdapterMeta, Answer, Mllm};
 use crate::models::ubm::UbmMeta;
 use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, fuse_probs, stage1};
 use crate::routing::thresholds::{ThresholdSources, UNCALIBRATED_TAU2};
-use crate::routing::uncertainty::polarity;
+use crate::routing::uncertainty::{entropy, polarity};
 use crate::routing::verdict::settle;
 use backend::Backend;
 
@@ -120,7 +120,7 @@ pub(crate) fn resolve(
             verdict: v,
             probs: fuse_probs(
                 &job.small.probs,
-                job.small.uncertainty,
+                small.uncertainty,
                 &first.probs,
                 first.uncertainty,
             ),
@@ -355,8 +355,19 @@ pub struct Cascade {
     workers_gone: bool,
 }
 
-/// The small model's verdict as the routing functions see it.
+/// The small model's verdict as stages 2 and 3 see it (fusion weights, the large
+/// model's second prompt): its uncertainty as the entropy of its probabilities, the unit
+/// the large model's uncertainty has, whatever the small model's gate.
 fn verdict(s: &Sentiment) -> Verdict {
+    Verdict {
+        score: s.score,
+        uncertainty: entropy(&s.probs),
+    }
+}
+
+/// The small model's verdict as stage 1 sees it: its gate's uncertainty (the unit of
+/// its tau1).
+fn gate_verdict(s: &Sentiment) -> Verdict {
     Verdict {
         score: s.score,
         uncertainty: s.uncertainty,
@@ -458,7 +469,7 @@ impl Cascade {
     ) {
         let order = self.next_slot(stream);
         let s = self.lanes[lane].s;
-        if stage1(verdict(&small), s.tau1) == Stage1::Accept {
+        if stage1(gate_verdict(&small), s.tau1) == Stage1::Accept {
             event.set_sentiment(&settle(&small, s.band));
             self.order[stream].insert(order, stamp(event, started));
         } else {

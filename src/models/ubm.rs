@@ -265,6 +265,16 @@ impl Ubm {
                 ),
             });
         }
+        if let Gate::PolarityRisk { temperature } = meta.gate
+            && !(temperature.is_finite() && temperature > 0.0)
+        {
+            return Err(ModelError::Corrupt {
+                path: m,
+                reason: format!(
+                    "gate.temperature {temperature} must be a positive number; recalibrate with `sentistream calibrate`"
+                ),
+            });
+        }
         let mut model = Self::new(meta);
         model.vs.load(&w).map_err(|e| ModelError::Corrupt {
             path: w.clone(),

@@ -382,10 +382,19 @@ impl ClipWorker<'_> {
         let text = match self.how.text {
             TextSource::Given => clip.text.clone(),
             // Whisper's transcript, kept beside the untuned features (none: decode again).
-            TextSource::Asr => match std::fs::read_to_string(plain_path.with_extension("txt")) {
-                Ok(t) => t,
-                Err(_) => return Ok(None),
-            },
+            // A transcript older than the features it sits beside belongs to an earlier
+            // extraction: decode again.
+            TextSource::Asr => {
+                let txt = plain_path.with_extension("txt");
+                let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                match (modified(&txt), modified(&plain_path)) {
+                    (Some(t), Some(f)) if t >= f => match std::fs::read_to_string(&txt) {
+                        Ok(t) => t,
+                        Err(_) => return Ok(None),
+                    },
+                    _ => return Ok(None),
+                }
+            }
         };
         let Some(mut f) = self.read_cache(&plain_path, clip) else {
             return Ok(None);

@@ -371,10 +371,12 @@ pub(crate) struct CompareInputs {
     pub second: Vec<Option<(Answer, f64)>>,
 }
 
+/// The small model's verdict as stages 2 and 3 see it (entropy, the large model's unit;
+/// stage 1 compares the gate's own uncertainty with tau1, as the cascade does).
 fn verdict_of(p: &Prediction) -> Verdict {
     Verdict {
         score: p.score,
-        uncertainty: p.uncertainty,
+        uncertainty: crate::routing::uncertainty::entropy(&p.probs),
     }
 }
 
@@ -395,7 +397,11 @@ pub(crate) fn cascade_row(
     for i in 0..n {
         let small = verdict_of(&inp.small[i]);
         runtime += inp.small_s;
-        if stage1(small, tau1) == Stage1::Accept {
+        let gate = Verdict {
+            uncertainty: inp.small[i].uncertainty,
+            ..small
+        };
+        if stage1(gate, tau1) == Stage1::Accept {
             scores.push(small.score);
             continue;
         }

@@ -289,7 +289,13 @@ fn add_sentences(
     let add = |rows: &[(String, f32)], to: &mut SplitData, times: usize| -> Result<()> {
         for chunk in rows.chunks(64) {
             let texts: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
-            let emb: Vec<f32> = Vec::try_from(enc.encode(&texts)?.view([-1])).unwrap_or_default();
+            let emb: Vec<f32> =
+                Vec::try_from(enc.encode(&texts)?.view([-1])).map_err(|e: tch::TchError| {
+                    ModelError::Runtime {
+                        name: "text encoder".into(),
+                        reason: e.to_string(),
+                    }
+                })?;
             for ((text, label), e) in chunk.iter().zip(emb.chunks(TEXT_DIM)) {
                 for _ in 0..times {
                     to.feats.push(WindowFeatures {
@@ -596,9 +602,13 @@ pub(crate) fn lambda_sweep(
                 lambda,
                 tau,
                 escalation_rate: 1.0 - acc.len() as f64 / preds.len().max(1) as f64,
+                // As served: the emitted (one-verdict) score's sign.
                 accepted_acc2: acc
                     .iter()
-                    .filter(|&&i| (preds[i].score >= 0.0) == (labels[i] >= 0.0))
+                    .filter(|&&i| {
+                        (coherent(preds[i].score, &preds[i].probs, band).0 >= 0.0)
+                            == (labels[i] >= 0.0)
+                    })
                     .count() as f64
                     / n,
                 accepted_acc3: acc
