@@ -23,7 +23,7 @@ use crate::models::mllm::{Adapter, AdapterMeta, Answer, Mllm};
 use crate::models::ubm::UbmMeta;
 use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, fuse_probs, stage1};
 use crate::routing::thresholds::{ThresholdSources, UNCALIBRATED_TAU2};
-use crate::routing::uncertainty::{entropy, polarity};
+use crate::routing::uncertainty::polarity;
 use crate::routing::verdict::settle;
 use backend::Backend;
 
@@ -359,10 +359,7 @@ pub struct Cascade {
 /// model's second prompt): its uncertainty as the entropy of its probabilities, the unit
 /// the large model's uncertainty has, whatever the small model's gate.
 fn verdict(s: &Sentiment) -> Verdict {
-    Verdict {
-        score: s.score,
-        uncertainty: entropy(&s.probs),
-    }
+    Verdict::by_entropy(s.score, &s.probs)
 }
 
 /// The small model's verdict as stage 1 sees it: its gate's uncertainty (the unit of

@@ -14,6 +14,17 @@ pub struct Verdict {
     pub uncertainty: f32,
 }
 
+impl Verdict {
+    /// A verdict whose uncertainty is the entropy of its class probabilities: the unit in
+    /// which stages 2 and 3 weigh the two models, whatever the small model's gate.
+    pub(crate) fn by_entropy(score: f32, probs: &[f32; 3]) -> Self {
+        Self {
+            score,
+            uncertainty: crate::routing::uncertainty::entropy(probs),
+        }
+    }
+}
+
 /// Stage 1: accept the small model or escalate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage1 {

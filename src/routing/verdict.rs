@@ -36,6 +36,12 @@ pub fn coherent(score: f32, probs: &[f32; 3], band: f32) -> (f32, Polarity) {
     (s, p)
 }
 
+/// Whether the emitted verdict's polarity in MMSA's Has0 sense (negative, or not: score
+/// below 0 or not) agrees with the label's.
+pub(crate) fn has0_right(score: f32, probs: &[f32; 3], band: f32, label: f32) -> bool {
+    (coherent(score, probs, band).0 >= 0.0) == (label >= 0.0)
+}
+
 /// A final verdict with its score and polarity made coherent with its probabilities
 /// (the models' own opinions, `small` and `large`, are kept as they are).
 pub fn settle(s: &Sentiment, band: f32) -> Sentiment {

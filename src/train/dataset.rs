@@ -353,6 +353,12 @@ pub struct Extraction<'a> {
     pub asr: Option<&'a AsrConfig>,
 }
 
+/// `path` if it exists and is not older than `source` (what it was made from).
+fn fresh<'p>(path: &'p Path, source: &Path) -> Option<&'p Path> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (modified(path)? >= modified(source)?).then_some(path)
+}
+
 impl ClipWorker<'_> {
     /// Cached features, if the cache file is newer than the clip and readable.
     fn cached(&self, clip: &Clip) -> Option<WindowFeatures> {
@@ -361,14 +367,7 @@ impl ClipWorker<'_> {
 
     /// The features in cache file `cache`, if it is newer than the clip and readable.
     fn read_cache(&self, cache: &Path, clip: &Clip) -> Option<WindowFeatures> {
-        let (c, m) = (
-            std::fs::metadata(cache).ok()?,
-            std::fs::metadata(&clip.path).ok()?,
-        );
-        if c.modified().ok()? < m.modified().ok()? {
-            return None;
-        }
-        WindowFeatures::from_bytes(&std::fs::read(cache).ok()?)
+        WindowFeatures::from_bytes(&std::fs::read(fresh(cache, &clip.path)?).ok()?)
     }
 
     /// With a tuned encoder: the untuned encoder's cached features of the clip with the
@@ -381,18 +380,13 @@ impl ClipWorker<'_> {
         let plain_path = self.ds.cache_path(clip, self.how.text, plain);
         let text = match self.how.text {
             TextSource::Given => clip.text.clone(),
-            // Whisper's transcript, kept beside the untuned features (none: decode again).
-            // A transcript older than the features it sits beside belongs to an earlier
-            // extraction: decode again.
+            // Whisper's transcript, kept beside the untuned features; none, or one older
+            // than those features (an earlier extraction's): decode again.
             TextSource::Asr => {
                 let txt = plain_path.with_extension("txt");
-                let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-                match (modified(&txt), modified(&plain_path)) {
-                    (Some(t), Some(f)) if t >= f => match std::fs::read_to_string(&txt) {
-                        Ok(t) => t,
-                        Err(_) => return Ok(None),
-                    },
-                    _ => return Ok(None),
+                match fresh(&txt, &plain_path).and_then(|t| std::fs::read_to_string(t).ok()) {
+                    Some(t) => t,
+                    None => return Ok(None),
                 }
             }
         };

@@ -12,8 +12,8 @@
 use crate::models::ubm::Prediction;
 use crate::routing::thresholds::auroc;
 pub use crate::routing::uncertainty::at_temperature;
-use crate::routing::uncertainty::{argmax, class_index};
-use crate::routing::verdict::coherent;
+use crate::routing::uncertainty::{Gate, argmax, class_index, entropy};
+use crate::routing::verdict::{coherent, has0_right};
 
 /// Temperatures tried when fitting (0.25 .. 5.0).
 const GRID: std::ops::RangeInclusive<u32> = 5..=100;
@@ -21,13 +21,6 @@ const GRID: std::ops::RangeInclusive<u32> = 5..=100;
 const ECE_BINS: usize = 15;
 /// Escalation shares at which the accepted windows' accuracy is reported.
 pub const ESCALATE: [f64; 4] = [0.1, 0.2, 0.3, 0.5];
-
-fn entropy(p: &[f32; 3]) -> f32 {
-    -p.iter()
-        .filter(|&&x| x > 0.0)
-        .map(|x| x * x.ln())
-        .sum::<f32>()
-}
 
 /// The temperature with the lowest negative log-likelihood of the 3-class labels.
 pub(crate) fn fit_temperature(preds: &[Prediction], labels: &[f32], band: f32) -> f32 {
@@ -86,10 +79,10 @@ pub(crate) fn compare(
         .iter()
         .map(|p| coherent(p.score, &p.probs, band).0)
         .collect();
-    let wrong: Vec<bool> = emitted
+    let wrong: Vec<bool> = preds
         .iter()
         .zip(labels)
-        .map(|(s, y)| (*s >= 0.0) != (*y >= 0.0))
+        .map(|(p, &y)| !has0_right(p.score, &p.probs, band, y))
         .collect();
     let cal: Vec<[f32; 3]> = preds.iter().map(|p| at_temperature(&p.probs, t)).collect();
     let est: Vec<(&'static str, Vec<f32>)> = vec![
@@ -99,7 +92,7 @@ pub(crate) fn compare(
         ),
         (
             "entropy after temperature",
-            cal.iter().map(entropy).collect(),
+            cal.iter().map(|p| entropy(p)).collect(),
         ),
         (
             "1 - max calibrated probability",
@@ -107,9 +100,9 @@ pub(crate) fn compare(
         ),
         (
             "P(emitted polarity wrong), calibrated",
-            cal.iter()
-                .zip(&emitted)
-                .map(|(p, &s)| if s >= 0.0 { p[0] } else { p[1] + p[2] })
+            preds
+                .iter()
+                .map(|p| Gate::PolarityRisk { temperature: t }.uncertainty(p.score, &p.probs, band))
                 .collect(),
         ),
         (

@@ -374,10 +374,7 @@ pub(crate) struct CompareInputs {
 /// The small model's verdict as stages 2 and 3 see it (entropy, the large model's unit;
 /// stage 1 compares the gate's own uncertainty with tau1, as the cascade does).
 fn verdict_of(p: &Prediction) -> Verdict {
-    Verdict {
-        score: p.score,
-        uncertainty: crate::routing::uncertainty::entropy(&p.probs),
-    }
+    Verdict::by_entropy(p.score, &p.probs)
 }
 
 /// Runs U-ACS over precomputed answers for one (tau1, tau2, policy); second passes are

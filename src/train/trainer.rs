@@ -17,7 +17,7 @@ use crate::features::visual::VIS_DIM;
 use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
 use crate::routing::thresholds::{self, Calibration};
 use crate::routing::uncertainty::{Gate, class_index};
-use crate::routing::verdict::coherent;
+use crate::routing::verdict::has0_right;
 use crate::train::dataset::{self, Dataset, Scale, Split, TextSource};
 use crate::train::metrics::{self, Metrics};
 use crate::train::text::Graded;
@@ -466,7 +466,7 @@ pub(crate) enum CalibrationRule {
 fn correct(p: &Prediction, label: f32, band: f32, gate: Gate) -> bool {
     match gate {
         Gate::Entropy => crate::routing::uncertainty::argmax(&p.probs) == class_index(label, band),
-        Gate::PolarityRisk { .. } => (coherent(p.score, &p.probs, band).0 >= 0.0) == (label >= 0.0),
+        Gate::PolarityRisk { .. } => has0_right(p.score, &p.probs, band, label),
     }
 }
 
@@ -605,10 +605,7 @@ pub(crate) fn lambda_sweep(
                 // As served: the emitted (one-verdict) score's sign.
                 accepted_acc2: acc
                     .iter()
-                    .filter(|&&i| {
-                        (coherent(preds[i].score, &preds[i].probs, band).0 >= 0.0)
-                            == (labels[i] >= 0.0)
-                    })
+                    .filter(|&&i| has0_right(preds[i].score, &preds[i].probs, band, labels[i]))
                     .count() as f64
                     / n,
                 accepted_acc3: acc
