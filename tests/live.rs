@@ -224,6 +224,46 @@ fn two_live_streams_in_one_process_with_files_and_figures() {
 }
 
 #[test]
+fn windows_processed_early_give_the_same_events() {
+    if !have_models() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let late = dir.path().join("late.toml");
+    std::fs::write(&late, "[segment]\nprocess_early = false\n").unwrap();
+    let (ok, early, err_early) = start_call(&[]).finish(Duration::from_secs(240));
+    assert!(ok, "{err_early:#?}");
+    let (ok, plain, err_plain) =
+        start_call(&["--config", late.to_str().unwrap()]).finish(Duration::from_secs(240));
+    assert!(ok, "{err_plain:#?}");
+    let (a, b) = (windows(&early, "call"), windows(&plain, "call"));
+    assert_eq!(a.len(), 4, "{early:#?}");
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        for key in [
+            "seq", "start", "end", "text", "score", "polarity", "stage", "frames",
+        ] {
+            assert_eq!(x[key], y[key], "{key}: {x} vs {y}");
+        }
+    }
+    // Windows went out as their pauses were confirmed; a pause the speech went on after
+    // cost a thrown-away result, counted.
+    let line = err_early
+        .iter()
+        .find(|l| l.contains("processed early:"))
+        .unwrap_or_else(|| panic!("{err_early:#?}"));
+    let sent: u32 = line
+        .split("processed early: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((1..=4).contains(&sent), "{line}");
+    assert!(!err_plain.iter().any(|l| l.contains("processed early")));
+}
+
+#[test]
 fn websocket_clients_get_the_stdout_events_and_the_page_draws_them() {
     if !have_models() {
         return;

@@ -334,7 +334,7 @@ fn eval_with_asr_transcripts() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        caches.iter().any(|c| c.starts_with("v1-served-asr")),
+        caches.iter().any(|c| c.starts_with("v1.2-served-asr")),
         "ASR features are cached apart from given-text ones: {caches:?}"
     );
     // eval sees each clip as annotate serves it: the same window, transcript, features

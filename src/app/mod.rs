@@ -380,6 +380,9 @@ pub(crate) fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
         .iter()
         .map(|j| StreamModels::load(j, run.cfg, &mut weights))
         .collect::<Result<Vec<_>>>()?;
+    // The streams hold what they use: a model they all let go of (Whisper's multilingual
+    // model once every stream is known to be English) is freed at once.
+    drop(weights);
     execute_with(run, loaded, stream::run_stream)
 }
 

@@ -477,6 +477,12 @@ pub struct SegmentConfig {
     /// How much new audio (seconds) arrives between two window decisions. The VAD itself
     /// runs once per 32 ms chunk as audio arrives; a decision only reads its output.
     pub step_s: f32,
+    /// A live stream processes a window as soon as the padding after its speech has been
+    /// heard, while the pause that ends it (`merge_gap_s`) is still being confirmed; when
+    /// the pause holds, the event goes out at once, and when speech resumes that work is
+    /// thrown away. Only while the stream is caught up with its source (never while a
+    /// file is read ahead), and not with diarization (its windows are split later).
+    pub process_early: bool,
 }
 
 impl Default for SegmentConfig {
@@ -491,6 +497,7 @@ impl Default for SegmentConfig {
             merge_gap_s: 0.5,
             talk_pause_s: 0.4,
             step_s: 0.1,
+            process_early: true,
         }
     }
 }

@@ -87,10 +87,40 @@ impl WindowFeatures {
     }
 }
 
+/// One video frame's visual values (`VIS_DIM`), analysed as the frame arrived, so a
+/// window's faces cost nothing when it closes and the pixels need not be kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Look {
+    /// Stream time of the frame, seconds.
+    pub pts: f64,
+    /// What [`VisualFeaturizer::frame`] gave for it.
+    pub values: [f32; VIS_DIM],
+}
+
+/// Index of the face's motion since the previous face in a frame's values.
+const MOTION: usize = 6;
+/// Index of the face's change of width since the previous face.
+const SCALE_CHANGE: usize = 7;
+
+/// Appends a window's frames to its visual features. A window's motion starts at its
+/// own first face (as for a clip analysed on its own), whatever the stream showed before.
+pub(crate) fn window_visual(looks: &[Look], out: &mut Vec<f32>) {
+    let from = out.len();
+    for l in looks {
+        out.extend_from_slice(&l.values);
+    }
+    if let Some(first) = out[from..].chunks_exact_mut(VIS_DIM).find(|v| v[0] > 0.0) {
+        first[MOTION] = 0.0;
+        first[SCALE_CHANGE] = 0.0;
+    }
+}
+
 /// Feature extractors for all three modalities.
 pub(crate) struct Extractor {
     audio: AudioFeaturizer,
     visual: VisualFeaturizer,
+    /// One frame's values as the featurizer writes them.
+    scratch: Vec<f32>,
     /// Text encoder per small model (see `plan::SmallSpec`), shared between streams.
     texts: Vec<Arc<TextEncoder>>,
 }
@@ -114,15 +144,17 @@ impl Extractor {
         Ok(Self {
             audio: AudioFeaturizer::new(),
             visual,
+            scratch: Vec::with_capacity(VIS_DIM),
             texts,
         })
     }
 
-    /// Features of one window: its audio, its frames and its transcript.
-    pub(crate) fn extract<'a>(
+    /// Features of one window: its audio, its transcript and its frames (see
+    /// [`Self::media`]).
+    pub(crate) fn extract(
         &mut self,
         audio: &[f32],
-        frames: impl IntoIterator<Item = &'a VideoFrame>,
+        frames: (&[VideoFrame], f64),
         text: &str,
     ) -> Result<WindowFeatures, ModelError> {
         let mut f = self.media(audio, frames)?;
@@ -130,21 +162,50 @@ impl Extractor {
         Ok(f)
     }
 
-    /// The audio and face features of one window (text `None`): they do not depend on the
-    /// transcript, so a live stream computes them while Whisper runs.
-    pub(crate) fn media<'a>(
+    /// The audio and face features of one window of a clip (text `None`): the clip's
+    /// frames up to the window's end are analysed from the first (the face detected on
+    /// it, then tracked), as a stream of the clip would, and those from stream time
+    /// `from` on are the window's.
+    pub(crate) fn media(
         &mut self,
         audio: &[f32],
-        frames: impl IntoIterator<Item = &'a VideoFrame>,
+        (frames, from): (&[VideoFrame], f64),
     ) -> Result<WindowFeatures, ModelError> {
-        let mut f = WindowFeatures::default();
-        self.audio.compute(audio, &mut f.audio);
         self.visual.reset();
+        let mut looks = Vec::with_capacity(frames.len());
         for fr in frames {
-            self.visual
-                .frame(&fr.data, fr.width, fr.height, &mut f.visual)?;
+            let look = self.look(fr)?;
+            if look.pts >= from {
+                looks.push(look);
+            }
         }
+        let mut f = WindowFeatures {
+            audio: self.audio_features(audio),
+            ..WindowFeatures::default()
+        };
+        window_visual(&looks, &mut f.visual);
         Ok(f)
+    }
+
+    /// One video frame of a stream, analysed as it arrives (in stream order: the face is
+    /// tracked from the frame before, and detected on every `detect_every`th frame).
+    pub(crate) fn look(&mut self, fr: &VideoFrame) -> Result<Look, ModelError> {
+        self.scratch.clear();
+        self.visual
+            .frame(&fr.data, fr.width, fr.height, &mut self.scratch)?;
+        let mut values = [0.0; VIS_DIM];
+        values.copy_from_slice(&self.scratch);
+        Ok(Look {
+            pts: fr.pts,
+            values,
+        })
+    }
+
+    /// The audio features of one window (`AUDIO_DIM` values per 10 ms).
+    pub(crate) fn audio_features(&mut self, audio: &[f32]) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.audio.compute(audio, &mut out);
+        out
     }
 
     /// Adds the transcript's sentence embedding by small model `model`'s encoder (none
@@ -165,6 +226,34 @@ impl Extractor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_windows_motion_starts_at_its_first_face() {
+        let look = |pts: f64, face: bool, motion: f32| {
+            let mut values = [0.0; VIS_DIM];
+            if face {
+                values[0] = 1.0;
+                values[MOTION] = motion;
+                values[SCALE_CHANGE] = motion / 2.0;
+            }
+            Look { pts, values }
+        };
+        // The stream's faces moved before the window: its first face (after a frame
+        // without one) starts from rest; later faces keep their motion.
+        let looks = [
+            look(1.0, false, 0.0),
+            look(1.2, true, 0.3),
+            look(1.4, true, 0.1),
+        ];
+        let mut out = vec![9.0];
+        window_visual(&looks, &mut out);
+        assert_eq!(out.len(), 1 + 3 * VIS_DIM);
+        let frames: Vec<&[f32]> = out[1..].chunks(VIS_DIM).collect();
+        assert_eq!(frames[0], &[0.0; VIS_DIM]);
+        assert_eq!((frames[1][MOTION], frames[1][SCALE_CHANGE]), (0.0, 0.0));
+        assert_eq!((frames[2][MOTION], frames[2][SCALE_CHANGE]), (0.1, 0.05));
+        assert_eq!(out[0], 9.0, "what was there is kept");
+    }
 
     #[test]
     fn cache_bytes_round_trip() {

@@ -2,8 +2,8 @@
 //! module), Haar as a fallback, and the smile cascade inside the face. One vector per
 //! frame; frames without a face are kept and marked (`PRESENT` = 0), not dropped.
 //!
-//! The detector runs on the first frame of a window and then on every
-//! [`DETECT_EVERY`]th; in between, the face is tracked by matching its grey patch in a
+//! The detector runs on the first frame (of a clip, or of a live stream: a stream's
+//! frames are analysed as they arrive) and then on every [`DETECT_EVERY`]th; in between, the face is tracked by matching its grey patch in a
 //! neighbourhood of its last place (a fraction of a detection's cost), so motion and
 //! the smile are still measured on every frame.
 

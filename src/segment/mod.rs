@@ -214,6 +214,8 @@ pub(crate) struct Segmenter {
     last_end: f64,
     /// Speech still going on at the latest decision.
     open: Option<Span>,
+    /// End of the probabilities that decision read, stream time.
+    seen: f64,
     since_pass: usize,
     next_seq: u64,
 }
@@ -236,6 +238,7 @@ impl Segmenter {
             committed: 0.0,
             last_end: 0.0,
             open: None,
+            seen: 0.0,
             since_pass: 0,
             next_seq: 0,
         }
@@ -317,13 +320,20 @@ impl Segmenter {
         if w.is_empty() {
             return;
         }
+        out.push(self.window_of(speech, w));
+        self.next_seq += 1;
+        self.last_end = w.end;
+    }
+
+    /// The next window: `speech` with its audio over `w`.
+    fn window_of(&self, speech: Span, w: Span) -> Window {
         let (a, b) = (self.index_of(w.start), self.index_of(w.end));
         let (from, to) = (speech.start.max(w.start), speech.end.min(w.end));
         let frame_s = CHUNK as f64 / SAMPLE_RATE as f64;
         let t_from = self.time_of(self.probs_from * CHUNK);
         let threshold = self.cfg.threshold;
         let voiced = voiced_runs(&self.probs, (t_from, frame_s), threshold, from, to);
-        out.push(Window {
+        Window {
             seq: self.next_seq,
             start: from,
             end: to,
@@ -331,9 +341,26 @@ impl Segmenter {
             audio: self.buf[a..b].to_vec(),
             speaker: None,
             voiced,
-        });
-        self.next_seq += 1;
-        self.last_end = w.end;
+        }
+    }
+
+    /// The open speech in a pause: its sequence number and speech span, once all the
+    /// audio its window would have is here (the padding after it heard). If the pause
+    /// lasts `merge_gap_s`, [`Self::tentative_window`] is the window it becomes.
+    pub fn tentative(&self) -> Option<(u64, Span)> {
+        let span = self.open?;
+        let w = windows::window_for(span, &self.cfg, self.last_end, f64::INFINITY);
+        // The VAD has seen the padding after the speech end as silence.
+        let heard = self.seen >= w.end - 1e-9 && self.seen > span.end;
+        (heard && !w.is_empty()).then_some((self.next_seq, span))
+    }
+
+    /// The window the open speech becomes if its pause lasts (see [`Self::tentative`]).
+    pub fn tentative_window(&self) -> Option<Window> {
+        self.tentative()?;
+        let span = self.open?;
+        let w = windows::window_for(span, &self.cfg, self.last_end, self.buf_end());
+        Some(self.window_of(span, w))
     }
 
     /// Speech still going on, as of the latest decision.
@@ -376,6 +403,7 @@ impl Segmenter {
         self.since_pass = 0;
         let t_from = self.time_of(self.probs_from * CHUNK);
         let cut = windows::cut(&self.probs, t_from, &self.cfg, last);
+        self.seen = t_from + self.probs.len() as f64 * (CHUNK as f64 / SAMPLE_RATE as f64);
         let ceil = self.buf_end();
         for speech in &cut.closed {
             self.emit(*speech, ceil, out);
@@ -509,6 +537,61 @@ mod tests {
                 .all(|w| w.start >= t - 1e-9 && w.audio_start >= t - 1e-9)
         );
         assert!(out.windows(2).all(|p| p[1].seq == p[0].seq + 1));
+    }
+
+    #[test]
+    fn a_tentative_window_is_the_window_its_pause_closes() {
+        let dir = crate::assets::default_models_dir();
+        let (Some(path), wav) = (model(), dir.join("test/jfk.wav")) else {
+            eprintln!("skipped: Silero model not installed (scripts/setup)");
+            return;
+        };
+        if !wav.is_file() {
+            assert!(std::env::var_os("CI").is_none(), "CI: jfk.wav missing");
+            return;
+        }
+        let mut audio = super::silero::tests::wav_samples(&std::fs::read(&wav).unwrap());
+        // A pause of 0.35 s inside "fellow Americans" (shorter than merge_gap_s): the
+        // window waits for it, and speech resumes.
+        audio.splice(32000..32000, std::iter::repeat_n(0.0, 5600));
+        let cfg = SegmentConfig::default();
+        let mut seg = Segmenter::new(cfg.clone(), Vad::load(&path).unwrap());
+        let (mut out, mut tentative, mut matched, mut resumed) = (Vec::new(), None, 0, 0);
+        for piece in audio.chunks(800) {
+            seg.push(None, piece, &mut out).unwrap();
+            for w in out.drain(..) {
+                let t: Window = tentative
+                    .take()
+                    .expect("a window closes after a tentative one");
+                assert_eq!((t.seq, t.start, t.end), (w.seq, w.start, w.end));
+                assert_eq!(t.audio_start, w.audio_start);
+                assert_eq!(t.audio, w.audio, "the same samples");
+                assert_eq!(t.voiced, w.voiced);
+                matched += 1;
+            }
+            match (seg.tentative(), &tentative) {
+                (Some((seq, span)), Some(t))
+                    if (t.seq, t.start, t.end) == (seq, span.start, span.end) => {}
+                (Some(_), _) => {
+                    resumed += tentative.is_some() as usize;
+                    tentative = seg.tentative_window();
+                    let t = tentative.as_ref().unwrap();
+                    // The padding after the speech has been heard, and no more is taken.
+                    let end = t.audio_start + t.audio.len() as f64 / 16000.0;
+                    assert!(
+                        (end - (t.end + cfg.padding_s as f64)).abs() < 1e-3,
+                        "{end} vs {}",
+                        t.end
+                    );
+                }
+                (None, _) => {}
+            }
+        }
+        assert!(matched >= 2, "JFK's pauses close windows: {matched}");
+        assert!(
+            resumed >= 1,
+            "a pause shorter than merge_gap_s is thrown away: {resumed}"
+        );
     }
 
     #[test]

@@ -456,6 +456,11 @@ impl Source {
         )
     }
 
+    /// Nothing decoded is waiting to be read: the reader keeps up with the source.
+    pub fn caught_up(&self) -> bool {
+        self.rx.as_ref().is_none_or(|rx| rx.is_empty())
+    }
+
     /// Waits up to `wait` for the next message, or until `stop` is disconnected (the
     /// shutdown signal), whichever comes first.
     pub fn next(&self, stop: &Receiver<()>, wait: Duration) -> Next {

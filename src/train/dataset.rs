@@ -26,18 +26,23 @@ pub struct ClipCut {
 
 /// Samples per push into the segmenter (0.1 s, as a decoder hands audio over).
 const CUT_PIECE: usize = 1600;
+/// Revision of how a clip is cut and analysed as served, in the feature cache's folder
+/// name (2: faces analysed from the clip's start, as a stream does), so features cut
+/// another way are recomputed.
+const CUT_VERSION: u32 = 2;
 
 impl ClipCut {
     /// The part of a decoded clip that serving analyses: the VAD window's audio (speech
-    /// with its padding) and the frames from its start to the end of speech. A clip the
-    /// VAD cuts into several windows (`annotate` would emit one event each) is taken from
-    /// the first window's start to the last one's end; a clip with no speech found is
-    /// taken whole.
+    /// with its padding), the frames up to the end of speech (a stream analyses every
+    /// frame from its start: the face tracker follows them all) and where the window's
+    /// frames begin. A clip the VAD cuts into several windows (`annotate` would emit one
+    /// event each) is taken from the first window's start to the last one's end; a clip
+    /// with no speech found is taken whole.
     fn apply(
         &self,
         audio: Vec<f32>,
         frames: Vec<VideoFrame>,
-    ) -> Result<(Vec<f32>, Vec<VideoFrame>)> {
+    ) -> Result<(Vec<f32>, Vec<VideoFrame>, f64)> {
         let mut seg = Segmenter::new(self.segment.clone(), Vad::load(&self.vad)?);
         let mut windows: Vec<Window> = Vec::new();
         for piece in audio.chunks(CUT_PIECE) {
@@ -45,17 +50,14 @@ impl ClipCut {
         }
         seg.finish(&mut windows)?;
         let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
-            return Ok((audio, frames));
+            return Ok((audio, frames, f64::NEG_INFINITY));
         };
         let index = |t: f64| crate::segment::sample_index(0.0, audio.len(), t);
         let (from, speech_end) = (first.audio_start, last.end);
         let to = last.audio_start + last.audio.len() as f64 / crate::source::SAMPLE_RATE as f64;
         let cut = audio[index(from)..index(to)].to_vec();
-        let frames = frames
-            .into_iter()
-            .filter(|f| f.pts >= from && f.pts < speech_end)
-            .collect();
-        Ok((cut, frames))
+        let frames = frames.into_iter().filter(|f| f.pts < speech_end).collect();
+        Ok((cut, frames, from))
     }
 }
 
@@ -309,7 +311,7 @@ impl Dataset {
         }
         self.root
             .join(".sentistream-cache")
-            .join(format!("v{FEATURE_VERSION}-served-{mode}"))
+            .join(format!("v{FEATURE_VERSION}.{CUT_VERSION}-served-{mode}"))
             .join(&clip.video_id)
             .join(format!("{}.feat", clip.clip_id))
     }
@@ -451,7 +453,7 @@ impl ClipWorker<'_> {
         if let Some(f) = self.retexted(clip)? {
             return Ok(Some(f));
         }
-        let (audio, frames) = match decode_all(&clip.path, &SourceConfig::default()) {
+        let (audio, frames, from) = match decode_all(&clip.path, &SourceConfig::default()) {
             Ok((audio, frames)) => self.how.cut.apply(audio, frames)?,
             Err(e) => {
                 tracing::warn!(clip = %clip.path.display(), "skipped: {e}");
@@ -459,7 +461,9 @@ impl ClipWorker<'_> {
             }
         };
         let transcript = self.transcript(clip, &audio)?;
-        let f = self.extractor()?.extract(&audio, &frames, &transcript)?;
+        let f = self
+            .extractor()?
+            .extract(&audio, (&frames, from), &transcript)?;
         self.write_cache(clip, &f);
         if self.how.text == TextSource::Asr {
             self.write_transcript(clip, &transcript);

@@ -3,7 +3,8 @@
 //! sinks. Live network sources reconnect with backoff after a failure ([`reconnect`]);
 //! stream time continues across the gap ([`clock`]) and the router is told
 //! (`interrupted`, `resumed`). Frames wait in a bounded queue ([`frames`]) until their
-//! window is processed.
+//! window is processed; they are analysed (faces) while the stream is idle or beside
+//! Whisper.
 
 pub(crate) mod clock;
 pub(crate) mod frames;
@@ -26,10 +27,11 @@ use crate::error::{Error, SourceError};
 use crate::event::{Event, StatusEvent, StreamStatus};
 use crate::features::asr::{Asr, WhisperModels};
 use crate::features::text::{EncoderSpec, TextEncoder};
-use crate::features::{Extractor, WindowFeatures};
+use crate::features::visual::VIS_DIM;
+use crate::features::{Extractor, Look, WindowFeatures, window_visual};
 use crate::models::pick_model;
 use crate::segment::{Segmenter, Vad, Window};
-use crate::source::{Input, Next, Source, SourceMsg};
+use crate::source::{Input, Next, Source, SourceMsg, VideoFrame};
 use clock::{MAX_VIDEO_WAIT_S, StreamClock};
 use frames::FrameQueue;
 use reconnect::{Reconnect, Retry};
@@ -198,6 +200,31 @@ struct Processor<'a> {
     last_end: f64,
     /// `segment.talk_pause_s`: shorter pauses inside a window count as talk.
     talk_pause_s: f64,
+    /// Seconds spent analysing frames since the last window.
+    look_s: f64,
+    /// A window processed before its pause was confirmed (`segment.process_early`).
+    early: Option<(EarlyKey, Windowed)>,
+    early_work: EarlyWork,
+}
+
+/// What processing windows early came to.
+#[derive(Debug, Default)]
+struct EarlyWork {
+    /// Windows whose early result was sent.
+    sent: u64,
+    /// Early results thrown away (speech resumed after the pause).
+    wasted: u64,
+    /// Whisper and feature time of those, seconds.
+    wasted_s: f64,
+}
+
+impl EarlyWork {
+    fn discard(&mut self, early: Option<(EarlyKey, Windowed)>) {
+        if let Some((_, w)) = early {
+            self.wasted += 1;
+            self.wasted_s += (w.event.latency_ms.asr + w.event.latency_ms.features) / 1e3;
+        }
+    }
 }
 
 impl Processor<'_> {
@@ -214,7 +241,7 @@ impl Processor<'_> {
 
     /// Processes pending windows whose video has arrived (or will never arrive); with
     /// `all`, every pending window.
-    fn drain(&mut self, source: Option<&Source>, all: bool) -> Result<(), Error> {
+    fn drain(&mut self, all: bool) -> Result<(), Error> {
         while let Some(w) = self.pending.front() {
             if !(all || self.clock.video_ready(w.end)) {
                 break;
@@ -222,28 +249,96 @@ impl Processor<'_> {
             let w = self.pending.pop_front().expect("front exists");
             self.window(&w)?;
             // Frames before the window's end are no longer needed.
-            self.frames.release_before(w.end, &mut |buf| {
-                if let Some(s) = source {
-                    s.recycle_frame(buf);
-                }
-            });
+            self.frames.release_before(w.end);
         }
         Ok(())
     }
 
+    /// Keeps a video frame for the windows that will need it. A stream with nothing else
+    /// to do (it keeps up with its source) analyses its frames at once (faces, when
+    /// sentiment is on), so its windows find them done; pixels go back to the source as
+    /// soon as their frame is analysed.
+    fn frame(&mut self, f: VideoFrame, source: &Source, keep_s: f64) -> Result<(), Error> {
+        self.frames.push(f, keep_s);
+        let res = match &mut self.extractor {
+            Some(x) if source.caught_up() => {
+                let t = Instant::now();
+                let res = self.frames.analyse(f64::INFINITY, &mut |f| x.look(f));
+                self.look_s += t.elapsed().as_secs_f64();
+                res
+            }
+            Some(_) => Ok(()),
+            None => self.frames.analyse(f64::INFINITY, &mut |f| {
+                Ok(Look {
+                    pts: f.pts,
+                    values: [0.0; VIS_DIM],
+                })
+            }),
+        };
+        self.frames
+            .spent()
+            .for_each(|buf| source.recycle_frame(buf));
+        Ok(res?)
+    }
+
+    /// Processes a final window and sends it, or sends what [`Self::early`] made of it.
     fn window(&mut self, w: &Window) -> Result<(), Error> {
+        let done = match self.early.take() {
+            Some((key, done)) if key == early_key(w) => {
+                self.early_work.sent += 1;
+                done
+            }
+            other => {
+                self.early_work.discard(other);
+                self.process(w)?
+            }
+        };
+        self.windows += 1;
+        self.last_end = self.last_end.max(done.event.end);
+        let _ = self.tx.send(ToRouter::Window(Box::new(done)));
+        Ok(())
+    }
+
+    /// Processes the window that speech in a pause becomes if the pause lasts
+    /// (`segment.process_early`), so the event can go out as soon as the pause is
+    /// confirmed; kept until that window comes (or thrown away when it differs).
+    fn process_early(&mut self, seg: &Segmenter) -> Result<(), Error> {
+        let Some((seq, span)) = seg.tentative() else {
+            return Ok(());
+        };
+        let key = (seq, span.start, span.end);
+        let known = self
+            .early
+            .as_ref()
+            .is_some_and(|(k, _)| (k.0, k.1, k.2) == key);
+        if known || !self.pending.is_empty() || !self.clock.video_ready(span.end) {
+            return Ok(());
+        }
+        let Some(w) = seg.tentative_window() else {
+            return Ok(());
+        };
+        let done = self.process(&w)?;
+        let old = self.early.replace((early_key(&w), done));
+        self.early_work.discard(old);
+        Ok(())
+    }
+
+    /// Transcribes a window and computes its features.
+    fn process(&mut self, w: &Window) -> Result<Windowed, Error> {
         let started = Instant::now();
-        // Audio and face features do not need the transcript: they are computed on a
-        // second thread while Whisper runs (the cores are rarely both busy).
-        let (asr, extractor, frames) = (&mut self.asr, &mut self.extractor, &self.frames);
+        // Audio features and the faces of frames not analysed yet do not need the
+        // transcript: they are computed on a second thread while Whisper runs.
+        let (asr, extractor, frames) = (&mut self.asr, &mut self.extractor, &mut self.frames);
         let (tr, media) = std::thread::scope(|s| {
             let media = extractor.as_mut().map(|x| {
-                let frames = frames.between(w.audio_start, w.end);
                 std::thread::Builder::new()
                     .name("window-media".into())
                     .spawn_scoped(s, move || {
                         let t = Instant::now();
-                        x.media(&w.audio, frames).map(|f| (f, t.elapsed()))
+                        let audio = x.audio_features(&w.audio);
+                        frames
+                            .analyse(w.end, &mut |f| x.look(f))
+                            .map(|()| (audio, t.elapsed()))
                     })
                     .expect("spawn a window-media thread")
             });
@@ -263,18 +358,25 @@ impl Processor<'_> {
         event.text = tr.text;
         event.language = tr.language;
         event.asr_confidence = tr.confidence;
-        event.frames = self.frames.between(w.start, w.end).count() as u32;
+        event.frames = self.frames.count_between(w.start, w.end) as u32;
         event.latency_ms.asr = tr.asr_ms;
         // A window with nothing transcribed has no language to go by (Whisper still names
         // one, often at random for silence): the first model scores its voice and face.
         let heard = (!event.text.trim().is_empty()).then_some(event.language.as_deref());
         let model = pick_model(&self.job.small, heard.flatten());
-        let features = match (&self.extractor, media, model) {
-            (Some(x), Some(media), Some(m)) => {
-                let (mut f, media_time) = media?;
+        // The faces' share includes frames analysed since the previous window.
+        let look_s = std::mem::take(&mut self.look_s);
+        let features = match (&self.extractor, media.transpose()?, model) {
+            (Some(x), Some((audio, audio_time)), Some(m)) => {
                 let t = Instant::now();
+                let mut f = WindowFeatures {
+                    audio,
+                    ..WindowFeatures::default()
+                };
+                window_visual(self.frames.gather(w.audio_start, w.end), &mut f.visual);
                 x.add_text(&mut f, &event.text, m)?;
-                event.latency_ms.features = (media_time + t.elapsed()).as_secs_f64() * 1e3;
+                let secs = (audio_time + t.elapsed()).as_secs_f64() + look_s;
+                event.latency_ms.features = secs * 1e3;
                 Some(f)
             }
             (Some(_), _, None) => {
@@ -283,16 +385,13 @@ impl Processor<'_> {
             }
             _ => None,
         };
-        self.windows += 1;
-        self.last_end = self.last_end.max(event.end);
-        let _ = self.tx.send(ToRouter::Window(Box::new(Windowed {
+        Ok(Windowed {
             stream: self.idx,
             event,
             features,
             model: model.unwrap_or(0),
             started,
-        })));
-        Ok(())
+        })
     }
 
     fn status(&self, status: StreamStatus, at: f64, reason: Option<String>) {
@@ -314,6 +413,13 @@ impl Processor<'_> {
             video,
         });
     }
+}
+
+/// What identifies a window's content: its number, speech span, audio start and length.
+type EarlyKey = (u64, f64, f64, f64, usize);
+
+fn early_key(w: &Window) -> EarlyKey {
+    (w.seq, w.start, w.end, w.audio_start, w.audio.len())
 }
 
 /// Why a window in `language` has no verdict: no small model is trained for it.
@@ -407,9 +513,7 @@ impl Runner<'_> {
                     last_data = Instant::now();
                     f.pts = self.p.clock.video(f.pts);
                     let keep = self.cfg.segment.max_window_s as f64 + MAX_VIDEO_WAIT_S;
-                    self.p
-                        .frames
-                        .push(f, keep, &mut |buf| source.recycle_frame(buf));
+                    self.p.frame(f, source, keep)?;
                 }
                 SourceMsg::StreamsKnown { has_video, .. } => {
                     self.p.clock.has_video = Some(has_video)
@@ -419,7 +523,10 @@ impl Runner<'_> {
                 SourceMsg::Error(e) => return Ok((Ended::Failed(e), got_audio)),
             }
             self.p.enqueue(&mut ready);
-            self.p.drain(Some(source), false)?;
+            self.p.drain(false)?;
+            if self.cfg.segment.process_early && self.p.diarizer.is_none() && source.caught_up() {
+                self.p.process_early(&self.seg)?;
+            }
             if last_report.elapsed() > PROGRESS_REPORT {
                 last_report = Instant::now();
                 self.p.report_progress(source);
@@ -452,7 +559,7 @@ impl Runner<'_> {
         self.seg.finish(&mut ready)?;
         self.p.enqueue(&mut ready);
         self.p.clock.video_ended = true;
-        self.p.drain(Some(source), true)?;
+        self.p.drain(true)?;
         self.p.clock.video_ended = false;
         self.p.report_progress(source);
         Ok(())
@@ -591,6 +698,9 @@ pub(crate) fn run_stream(
             windows: 0,
             last_end: 0.0,
             talk_pause_s: cfg.segment.talk_pause_s as f64,
+            look_s: 0.0,
+            early: None,
+            early_work: EarlyWork::default(),
         },
         seg: Segmenter::new(cfg.segment.clone(), vad),
         cfg: &cfg,
@@ -613,6 +723,19 @@ pub(crate) fn run_stream(
             d.speakers(),
             d.busy_s * 1e3,
             d.busy_s * 1e3 / r.p.windows.max(1) as f64
+        );
+    }
+    let early = &r.p.early_work;
+    if early.sent + early.wasted > 0 {
+        tracing::info!(
+            stream = %job.id,
+            sent = early.sent,
+            wasted = early.wasted,
+            "processed early: {} of {} windows went out as their pause was confirmed; {} early results thrown away (speech resumed), {:.1} s of Whisper and features",
+            early.sent,
+            r.p.windows,
+            early.wasted,
+            early.wasted_s
         );
     }
     let reason = match (&error, shutdown.is_set()) {
