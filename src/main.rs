@@ -2,7 +2,24 @@
 
 use clap::Parser;
 
+/// glibc's malloc gives each thread that allocates its own arena (up to 8 per core), and
+/// a long run's stream, GStreamer and worker threads come and go (a live source
+/// reconnects with new threads): memory freed in one arena is not reused by another, so a
+/// process's RSS crept up for an hour. Two arenas keep it flat (3 streams of the
+/// two-speaker call for 20 min: 1001 -> 1024 MiB, against 1031 -> 1093 MiB with the
+/// default) at no measurable CPU cost. `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 fn main() {
+    limit_malloc_arenas();
     let cli = sentistream::cli::Cli::parse();
     let default = match cli.verbose {
         0 => "sentistream=info,whisper_rs=warn",
