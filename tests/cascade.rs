@@ -6,8 +6,11 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use sentistream::cascade::backend::{Backend, BackendError, OpenAiBackend, TorchScriptBackend};
+use sentistream::cascade::backend::{
+    Backend, BackendError, Deferred, OpenAiBackend, TorchScriptBackend,
+};
 use sentistream::cascade::{Cascade, CascadeSettings, Pool, WhenFull};
+use sentistream::error::ModelError;
 use sentistream::event::{Event, FallbackReason, Polarity, Sentiment, Stage};
 use sentistream::features::WindowFeatures;
 use sentistream::models::mllm::Answer;
@@ -231,6 +234,73 @@ fn worker_failures_fall_back_and_the_pipeline_continues() {
             assert_eq!(e.stage, Some(Stage::UbmFallback));
             assert_eq!(e.fallback_reason, Some(reason));
         }
+    }
+}
+
+#[test]
+fn a_deferred_backend_loads_on_its_worker_before_the_first_window() {
+    // It loads when the worker starts, on the worker's thread, once; the load is not
+    // counted as a window's large-model time, and every window gets the loaded model.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let deferred = Deferred::new(
+        "slow",
+        0.1,
+        Box::new(move || {
+            tx.send(std::thread::current().name().map(String::from))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            Ok(slow(1))
+        }),
+    );
+    let pool = Pool::start(
+        vec![Box::new(deferred)],
+        4,
+        WhenFull::Block,
+        0.4,
+        Policy::Full,
+    );
+    let mut c = Cascade::new(pool, settings(None));
+    let ev = run(&mut c, 6, "fine words");
+    assert_in_order(&ev, 6);
+    let loads: Vec<_> = rx.try_iter().collect();
+    assert_eq!(
+        loads,
+        vec![Some("mllm-0".to_string())],
+        "loaded once, by the worker"
+    );
+    for e in ev.iter().step_by(2) {
+        assert_eq!(e.stage, Some(Stage::Mllm), "{e:?}");
+        assert!(
+            e.latency_ms.mllm < 100.0,
+            "the load is not a window's latency: {e:?}"
+        );
+    }
+
+    // A model that fails to load (after its files were checked): each window keeps the
+    // small model's verdict, saying why, and the stream goes on.
+    let failing = Deferred::new(
+        "broken",
+        0.1,
+        Box::new(|| {
+            Err(ModelError::Runtime {
+                name: "broken".into(),
+                reason: "injected read error".into(),
+            })
+        }),
+    );
+    let pool = Pool::start(
+        vec![Box::new(failing)],
+        4,
+        WhenFull::Block,
+        0.4,
+        Policy::Full,
+    );
+    let mut c = Cascade::new(pool, settings(None));
+    let ev = run(&mut c, 4, "fine words");
+    assert_in_order(&ev, 4);
+    for e in ev.iter().step_by(2) {
+        assert_eq!(e.stage, Some(Stage::UbmFallback), "{e:?}");
+        assert_eq!(e.fallback_reason, Some(FallbackReason::BackendError));
     }
 }
 

@@ -305,12 +305,13 @@ pub struct Run<'a> {
 }
 
 /// Runs stream jobs to their end (or until the shutdown), with every event going to the
-/// sinks. The shared models load first, so a bad model file fails before any media work.
+/// sinks. `loaded` and `stages` were loaded and checked before any media work, so a bad
+/// model file fails first; `started` is when loading began (the report's `load_s`).
 /// Stream `i` runs `body` with its job and `loaded[i]` (the real body is
 /// [`stream::run_stream`] with the stream's models).
 pub(crate) fn execute_with<P, F>(
     run: Run,
-    loaded: Vec<P>,
+    (loaded, stages, started): (Vec<P>, Stages, Instant),
     body: F,
 ) -> Result<(RunReport, Vec<StreamResult>)>
 where
@@ -321,13 +322,7 @@ where
         + Clone
         + 'static,
 {
-    let started = Instant::now();
-    // libtorch's pool (small and large model, speaker embeddings) gets a fair share of
-    // the cores as Whisper does: with several streams, its default of one thread per
-    // core made the threads contend (3 diarized streams: 138 s of CPU against 107 s).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tch::set_num_threads((cores / run.jobs.len().max(1)).max(1) as i32);
-    let (small, cascade) = load_shared(run.shared)?;
+    let (small, cascade) = stages;
     let load_s = started.elapsed().as_secs_f64();
     let (tx, rx) = crossbeam_channel::bounded(256);
     let ids: Vec<String> = run.jobs.iter().map(|j| j.id.clone()).collect();
@@ -374,6 +369,8 @@ where
 /// Runs stream jobs with the real stream threads; each stream's models (VAD, Whisper,
 /// features) load before any thread starts.
 pub(crate) fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
+    let started = Instant::now();
+    set_torch_threads(run.jobs.len());
     let mut weights = stream::SharedWeights::default();
     let loaded = run
         .jobs
@@ -383,7 +380,18 @@ pub(crate) fn execute(run: Run) -> Result<(RunReport, Vec<StreamResult>)> {
     // The streams hold what they use: a model they all let go of (Whisper's multilingual
     // model once every stream is known to be English) is freed at once.
     drop(weights);
-    execute_with(run, loaded, stream::run_stream)
+    // The large model is checked here and decoded on its worker's thread while the
+    // streams start (`cascade::backend::Deferred`).
+    let stages = load_shared(run.shared)?;
+    execute_with(run, (loaded, stages, started), stream::run_stream)
+}
+
+/// libtorch's pool (small and large model, speaker embeddings) gets a fair share of the
+/// cores as Whisper does: with several streams, its default of one thread per core made
+/// the threads contend (3 diarized streams: 138 s of CPU against 107 s).
+fn set_torch_threads(streams: usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tch::set_num_threads((cores / streams.max(1)).max(1) as i32);
 }
 
 #[cfg(test)]
@@ -440,7 +448,9 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             stop: Arc::default(),
         };
-        let (report, results) = execute_with(run, vec![(); 2], body).unwrap();
+        let stages = load_shared(&shared).unwrap();
+        let (report, results) =
+            execute_with(run, (vec![(); 2], stages, Instant::now()), body).unwrap();
         assert_eq!(report.streams.len(), 2);
         assert!(results[0].error.is_none());
         let e = results[1]

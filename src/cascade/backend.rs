@@ -8,6 +8,7 @@ use tch::{CModule, IValue, Kind, Tensor};
 
 use crate::cascade::http;
 use crate::config::RemoteApi;
+use crate::error::ModelError;
 use crate::event::FallbackReason;
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
@@ -81,6 +82,89 @@ pub trait Backend: Send {
         features: &WindowFeatures,
         earlier: Option<(Verdict, Verdict)>,
     ) -> Result<Answer, BackendError>;
+    /// Gets ready to answer (a worker calls it once, when it starts).
+    fn prepare(&mut self) {}
+}
+
+/// Builds a backend: the heavy part of loading, run on the worker's own thread.
+pub type Loader = Box<dyn FnOnce() -> Result<Box<dyn Backend>, ModelError> + Send>;
+
+/// A backend whose weights load on its worker thread when the worker starts, so the
+/// streams' first windows do not wait for them (the local SmolLM2: 0.8 s of decoding on
+/// 2 cores). Its files were checked before it was built; should the load still fail
+/// (an I/O error), every window it is asked about falls back with the error.
+pub struct Deferred {
+    name: &'static str,
+    band: f32,
+    state: DeferredState,
+}
+
+enum DeferredState {
+    Waiting(Loader),
+    Ready(Box<dyn Backend>),
+    Failed(String),
+}
+
+impl Deferred {
+    /// A backend named `name` with neutral band `band`, built by `load` when needed.
+    pub fn new(name: &'static str, band: f32, load: Loader) -> Self {
+        Self {
+            name,
+            band,
+            state: DeferredState::Waiting(load),
+        }
+    }
+}
+
+impl Backend for Deferred {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn band(&self) -> f32 {
+        self.band
+    }
+    fn prepare(&mut self) {
+        let state = std::mem::replace(&mut self.state, DeferredState::Failed(String::new()));
+        self.state = match state {
+            DeferredState::Waiting(load) => {
+                let started = std::time::Instant::now();
+                match load() {
+                    Ok(b) => {
+                        tracing::debug!(
+                            backend = self.name,
+                            secs = started.elapsed().as_secs_f64(),
+                            "large model loaded"
+                        );
+                        DeferredState::Ready(b)
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            backend = self.name,
+                            "large model failed to load: {e}; its windows keep the small model's verdict"
+                        );
+                        DeferredState::Failed(e.to_string())
+                    }
+                }
+            }
+            done => done,
+        };
+    }
+    fn judge(
+        &mut self,
+        text: &str,
+        features: &WindowFeatures,
+        earlier: Option<(Verdict, Verdict)>,
+    ) -> Result<Answer, BackendError> {
+        self.prepare();
+        match &mut self.state {
+            DeferredState::Ready(b) => b.judge(text, features, earlier),
+            DeferredState::Failed(reason) => Err(BackendError::Failed {
+                backend: self.name,
+                reason: format!("it failed to load: {reason}"),
+            }),
+            DeferredState::Waiting(_) => unreachable!("prepare leaves no loader waiting"),
+        }
+    }
 }
 
 /// The built-in SmolLM2 + adapter in libtorch.

@@ -245,6 +245,7 @@ fn work(
     policy: Policy,
 ) {
     let _g = tch::no_grad_guard();
+    backend.prepare();
     for job in rx {
         let started = Instant::now();
         let queue_ms = (started - job.offered).as_secs_f64() * 1e3;
@@ -671,10 +672,20 @@ pub(crate) fn load_backends(
     let mut backends: Vec<Box<dyn Backend>> = Vec::new();
     for _ in 0..cfg.workers.max(1) {
         backends.push(match cfg.backend {
-            BackendKind::Local => Box::new(backend::LocalBackend::new(Mllm::load(
-                &models.resolve(&cfg.gguf),
-                &adapter,
-            )?)),
+            BackendKind::Local => {
+                // Checked now, decoded on the worker's thread while the streams start.
+                let gguf = models.resolve(&cfg.gguf);
+                let meta = Mllm::check(&gguf, &adapter)?;
+                let adapter = adapter.clone();
+                Box::new(backend::Deferred::new(
+                    "local",
+                    meta.band,
+                    Box::new(move || {
+                        let model = Mllm::load(&gguf, &adapter)?;
+                        Ok(Box::new(backend::LocalBackend::new(model)) as Box<dyn Backend>)
+                    }),
+                ))
+            }
             BackendKind::Torchscript => {
                 let p = cfg
                     .torchscript

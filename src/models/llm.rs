@@ -290,6 +290,18 @@ impl Llm {
         })
     }
 
+    /// Checks that `path` is a llama GGUF with consistent hyper-parameters, reading only
+    /// its header and tensor directory.
+    pub fn check(path: &Path) -> Result<(), ModelError> {
+        if !path.is_file() {
+            return Err(ModelError::Missing {
+                path: path.to_path_buf(),
+                flag: "llm",
+            });
+        }
+        Self::read_shape(&Gguf::open(path)?, path).map(|_| ())
+    }
+
     /// Hyper-parameters from the GGUF metadata, after checking it is a llama model with
     /// consistent head counts.
     fn read_shape(g: &Gguf, path: &Path) -> Result<LlmShape, ModelError> {

@@ -282,6 +282,22 @@ impl Mllm {
 
     /// Loads the LLM and a trained adapter; everything is checked here, at start-up.
     pub fn load(gguf: &Path, adapter: &Path) -> Result<Self, ModelError> {
+        let meta = Self::check(gguf, adapter)?;
+        let (w, _) = Adapter::paths(adapter);
+        let llm = Llm::load(gguf)?;
+        let mut adapter = Adapter::new(meta, &llm);
+        adapter.vs.load(&w).map_err(|e| ModelError::Corrupt {
+            path: w.clone(),
+            reason: format!("weights do not match the adapter architecture ({e})"),
+        })?;
+        Self::assemble(llm, adapter)
+    }
+
+    /// The checks of [`Mllm::load`] that need no weights decoded (a few milliseconds):
+    /// the adapter's files and metadata, that it was trained on this base model (its
+    /// byte size), and the GGUF's header, tensor directory and llama hyper-parameters.
+    /// Returns the adapter's metadata.
+    pub fn check(gguf: &Path, adapter: &Path) -> Result<AdapterMeta, ModelError> {
         let (w, m) = Adapter::paths(adapter);
         for p in [&w, &m] {
             if !p.is_file() {
@@ -324,13 +340,8 @@ impl Mllm {
                 gguf.display()
             )));
         }
-        let llm = Llm::load(gguf)?;
-        let mut adapter = Adapter::new(meta, &llm);
-        adapter.vs.load(&w).map_err(|e| ModelError::Corrupt {
-            path: w.clone(),
-            reason: format!("weights do not match the adapter architecture ({e})"),
-        })?;
-        Self::assemble(llm, adapter)
+        Llm::check(gguf)?;
+        Ok(meta)
     }
 
     fn assemble(llm: Llm, adapter: Adapter) -> Result<Self, ModelError> {
