@@ -328,6 +328,34 @@ fn uncertain_large_model_fuses_or_cross_verifies() {
     assert!((ev[0].probs.unwrap().positive - 0.9).abs() < 1e-6);
 }
 
+#[test]
+fn live_bursts_skip_second_passes_while_others_wait() {
+    // Three escalations at once, each one a disagreement that stage 3 would ask again.
+    // Live (drop_newest): while others wait, a window is fused instead of getting a
+    // second pass; the last, with nobody waiting, is cross-verified. Files (block): every
+    // window gets its second pass, whatever the timing.
+    let disagreeing = || -> Box<dyn Backend> {
+        Box::new(Slow {
+            delay: Duration::from_millis(60),
+            probs: [0.4, 0.3, 0.3],
+            score: -1.2,
+        })
+    };
+    let stages = |when_full| {
+        let pool = Pool::start(vec![disagreeing()], 8, when_full, 0.4, Policy::Full);
+        let mut c = Cascade::new(pool, settings(None));
+        let ev = run(&mut c, 6, "x");
+        assert_in_order(&ev, 6);
+        ev.iter().step_by(2).map(|e| e.stage).collect::<Vec<_>>()
+    };
+    let cross = Some(Stage::CrossVerified);
+    assert_eq!(stages(WhenFull::Block), vec![cross; 3]);
+    assert_eq!(
+        stages(WhenFull::DropNewest),
+        vec![Some(Stage::Fused), Some(Stage::Fused), cross]
+    );
+}
+
 /// Counts how many passes run at the same time.
 struct Counting {
     inner: Slow,

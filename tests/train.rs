@@ -527,3 +527,18 @@ fn a_tuned_text_encoder_is_trained_recorded_and_served() {
         "{err}"
     );
 }
+
+#[test]
+fn training_sentences_keep_clear_of_every_test_sentence() {
+    // The hand-written training sentences must not repeat or paraphrase the out-of-domain
+    // test set or the labelled calls (word-bigram and content-word overlap limits).
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("python3")
+        .arg(format!("{root}/scripts/check-train-overlap"))
+        .current_dir(root)
+        .output()
+        .expect("python3 runs scripts/check-train-overlap");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("0 pair(s) over the limits"), "{stdout}");
+}

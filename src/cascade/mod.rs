@@ -91,12 +91,16 @@ pub(crate) struct Resolved {
 }
 
 /// The stage-2/3 logic a worker runs for one escalation (first pass, decision, maybe a
-/// cross-verification pass). Panics in the backend are caught by the caller.
+/// cross-verification pass). `busy` is asked after the first pass: when it says other
+/// escalations wait, stage 3's second pass is skipped and the two opinions are fused
+/// (as [`Policy::NoCrossVerify`]), so a burst does not queue second passes in front of
+/// first ones. Panics in the backend are caught by the caller.
 pub(crate) fn resolve(
     backend: &mut dyn Backend,
     job: &Escalation,
     tau2: f32,
     policy: Policy,
+    busy: &dyn Fn() -> bool,
 ) -> Resolution {
     let band = backend.band();
     let first = match backend.judge(&job.text, &job.features, None) {
@@ -107,6 +111,13 @@ pub(crate) fn resolve(
         }
     };
     let (small, large) = (verdict(&job.small), first.verdict());
+    let policy = match policy {
+        Policy::Full if busy() => {
+            tracing::debug!(order = job.order, "others wait: stage 3 skipped, fused");
+            Policy::NoCrossVerify
+        }
+        p => p,
+    };
     match decide(small, large, tau2, band, policy) {
         Stage2::AcceptLarge => Resolution::Final {
             stage: Stage::Mllm,
@@ -185,9 +196,10 @@ impl Pool {
             .enumerate()
             .map(|(i, b)| {
                 let (rx, done_tx) = (rx.clone(), done_tx.clone());
+                let shed = when_full == WhenFull::DropNewest;
                 std::thread::Builder::new()
                     .name(format!("mllm-{i}"))
-                    .spawn(move || work(b, rx, done_tx, tau2, policy))
+                    .spawn(move || work(b, rx, done_tx, tau2, (policy, shed)))
                     .expect("spawn large-model worker")
             })
             .collect();
@@ -237,23 +249,27 @@ impl Pool {
 
 /// One worker thread: answers escalations until the queue closes. Grad mode is per
 /// thread, so it is switched off here; a panicking backend answers `worker_panic`.
+/// `shed`: skip stage 3 while other escalations wait (live, `drop_newest`: latency
+/// first; files keep every second pass, so their results do not depend on timing).
 fn work(
     mut backend: Box<dyn Backend>,
     rx: Receiver<Escalation>,
     done: Sender<Resolved>,
     tau2: f32,
-    policy: Policy,
+    (policy, shed): (Policy, bool),
 ) {
     let _g = tch::no_grad_guard();
     backend.prepare();
-    for job in rx {
+    for job in rx.iter() {
         let started = Instant::now();
         let queue_ms = (started - job.offered).as_secs_f64() * 1e3;
         let resolution = if job.deadline.is_some_and(|d| started > d) {
             Resolution::Fallback(FallbackReason::Deadline)
         } else {
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                resolve(backend.as_mut(), &job, tau2, policy)
+                resolve(backend.as_mut(), &job, tau2, policy, &|| {
+                    shed && !rx.is_empty()
+                })
             }))
             .unwrap_or(Resolution::Fallback(FallbackReason::WorkerPanic))
         };
