@@ -242,16 +242,61 @@ impl Asr {
         Ok(whisper_rs::get_lang_str(id).map(str::to_string))
     }
 
-    /// Transcribes one window of 16 kHz mono audio.
-    pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, ModelError> {
-        let started = Instant::now();
+    /// Seconds of speech still going on after which a live stream detects its language
+    /// ahead of its first window ([`Asr::detect_ahead`]).
+    pub const DETECT_AHEAD_S: f64 = 2.5;
+
+    /// Whether the stream's language has still to be detected once, before windows can
+    /// be decoded by the right model (an English model waiting, or `asr.languages`).
+    pub fn needs_language(&self) -> bool {
+        let restricted = !self.cfg.languages.is_empty() && self.cfg.language == "auto";
+        (self.english.is_some() || restricted)
+            && self.detected.is_none()
+            && !self.cfg.redetect_language
+    }
+
+    /// Detects the stream's language on `speech` that is still going on, so that the
+    /// first window is decoded at once when it closes: done on the first window itself,
+    /// detection (an encoder pass of the multilingual model) delayed that window's event
+    /// by 1.3 s with three live streams starting together. The language is then the
+    /// stream's, as if the first window had found it.
+    pub fn detect_ahead(&mut self, speech: &[f32]) -> Result<(), ModelError> {
+        if !self.needs_language() {
+            return Ok(());
+        }
+        let (secs, min_len) = self.pad(speech);
+        let Some(language) = self.detect_language(secs, min_len)? else {
+            return Ok(());
+        };
+        tracing::debug!(%language, secs, "language detected ahead of the first window");
+        if self.english.is_some() && language == "en" {
+            self.main = None; // English from here on: the English model decodes.
+        }
+        self.detected = Some(language);
+        Ok(())
+    }
+
+    /// Copies `audio` into the reused input buffer, padded with silence to Whisper's
+    /// shortest input; returns its seconds and that shortest length in samples.
+    fn pad(&mut self, audio: &[f32]) -> (f64, usize) {
         let min_len = (MIN_INPUT_S * SAMPLE_RATE as f64) as usize;
         self.padded.clear();
         self.padded.extend_from_slice(audio);
         if self.padded.len() < min_len {
             self.padded.resize(min_len, 0.0);
         }
-        let secs = self.padded.len() as f64 / SAMPLE_RATE as f64;
+        (self.padded.len() as f64 / SAMPLE_RATE as f64, min_len)
+    }
+
+    /// The stream's language, once detected (or decoded from a window).
+    pub fn language(&self) -> Option<&str> {
+        self.detected.as_deref()
+    }
+
+    /// Transcribes one window of 16 kHz mono audio.
+    pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, ModelError> {
+        let started = Instant::now();
+        let (secs, min_len) = self.pad(audio);
         // With an English model waiting and the language not known yet, the main model
         // only detects it (no decode); an English window goes to the English model.
         let restricted = !self.cfg.languages.is_empty() && self.cfg.language == "auto";
@@ -504,7 +549,40 @@ const LOOP_REPEATS: usize = 3;
 
 #[cfg(test)]
 mod tests {
-    use super::{collapse_repeats, is_non_speech};
+    use super::*;
+
+    #[test]
+    fn the_language_is_detected_ahead_on_speech_still_going_on() {
+        let dir = crate::assets::default_models_dir();
+        let cfg = AsrConfig {
+            model: dir.join("ggml-base-q8_0.bin"),
+            english_model: Some(dir.join("ggml-tiny.en-q8_0.bin")),
+            ..AsrConfig::default()
+        };
+        let wav = dir.join("test/jfk.wav");
+        let have = [&cfg.model, cfg.english_model.as_ref().unwrap(), &wav];
+        if !have.iter().all(|p| p.is_file()) {
+            assert!(std::env::var_os("CI").is_none(), "CI: {have:?} missing");
+            eprintln!("skipped: Whisper models or jfk.wav not installed (scripts/setup)");
+            return;
+        }
+        let audio = crate::segment::silero::tests::wav_samples(&std::fs::read(&wav).unwrap());
+        let mut asr = Asr::new(&mut WhisperModels::default(), &cfg).unwrap();
+        assert!(asr.needs_language());
+        // The first 2.5 s of JFK's sentence, as a live stream has it while he speaks.
+        asr.detect_ahead(&audio[..(Asr::DETECT_AHEAD_S * SAMPLE_RATE as f64) as usize])
+            .unwrap();
+        assert_eq!(asr.language(), Some("en"));
+        assert!(!asr.needs_language());
+        assert!(asr.main.is_none(), "the English model decodes from here on");
+        let t = asr.transcribe(&audio).unwrap();
+        assert!(
+            t.text.to_lowercase().contains("ask not what your country"),
+            "{}",
+            t.text
+        );
+        assert_eq!(t.language.as_deref(), Some("en"));
+    }
 
     #[test]
     fn repeated_sentences_collapse() {

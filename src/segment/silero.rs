@@ -317,7 +317,7 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// 16-bit mono PCM samples of a WAV file (its `data` chunk).

@@ -323,6 +323,22 @@ impl Processor<'_> {
         Ok(())
     }
 
+    /// Detects the stream's language on its first speech while it is still spoken (live,
+    /// caught up: the thread would only wait), once there is enough of it.
+    fn detect_ahead(&mut self, seg: &Segmenter) -> Result<(), Error> {
+        if !self.asr.needs_language() {
+            return Ok(());
+        }
+        let Some(open) = seg.open_speech() else {
+            return Ok(());
+        };
+        let needed = Asr::DETECT_AHEAD_S * crate::source::SAMPLE_RATE as f64;
+        if (open.audio.len() as f64) >= needed {
+            self.asr.detect_ahead(open.audio)?;
+        }
+        Ok(())
+    }
+
     /// Transcribes a window and computes its features.
     fn process(&mut self, w: &Window) -> Result<Windowed, Error> {
         let started = Instant::now();
@@ -526,6 +542,9 @@ impl Runner<'_> {
             self.p.drain(false)?;
             if self.cfg.segment.process_early && self.p.diarizer.is_none() && source.caught_up() {
                 self.p.process_early(&self.seg)?;
+            }
+            if source.caught_up() {
+                self.p.detect_ahead(&self.seg)?;
             }
             if last_report.elapsed() > PROGRESS_REPORT {
                 last_report = Instant::now();
