@@ -378,18 +378,27 @@ fn chromium_dom(addr: &str) -> Option<String> {
         "--window-size=1200,800",
         "--virtual-time-budget=8000",
     ];
+    // Screenshot and DOM at the same time: the page counts only events that arrive while
+    // it is open, and the stream lasts 21 s (one after the other, a slow Chromium start
+    // under load opened the second page after the stream had ended).
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-page.png");
-    let _ = Command::new(bin)
+    let _ = std::fs::remove_file(&shot);
+    let screenshot = Command::new(bin)
         .args(common_args)
         .arg(format!("--screenshot={}", shot.display()))
         .arg(&url)
-        .output();
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
     let out = Command::new(bin)
         .args(common_args)
         .arg("--dump-dom")
         .arg(&url)
         .output()
         .expect("run chromium");
+    if let Ok(mut child) = screenshot {
+        let _ = child.wait();
+    }
     assert!(
         shot.exists(),
         "screenshot written: {}",
