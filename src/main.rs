@@ -5,9 +5,10 @@ use clap::Parser;
 /// glibc's malloc gives each thread that allocates its own arena (up to 8 per core), and
 /// a long run's stream, GStreamer and worker threads come and go (a live source
 /// reconnects with new threads): memory freed in one arena is not reused by another, so a
-/// process's RSS crept up for an hour. Two arenas keep it flat (3 streams of the
-/// two-speaker call for 20 min: 1001 -> 1024 MiB, against 1031 -> 1093 MiB with the
-/// default) at no measurable CPU cost. `MALLOC_ARENA_MAX` in the environment still wins.
+/// process's RSS crept up for an hour (3 streams of the two-speaker call looped for
+/// 60 min: 1031 -> 1124 MiB, still rising). With two arenas the same soak settles at
+/// 1072-1073 MiB from minute 34 to 60 (`scripts/soak 60 DIR 3 samples/call.mp4`), at no
+/// measurable CPU cost. `MALLOC_ARENA_MAX` in the environment still wins.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

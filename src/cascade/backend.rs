@@ -124,29 +124,27 @@ impl Backend for Deferred {
         self.band
     }
     fn prepare(&mut self) {
-        let state = std::mem::replace(&mut self.state, DeferredState::Failed(String::new()));
-        self.state = match state {
-            DeferredState::Waiting(load) => {
-                let started = std::time::Instant::now();
-                match load() {
-                    Ok(b) => {
-                        tracing::debug!(
-                            backend = self.name,
-                            secs = started.elapsed().as_secs_f64(),
-                            "large model loaded"
-                        );
-                        DeferredState::Ready(b)
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            backend = self.name,
-                            "large model failed to load: {e}; its windows keep the small model's verdict"
-                        );
-                        DeferredState::Failed(e.to_string())
-                    }
-                }
+        if !matches!(self.state, DeferredState::Waiting(_)) {
+            return;
+        }
+        let placeholder = DeferredState::Failed(String::new());
+        let DeferredState::Waiting(load) = std::mem::replace(&mut self.state, placeholder) else {
+            unreachable!("checked above");
+        };
+        let started = std::time::Instant::now();
+        self.state = match load() {
+            Ok(b) => {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::debug!(backend = self.name, secs, "large model loaded");
+                DeferredState::Ready(b)
             }
-            done => done,
+            Err(e) => {
+                tracing::error!(
+                    backend = self.name,
+                    "large model failed to load: {e}; its windows keep the small model's verdict"
+                );
+                DeferredState::Failed(e.to_string())
+            }
         };
     }
     fn judge(

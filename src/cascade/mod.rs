@@ -191,12 +191,12 @@ impl Pool {
     ) -> Self {
         let (tx, rx) = bounded::<Escalation>(queue.max(1));
         let (done_tx, done) = replies;
+        let shed = when_full == WhenFull::DropNewest;
         let handles = backends
             .into_iter()
             .enumerate()
             .map(|(i, b)| {
                 let (rx, done_tx) = (rx.clone(), done_tx.clone());
-                let shed = when_full == WhenFull::DropNewest;
                 std::thread::Builder::new()
                     .name(format!("mllm-{i}"))
                     .spawn(move || work(b, rx, done_tx, tau2, (policy, shed)))

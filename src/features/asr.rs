@@ -288,11 +288,6 @@ impl Asr {
         (self.padded.len() as f64 / SAMPLE_RATE as f64, min_len)
     }
 
-    /// The stream's language, once detected (or decoded from a window).
-    pub fn language(&self) -> Option<&str> {
-        self.detected.as_deref()
-    }
-
     /// Transcribes one window of 16 kHz mono audio.
     pub fn transcribe(&mut self, audio: &[f32]) -> Result<Transcript, ModelError> {
         let started = Instant::now();
@@ -572,7 +567,7 @@ mod tests {
         // The first 2.5 s of JFK's sentence, as a live stream has it while he speaks.
         asr.detect_ahead(&audio[..(Asr::DETECT_AHEAD_S * SAMPLE_RATE as f64) as usize])
             .unwrap();
-        assert_eq!(asr.language(), Some("en"));
+        assert_eq!(asr.detected.as_deref(), Some("en"));
         assert!(!asr.needs_language());
         assert!(asr.main.is_none(), "the English model decodes from here on");
         let t = asr.transcribe(&audio).unwrap();

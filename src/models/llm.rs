@@ -255,14 +255,7 @@ pub(crate) fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
 impl Llm {
     /// Loads a Llama GGUF (SmolLM2); a missing, truncated or foreign file is a clear error.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        if !path.is_file() {
-            return Err(ModelError::Missing {
-                path: path.to_path_buf(),
-                flag: "llm",
-            });
-        }
-        let g = Gguf::open(path)?;
-        let shape = Self::read_shape(&g, path)?;
+        let (g, shape) = Self::open(path)?;
         let (c, vocab) = (shape.embd, shape.vocab);
         let mut blocks = Vec::with_capacity(shape.layers);
         for i in 0..shape.layers {
@@ -270,12 +263,6 @@ impl Llm {
         }
         let embed = Self::gguf_packed(&g, path, "token_embd.weight", (vocab, c), false)?;
         let out_norm = Self::gguf_tensor(&g, path, "output_norm.weight", &[c])?;
-        if g.info("output.weight").is_some() {
-            return Err(corrupt(
-                path,
-                "untied output.weight is not supported (SmolLM2 ties it to the embedding)",
-            ));
-        }
         let tokenizer = tokenizer_from_gguf(&g)?;
         let (rope_cos, rope_sin) = Self::rope_tables(&shape);
         Ok(Self {
@@ -293,13 +280,27 @@ impl Llm {
     /// Checks that `path` is a llama GGUF with consistent hyper-parameters, reading only
     /// its header and tensor directory.
     pub fn check(path: &Path) -> Result<(), ModelError> {
+        Self::open(path).map(|_| ())
+    }
+
+    /// The GGUF's header and tensor directory, with its hyper-parameters checked (a
+    /// llama model, consistent head counts, the output tied to the embedding).
+    fn open(path: &Path) -> Result<(Gguf, LlmShape), ModelError> {
         if !path.is_file() {
             return Err(ModelError::Missing {
                 path: path.to_path_buf(),
                 flag: "llm",
             });
         }
-        Self::read_shape(&Gguf::open(path)?, path).map(|_| ())
+        let g = Gguf::open(path)?;
+        let shape = Self::read_shape(&g, path)?;
+        if g.info("output.weight").is_some() {
+            return Err(corrupt(
+                path,
+                "untied output.weight is not supported (SmolLM2 ties it to the embedding)",
+            ));
+        }
+        Ok((g, shape))
     }
 
     /// Hyper-parameters from the GGUF metadata, after checking it is a llama model with

@@ -282,7 +282,7 @@ impl Mllm {
 
     /// Loads the LLM and a trained adapter; everything is checked here, at start-up.
     pub fn load(gguf: &Path, adapter: &Path) -> Result<Self, ModelError> {
-        let meta = Self::check(gguf, adapter)?;
+        let meta = Self::adapter_meta(gguf, adapter)?;
         let (w, _) = Adapter::paths(adapter);
         let llm = Llm::load(gguf)?;
         let mut adapter = Adapter::new(meta, &llm);
@@ -298,6 +298,13 @@ impl Mllm {
     /// byte size), and the GGUF's header, tensor directory and llama hyper-parameters.
     /// Returns the adapter's metadata.
     pub fn check(gguf: &Path, adapter: &Path) -> Result<AdapterMeta, ModelError> {
+        let meta = Self::adapter_meta(gguf, adapter)?;
+        Llm::check(gguf)?;
+        Ok(meta)
+    }
+
+    /// The adapter's metadata, after checking its files, versions and base model size.
+    fn adapter_meta(gguf: &Path, adapter: &Path) -> Result<AdapterMeta, ModelError> {
         let (w, m) = Adapter::paths(adapter);
         for p in [&w, &m] {
             if !p.is_file() {
@@ -340,7 +347,6 @@ impl Mllm {
                 gguf.display()
             )));
         }
-        Llm::check(gguf)?;
         Ok(meta)
     }
 
