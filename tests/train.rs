@@ -120,6 +120,35 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
     // The test split has 4 clips.
     assert!(stdout.contains("(4 clips"), "{stdout}");
 
+    // --extra: the held-out fifth of a sentence file joins the valid split, text only
+    // (10 sentences: lines 5 and 10 are held out), as `train --extra` holds them out.
+    let tsv = dir.path().join("extra.tsv");
+    let lines: String = (0..10)
+        .map(|i| {
+            format!(
+                "{}\tThe parcel number {i} arrived on time, thanks.\n",
+                i % 3
+            )
+        })
+        .collect();
+    std::fs::write(&tsv, lines).unwrap();
+    let t = tsv.to_str().unwrap();
+    let stdout = common::sentistream_ok(&[
+        "eval", "--data", d, "--ubm", u, "--split", "valid", "--extra", t,
+    ]);
+    assert!(
+        stdout.contains("(4 clips + 2 held-out sentences, text only)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("|     6 |"), "{stdout}");
+    let bad = common::sentistream(&["eval", "--data", d, "--ubm", u, "--extra", t]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--extra") && err.contains("--split valid"),
+        "{err}"
+    );
+
     // The trained model drives annotate's sentiment fields.
     if common::model("ggml-tiny.en.bin").is_some() {
         let sample = common::repo("samples/sample.mp4");

@@ -341,6 +341,11 @@ pub struct EvalArgs {
     /// uncertainty, text.
     #[arg(long, value_name = "FILE")]
     pub(crate) predictions: Option<PathBuf>,
+    /// With `--split valid`: the held-out fifth of these sentence files (`train --extra`'s
+    /// format and split) joins the clips as text-only windows, so models trained with
+    /// `--extra` are compared on the whole validation they were chosen on. Repeatable
+    #[arg(long, value_name = "TSV")]
+    pub(crate) extra: Vec<PathBuf>,
 }
 
 /// Options shared by `annotate` and `run`.

@@ -29,7 +29,8 @@ pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
     let base = e.data.ubm_base(&ctx.models);
     let model = Ubm::load(&base)?;
     let enc = model.meta.encoder_spec(&base);
-    let (ds, data) = super::dataset_split(&e.data.data, &e.data, e.split, &enc, ctx)?;
+    let (ds, mut data) = super::dataset_split(&e.data.data, &e.data, e.split, &enc, ctx)?;
+    let held_out = held_out_sentences(e, ctx, &enc, &mut data)?;
     if data.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: e.data.data.clone(),
@@ -38,10 +39,15 @@ pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
         .into());
     }
     println!(
-        "{:?} split of {} ({} clips{}):",
+        "{:?} split of {} ({} clips{}{}):",
         e.split,
         e.data.data.display(),
-        data.feats.len(),
+        data.feats.len() - held_out,
+        if held_out > 0 {
+            format!(" + {held_out} held-out sentences, text only")
+        } else {
+            String::new()
+        },
         if ds.missing > 0 {
             format!(", {} rows without media skipped", ds.missing)
         } else {
@@ -67,6 +73,29 @@ pub(super) fn eval(e: &EvalArgs, ctx: &Context) -> Result<i32> {
         remote(e, ctx, url, &data)?;
     }
     Ok(0)
+}
+
+/// `--extra`: appends the held-out fifth of the sentence files to the valid split (text
+/// only, as `train` holds them out) and returns how many.
+fn held_out_sentences(
+    e: &EvalArgs,
+    ctx: &Context,
+    enc: &crate::features::text::EncoderSpec,
+    data: &mut SplitData,
+) -> Result<usize> {
+    if e.extra.is_empty() {
+        return Ok(0);
+    }
+    if e.split != Split::Valid {
+        return Err(Error::Usage(format!(
+            "--extra adds the held-out sentences of the valid split; it cannot be used with \
+             --split {:?}: add --split valid or drop --extra",
+            e.split
+        )));
+    }
+    let (_, valid) = crate::train::text::extra_sentences(&e.extra, e.data.scale.limit())?;
+    trainer::append_sentences(enc, &ctx.models.dir, &valid, data, 1)?;
+    Ok(valid.len())
 }
 
 /// The local large model: the configured GGUF with `--adapter` or cascade.adapter.

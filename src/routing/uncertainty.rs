@@ -120,9 +120,12 @@ mod tests {
         // Sure and positive: little risk; a negative verdict's risk is 1 - P(negative).
         assert!(g.uncertainty(2.0, &[0.02, 0.08, 0.9], 0.1) < 0.03);
         assert!((g.uncertainty(-2.0, &[0.7, 0.2, 0.1], 0.1) - 0.3).abs() < 1e-5);
-        // A neutral verdict: its emitted score's sign decides, as Has0-Acc2 reads it.
+        // A neutral verdict is emitted as not negative (score in [0, band]), whatever
+        // the sign of the raw score: its risk is P(negative).
         assert!((g.uncertainty(0.05, &[0.4, 0.5, 0.1], 0.1) - 0.4).abs() < 1e-5);
-        assert!((g.uncertainty(-0.05, &[0.4, 0.5, 0.1], 0.1) - 0.6).abs() < 1e-5);
+        assert!((g.uncertainty(-0.05, &[0.4, 0.5, 0.1], 0.1) - 0.4).abs() < 1e-5);
+        // A positive verdict with a negative raw score is emitted positive too.
+        assert!((g.uncertainty(-0.5, &[0.3, 0.2, 0.5], 0.1) - 0.3).abs() < 1e-5);
         // Higher temperature: less sure.
         let hot = Gate::PolarityRisk { temperature: 3.0 };
         assert!(hot.uncertainty(2.0, &[0.02, 0.08, 0.9], 0.1) > 0.1);

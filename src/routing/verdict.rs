@@ -8,7 +8,12 @@
 //! - the polarity is the most probable class (the distribution the uncertainty measures);
 //! - the score keeps its value when it lies in that polarity's range, and is otherwise
 //!   moved to the nearest point of the range: a positive verdict scores above the band, a
-//!   negative one below minus the band, a neutral one within the band.
+//!   negative one below minus the band, a neutral one in [0, band]. A neutral verdict is
+//!   "not negative" (MMSA's Has0 convention counts a 0 label as non-negative), so its score
+//!   never carries a negative sign: before, a window the class head called neutral at
+//!   0.96 with a raw score of -0.05 was emitted at -0.05, counted negative by Has0-Acc2,
+//!   and the polarity-risk gate escalated it as a likely error (validation, 278 windows:
+//!   Has0-Acc2 of the emitted scores 0.824 -> 0.863 for the same model).
 //!
 //! So `polarity == argmax(probs) == polarity(score, band)` for every event. The models'
 //! own opinions (`ubm`, `mllm` in the event) stay as they answered.
@@ -29,7 +34,7 @@ pub fn coherent(score: f32, probs: &[f32; 3], band: f32) -> (f32, Polarity) {
     };
     let s = match p {
         Polarity::Negative => score.min(-band - MARGIN),
-        Polarity::Neutral => score.clamp(-band, band),
+        Polarity::Neutral => score.clamp(0.0, band),
         Polarity::Positive => score.max(band + MARGIN),
     };
     debug_assert_eq!(polarity(s, band), p);
@@ -70,8 +75,17 @@ mod tests {
             (2.1, Polarity::Positive)
         );
         assert_eq!(
+            coherent(0.05, &[0.2, 0.7, 0.1], 0.1),
+            (0.05, Polarity::Neutral)
+        );
+        // A neutral verdict is never negative: a slightly negative score moves to 0.
+        assert_eq!(
             coherent(-0.05, &[0.2, 0.7, 0.1], 0.1),
-            (-0.05, Polarity::Neutral)
+            (0.0, Polarity::Neutral)
+        );
+        assert_eq!(
+            coherent(-1.4, &[0.3, 0.6, 0.1], 0.1),
+            (0.0, Polarity::Neutral)
         );
         // A positive class with a negative score moves just past the band.
         let (s, p) = coherent(-0.6, &[0.1, 0.2, 0.7], 0.1);

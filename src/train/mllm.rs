@@ -14,9 +14,10 @@ use crate::features::text::{EncoderKind, EncoderSpec};
 use crate::features::visual::VIS_DIM;
 use crate::models::mllm::{AdapterMeta, Answer, Mllm, Query};
 use crate::models::ubm::{Modalities, Prediction, Ubm};
-use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, stage1};
+use crate::routing::fusion::{Policy, Stage1, Stage2, Verdict, decide, fuse_probs, stage1};
 use crate::routing::thresholds::Calibration;
 use crate::routing::uncertainty::{argmax, class_index, polarity};
+use crate::routing::verdict::coherent;
 use crate::train::dataset::{Dataset, Scale, Split, TextSource};
 use crate::train::metrics::{self, Metrics};
 use crate::train::trainer::{SplitData, load_split, mean_std};
@@ -398,16 +399,22 @@ pub(crate) fn cascade_row(
             uncertainty: inp.small[i].uncertainty,
             ..small
         };
+        let p = &inp.small[i];
         if stage1(gate, tau1) == Stage1::Accept {
-            scores.push(small.score);
+            scores.push(coherent(small.score, &p.probs, band).0);
             continue;
         }
         esc += 1;
         let (first, t1) = inp.first[i];
         runtime += t1;
-        let score = match decide(small, first.verdict(), tau2, band, policy) {
-            Stage2::AcceptLarge => first.score,
-            Stage2::Fused(v) => v.score,
+        // Each outcome's score as an event carries it (the one-verdict rule on the
+        // probabilities the cascade emits with it).
+        let (score, probs) = match decide(small, first.verdict(), tau2, band, policy) {
+            Stage2::AcceptLarge => (first.score, first.probs),
+            Stage2::Fused(v) => (
+                v.score,
+                fuse_probs(&p.probs, small.uncertainty, &first.probs, first.uncertainty),
+            ),
             Stage2::CrossVerify => {
                 s3 += 1;
                 if inp.second[i].is_none() {
@@ -419,10 +426,10 @@ pub(crate) fn cascade_row(
                 if polarity(second.score, band) == truth && polarity(first.score, band) != truth {
                     corrected += 1;
                 }
-                second.score
+                (second.score, second.probs)
             }
         };
-        scores.push(score);
+        scores.push(coherent(score, &probs, band).0);
     }
     Ok(CompareRow {
         name: name.into(),
@@ -538,7 +545,7 @@ pub(crate) fn compare(
         let a = ask_backend(backend, data, i, Some(e))?;
         Ok((a, t.elapsed().as_secs_f64()))
     };
-    let mut rows = baseline_rows(&inp, n);
+    let mut rows = baseline_rows(&inp, n, band);
     let c1 = ubm.meta.calibration.ok_or_else(|| ModelError::Runtime {
         name: "eval --compare".into(),
         reason: "the UBM is not calibrated; run `sentistream calibrate`".into(),
@@ -652,9 +659,14 @@ fn first_pass(backend: &mut dyn Backend, data: &SplitData) -> Result<Vec<(Answer
 }
 
 /// The two reference rows of the comparison: small model only and large model only.
-fn baseline_rows(inp: &CompareInputs, n: usize) -> Vec<CompareRow> {
+fn baseline_rows(inp: &CompareInputs, n: usize, band: f32) -> Vec<CompareRow> {
     let mut rows = Vec::new();
-    let small_scores: Vec<f32> = inp.small.iter().map(|p| p.score).collect();
+    // Scores as events carry them (one-verdict rule), as in every U-ACS row.
+    let small_scores: Vec<f32> = inp
+        .small
+        .iter()
+        .map(|p| coherent(p.score, &p.probs, band).0)
+        .collect();
     rows.push(CompareRow {
         name: "UBM only".into(),
         metrics: metrics::compute(&small_scores, &inp.labels),
@@ -663,7 +675,11 @@ fn baseline_rows(inp: &CompareInputs, n: usize) -> Vec<CompareRow> {
         correction: 0.0,
         runtime_s: inp.small_s * n as f64,
     });
-    let large_scores: Vec<f32> = inp.first.iter().map(|a| a.0.score).collect();
+    let large_scores: Vec<f32> = inp
+        .first
+        .iter()
+        .map(|a| coherent(a.0.score, &a.0.probs, band).0)
+        .collect();
     let large_runtime: f64 = inp.first.iter().map(|a| a.1).sum();
     rows.push(CompareRow {
         name: "large model only".into(),

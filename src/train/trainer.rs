@@ -285,39 +285,48 @@ fn add_sentences(
     train: &mut SplitData,
     valid: &mut SplitData,
 ) -> Result<()> {
-    let enc = spec.open(&o.models_dir)?;
-    let add = |rows: &[(String, f32)], to: &mut SplitData, times: usize| -> Result<()> {
-        for chunk in rows.chunks(64) {
-            let texts: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
-            let emb: Vec<f32> =
-                Vec::try_from(enc.encode(&texts)?.view([-1])).map_err(|e: tch::TchError| {
-                    ModelError::Runtime {
-                        name: "text encoder".into(),
-                        reason: e.to_string(),
-                    }
-                })?;
-            for ((text, label), e) in chunk.iter().zip(emb.chunks(TEXT_DIM)) {
-                for _ in 0..times {
-                    to.feats.push(WindowFeatures {
-                        text: Some(e.to_vec()),
-                        audio: Vec::new(),
-                        visual: Vec::new(),
-                    });
-                    to.labels.push(*label);
-                    to.texts.push(text.clone());
-                    to.ids.push(format!("extra/{}", to.ids.len()));
-                }
-            }
-        }
-        Ok(())
-    };
-    add(tr, train, o.extra_weight.max(1))?;
-    add(va, valid, 1)?;
+    append_sentences(spec, &o.models_dir, tr, train, o.extra_weight.max(1))?;
+    append_sentences(spec, &o.models_dir, va, valid, 1)?;
     tracing::info!(
         train = tr.len(),
         valid = va.len(),
         "text-only sentences added"
     );
+    Ok(())
+}
+
+/// Appends graded sentences to `to` as text-only windows (ids `extra/N`), each `times`
+/// times, encoded by the encoder `spec` describes.
+pub(crate) fn append_sentences(
+    spec: &EncoderSpec,
+    models_dir: &Path,
+    rows: &[(String, f32)],
+    to: &mut SplitData,
+    times: usize,
+) -> Result<()> {
+    let enc = spec.open(models_dir)?;
+    for chunk in rows.chunks(64) {
+        let texts: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
+        let emb: Vec<f32> =
+            Vec::try_from(enc.encode(&texts)?.view([-1])).map_err(|e: tch::TchError| {
+                ModelError::Runtime {
+                    name: "text encoder".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        for ((text, label), e) in chunk.iter().zip(emb.chunks(TEXT_DIM)) {
+            for _ in 0..times {
+                to.feats.push(WindowFeatures {
+                    text: Some(e.to_vec()),
+                    audio: Vec::new(),
+                    visual: Vec::new(),
+                });
+                to.labels.push(*label);
+                to.texts.push(text.clone());
+                to.ids.push(format!("extra/{}", to.ids.len()));
+            }
+        }
+    }
     Ok(())
 }
 
