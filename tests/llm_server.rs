@@ -153,10 +153,13 @@ fn a_server_restart_mid_run_costs_only_the_windows_escalated_while_it_was_down()
     std::fs::write(
         &cfg,
         format!(
-            "[cascade]\nbackend = \"openai\"\nremote_api = \"llama_cpp\"\nurl = \"http://127.0.0.1:{port}/v1/chat/completions\"\ntimeout_ms = 20000\n"
+            "[cascade]\nbackend = \"openai\"\nremote_api = \"llama_cpp\"\nurl = \"http://127.0.0.1:{port}/v1/chat/completions\"\ntimeout_ms = 20000\ntau1 = 0.0\n"
         ),
     )
     .unwrap();
+    // tau1 = 0 escalates every window, so windows reach the server before the kill, while
+    // it is down and after the restart, whatever share the committed small model would
+    // escalate on its own (2 of the call's 18 windows at its lambda).
     let out = dir.path().join("call.jsonl");
     let mut run = Command::new(env!("CARGO_BIN_EXE_sentistream"))
         .args(["--config", cfg.to_str().unwrap(), "annotate"])
