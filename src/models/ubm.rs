@@ -409,7 +409,7 @@ impl Ubm {
                 Prediction {
                     score,
                     probs: p,
-                    uncertainty: self.meta.gate.uncertainty(score, &p, self.meta.band),
+                    uncertainty: self.meta.gate.uncertainty(&p),
                 }
             })
             .collect()

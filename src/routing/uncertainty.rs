@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::Polarity;
-use crate::routing::verdict::coherent;
+use crate::routing::verdict::not_negative;
 
 /// Natural log of 3: the entropy of a uniform 3-class distribution (the most uncertain).
 pub const LN_3: f32 = 1.098_612_3;
@@ -38,8 +38,8 @@ pub enum Gate {
     Entropy,
     /// The probability that the emitted verdict's polarity is wrong in the Has0 sense
     /// (negative vs not), from the class probabilities at `temperature` (fitted on
-    /// validation): P(negative) when the emitted score (one-verdict rule) is at or above
-    /// 0, else 1 - P(negative).
+    /// validation): P(negative) when the verdict is emitted not negative (its class is
+    /// neutral or positive, one-verdict rule), else 1 - P(negative).
     PolarityRisk {
         /// Temperature of the class probabilities.
         temperature: f32,
@@ -47,13 +47,13 @@ pub enum Gate {
 }
 
 impl Gate {
-    /// u of a prediction with `score`, class probabilities `probs` and neutral band `band`.
-    pub fn uncertainty(&self, score: f32, probs: &[f32; 3], band: f32) -> f32 {
+    /// u of a prediction with class probabilities `probs`.
+    pub fn uncertainty(&self, probs: &[f32; 3]) -> f32 {
         match *self {
             Gate::Entropy => entropy(probs),
             Gate::PolarityRisk { temperature } => {
                 let p = at_temperature(probs, temperature);
-                if coherent(score, probs, band).0 >= 0.0 {
+                if not_negative(probs) {
                     p[0]
                 } else {
                     p[1] + p[2]
@@ -118,18 +118,17 @@ mod tests {
     fn the_polarity_risk_gate_is_the_chance_that_the_emitted_sign_is_wrong() {
         let g = Gate::PolarityRisk { temperature: 1.0 };
         // Sure and positive: little risk; a negative verdict's risk is 1 - P(negative).
-        assert!(g.uncertainty(2.0, &[0.02, 0.08, 0.9], 0.1) < 0.03);
-        assert!((g.uncertainty(-2.0, &[0.7, 0.2, 0.1], 0.1) - 0.3).abs() < 1e-5);
+        assert!(g.uncertainty(&[0.02, 0.08, 0.9]) < 0.03);
+        assert!((g.uncertainty(&[0.7, 0.2, 0.1]) - 0.3).abs() < 1e-5);
         // A neutral verdict is emitted as not negative (score in [0, band]), whatever
-        // the sign of the raw score: its risk is P(negative).
-        assert!((g.uncertainty(0.05, &[0.4, 0.5, 0.1], 0.1) - 0.4).abs() < 1e-5);
-        assert!((g.uncertainty(-0.05, &[0.4, 0.5, 0.1], 0.1) - 0.4).abs() < 1e-5);
-        // A positive verdict with a negative raw score is emitted positive too.
-        assert!((g.uncertainty(-0.5, &[0.3, 0.2, 0.5], 0.1) - 0.3).abs() < 1e-5);
+        // the sign of its raw score: its risk is P(negative).
+        assert!((g.uncertainty(&[0.4, 0.5, 0.1]) - 0.4).abs() < 1e-5);
+        // A positive verdict, whatever its raw score, is emitted positive too.
+        assert!((g.uncertainty(&[0.3, 0.2, 0.5]) - 0.3).abs() < 1e-5);
         // Higher temperature: less sure.
         let hot = Gate::PolarityRisk { temperature: 3.0 };
-        assert!(hot.uncertainty(2.0, &[0.02, 0.08, 0.9], 0.1) > 0.1);
-        assert_eq!(Gate::Entropy.uncertainty(0.0, &[1.0, 0.0, 0.0], 0.1), 0.0);
+        assert!(hot.uncertainty(&[0.02, 0.08, 0.9]) > 0.1);
+        assert_eq!(Gate::Entropy.uncertainty(&[1.0, 0.0, 0.0]), 0.0);
         // Models saved before the gate was recorded read as entropy.
         let old: Gate = serde_json::from_str(r#"{"kind":"entropy"}"#).unwrap();
         assert_eq!(old, Gate::Entropy);

@@ -41,10 +41,17 @@ pub fn coherent(score: f32, probs: &[f32; 3], band: f32) -> (f32, Polarity) {
     (s, p)
 }
 
-/// Whether the emitted verdict's polarity in MMSA's Has0 sense (negative, or not: score
-/// below 0 or not) agrees with the label's.
-pub(crate) fn has0_right(score: f32, probs: &[f32; 3], band: f32, label: f32) -> bool {
-    (coherent(score, probs, band).0 >= 0.0) == (label >= 0.0)
+/// Whether a verdict with class probabilities `probs` is emitted "not negative" (score at
+/// or above 0, MMSA's Has0 sense): by the rule above, exactly when its class is not
+/// negative, whatever its raw score.
+pub(crate) fn not_negative(probs: &[f32; 3]) -> bool {
+    argmax(probs) != 0
+}
+
+/// Whether the emitted verdict's polarity in MMSA's Has0 sense (negative, or not)
+/// agrees with the label's.
+pub(crate) fn has0_right(probs: &[f32; 3], label: f32) -> bool {
+    not_negative(probs) == (label >= 0.0)
 }
 
 /// A final verdict with its score and polarity made coherent with its probabilities
@@ -96,6 +103,8 @@ mod tests {
             for score in [-3.0, -0.11, -0.1, 0.0, 0.1, 0.11, 3.0] {
                 let (s, p) = coherent(score, &probs, 0.1);
                 assert_eq!(polarity(s, 0.1), p, "{score} {probs:?}");
+                // The emitted sign is the class's: not_negative needs no score.
+                assert_eq!(s >= 0.0, not_negative(&probs), "{score} {probs:?}");
             }
         }
     }

@@ -82,7 +82,7 @@ pub(crate) fn compare(
     let wrong: Vec<bool> = preds
         .iter()
         .zip(labels)
-        .map(|(p, &y)| !has0_right(p.score, &p.probs, band, y))
+        .map(|(p, &y)| !has0_right(&p.probs, y))
         .collect();
     let cal: Vec<[f32; 3]> = preds.iter().map(|p| at_temperature(&p.probs, t)).collect();
     let est: Vec<(&'static str, Vec<f32>)> = vec![
@@ -102,7 +102,7 @@ pub(crate) fn compare(
             "P(emitted polarity wrong), calibrated",
             preds
                 .iter()
-                .map(|p| Gate::PolarityRisk { temperature: t }.uncertainty(p.score, &p.probs, band))
+                .map(|p| Gate::PolarityRisk { temperature: t }.uncertainty(&p.probs))
                 .collect(),
         ),
         (

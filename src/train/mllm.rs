@@ -393,13 +393,13 @@ pub(crate) fn cascade_row(
     let (mut scores, mut esc, mut s3, mut corrected) = (Vec::with_capacity(n), 0, 0, 0);
     let mut runtime = 0.0;
     for i in 0..n {
-        let small = verdict_of(&inp.small[i]);
+        let p = &inp.small[i];
+        let small = verdict_of(p);
         runtime += inp.small_s;
         let gate = Verdict {
-            uncertainty: inp.small[i].uncertainty,
+            uncertainty: p.uncertainty,
             ..small
         };
-        let p = &inp.small[i];
         if stage1(gate, tau1) == Stage1::Accept {
             scores.push(coherent(small.score, &p.probs, band).0);
             continue;

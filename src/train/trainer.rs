@@ -12,7 +12,7 @@ use crate::error::{DatasetError, ModelError, Result};
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
 use crate::features::text::TEXT_DIM;
-use crate::features::text::{EncoderKind, EncoderSpec};
+use crate::features::text::{EncoderKind, EncoderSpec, TextEncoder};
 use crate::features::visual::VIS_DIM;
 use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
 use crate::routing::thresholds::{self, Calibration};
@@ -285,8 +285,9 @@ fn add_sentences(
     train: &mut SplitData,
     valid: &mut SplitData,
 ) -> Result<()> {
-    append_sentences(spec, &o.models_dir, tr, train, o.extra_weight.max(1))?;
-    append_sentences(spec, &o.models_dir, va, valid, 1)?;
+    let enc = spec.open(&o.models_dir)?;
+    append_sentences(&enc, tr, train, o.extra_weight.max(1))?;
+    append_sentences(&enc, va, valid, 1)?;
     tracing::info!(
         train = tr.len(),
         valid = va.len(),
@@ -296,15 +297,13 @@ fn add_sentences(
 }
 
 /// Appends graded sentences to `to` as text-only windows (ids `extra/N`), each `times`
-/// times, encoded by the encoder `spec` describes.
+/// times, encoded by `enc` (the small model's text encoder).
 pub(crate) fn append_sentences(
-    spec: &EncoderSpec,
-    models_dir: &Path,
+    enc: &TextEncoder,
     rows: &[(String, f32)],
     to: &mut SplitData,
     times: usize,
 ) -> Result<()> {
-    let enc = spec.open(models_dir)?;
     for chunk in rows.chunks(64) {
         let texts: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
         let emb: Vec<f32> =
@@ -475,7 +474,7 @@ pub(crate) enum CalibrationRule {
 fn correct(p: &Prediction, label: f32, band: f32, gate: Gate) -> bool {
     match gate {
         Gate::Entropy => crate::routing::uncertainty::argmax(&p.probs) == class_index(label, band),
-        Gate::PolarityRisk { .. } => has0_right(p.score, &p.probs, band, label),
+        Gate::PolarityRisk { .. } => has0_right(&p.probs, label),
     }
 }
 
@@ -614,7 +613,7 @@ pub(crate) fn lambda_sweep(
                 // As served: the emitted (one-verdict) score's sign.
                 accepted_acc2: acc
                     .iter()
-                    .filter(|&&i| has0_right(preds[i].score, &preds[i].probs, band, labels[i]))
+                    .filter(|&&i| has0_right(&preds[i].probs, labels[i]))
                     .count() as f64
                     / n,
                 accepted_acc3: acc
