@@ -268,3 +268,71 @@ fn a_gguf_rewritten_with_replaced_tensors_reads_back_exactly() {
     // The rewritten file still loads as a model.
     Llm::load(&out).unwrap();
 }
+
+const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// Gemma 3: the KV cache and the sliding window. 600 tokens in one pass equal 520 then
+/// 80 through the cache (the window of 512 then hides keys on the local layers in both
+/// ways of computing it), and the tokenizer round-trips text.
+#[test]
+fn gemma3_cache_and_sliding_window_agree_with_one_pass() {
+    let Some(path) = common::model(GEMMA) else {
+        return;
+    };
+    let llm = Llm::load(&path).unwrap();
+    let s = "Héllo, wörld! 12 apples\n\n  and\ttabs";
+    assert_eq!(llm.decode(&llm.tokenize(s).unwrap()), s);
+    let _g = tch::no_grad_guard();
+    let mut ids = vec![llm.bos().unwrap()];
+    while ids.len() < 600 {
+        ids.extend(
+            llm.tokenize(" The call was fine until the line dropped, twice.")
+                .unwrap(),
+        );
+    }
+    ids.truncate(600);
+    let x = llm.embed(&ids).unsqueeze(0);
+    let (full, _) = llm.forward(&x, None, None).unwrap();
+    let (_, cache) = llm.forward(&x.narrow(1, 0, 520), None, None).unwrap();
+    let (rest, c2) = llm
+        .forward(&x.narrow(1, 520, 80), Some(&cache), None)
+        .unwrap();
+    assert_eq!(c2.len, 600);
+    let diff = (full.narrow(1, 520, 80) - rest)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 2e-3, "{diff}");
+}
+
+/// The committed Gemma adapter (models/mllm-gemma.*) judges clear sentences without
+/// audio or face like their words say.
+#[test]
+fn gemma3_with_its_adapter_judges_clear_sentences() {
+    let Some(path) = common::model(GEMMA) else {
+        return;
+    };
+    let m = Mllm::load(&path, &common::models_dir().join("mllm-gemma")).unwrap();
+    let silent = WindowFeatures::default();
+    for (text, class) in [
+        ("Thank you so much, this fixed everything, I'm thrilled.", 2),
+        (
+            "This is the third time it broke and nobody called me back. Unacceptable.",
+            0,
+        ),
+    ] {
+        let a = m
+            .judge(&Query {
+                text,
+                features: &silent,
+                earlier: None,
+            })
+            .unwrap();
+        let best = (0..3)
+            .max_by(|&i, &j| a.probs[i].total_cmp(&a.probs[j]))
+            .unwrap();
+        assert_eq!(best, class, "{text}: {a:?}");
+        assert!((a.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        assert!(a.score.abs() <= 3.0);
+    }
+}

@@ -228,3 +228,89 @@ fn a_server_restart_mid_run_costs_only_the_windows_escalated_while_it_was_down()
         "the restarted server answers again: {events:#?}"
     );
 }
+
+/// POSTs `body` to the llama.cpp server's native endpoint `path` and parses the answer.
+fn post(server: &common::LlmServer, path: &str, body: Value) -> Value {
+    let url = server.url().replace("/v1/chat/completions", path);
+    let text = ureq::post(&url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Our Gemma 3 (Q5_0/Q4_K/Q6_K/Q8_0 dequantisation, the Gemma 3 block, the SentencePiece
+/// tokenizer rebuilt from the GGUF) against llama.cpp on the same file: the same token ids
+/// for text with punctuation, digits, newlines, accents and emoji, and the same most
+/// likely next token with log-probabilities of llama.cpp's top five within 0.25 nats,
+/// also after a prompt longer than the sliding window.
+#[test]
+fn gemma3_tokenizes_and_predicts_like_llama_cpp() {
+    let py = common::repo("third_party/xllamacpp/bin/python");
+    if !py.is_file() {
+        common::skip(&format!("{} is not installed", py.display()));
+        return;
+    }
+    let Some(gguf) = common::model("gemma-3-270m-q4_k_m.gguf") else {
+        return;
+    };
+    let llm = sentistream::models::llm::Llm::load(&gguf).unwrap();
+    let server = common::LlmServer::start(&gguf, common::free_port());
+    let texts = [
+        "The capital of France is",
+        "Honestly? It's fine.  Whatever...\nWe'll see on 12/03 at 4:30pm.",
+        "Café déjà vu — naïve résumé 🙂 <start_of_turn>user\nhi",
+        "I was on hold for 45 minutes and nobody called me back!!",
+    ];
+    for text in texts {
+        let theirs = post(&server, "/tokenize", serde_json::json!({"content": text}));
+        let theirs: Vec<i64> = theirs["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_i64().unwrap())
+            .collect();
+        assert_eq!(llm.tokenize(text).unwrap(), theirs, "{text:?}");
+    }
+    let _g = tch::no_grad_guard();
+    // Over 512 tokens the local layers see only the last 512 (the sliding window).
+    let long = format!(
+        "{}Overall, the support was",
+        "Day 1: the router dropped the line, I called, waited, and got a refund. ".repeat(40)
+    );
+    assert!(llm.tokenize(&long).unwrap().len() > 600);
+    for text in [texts[0], texts[3], long.as_str()] {
+        let r = post(
+            &server,
+            "/completion",
+            serde_json::json!({"prompt": text, "n_predict": 1, "temperature": 0, "n_probs": 5}),
+        );
+        let top = r["completion_probabilities"][0]["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let mut ids = vec![llm.bos().unwrap()];
+        ids.extend(llm.tokenize(text).unwrap());
+        let (h, _) = llm
+            .forward(&llm.embed(&ids).unsqueeze(0), None, None)
+            .unwrap();
+        let last = h.select(1, h.size()[1] - 1);
+        let logp = llm
+            .logits(&last)
+            .log_softmax(-1, tch::Kind::Float)
+            .squeeze();
+        assert_eq!(
+            logp.argmax(-1, false).int64_value(&[]),
+            top[0]["id"].as_i64().unwrap(),
+            "{text:?}: {top:?}"
+        );
+        for t in &top {
+            let ours = logp.double_value(&[t["id"].as_i64().unwrap()]);
+            let theirs = t["logprob"].as_f64().unwrap();
+            assert!((ours - theirs).abs() < 0.25, "{text:?} {t}: ours {ours:.3}");
+        }
+    }
+}

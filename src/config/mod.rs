@@ -206,7 +206,7 @@ impl Default for SinksConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
-    /// SmolLM2 + the trained adapter in libtorch (built in).
+    /// An LLM GGUF (SmolLM2 or Gemma 3) + its trained adapter in libtorch (built in).
     Local,
     /// A TorchScript module following the documented contract (`cascade.torchscript`).
     Torchscript,
@@ -244,7 +244,8 @@ pub struct CascadeConfig {
     pub enabled: bool,
     /// Backend serving escalations.
     pub backend: BackendKind,
-    /// GGUF of the local LLM (path or name in the models folder).
+    /// GGUF of the local LLM (path or name in the models folder): Llama (SmolLM2) or
+    /// Gemma 3.
     pub gguf: PathBuf,
     /// Trained adapter base path (`.safetensors` + `.json`; path or name in the models folder).
     pub adapter: PathBuf,

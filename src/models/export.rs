@@ -1,7 +1,8 @@
 //! The large model for an external llama.cpp server (`models export-llm`): the trained
-//! LoRA merged into SmolLM2's attention query and value weights, written as a GGUF that
+//! LoRA merged into the base model's (SmolLM2's or Gemma 3's) attention query and value
+//! weights, written as a GGUF that
 //! any llama.cpp build loads. The merged tensors are stored in f16 (a LoRA delta is far
-//! below Q4_1's step); every other tensor and the tokenizer are copied unchanged.
+//! below the file's quantisation step); every other tensor and the tokenizer are copied unchanged.
 //!
 //! What the server cannot run: the audio and visual soft tokens (llama.cpp's chat API
 //! takes text only) and the adapter's value head (the score is derived from the label
@@ -65,8 +66,10 @@ pub fn export_merged(gguf: &Path, adapter: &Path, out: &Path) -> Result<ExportRe
         }
     }
     let note = format!(
-        "SmolLM2 + sentistream LoRA (rank {}, alpha {}) merged into attn_q/attn_v; text-only: the audio/visual soft tokens and the value head are not included",
-        meta.rank, meta.alpha
+        "{} + sentistream LoRA (rank {}, alpha {}) merged into attn_q/attn_v; text-only: the audio/visual soft tokens and the value head are not included",
+        model.llm.shape.arch.name(),
+        meta.rank,
+        meta.alpha
     );
     let bytes = g.write_with(out, &replace, &[("sentistream.export", note.as_str())])?;
     Ok(ExportReport {

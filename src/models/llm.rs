@@ -1,13 +1,17 @@
-//! A Llama-architecture language model (SmolLM2-135M-Instruct) in libtorch, loaded from
-//! its GGUF file: weights dequantised and kept in f16 (computed in f32), the tokenizer rebuilt from the GGUF
-//! metadata and run through the `tokenizers` crate, a KV cache, optional LoRA on the
-//! query and value projections, and input embeddings that may carry soft tokens.
+//! A decoder-only language model in libtorch, loaded from its GGUF file: Llama
+//! (SmolLM2-135M-Instruct) or Gemma 3 (Gemma-3-270M). Weights are dequantised and kept in
+//! 8-bit blocks (computed in f32), the tokenizer is rebuilt from the GGUF metadata and run
+//! through the `tokenizers` crate; a KV cache, optional LoRA on the query and value
+//! projections, and input embeddings that may carry soft tokens.
 //!
 //! Layout facts this code relies on (checked at load time where possible):
 //! - dequantised matrices are `[out, in]` (the reverse of the GGUF shape); they are kept
 //!   transposed (`[in, out]`) so a projection is one `matmul`;
-//! - q/k weights are stored permuted for adjacent-pair RoPE (llama.cpp's layout), so RoPE
-//!   here rotates pairs `(2i, 2i+1)`;
+//! - Llama: q/k weights are stored permuted for adjacent-pair RoPE (llama.cpp's layout),
+//!   so RoPE rotates pairs `(2i, 2i+1)`; Gemma 3 is stored unpermuted and rotates the two
+//!   halves of each head (`i`, `i + head_dim / 2`);
+//! - Gemma 3's RMS-norm weights are stored with Gemma's `1 +` already added (llama.cpp's
+//!   converter does it), so every norm here is `x / rms(x) * w`;
 //! - the output projection is tied to the token embedding (no `output.weight`).
 
 use std::path::{Path, PathBuf};
@@ -94,9 +98,39 @@ impl Packed {
 /// Longest sequence (prompt + cache) the RoPE tables cover.
 pub(crate) const MAX_POSITIONS: i64 = 2048;
 
+/// The model families [`Llm`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama (SmolLM2): SiLU-gated feed-forward, RoPE on adjacent pairs.
+    Llama,
+    /// Gemma 3: GELU-gated feed-forward; RMS norms on each head's query and key and after
+    /// attention and the feed-forward; RoPE on halves, base 10,000 on the sliding-window
+    /// layers and the file's base on every sixth (global) layer; input embeddings scaled
+    /// by the square root of the width.
+    Gemma3,
+}
+
+impl Arch {
+    /// The GGUF `general.architecture` name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// Gemma 3: every sixth layer (5, 11, ...) attends globally, the others within the
+/// sliding window (llama.cpp's and Hugging Face's layout for the 270M..27B models).
+const GEMMA3_GLOBAL_EVERY: usize = 6;
+/// Gemma 3: RoPE base of the sliding-window layers (the file's base is the global one).
+const GEMMA3_LOCAL_ROPE_BASE: f64 = 10_000.0;
+
 /// Hyper-parameters read from the GGUF metadata.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LlmShape {
+    /// Model family.
+    pub arch: Arch,
     /// Transformer blocks.
     pub(crate) layers: usize,
     /// Hidden width.
@@ -105,10 +139,14 @@ pub struct LlmShape {
     pub(crate) ffn: i64,
     /// Query heads.
     pub(crate) heads: i64,
+    /// Width of one attention head (Gemma 3's is not `embd / heads`).
+    pub(crate) head_width: i64,
     /// Key/value heads (grouped-query attention).
     pub(crate) kv_heads: i64,
-    /// RoPE frequency base.
+    /// RoPE frequency base (Gemma 3: of the global layers).
     pub(crate) rope_base: f64,
+    /// Sliding attention window of the local layers (0: every layer attends globally).
+    pub(crate) window: i64,
     /// RMS-norm epsilon.
     pub(crate) rms_eps: f64,
     /// Vocabulary size.
@@ -118,8 +156,30 @@ pub struct LlmShape {
 impl LlmShape {
     /// Width of one attention head.
     pub(crate) fn head_dim(&self) -> i64 {
-        self.embd / self.heads
+        self.head_width
     }
+
+    /// Width of all query heads together (the attention's inner width).
+    pub(crate) fn q_dim(&self) -> i64 {
+        self.heads * self.head_width
+    }
+
+    /// Whether block `i` attends only within the sliding window.
+    fn is_local(&self, i: usize) -> bool {
+        self.window > 0 && !(i + 1).is_multiple_of(GEMMA3_GLOBAL_EVERY)
+    }
+}
+
+/// Gemma 3's extra norms of one block.
+struct GemmaNorms {
+    /// Per-head query norm `[head_dim]`.
+    q: Tensor,
+    /// Per-head key norm `[head_dim]`.
+    k: Tensor,
+    /// Norm of the attention output before the residual add `[embd]`.
+    post_attn: Tensor,
+    /// Norm of the feed-forward output before the residual add `[embd]`.
+    post_ffn: Tensor,
 }
 
 struct Block {
@@ -132,6 +192,7 @@ struct Block {
     w_gate: Packed,
     w_up: Packed,
     w_down: Packed,
+    gemma: Option<GemmaNorms>,
 }
 
 /// LoRA factors for one block's query and value projections: `x A B * scale` is added.
@@ -188,8 +249,16 @@ pub struct Llm {
     embed: Packed,
     blocks: Vec<Block>,
     out_norm: Tensor,
-    rope_cos: Tensor,
-    rope_sin: Tensor,
+    /// RoPE cosine and sine tables of the global layers.
+    rope: (Tensor, Tensor),
+    /// RoPE tables of the sliding-window layers (Gemma 3).
+    rope_local: Option<(Tensor, Tensor)>,
+    /// Input embedding scale (Gemma 3: sqrt(embd); Llama: 1).
+    embed_scale: f64,
+    /// Beginning-of-sequence token.
+    bos_id: i64,
+    /// End-of-sequence token (generation stops there).
+    eos_id: Option<i64>,
 }
 
 fn corrupt(path: &Path, reason: impl Into<String>) -> ModelError {
@@ -199,16 +268,115 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> ModelError {
     }
 }
 
+/// GGUF token type of control tokens (`<bos>`, `<start_of_turn>`, ...).
+const TOKEN_CONTROL: u64 = 3;
+/// GGUF token type of user-defined pieces (`\n\n`, runs of spaces, `<table>`).
+const TOKEN_USER: u64 = 4;
+/// GGUF token type of byte-fallback tokens (`<0x0A>`).
+const TOKEN_BYTE: u64 = 6;
+
+/// Builds the tokenizer the GGUF describes: `gpt2` (byte-level BPE with merges, SmolLM2)
+/// or `llama` (SentencePiece BPE with scores, Gemma 3).
+pub(crate) fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
+    match g.str("tokenizer.ggml.model").unwrap_or("") {
+        "gpt2" => gpt2_tokenizer(g),
+        "llama" => sentencepiece_tokenizer(g),
+        model => Err(corrupt(
+            &g.path,
+            format!("tokenizer model {model:?} is not supported (gpt2 BPE or llama SentencePiece)"),
+        )),
+    }
+}
+
+/// A SentencePiece BPE tokenizer from the vocabulary, scores and token types: spaces
+/// become `▁`, the pair whose merged piece scores highest is merged first (as
+/// SentencePiece does; expressed as `tokenizers` BPE merges ranked by that score),
+/// characters outside the vocabulary fall back to `<0xXX>` byte tokens, and control
+/// tokens written in the text (`<start_of_turn>`) and user-defined pieces are matched
+/// whole.
+fn sentencepiece_tokenizer(g: &Gguf) -> Result<Tokenizer, ModelError> {
+    use std::collections::HashMap;
+    use tokenizers::decoders::{
+        byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as DecodeSeq,
+    };
+    use tokenizers::models::bpe::{BPE, Vocab};
+    use tokenizers::normalizers::Replace;
+    use tokenizers::{AddedToken, DecoderWrapper};
+    let bad = |what: &str| corrupt(&g.path, format!("{what} is missing or malformed"));
+    let tokens = g
+        .strings("tokenizer.ggml.tokens")
+        .ok_or_else(|| bad("tokenizer.ggml.tokens"))?;
+    let scores = g
+        .floats("tokenizer.ggml.scores")
+        .filter(|s| s.len() == tokens.len())
+        .ok_or_else(|| bad("tokenizer.ggml.scores"))?;
+    let types = g
+        .uints("tokenizer.ggml.token_type")
+        .filter(|t| t.len() == tokens.len())
+        .ok_or_else(|| bad("tokenizer.ggml.token_type"))?;
+    let plain = |i: usize| types[i] != TOKEN_CONTROL && types[i] != TOKEN_BYTE;
+    let index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| plain(*i))
+        .map(|(i, t)| (*t, i))
+        .collect();
+    // Every split of a piece into two pieces is a merge ranked by the piece's score.
+    let mut ranked: Vec<(f64, usize, usize, usize)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate().filter(|(i, _)| plain(*i)) {
+        for (cut, _) in t.char_indices().skip(1) {
+            if let (Some(&l), Some(&r)) = (index.get(&t[..cut]), index.get(&t[cut..])) {
+                ranked.push((-scores[i], i, l, r));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let merges = ranked
+        .iter()
+        .map(|&(_, _, l, r)| (tokens[l].to_string(), tokens[r].to_string()))
+        .collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let fail = |e: tokenizers::Error| corrupt(&g.path, format!("tokenizer cannot be built: {e}"));
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(fail)?;
+    let mut tok = Tokenizer::new(bpe);
+    tok.with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(fail)?))
+        .map_err(fail)?;
+    let decoders: Vec<DecoderWrapper> = vec![
+        Replace::new("\u{2581}", " ").map_err(fail)?.into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    tok.with_decoder(Some(DecodeSeq::new(decoders)));
+    let control: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types[*i] == TOKEN_CONTROL)
+        .map(|(_, t)| AddedToken::from(t.to_string(), true))
+        .collect();
+    tok.add_special_tokens(control).map_err(fail)?;
+    // User-defined pieces (runs of spaces, tabs and newlines, HTML tags) are matched whole
+    // in the raw text before anything else, as llama.cpp does.
+    let user: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types[*i] == TOKEN_USER)
+        .map(|(_, t)| AddedToken::from(t.to_string(), false).normalized(false))
+        .collect();
+    tok.add_tokens(user).map_err(fail)?;
+    Ok(tok)
+}
+
 /// Builds a `tokenizers` BPE tokenizer (GPT-2 byte level, digits split one by one, as the
 /// GGUF's `smollm` pre-tokenizer type says) from the GGUF vocabulary and merges.
-pub(crate) fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
-    let model = g.str("tokenizer.ggml.model").unwrap_or("");
-    if model != "gpt2" {
-        return Err(corrupt(
-            &g.path,
-            format!("tokenizer model {model:?} is not supported (only gpt2 BPE)"),
-        ));
-    }
+fn gpt2_tokenizer(g: &Gguf) -> Result<Tokenizer, ModelError> {
     let tokens = g
         .strings("tokenizer.ggml.tokens")
         .ok_or_else(|| corrupt(&g.path, "tokenizer.ggml.tokens is missing"))?;
@@ -253,7 +421,8 @@ pub(crate) fn tokenizer_from_gguf(g: &Gguf) -> Result<Tokenizer, ModelError> {
 }
 
 impl Llm {
-    /// Loads a Llama GGUF (SmolLM2); a missing, truncated or foreign file is a clear error.
+    /// Loads a Llama (SmolLM2) or Gemma 3 GGUF; a missing, truncated or foreign file is
+    /// a clear error.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let (g, shape) = Self::open(path)?;
         let (c, vocab) = (shape.embd, shape.vocab);
@@ -264,7 +433,7 @@ impl Llm {
         let embed = Self::gguf_packed(&g, path, "token_embd.weight", (vocab, c), false)?;
         let out_norm = Self::gguf_tensor(&g, path, "output_norm.weight", &[c])?;
         let tokenizer = tokenizer_from_gguf(&g)?;
-        let (rope_cos, rope_sin) = Self::rope_tables(&shape);
+        let gemma = shape.arch == Arch::Gemma3;
         Ok(Self {
             shape,
             path: path.to_path_buf(),
@@ -272,19 +441,22 @@ impl Llm {
             embed,
             blocks,
             out_norm,
-            rope_cos,
-            rope_sin,
+            rope: Self::rope_tables(&shape, shape.rope_base),
+            rope_local: gemma.then(|| Self::rope_tables(&shape, GEMMA3_LOCAL_ROPE_BASE)),
+            embed_scale: if gemma { (c as f64).sqrt() } else { 1.0 },
+            bos_id: g.uint("tokenizer.ggml.bos_token_id").unwrap_or(1) as i64,
+            eos_id: g.uint("tokenizer.ggml.eos_token_id").map(|e| e as i64),
         })
     }
 
-    /// Checks that `path` is a llama GGUF with consistent hyper-parameters, reading only
-    /// its header and tensor directory.
+    /// Checks that `path` is a Llama or Gemma 3 GGUF with consistent hyper-parameters,
+    /// reading only its header and tensor directory.
     pub fn check(path: &Path) -> Result<(), ModelError> {
         Self::open(path).map(|_| ())
     }
 
     /// The GGUF's header and tensor directory, with its hyper-parameters checked (a
-    /// llama model, consistent head counts, the output tied to the embedding).
+    /// Llama or Gemma 3 model, consistent head counts, the output tied to the embedding).
     fn open(path: &Path) -> Result<(Gguf, LlmShape), ModelError> {
         if !path.is_file() {
             return Err(ModelError::Missing {
@@ -297,41 +469,63 @@ impl Llm {
         if g.info("output.weight").is_some() {
             return Err(corrupt(
                 path,
-                "untied output.weight is not supported (SmolLM2 ties it to the embedding)",
+                "untied output.weight is not supported (SmolLM2 and Gemma 3 tie it to the embedding)",
             ));
         }
         Ok((g, shape))
     }
 
-    /// Hyper-parameters from the GGUF metadata, after checking it is a llama model with
-    /// consistent head counts.
+    /// Hyper-parameters from the GGUF metadata, after checking it is a Llama or Gemma 3
+    /// model with consistent head counts.
     fn read_shape(g: &Gguf, path: &Path) -> Result<LlmShape, ModelError> {
-        let arch = g.str("general.architecture").unwrap_or("");
-        if arch != "llama" {
-            return Err(corrupt(path, format!("architecture {arch:?} is not llama")));
-        }
+        let arch = match g.str("general.architecture").unwrap_or("") {
+            "llama" => Arch::Llama,
+            "gemma3" => Arch::Gemma3,
+            other => {
+                return Err(corrupt(
+                    path,
+                    format!("architecture {other:?} is not supported (llama or gemma3)"),
+                ));
+            }
+        };
+        let a = arch.name();
         let u = |k: &str| {
-            g.uint(&format!("llama.{k}"))
-                .ok_or_else(|| corrupt(path, format!("metadata llama.{k} is missing")))
+            g.uint(&format!("{a}.{k}"))
+                .ok_or_else(|| corrupt(path, format!("metadata {a}.{k} is missing")))
         };
         let vocab = g
             .strings("tokenizer.ggml.tokens")
             .map(|t| t.len() as i64)
             .ok_or_else(|| corrupt(path, "tokenizer.ggml.tokens is missing"))?;
+        let (embd, heads) = (
+            u("embedding_length")? as i64,
+            u("attention.head_count")? as i64,
+        );
+        if heads == 0 {
+            return Err(corrupt(path, "head count is 0"));
+        }
         let shape = LlmShape {
+            arch,
             layers: u("block_count")? as usize,
-            embd: u("embedding_length")? as i64,
+            embd,
             ffn: u("feed_forward_length")? as i64,
-            heads: u("attention.head_count")? as i64,
+            heads,
+            head_width: g
+                .uint(&format!("{a}.attention.key_length"))
+                .map_or(embd / heads, |k| k as i64),
             kv_heads: u("attention.head_count_kv")? as i64,
-            rope_base: g.float("llama.rope.freq_base").unwrap_or(10000.0),
+            rope_base: g.float(&format!("{a}.rope.freq_base")).unwrap_or(10000.0),
+            window: match arch {
+                Arch::Llama => 0,
+                Arch::Gemma3 => u("attention.sliding_window")? as i64,
+            },
             rms_eps: g
-                .float("llama.attention.layer_norm_rms_epsilon")
+                .float(&format!("{a}.attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5),
             vocab,
         };
-        if shape.heads == 0 || shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
-            return Err(corrupt(path, "head counts are inconsistent"));
+        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 || shape.head_width % 2 != 0 {
+            return Err(corrupt(path, "head counts or widths are inconsistent"));
         }
         Ok(shape)
     }
@@ -386,31 +580,39 @@ impl Llm {
 
     /// The weights of transformer block `i`.
     fn read_block(g: &Gguf, path: &Path, shape: &LlmShape, i: usize) -> Result<Block, ModelError> {
-        let (c, kv) = (shape.embd, shape.kv_heads * shape.head_dim());
+        let (c, hd, q) = (shape.embd, shape.head_dim(), shape.q_dim());
+        let kv = shape.kv_heads * hd;
         let n = |s: &str| format!("blk.{i}.{s}.weight");
         let linear = |s: &str, out: i64, inp: i64| Self::gguf_linear(g, path, &n(s), out, inp);
+        let norm = |s: &str, width: i64| Self::gguf_tensor(g, path, &n(s), &[width]);
+        let gemma = match shape.arch {
+            Arch::Llama => None,
+            Arch::Gemma3 => Some(GemmaNorms {
+                q: norm("attn_q_norm", hd)?,
+                k: norm("attn_k_norm", hd)?,
+                post_attn: norm("post_attention_norm", c)?,
+                post_ffn: norm("post_ffw_norm", c)?,
+            }),
+        };
         Ok(Block {
-            attn_norm: Self::gguf_tensor(g, path, &n("attn_norm"), &[c])?,
-            wq: linear("attn_q", c, c)?,
+            attn_norm: norm("attn_norm", c)?,
+            wq: linear("attn_q", q, c)?,
             wk: linear("attn_k", kv, c)?,
             wv: linear("attn_v", kv, c)?,
-            wo: linear("attn_output", c, c)?,
-            ffn_norm: Self::gguf_tensor(g, path, &n("ffn_norm"), &[c])?,
+            wo: linear("attn_output", c, q)?,
+            ffn_norm: norm("ffn_norm", c)?,
             w_gate: linear("ffn_gate", shape.ffn, c)?,
             w_up: linear("ffn_up", shape.ffn, c)?,
             w_down: linear("ffn_down", c, shape.ffn)?,
+            gemma,
         })
     }
 
-    /// RoPE cosine and sine tables, `[MAX_POSITIONS, head_dim / 2]`.
-    fn rope_tables(shape: &LlmShape) -> (Tensor, Tensor) {
+    /// RoPE cosine and sine tables for frequency base `base`, `[MAX_POSITIONS, head_dim / 2]`.
+    fn rope_tables(shape: &LlmShape, base: f64) -> (Tensor, Tensor) {
         let half = shape.head_dim() / 2;
         let inv: Vec<f32> = (0..half)
-            .map(|i| {
-                (shape
-                    .rope_base
-                    .powf(-2.0 * i as f64 / shape.head_dim() as f64)) as f32
-            })
+            .map(|i| (base.powf(-2.0 * i as f64 / shape.head_dim() as f64)) as f32)
             .collect();
         let pos = Tensor::arange(MAX_POSITIONS, (Kind::Float, Device::Cpu)).unsqueeze(1);
         let angles = pos * Tensor::from_slice(&inv).unsqueeze(0);
@@ -446,14 +648,25 @@ impl Llm {
         }
     }
 
-    /// Input embeddings of token ids: `[T, embd]`.
+    /// Input embeddings of token ids: `[T, embd]` (Gemma 3: scaled by sqrt(embd)).
     pub fn embed(&self, ids: &[i64]) -> Tensor {
+        let rows = self.embed.rows(&Tensor::from_slice(ids));
+        if self.embed_scale == 1.0 {
+            rows
+        } else {
+            rows * self.embed_scale
+        }
+    }
+
+    /// Output-projection rows of some tokens, `[n, embd]` (for label-word logits; the
+    /// tied embedding, unscaled).
+    pub(crate) fn head_rows(&self, ids: &[i64]) -> Tensor {
         self.embed.rows(&Tensor::from_slice(ids))
     }
 
-    /// Output-projection rows of some tokens, `[n, embd]` (for label-word logits).
-    pub(crate) fn head_rows(&self, ids: &[i64]) -> Tensor {
-        self.embed(ids)
+    /// The token id that begins every sequence, when the model wants one (Gemma 3).
+    pub fn bos(&self) -> Option<i64> {
+        (self.shape.arch == Arch::Gemma3).then_some(self.bos_id)
     }
 
     /// Logits over the whole vocabulary for hidden states `[.., embd]`.
@@ -466,17 +679,124 @@ impl Llm {
         x * (var + self.shape.rms_eps).rsqrt() * w
     }
 
-    /// Rotates adjacent pairs of `x` `[B, H, T, hd]` for positions `start..start+T`.
-    fn rope(&self, x: &Tensor, start: i64) -> Tensor {
+    /// Rotates `x` `[B, H, T, hd]` for positions `start..start+T` with the tables of
+    /// block `layer`: adjacent pairs (Llama) or the two halves of each head (Gemma 3).
+    fn rope(&self, x: &Tensor, start: i64, layer: usize) -> Tensor {
         let s = x.size();
         let (t, hd) = (s[2], s[3]);
-        let cos = self.rope_cos.narrow(0, start, t);
-        let sin = self.rope_sin.narrow(0, start, t);
-        let pairs = x.reshape([s[0], s[1], t, hd / 2, 2]);
-        let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
-        let r0 = &x0 * &cos - &x1 * &sin;
-        let r1 = &x0 * &sin + &x1 * &cos;
-        Tensor::stack(&[r0, r1], -1).reshape([s[0], s[1], t, hd])
+        let (cos, sin) = match &self.rope_local {
+            Some(local) if self.shape.is_local(layer) => local,
+            _ => &self.rope,
+        };
+        let cos = cos.narrow(0, start, t);
+        let sin = sin.narrow(0, start, t);
+        match self.shape.arch {
+            Arch::Llama => {
+                let pairs = x.reshape([s[0], s[1], t, hd / 2, 2]);
+                let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
+                let r0 = &x0 * &cos - &x1 * &sin;
+                let r1 = &x0 * &sin + &x1 * &cos;
+                Tensor::stack(&[r0, r1], -1).reshape([s[0], s[1], t, hd])
+            }
+            Arch::Gemma3 => {
+                let (x0, x1) = (x.narrow(3, 0, hd / 2), x.narrow(3, hd / 2, hd / 2));
+                let r0 = &x0 * &cos - &x1 * &sin;
+                let r1 = &x0 * &sin + &x1 * &cos;
+                Tensor::cat(&[r0, r1], -1)
+            }
+        }
+    }
+
+    /// Attention masks of one pass over `t` new positions after `past` cached ones: the
+    /// causal mask, and (Gemma 3's sliding-window layers) the causal mask that also hides
+    /// keys `window` or more positions back. `true` hides.
+    fn masks(&self, t: i64, past: i64) -> (Tensor, Tensor) {
+        let total = past + t;
+        let causal = Tensor::ones([t, total], (Kind::Bool, Device::Cpu)).triu(past + 1);
+        let w = self.shape.window;
+        let local = if w > 0 && total > w {
+            let far = Tensor::ones([t, total], (Kind::Bool, Device::Cpu)).tril(past - w);
+            causal.logical_or(&far)
+        } else {
+            causal.shallow_clone()
+        };
+        (causal, local)
+    }
+
+    // `q = q + ..` as in `forward`: no in-place update of tensors autograd may keep.
+    #[allow(clippy::assign_op_pattern)]
+    /// Block `i`'s attention over the normed input `h` `[B, T, embd]`: its output
+    /// (projected, and normed for Gemma 3) and the block's keys and values with the cached
+    /// ones before them.
+    fn attention(
+        &self,
+        i: usize,
+        h: &Tensor,
+        cache: Option<&KvCache>,
+        lora: Option<&Lora>,
+        mask: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (sh, blk) = (&self.shape, &self.blocks[i]);
+        let s = h.size();
+        let (b, t) = (s[0], s[1]);
+        let past = cache.map_or(0, |c| c.len);
+        let (nh, kvh, hd) = (sh.heads, sh.kv_heads, sh.head_dim());
+        let mut q = h.matmul(&blk.wq.f32());
+        let k = h.matmul(&blk.wk.f32());
+        let mut v = h.matmul(&blk.wv.f32());
+        if let Some(l) = lora {
+            let lb = &l.blocks[i];
+            q = q + h.matmul(&lb.q_a).matmul(&lb.q_b) * l.scale;
+            v = v + h.matmul(&lb.v_a).matmul(&lb.v_b) * l.scale;
+        }
+        let (mut q, mut k) = (q.view([b, t, nh, hd]), k.view([b, t, kvh, hd]));
+        if let Some(gn) = &blk.gemma {
+            q = self.rms(&q, &gn.q);
+            k = self.rms(&k, &gn.k);
+        }
+        let q = self.rope(&q.transpose(1, 2), past, i);
+        let k = self.rope(&k.transpose(1, 2), past, i);
+        let v = v.view([b, t, kvh, hd]).transpose(1, 2);
+        let (k, v) = match cache {
+            Some(c) => (
+                Tensor::cat(&[&c.k[i], &k], 2),
+                Tensor::cat(&[&c.v[i], &v], 2),
+            ),
+            None => (k, v),
+        };
+        // Grouped-query attention without copying keys: [B, kvh, g, T, S].
+        let q5 = q.reshape([b, kvh, nh / kvh, t, hd]);
+        let scores = q5.matmul(&k.unsqueeze(2).transpose(-1, -2)) / (hd as f64).sqrt();
+        let att = scores
+            .masked_fill(mask, f64::NEG_INFINITY)
+            .softmax(-1, Kind::Float);
+        let o = att
+            .matmul(&v.unsqueeze(2))
+            .reshape([b, nh, t, hd])
+            .transpose(1, 2)
+            .reshape([b, t, sh.q_dim()])
+            .matmul(&blk.wo.f32());
+        let o = match &blk.gemma {
+            Some(gn) => self.rms(&o, &gn.post_attn),
+            None => o,
+        };
+        (o, k, v)
+    }
+
+    /// Block `i`'s gated feed-forward over the normed input `h` (SiLU for Llama, GELU and
+    /// an output norm for Gemma 3).
+    fn feed_forward(&self, i: usize, h: &Tensor) -> Tensor {
+        let blk = &self.blocks[i];
+        let gate = h.matmul(&blk.w_gate.f32());
+        let gate = match self.shape.arch {
+            Arch::Llama => gate.silu(),
+            Arch::Gemma3 => gate.gelu("tanh"),
+        };
+        let ff = (gate * h.matmul(&blk.w_up.f32())).matmul(&blk.w_down.f32());
+        match &blk.gemma {
+            Some(gn) => self.rms(&ff, &gn.post_ffn),
+            None => ff,
+        }
     }
 
     // `x = x + ..` on purpose: an in-place `+=` would modify tensors autograd saved for
@@ -491,8 +811,7 @@ impl Llm {
         cache: Option<&KvCache>,
         lora: Option<&Lora>,
     ) -> Result<(Tensor, KvCache), ModelError> {
-        let s = x.size();
-        let (b, t) = (s[0], s[1]);
+        let t = x.size()[1];
         let past = cache.map_or(0, |c| c.len);
         if past + t > MAX_POSITIONS {
             return Err(ModelError::Runtime {
@@ -503,54 +822,24 @@ impl Llm {
                 ),
             });
         }
-        let sh = &self.shape;
-        let (nh, kvh, hd) = (sh.heads, sh.kv_heads, sh.head_dim());
-        let groups = nh / kvh;
-        let total = past + t;
-        let mask = Tensor::ones([t, total], (Kind::Bool, Device::Cpu)).triu(past + 1);
-        let scale = 1.0 / (hd as f64).sqrt();
+        let (causal, local) = self.masks(t, past);
         let mut out = KvCache {
             k: Vec::with_capacity(self.blocks.len()),
             v: Vec::with_capacity(self.blocks.len()),
-            len: total,
+            len: past + t,
         };
         let mut x = x.shallow_clone();
         for (i, blk) in self.blocks.iter().enumerate() {
-            let h = self.rms(&x, &blk.attn_norm);
-            let mut q = h.matmul(&blk.wq.f32());
-            let k = h.matmul(&blk.wk.f32());
-            let mut v = h.matmul(&blk.wv.f32());
-            if let Some(l) = lora {
-                let lb = &l.blocks[i];
-                q = q + h.matmul(&lb.q_a).matmul(&lb.q_b) * l.scale;
-                v = v + h.matmul(&lb.v_a).matmul(&lb.v_b) * l.scale;
-            }
-            let q = self.rope(&q.view([b, t, nh, hd]).transpose(1, 2), past);
-            let k = self.rope(&k.view([b, t, kvh, hd]).transpose(1, 2), past);
-            let v = v.view([b, t, kvh, hd]).transpose(1, 2);
-            let (k, v) = match cache {
-                Some(c) => (
-                    Tensor::cat(&[&c.k[i], &k], 2),
-                    Tensor::cat(&[&c.v[i], &v], 2),
-                ),
-                None => (k, v),
+            let mask = if self.shape.is_local(i) {
+                &local
+            } else {
+                &causal
             };
-            // Grouped-query attention without copying keys: [B, kvh, g, T, S].
-            let q5 = q.reshape([b, kvh, groups, t, hd]);
-            let scores = q5.matmul(&k.unsqueeze(2).transpose(-1, -2)) * scale;
-            let att = scores
-                .masked_fill(&mask, f64::NEG_INFINITY)
-                .softmax(-1, Kind::Float);
-            let o = att
-                .matmul(&v.unsqueeze(2))
-                .reshape([b, nh, t, hd])
-                .transpose(1, 2)
-                .reshape([b, t, sh.embd]);
-            x = x + o.matmul(&blk.wo.f32());
+            let h = self.rms(&x, &blk.attn_norm);
+            let (o, k, v) = self.attention(i, &h, cache, lora, mask);
+            x = x + o;
             let h = self.rms(&x, &blk.ffn_norm);
-            let ff = (h.matmul(&blk.w_gate.f32()).silu() * h.matmul(&blk.w_up.f32()))
-                .matmul(&blk.w_down.f32());
-            x = x + ff;
+            x = x + self.feed_forward(i, &h);
             out.k.push(k);
             out.v.push(v);
         }
@@ -560,13 +849,19 @@ impl Llm {
     /// Greedy generation (for checks and the CLI's `llm` smoke test): up to `max` new tokens.
     pub fn generate(&self, prompt: &str, max: usize) -> Result<String, ModelError> {
         let _g = tch::no_grad_guard();
-        let ids = self.tokenize(prompt)?;
+        let mut ids: Vec<i64> = self.bos().into_iter().collect();
+        ids.extend(self.tokenize(prompt)?);
         let (mut h, mut cache) = self.forward(&self.embed(&ids).unsqueeze(0), None, None)?;
         let mut out = Vec::new();
         for _ in 0..max {
             let last = h.select(1, h.size()[1] - 1);
             let next = self.logits(&last).argmax(-1, false).int64_value(&[0]);
-            if self.decode(&[next]).contains("<|im_end|>") || next == 0 {
+            let text = self.decode(&[next]);
+            if text.contains("<|im_end|>")
+                || text.contains("<end_of_turn>")
+                || Some(next) == self.eos_id
+                || next == 0
+            {
                 break;
             }
             out.push(next);
@@ -581,6 +876,32 @@ impl Llm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemma3_attends_globally_on_every_sixth_layer_only() {
+        let shape = LlmShape {
+            arch: Arch::Gemma3,
+            layers: 18,
+            embd: 640,
+            ffn: 2048,
+            heads: 4,
+            head_width: 256,
+            kv_heads: 1,
+            rope_base: 1e6,
+            window: 512,
+            rms_eps: 1e-6,
+            vocab: 262_144,
+        };
+        let global: Vec<usize> = (0..18).filter(|&i| !shape.is_local(i)).collect();
+        assert_eq!(global, [5, 11, 17]);
+        assert_eq!((shape.head_dim(), shape.q_dim()), (256, 1024));
+        let llama = LlmShape {
+            arch: Arch::Llama,
+            window: 0,
+            ..shape
+        };
+        assert!((0..18).all(|i| !llama.is_local(i)));
+    }
 
     #[test]
     fn packed_blocks_keep_the_files_4_and_8_bit_grids_exactly() {

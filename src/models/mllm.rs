@@ -1,4 +1,4 @@
-//! The multimodal large model of the cascade: the Llama LLM ([`Llm`]) plus a small adapter
+//! The multimodal large model of the cascade: the LLM ([`Llm`]: SmolLM2 or Gemma 3) plus a small adapter
 //! (LoRA on the query/value projections, projectors that turn the window's audio and
 //! visual feature sequences into soft tokens placed in the prompt beside the transcript,
 //! and a value head on the last hidden state).
@@ -18,7 +18,7 @@ use crate::error::ModelError;
 use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
 use crate::features::visual::VIS_DIM;
-use crate::models::llm::{KvCache, Llm, Lora, LoraBlock};
+use crate::models::llm::{Arch, KvCache, Llm, Lora, LoraBlock};
 use crate::routing::fusion::Verdict;
 use crate::routing::thresholds::Calibration;
 use crate::routing::uncertainty::entropy;
@@ -30,10 +30,23 @@ pub(crate) const LABEL_WORDS: [&str; 3] = ["negative", "neutral", "positive"];
 /// Longest transcript (characters) placed in a prompt; longer ones are cut at a word.
 pub(crate) const MAX_TEXT_CHARS: usize = 400;
 
-/// Fixed start of every prompt (its keys and values are computed once and cached).
+/// Fixed start of every prompt (its keys and values are computed once and cached), in
+/// SmolLM2's chat format.
 const PREFIX: &str = "<|im_start|>system\nYou judge the sentiment of a speaker from their words, voice and face.<|im_end|>\n<|im_start|>user\nWords: \"";
 const QUESTION: &str =
     "\nIs the sentiment positive, neutral or negative?<|im_end|>\n<|im_start|>assistant\n";
+/// The same prompt in Gemma's turn format (no system turn; `<bos>` is prepended).
+const GEMMA_PREFIX: &str = "<start_of_turn>user\nYou judge the sentiment of a speaker from their words, voice and face.\nWords: \"";
+const GEMMA_QUESTION: &str =
+    "\nIs the sentiment positive, neutral or negative?<end_of_turn>\n<start_of_turn>model\n";
+
+/// The fixed prompt parts for a model family: (prefix, question).
+fn template(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::Llama => (PREFIX, QUESTION),
+        Arch::Gemma3 => (GEMMA_PREFIX, GEMMA_QUESTION),
+    }
+}
 
 /// Metadata stored beside the adapter weights.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -115,7 +128,7 @@ impl Adapter {
         let vs = nn::VarStore::new(Device::Cpu);
         let p = vs.root();
         let sh = llm.shape;
-        let (c, kv, r) = (sh.embd, sh.kv_heads * sh.head_dim(), meta.rank);
+        let (c, q, kv, r) = (sh.embd, sh.q_dim(), sh.kv_heads * sh.head_dim(), meta.rank);
         let a_init = nn::Init::Randn {
             mean: 0.0,
             stdev: 1.0 / (c as f64).sqrt(),
@@ -125,7 +138,7 @@ impl Adapter {
                 let b = &p / format!("lora{i}");
                 LoraBlock {
                     q_a: b.var("q_a", &[c, r], a_init),
-                    q_b: b.var("q_b", &[r, c], nn::Init::Const(0.0)),
+                    q_b: b.var("q_b", &[r, q], nn::Init::Const(0.0)),
                     v_a: b.var("v_a", &[c, r], a_init),
                     v_b: b.var("v_b", &[r, kv], nn::Init::Const(0.0)),
                 }
@@ -356,8 +369,10 @@ impl Mllm {
             llm.single_token(LABEL_WORDS[1])?,
             llm.single_token(LABEL_WORDS[2])?,
         ];
-        let prefix_ids = llm.tokenize(PREFIX)?;
-        let question_ids = llm.tokenize(QUESTION)?;
+        let (prefix, question) = template(llm.shape.arch);
+        let mut prefix_ids: Vec<i64> = llm.bos().into_iter().collect();
+        prefix_ids.extend(llm.tokenize(prefix)?);
+        let question_ids = llm.tokenize(question)?;
         Ok(Self {
             llm,
             adapter,

@@ -20,7 +20,7 @@ use crate::routing::uncertainty::{argmax, class_index, polarity};
 use crate::routing::verdict::coherent;
 use crate::train::dataset::{Dataset, Scale, Split, TextSource};
 use crate::train::metrics::{self, Metrics};
-use crate::train::trainer::{SplitData, load_split, mean_std};
+use crate::train::trainer::{SplitData, append_sentences, load_split, mean_std};
 
 /// Options of `train mllm`.
 #[derive(Debug, Clone)]
@@ -57,6 +57,10 @@ pub struct MllmTrainOptions {
     pub lambda: f32,
     /// Use at most this many training clips (0: all).
     pub(crate) limit: usize,
+    /// Labelled sentence files added as text-only windows (every fifth to validation).
+    pub extra: Vec<PathBuf>,
+    /// Times each extra training sentence counts per epoch.
+    pub extra_weight: usize,
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -210,8 +214,11 @@ fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, Sp
         asr: None,
         encoder: &minilm,
     };
+    // Sentence files are read first: a bad line stops the run before minutes of features.
+    let (extra_train, extra_valid) =
+        crate::train::text::extra_sentences(&o.extra, o.scale.limit())?;
     let split = |s| load_split(ds, s, how, o.workers);
-    let (mut train, valid) = (split(Split::Train)?, split(Split::Valid)?);
+    let (mut train, mut valid) = (split(Split::Train)?, split(Split::Valid)?);
     if train.feats.is_empty() || valid.feats.is_empty() {
         return Err(DatasetError::Empty {
             root: o.data.clone(),
@@ -223,6 +230,16 @@ fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, Sp
         train.feats.truncate(o.limit);
         train.labels.truncate(o.limit);
         train.texts.truncate(o.limit);
+    }
+    // After the limit: the sentences are added whole.
+    append_sentences(None, &extra_train, &mut train, o.extra_weight.max(1))?;
+    append_sentences(None, &extra_valid, &mut valid, 1)?;
+    if !o.extra.is_empty() {
+        tracing::info!(
+            train = extra_train.len(),
+            valid = extra_valid.len(),
+            "text-only sentences added"
+        );
     }
     Ok((train, valid))
 }

@@ -286,8 +286,8 @@ fn add_sentences(
     valid: &mut SplitData,
 ) -> Result<()> {
     let enc = spec.open(&o.models_dir)?;
-    append_sentences(&enc, tr, train, o.extra_weight.max(1))?;
-    append_sentences(&enc, va, valid, 1)?;
+    append_sentences(Some(&enc), tr, train, o.extra_weight.max(1))?;
+    append_sentences(Some(&enc), va, valid, 1)?;
     tracing::info!(
         train = tr.len(),
         valid = va.len(),
@@ -297,26 +297,32 @@ fn add_sentences(
 }
 
 /// Appends graded sentences to `to` as text-only windows (ids `extra/N`), each `times`
-/// times, encoded by `enc` (the small model's text encoder).
+/// times, encoded by `enc` (the small model's text encoder) when given (the large model
+/// reads the text itself and needs no embedding).
 pub(crate) fn append_sentences(
-    enc: &TextEncoder,
+    enc: Option<&TextEncoder>,
     rows: &[(String, f32)],
     to: &mut SplitData,
     times: usize,
 ) -> Result<()> {
     for chunk in rows.chunks(64) {
         let texts: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
-        let emb: Vec<f32> =
-            Vec::try_from(enc.encode(&texts)?.view([-1])).map_err(|e: tch::TchError| {
-                ModelError::Runtime {
+        let emb: Option<Vec<f32>> = match enc {
+            Some(enc) => Some(Vec::try_from(enc.encode(&texts)?.view([-1])).map_err(
+                |e: tch::TchError| ModelError::Runtime {
                     name: "text encoder".into(),
                     reason: e.to_string(),
-                }
-            })?;
-        for ((text, label), e) in chunk.iter().zip(emb.chunks(TEXT_DIM)) {
+                },
+            )?),
+            None => None,
+        };
+        for (k, (text, label)) in chunk.iter().enumerate() {
+            let e = emb
+                .as_ref()
+                .map(|v| v[k * TEXT_DIM..(k + 1) * TEXT_DIM].to_vec());
             for _ in 0..times {
                 to.feats.push(WindowFeatures {
-                    text: Some(e.to_vec()),
+                    text: e.clone(),
                     audio: Vec::new(),
                     visual: Vec::new(),
                 });
