@@ -268,7 +268,17 @@ fn train_mllm_and_compare_on_the_tiny_dataset() {
     assert_eq!(meta["audio_mean"].as_array().unwrap().len(), 47);
     assert!(adapter.with_extension("safetensors").is_file());
     // The comparison on the 4 test clips, with the committed (calibrated) UBM.
-    let stdout = common::sentistream_ok(&["eval", "--data", d, "--compare", "--adapter", a]);
+    let per_window = dir.path().join("compare.jsonl");
+    let stdout = common::sentistream_ok(&[
+        "eval",
+        "--data",
+        d,
+        "--compare",
+        "--adapter",
+        a,
+        "--compare-predictions",
+        per_window.to_str().unwrap(),
+    ]);
     for row in [
         "| UBM only |",
         "| large model only |",
@@ -287,6 +297,36 @@ fn train_mllm_and_compare_on_the_tiny_dataset() {
     assert!(
         large.contains("| 1.000 |") && large.trim_end().ends_with("| 1.00 |"),
         "{large}"
+    );
+    // Per-window scores of every row: the large-only row's Has0-Acc2 recomputed from
+    // them equals the printed one.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&per_window)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rows = stdout
+        .lines()
+        .filter(|l| {
+            l.starts_with("| U-ACS")
+                || l.starts_with("| UBM only")
+                || l.starts_with("| large model only")
+                || l.starts_with("| tau1 0")
+        })
+        .count();
+    assert_eq!(lines.len(), rows * 4, "{stdout}");
+    let large_rows: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|r| r["system"] == "large model only")
+        .collect();
+    let right = large_rows
+        .iter()
+        .filter(|r| (r["label"].as_f64().unwrap() >= 0.0) == (r["score"].as_f64().unwrap() >= 0.0))
+        .count();
+    let printed: f64 = large.split('|').nth(2).unwrap().trim().parse().unwrap();
+    assert!(
+        (right as f64 / 4.0 - printed).abs() < 1e-3,
+        "{right} of 4 vs {large}"
     );
     // Bad adapter path: a clear error naming it.
     let out = common::sentistream(&[

@@ -342,6 +342,11 @@ pub struct EvalArgs {
     /// GGUF) on the same windows.
     #[arg(long)]
     pub remote: Option<String>,
+    /// With --compare: write every row's score per window to this file (JSON lines:
+    /// clip, label, system, score as an event carries it), for paired comparisons of
+    /// cascades and large models (`scripts/paired A.jsonl:SYSTEM B.jsonl:SYSTEM`).
+    #[arg(long, value_name = "FILE", requires = "compare")]
+    pub(crate) compare_predictions: Option<PathBuf>,
     /// Write each clip's prediction by the small model (all modalities) to this file:
     /// JSON lines, or CSV when the name ends in .csv. Columns: clip, label, score and
     /// polarity as an event carries them (one-verdict rule), raw score, probabilities,

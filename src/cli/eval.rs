@@ -332,6 +332,28 @@ fn write_predictions(path: &Path, data: &SplitData, preds: &[Prediction], band: 
     })
 }
 
+/// Writes each comparison row's score per window (JSON lines).
+fn write_compare_predictions(
+    path: &Path,
+    data: &SplitData,
+    rows: &[mllm_train::CompareRow],
+) -> Result<()> {
+    let mut text = String::new();
+    for r in rows {
+        for ((clip, label), score) in data.ids.iter().zip(&data.labels).zip(&r.scores) {
+            let line =
+                serde_json::json!({"clip": clip, "label": label, "system": r.name, "score": score});
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+    }
+    crate::sinks::files::write_whole(path, &text).map_err(|e| {
+        Error::Usage(format!(
+            "{e}; --compare-predictions needs a writable path (its folder must exist)"
+        ))
+    })
+}
+
 /// Prints the small model's forward time per window, batched and at batch 1 (as live).
 fn speed(model: &Ubm, data: &SplitData) {
     let started = std::time::Instant::now();
@@ -404,6 +426,14 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
         text_s * 1e3
     );
     println!("{}", mllm_train::format_compare(&cmp.rows));
+    if let Some(path) = &e.compare_predictions {
+        write_compare_predictions(path, data, &cmp.rows)?;
+        println!(
+            "per-window scores of {} rows: {}",
+            cmp.rows.len(),
+            path.display()
+        );
+    }
     if let Some(c) = cmp.large_calibration {
         // A remote model has no stored calibration: this is how to give it one (fit on a
         // validation split, never on test).

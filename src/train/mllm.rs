@@ -373,6 +373,8 @@ pub struct CompareRow {
     pub(crate) correction: f64,
     /// Model compute time, seconds.
     pub(crate) runtime_s: f64,
+    /// Each window's final score, as an event carries it.
+    pub(crate) scores: Vec<f32>,
 }
 
 /// Everything measured once per test window, reused by every row.
@@ -459,6 +461,7 @@ pub(crate) fn cascade_row(
             0.0
         },
         runtime_s: runtime,
+        scores,
     })
 }
 
@@ -691,6 +694,7 @@ fn baseline_rows(inp: &CompareInputs, n: usize, band: f32) -> Vec<CompareRow> {
         stage3: 0.0,
         correction: 0.0,
         runtime_s: inp.small_s * n as f64,
+        scores: small_scores,
     });
     let large_scores: Vec<f32> = inp
         .first
@@ -705,6 +709,7 @@ fn baseline_rows(inp: &CompareInputs, n: usize, band: f32) -> Vec<CompareRow> {
         stage3: 0.0,
         correction: 0.0,
         runtime_s: large_runtime,
+        scores: large_scores,
     });
     rows
 }
