@@ -368,6 +368,14 @@ impl Gguf {
         }
     }
 
+    /// A metadata boolean.
+    pub(crate) fn flag(&self, key: &str) -> Option<bool> {
+        match self.metadata.get(key)? {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
     /// A metadata float.
     pub(crate) fn float(&self, key: &str) -> Option<f64> {
         match self.metadata.get(key)? {

@@ -255,8 +255,9 @@ pub struct Llm {
     rope_local: Option<(Tensor, Tensor)>,
     /// Input embedding scale (Gemma 3: sqrt(embd); Llama: 1).
     embed_scale: f64,
-    /// Beginning-of-sequence token.
-    bos_id: i64,
+    /// Beginning-of-sequence token, when the GGUF says sequences start with one
+    /// (`tokenizer.ggml.add_bos_token`: Gemma 3 yes, SmolLM2 no).
+    bos_id: Option<i64>,
     /// End-of-sequence token (generation stops there).
     eos_id: Option<i64>,
 }
@@ -444,7 +445,10 @@ impl Llm {
             rope: Self::rope_tables(&shape, shape.rope_base),
             rope_local: gemma.then(|| Self::rope_tables(&shape, GEMMA3_LOCAL_ROPE_BASE)),
             embed_scale: if gemma { (c as f64).sqrt() } else { 1.0 },
-            bos_id: g.uint("tokenizer.ggml.bos_token_id").unwrap_or(1) as i64,
+            bos_id: match g.flag("tokenizer.ggml.add_bos_token") {
+                Some(true) => g.uint("tokenizer.ggml.bos_token_id").map(|b| b as i64),
+                _ => None,
+            },
             eos_id: g.uint("tokenizer.ggml.eos_token_id").map(|e| e as i64),
         })
     }
@@ -666,7 +670,7 @@ impl Llm {
 
     /// The token id that begins every sequence, when the model wants one (Gemma 3).
     pub fn bos(&self) -> Option<i64> {
-        (self.shape.arch == Arch::Gemma3).then_some(self.bos_id)
+        self.bos_id
     }
 
     /// Logits over the whole vocabulary for hidden states `[.., embd]`.
@@ -690,20 +694,18 @@ impl Llm {
         };
         let cos = cos.narrow(0, start, t);
         let sin = sin.narrow(0, start, t);
-        match self.shape.arch {
+        let (x0, x1) = match self.shape.arch {
             Arch::Llama => {
                 let pairs = x.reshape([s[0], s[1], t, hd / 2, 2]);
-                let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
-                let r0 = &x0 * &cos - &x1 * &sin;
-                let r1 = &x0 * &sin + &x1 * &cos;
-                Tensor::stack(&[r0, r1], -1).reshape([s[0], s[1], t, hd])
+                (pairs.select(-1, 0), pairs.select(-1, 1))
             }
-            Arch::Gemma3 => {
-                let (x0, x1) = (x.narrow(3, 0, hd / 2), x.narrow(3, hd / 2, hd / 2));
-                let r0 = &x0 * &cos - &x1 * &sin;
-                let r1 = &x0 * &sin + &x1 * &cos;
-                Tensor::cat(&[r0, r1], -1)
-            }
+            Arch::Gemma3 => (x.narrow(3, 0, hd / 2), x.narrow(3, hd / 2, hd / 2)),
+        };
+        let r0 = &x0 * &cos - &x1 * &sin;
+        let r1 = &x0 * &sin + &x1 * &cos;
+        match self.shape.arch {
+            Arch::Llama => Tensor::stack(&[r0, r1], -1).reshape([s[0], s[1], t, hd]),
+            Arch::Gemma3 => Tensor::cat(&[r0, r1], -1),
         }
     }
 

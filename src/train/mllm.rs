@@ -230,6 +230,7 @@ fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, Sp
         train.feats.truncate(o.limit);
         train.labels.truncate(o.limit);
         train.texts.truncate(o.limit);
+        train.ids.truncate(o.limit);
     }
     // After the limit: the sentences are added whole.
     append_sentences(None, &extra_train, &mut train, o.extra_weight.max(1))?;
