@@ -526,6 +526,22 @@ fn a_tuned_text_encoder_is_trained_recorded_and_served() {
         !out.status.success() && err.contains("broken.tsv") && err.contains('3'),
         "{err}"
     );
+    // One weight per file, or one for all: anything else is refused before training.
+    let mut mismatched = train.to_vec();
+    mismatched.extend([
+        "--extra",
+        sentences.to_str().unwrap(),
+        "--extra-weight",
+        "1",
+        "--extra-weight",
+        "2",
+    ]);
+    let out = common::sentistream(&mismatched);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--extra-weight given 2 times for 1"),
+        "{err}"
+    );
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ubm.with_extension("json")).unwrap())
             .unwrap();
@@ -609,5 +625,60 @@ fn training_sentences_keep_clear_of_every_test_sentence() {
         .expect("python3 runs scripts/check-train-overlap");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("0 pair(s) over the limits"), "{stdout}");
+}
+
+#[test]
+fn rated_training_sentences_are_graded_by_the_documented_procedure() {
+    // scripts/make-rated-text: the VADER study's human ratings as a training sentence file
+    // (train --extra's format), on our scale, clear of every test sentence.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(format!("{root}/scripts/make-rated-text"))
+        .arg(dir.path())
+        .current_dir(root)
+        .output()
+        .expect("bash runs scripts/make-rated-text");
+    if !out.status.success() {
+        common::skip(&format!(
+            "scripts/make-rated-text failed (it fetches the vaderSentiment sdist from PyPI): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+        return;
+    }
+    let file = dir.path().join("sentences.tsv");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("domain\tgrade\ttext"));
+    let mut domains = std::collections::BTreeMap::new();
+    for line in lines {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{line}");
+        let g: f32 = cols[1].parse().unwrap();
+        assert!(g.abs() <= 3.0 && (g * 4.0).fract() == 0.0, "{line}");
+        let words = cols[2].split_whitespace().count();
+        assert!((3..=40).contains(&words), "{line}");
+        // URLs and @handles are removed (a check-in's lone "(@ Place)" stays).
+        let handle = cols[2]
+            .split('@')
+            .skip(1)
+            .any(|rest| rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'));
+        assert!(!cols[2].contains("://") && !handle, "{line}");
+        *domains.entry(cols[0].to_string()).or_insert(0) += 1;
+    }
+    let counts: Vec<(&str, i32)> = domains.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        counts,
+        [("editorial", 5001), ("product", 3456), ("tweet", 3995)],
+        "the sdist is pinned by its SHA-256, so the counts are fixed"
+    );
+    let check = std::process::Command::new("python3")
+        .arg(format!("{root}/scripts/check-train-overlap"))
+        .arg(&file)
+        .current_dir(root)
+        .output()
+        .expect("python3 runs scripts/check-train-overlap");
+    let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(stdout.contains("0 pair(s) over the limits"), "{stdout}");
 }

@@ -133,9 +133,10 @@ pub struct TrainTextArgs {
     /// every fifth goes to validation, the rest to training. Repeatable.
     #[arg(long)]
     pub extra: Vec<PathBuf>,
-    /// Times each extra training sentence counts per epoch.
-    #[arg(long, default_value_t = 2)]
-    pub extra_weight: usize,
+    /// Times each extra training sentence counts per epoch: one value for every file, or
+    /// one per `--extra` file in order.
+    #[arg(long, default_values_t = [2])]
+    pub extra_weight: Vec<usize>,
     /// Sentence files scored after training, never used for a choice (a test set).
     #[arg(long)]
     pub report: Vec<PathBuf>,
@@ -223,9 +224,10 @@ pub struct TrainUbmArgs {
     /// Repeatable.
     #[arg(long)]
     pub extra: Vec<PathBuf>,
-    /// Times each extra training sentence counts per epoch.
-    #[arg(long, default_value_t = 1)]
-    pub extra_weight: usize,
+    /// Times each extra training sentence counts per epoch: one value for every file, or
+    /// one per `--extra` file in order.
+    #[arg(long, default_values_t = [1])]
+    pub extra_weight: Vec<usize>,
     /// What the stage-1 gate's uncertainty measures: the class entropy (the paper's), or
     /// the calibrated probability that the emitted polarity is wrong (temperature fitted
     /// on validation). Recorded in the model.
@@ -285,9 +287,10 @@ pub struct TrainMllmArgs {
     /// windows: every fifth line to validation, the rest to training. Repeatable.
     #[arg(long)]
     pub(crate) extra: Vec<PathBuf>,
-    /// Times each extra training sentence counts per epoch.
-    #[arg(long, default_value_t = 1)]
-    pub(crate) extra_weight: usize,
+    /// Times each extra training sentence counts per epoch: one value for every file, or
+    /// one per `--extra` file in order.
+    #[arg(long, default_values_t = [1])]
+    pub(crate) extra_weight: Vec<usize>,
     /// Torch threads.
     #[arg(long, default_value_t = 2)]
     pub threads: i32,

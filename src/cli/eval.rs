@@ -93,7 +93,7 @@ fn held_out_sentences(
             e.split
         )));
     }
-    let (_, valid) = crate::train::text::extra_sentences(&e.extra, e.data.scale.limit())?;
+    let (_, valid) = crate::train::text::extra_sentences(&e.extra, &[1], e.data.scale.limit())?;
     trainer::append_sentences(Some(&enc.open(&ctx.models.dir)?), &valid, data, 1)?;
     Ok(valid.len())
 }

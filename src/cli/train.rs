@@ -25,7 +25,7 @@ fn text(t: &TrainTextArgs, ctx: &Context) -> Result<i32> {
         encoder: t.text_encoder,
         models_dir: ctx.models.dir.clone(),
         extra: t.extra.clone(),
-        extra_weight: t.extra_weight,
+        extra_weight: t.extra_weight.clone(),
         report: t.report.clone(),
         layers: t.layers,
         rank: t.rank,
@@ -109,7 +109,7 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
         lambda: u.lambda,
         modality_dropout: u.modality_dropout,
         extra: u.extra.clone(),
-        extra_weight: u.extra_weight,
+        extra_weight: u.extra_weight.clone(),
         polarity_risk: u.gate == super::args::GateArg::PolarityRisk,
     };
     let (model, report) = trainer::train(&opts)?;
@@ -194,7 +194,7 @@ fn mllm(t: &TrainMllmArgs, ctx: &Context) -> Result<i32> {
         lambda: t.lambda,
         limit: t.limit,
         extra: t.extra.clone(),
-        extra_weight: t.extra_weight,
+        extra_weight: t.extra_weight.clone(),
     };
     let (model, r) = mllm_train::train(&opts)?;
     println!(

@@ -59,8 +59,8 @@ pub struct MllmTrainOptions {
     pub(crate) limit: usize,
     /// Labelled sentence files added as text-only windows (every fifth to validation).
     pub extra: Vec<PathBuf>,
-    /// Times each extra training sentence counts per epoch.
-    pub extra_weight: usize,
+    /// Times each extra training sentence counts per epoch (one value, or one per file).
+    pub extra_weight: Vec<usize>,
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -216,7 +216,7 @@ fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, Sp
     };
     // Sentence files are read first: a bad line stops the run before minutes of features.
     let (extra_train, extra_valid) =
-        crate::train::text::extra_sentences(&o.extra, o.scale.limit())?;
+        crate::train::text::extra_sentences(&o.extra, &o.extra_weight, o.scale.limit())?;
     let split = |s| load_split(ds, s, how, o.workers);
     let (mut train, mut valid) = (split(Split::Train)?, split(Split::Valid)?);
     if train.feats.is_empty() || valid.feats.is_empty() {
@@ -233,7 +233,7 @@ fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, Sp
         train.ids.truncate(o.limit);
     }
     // After the limit: the sentences are added whole.
-    append_sentences(None, &extra_train, &mut train, o.extra_weight.max(1))?;
+    append_sentences(None, &extra_train, &mut train, 1)?;
     append_sentences(None, &extra_valid, &mut valid, 1)?;
     if !o.extra.is_empty() {
         tracing::info!(

@@ -34,8 +34,8 @@ pub struct TextTrainOptions {
     /// Sentence files (`grade<TAB>text`, optional header, optional first column
     /// `domain`): every fifth line goes to validation, the rest to training.
     pub extra: Vec<PathBuf>,
-    /// Times each extra training sentence is repeated per epoch.
-    pub extra_weight: usize,
+    /// Times each extra training sentence is repeated per epoch (one value, or one per file).
+    pub extra_weight: Vec<usize>,
     /// Sentence files scored after training (never a choice).
     pub report: Vec<PathBuf>,
     /// Tuned top layers.
@@ -124,16 +124,29 @@ fn read_sentences(path: &Path, limit: f32) -> Result<Vec<(String, f32)>> {
 pub(crate) type Graded = Vec<(String, f32)>;
 
 /// The sentences of `--extra` files split as every training command splits them: every
-/// fifth line of a file (1-based 5, 10, ...) is for validation, the rest for training.
-/// Grades on the dataset's scale.
-pub(crate) fn extra_sentences(files: &[PathBuf], limit: f32) -> Result<(Graded, Graded)> {
+/// fifth line of a file (1-based 5, 10, ...) is for validation, the rest for training,
+/// each training line repeated as many times as its file's weight (`weights`: one value
+/// for every file, or one per file). Grades on the dataset's scale.
+pub(crate) fn extra_sentences(
+    files: &[PathBuf],
+    weights: &[usize],
+    limit: f32,
+) -> Result<(Graded, Graded)> {
+    if !(weights.len() == 1 || weights.len() == files.len()) {
+        return Err(Error::Usage(format!(
+            "--extra-weight given {} times for {} --extra files: give one weight for all, or one per file in the order of --extra",
+            weights.len(),
+            files.len()
+        )));
+    }
     let (mut train, mut valid) = (Vec::new(), Vec::new());
-    for f in files {
+    for (k, f) in files.iter().enumerate() {
+        let times = weights[k.min(weights.len() - 1)].max(1);
         for (i, row) in read_sentences(f, limit)?.into_iter().enumerate() {
             if i % 5 == 4 {
                 valid.push(row);
             } else {
-                train.push(row);
+                train.extend(std::iter::repeat_n(row, times));
             }
         }
     }
@@ -261,11 +274,9 @@ fn gather(o: &TextTrainOptions) -> Result<(Sentences, Sentences)> {
     for c in ds.split(Split::Valid) {
         valid.push(&c.text, c.label / limit);
     }
-    let (extra_train, extra_valid) = extra_sentences(&o.extra, limit)?;
+    let (extra_train, extra_valid) = extra_sentences(&o.extra, &o.extra_weight, limit)?;
     for (t, g) in &extra_train {
-        for _ in 0..o.extra_weight.max(1) {
-            train.push(t, g / limit);
-        }
+        train.push(t, g / limit);
     }
     for (t, g) in &extra_valid {
         valid.push(t, g / limit);
@@ -450,5 +461,26 @@ mod tests {
         std::fs::write(&p, "0.2\tok\nhigh\tbad grade\n").unwrap();
         let e = read_sentences(&p, 1.0).unwrap_err().to_string();
         assert!(e.contains("row 2") && e.contains("not a number"), "{e}");
+    }
+
+    #[test]
+    fn extra_weights_apply_per_file_and_validation_lines_are_never_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.tsv"), dir.path().join("b.tsv"));
+        let lines = |tag: &str| -> String { (1..=5).map(|i| format!("0.5\t{tag}{i}\n")).collect() };
+        std::fs::write(&a, lines("a")).unwrap();
+        std::fs::write(&b, lines("b")).unwrap();
+        let files = [a, b];
+        let count = |rows: &Graded, t: &str| rows.iter().filter(|r| r.0 == t).count();
+        let (train, valid) = extra_sentences(&files, &[3, 1], 3.0).unwrap();
+        assert_eq!((count(&train, "a1"), count(&train, "b1")), (3, 1));
+        assert_eq!(train.len(), 4 * 3 + 4);
+        assert_eq!(valid, vec![("a5".into(), 0.5), ("b5".into(), 0.5)]);
+        let (train, _) = extra_sentences(&files, &[2], 3.0).unwrap();
+        assert_eq!(train.len(), 16);
+        let e = extra_sentences(&files, &[1, 2, 3], 3.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--extra-weight given 3 times for 2"), "{e}");
     }
 }

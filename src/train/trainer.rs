@@ -71,8 +71,8 @@ pub struct TrainOptions {
     /// Labelled sentence files (`train text --extra`'s format) added as text-only
     /// windows: every fifth line to validation, the rest to training.
     pub extra: Vec<PathBuf>,
-    /// Times each extra training sentence counts per epoch.
-    pub extra_weight: usize,
+    /// Times each extra training sentence counts per epoch (one value, or one per file).
+    pub extra_weight: Vec<usize>,
     /// Gate on the calibrated probability that the emitted polarity is wrong (its
     /// temperature fitted on validation) instead of the entropy.
     pub polarity_risk: bool,
@@ -258,7 +258,7 @@ fn load_train_valid(o: &TrainOptions, ds: &Dataset) -> Result<(SplitData, SplitD
         encoder: &spec,
     };
     // Sentence files are read first: a bad line stops the run before minutes of features.
-    let extra = super::text::extra_sentences(&o.extra, o.scale.limit())?;
+    let extra = super::text::extra_sentences(&o.extra, &o.extra_weight, o.scale.limit())?;
     let split = |s| load_split(ds, s, how, o.workers);
     let (mut train, mut valid) = (split(Split::Train)?, split(Split::Valid)?);
     if !o.extra.is_empty() {
@@ -286,7 +286,7 @@ fn add_sentences(
     valid: &mut SplitData,
 ) -> Result<()> {
     let enc = spec.open(&o.models_dir)?;
-    append_sentences(Some(&enc), tr, train, o.extra_weight.max(1))?;
+    append_sentences(Some(&enc), tr, train, 1)?;
     append_sentences(Some(&enc), va, valid, 1)?;
     tracing::info!(
         train = tr.len(),
