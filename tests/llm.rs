@@ -10,6 +10,11 @@ use sentistream::models::llm::Llm;
 use sentistream::models::mllm::{AdapterMeta, Mllm, Query};
 use sentistream::routing::fusion::Verdict;
 
+/// Largest absolute difference of two tensors of one shape.
+fn max_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 fn fixture() -> serde_json::Value {
@@ -24,12 +29,7 @@ fn forward_matches_the_numpy_reference() {
     };
     let llm = Llm::load(&path).unwrap();
     let f = fixture();
-    let ids: Vec<i64> = f["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
+    let ids = common::i64s(&f["ids"]);
     // The tokenizer gives the reference's ids for the reference's text.
     assert_eq!(llm.tokenize(f["text"].as_str().unwrap()).unwrap(), ids);
     let _g = tch::no_grad_guard();
@@ -45,11 +45,7 @@ fn forward_matches_the_numpy_reference() {
     }
     assert!(worst < 0.02, "largest logit difference {worst}");
     let top: Vec<i64> = Vec::try_from(logits.topk(5, -1, true, true).1).unwrap();
-    let want: Vec<i64> = f["top10"].as_array().unwrap()[..5]
-        .iter()
-        .map(|v| v.as_i64().unwrap())
-        .collect();
-    assert_eq!(top, want);
+    assert_eq!(top, common::i64s(&f["top10"])[..5]);
 }
 
 #[test]
@@ -72,10 +68,7 @@ fn kv_cache_gives_the_same_answer_as_one_pass() {
         .forward(&llm.embed(&ids[5..]).unsqueeze(0), Some(&cache), None)
         .unwrap();
     assert_eq!(cache2.len, ids.len() as i64);
-    let diff = (full.narrow(1, 5, ids.len() as i64 - 5) - rest)
-        .abs()
-        .max()
-        .double_value(&[]);
+    let diff = max_diff(&full.narrow(1, 5, ids.len() as i64 - 5), &rest);
     assert!(diff < 1e-3, "{diff}");
     // A batch of two identical rows (expanded cache) equals the single row.
     let (b2, _) = llm
@@ -85,10 +78,7 @@ fn kv_cache_gives_the_same_answer_as_one_pass() {
             None,
         )
         .unwrap();
-    let d2 = (b2.get(1) - full.narrow(1, 5, ids.len() as i64 - 5).get(0))
-        .abs()
-        .max()
-        .double_value(&[]);
+    let d2 = max_diff(&b2.get(1), &full.narrow(1, 5, ids.len() as i64 - 5).get(0));
     assert!(d2 < 1e-3, "{d2}");
 }
 
@@ -298,10 +288,7 @@ fn gemma3_cache_and_sliding_window_agree_with_one_pass() {
         .forward(&x.narrow(1, 520, 80), Some(&cache), None)
         .unwrap();
     assert_eq!(c2.len, 600);
-    let diff = (full.narrow(1, 520, 80) - rest)
-        .abs()
-        .max()
-        .double_value(&[]);
+    let diff = max_diff(&full.narrow(1, 520, 80), &rest);
     assert!(diff < 2e-3, "{diff}");
 }
 

@@ -267,12 +267,7 @@ fn gemma3_tokenizes_and_predicts_like_llama_cpp() {
     ];
     for text in texts {
         let theirs = post(&server, "/tokenize", serde_json::json!({"content": text}));
-        let theirs: Vec<i64> = theirs["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_i64().unwrap())
-            .collect();
+        let theirs = common::i64s(&theirs["tokens"]);
         assert_eq!(llm.tokenize(text).unwrap(), theirs, "{text:?}");
     }
     let _g = tch::no_grad_guard();

@@ -94,7 +94,7 @@ fn held_out_sentences(
         )));
     }
     let (_, valid) = crate::train::text::extra_sentences(&e.extra, &[1], e.data.scale.limit())?;
-    trainer::append_sentences(Some(&enc.open(&ctx.models.dir)?), &valid, data, 1)?;
+    trainer::append_sentences(Some(&enc.open(&ctx.models.dir)?), &valid, data)?;
     Ok(valid.len())
 }
 

@@ -233,8 +233,8 @@ fn load_train_valid(o: &MllmTrainOptions, ds: &Dataset) -> Result<(SplitData, Sp
         train.ids.truncate(o.limit);
     }
     // After the limit: the sentences are added whole.
-    append_sentences(None, &extra_train, &mut train, 1)?;
-    append_sentences(None, &extra_valid, &mut valid, 1)?;
+    append_sentences(None, &extra_train, &mut train)?;
+    append_sentences(None, &extra_valid, &mut valid)?;
     if !o.extra.is_empty() {
         tracing::info!(
             train = extra_train.len(),

@@ -286,8 +286,8 @@ fn add_sentences(
     valid: &mut SplitData,
 ) -> Result<()> {
     let enc = spec.open(&o.models_dir)?;
-    append_sentences(Some(&enc), tr, train, 1)?;
-    append_sentences(Some(&enc), va, valid, 1)?;
+    append_sentences(Some(&enc), tr, train)?;
+    append_sentences(Some(&enc), va, valid)?;
     tracing::info!(
         train = tr.len(),
         valid = va.len(),
@@ -296,14 +296,15 @@ fn add_sentences(
     Ok(())
 }
 
-/// Appends graded sentences to `to` as text-only windows (ids `extra/N`), each `times`
-/// times, encoded by `enc` (the small model's text encoder) when given (the large model
-/// reads the text itself and needs no embedding).
+/// Appends graded sentences to `to` as text-only windows (ids `extra/N`), encoded by
+/// `enc` (the small model's text encoder) when given (the large model reads the text
+/// itself and needs no embedding). A weighted `--extra` file arrives with its lines
+/// already repeated (`text::extra_sentences`): each copy is encoded in its own batch
+/// place, as the committed models were trained.
 pub(crate) fn append_sentences(
     enc: Option<&TextEncoder>,
     rows: &[(String, f32)],
     to: &mut SplitData,
-    times: usize,
 ) -> Result<()> {
     for chunk in rows.chunks(64) {
         let texts: Vec<&str> = chunk.iter().map(|r| r.0.as_str()).collect();
@@ -320,16 +321,14 @@ pub(crate) fn append_sentences(
             let e = emb
                 .as_ref()
                 .map(|v| v[k * TEXT_DIM..(k + 1) * TEXT_DIM].to_vec());
-            for _ in 0..times {
-                to.feats.push(WindowFeatures {
-                    text: e.clone(),
-                    audio: Vec::new(),
-                    visual: Vec::new(),
-                });
-                to.labels.push(*label);
-                to.texts.push(text.clone());
-                to.ids.push(format!("extra/{}", to.ids.len()));
-            }
+            to.feats.push(WindowFeatures {
+                text: e,
+                audio: Vec::new(),
+                visual: Vec::new(),
+            });
+            to.labels.push(*label);
+            to.texts.push(text.clone());
+            to.ids.push(format!("extra/{}", to.ids.len()));
         }
     }
     Ok(())

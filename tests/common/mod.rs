@@ -87,6 +87,15 @@ pub fn make_media(launch: &str, out: &Path) {
     }
 }
 
+/// The integers of a JSON array (token ids of a reference file or server reply).
+pub fn i64s(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a JSON array: {v}"))
+        .iter()
+        .map(|x| x.as_i64().unwrap_or_else(|| panic!("not an integer: {x}")))
+        .collect()
+}
+
 /// Every JSON line of stdout (windows, notices, call summaries).
 pub fn outputs(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
