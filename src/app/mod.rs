@@ -197,7 +197,8 @@ fn summaries(cfg: &Config, calls: &[(String, Vec<String>)]) -> router::Summaries
         return router::Summaries::default();
     }
     calls.iter().fold(
-        router::Summaries::new(cfg.sinks.summary_every_s),
+        router::Summaries::new(cfg.sinks.summary_every_s)
+            .talk_pause(cfg.segment.talk_pause_s as f64),
         |s, (call, streams)| s.call(call, streams),
     )
 }

@@ -85,6 +85,9 @@ pub(crate) struct Router {
 pub(crate) struct Summaries {
     on: bool,
     every_s: f64,
+    /// `segment.talk_pause_s`: a pause shorter than this between two windows of one
+    /// speaker is talk in the summaries.
+    talk_pause_s: f64,
     streams: HashMap<String, (Summarizer, f64)>,
     /// Channel streams: stream id -> call id.
     call_of: HashMap<String, String>,
@@ -101,6 +104,12 @@ impl Summaries {
             every_s,
             ..Self::default()
         }
+    }
+
+    /// Pauses between a speaker's windows shorter than `talk_pause_s` count as talk.
+    pub fn talk_pause(mut self, talk_pause_s: f64) -> Self {
+        self.talk_pause_s = talk_pause_s;
+        self
     }
 
     /// Registers the streams of a call split by channel.
@@ -128,7 +137,7 @@ impl Summaries {
         let every = self.every_s;
         let call = self.call_of.get(&e.stream).map_or(e.stream.as_str(), |c| c);
         if !self.streams.contains_key(call) {
-            let first = (Summarizer::default(), every);
+            let first = (Summarizer::new(self.talk_pause_s), every);
             self.streams.insert(call.to_string(), first);
         }
         let (s, due) = self.streams.get_mut(call).expect("inserted above");

@@ -115,6 +115,42 @@ pub enum TrainCommand {
     /// Tune the text encoder's top layers for sentiment (a LoRA file a small model reads
     /// with `train ubm --text-tuning`).
     Text(TrainTextArgs),
+    /// Label unlabelled sentences with the large model (its score on each as a text-only
+    /// window), writing a `--extra` file for distillation into the small model.
+    Label(TrainLabelArgs),
+}
+
+/// Options of `train label`.
+#[derive(Debug, Args)]
+pub struct TrainLabelArgs {
+    /// Sentences, one per line (or TSV rows whose last column is the text).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The file to write: `domain<TAB>grade<TAB>text`, the grade being the large model's
+    /// score to two decimals.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The `domain` column of the written rows.
+    #[arg(long, default_value = "distilled")]
+    pub domain: String,
+    /// Scores within +-this width are written as 0 (neutral), as the rated sentences'
+    /// procedure does for means near 0: a factual line the large model leans slightly
+    /// negative on must not teach "facts are negative" (Has0-Acc2 counts any score below
+    /// 0 as negative).
+    #[arg(long, default_value_t = 0.0)]
+    pub zero_band: f32,
+    /// The LLM's GGUF; default: cascade.gguf.
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
+    /// The adapter; default: cascade.adapter.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Sentences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Torch threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: i32,
 }
 
 /// Options of `train text`.

@@ -1,7 +1,7 @@
 //! `train ubm` and `train mllm`.
 
 use super::Context;
-use super::args::{TrainCommand, TrainMllmArgs, TrainTextArgs, TrainUbmArgs};
+use super::args::{TrainCommand, TrainLabelArgs, TrainMllmArgs, TrainTextArgs, TrainUbmArgs};
 use crate::error::{Error, Result};
 use crate::plan::clip_cut;
 use crate::train::dataset::TextSource;
@@ -14,6 +14,7 @@ pub(super) fn train(t: &TrainCommand, ctx: &Context) -> Result<i32> {
         TrainCommand::Ubm(u) => ubm(u, ctx),
         TrainCommand::Mllm(m) => mllm(m, ctx),
         TrainCommand::Text(t) => text(t, ctx),
+        TrainCommand::Label(l) => label(l, ctx),
     }
 }
 
@@ -62,6 +63,38 @@ fn text(t: &TrainTextArgs, ctx: &Context) -> Result<i32> {
     for line in neutral {
         println!("{line}");
     }
+    Ok(0)
+}
+
+fn label(l: &TrainLabelArgs, ctx: &Context) -> Result<i32> {
+    tch::set_num_threads(l.threads.max(1));
+    let cascade = &ctx.cfg.cascade;
+    let o = crate::train::distil::LabelOptions {
+        input: l.input.clone(),
+        out: l.out.clone(),
+        gguf: l
+            .gguf
+            .clone()
+            .unwrap_or_else(|| ctx.models.resolve(&cascade.gguf)),
+        adapter: l
+            .adapter
+            .clone()
+            .unwrap_or_else(|| ctx.models.resolve(&cascade.adapter)),
+        domain: l.domain.clone(),
+        zero_band: l.zero_band,
+        batch: l.batch,
+    };
+    let r = crate::train::distil::label(&o)?;
+    println!(
+        "labelled {} sentences ({} lines skipped: blank, header or repeated) in {:.0} s: {} negative, {} neutral, {} positive; wrote {}",
+        r.written,
+        r.skipped,
+        r.seconds,
+        r.by_class[0],
+        r.by_class[1],
+        r.by_class[2],
+        l.out.display()
+    );
     Ok(0)
 }
 

@@ -470,10 +470,14 @@ pub struct SegmentConfig {
     pub max_window_s: f32,
     /// Audio kept before and after the detected speech (seconds).
     pub padding_s: f32,
-    /// A pause shorter than this (seconds) does not end a window.
+    /// A pause shorter than this (seconds) does not end a window. On the validation calls
+    /// (`scripts/make-valid-calls`, turns 0.3-1.2 s apart) 0.3 scores sentiment better
+    /// (0.5 merges a third of the turns into a neighbour's window), but the VAD misses
+    /// more speech and diarization is weaker; models/MODELS.md has the numbers.
     pub merge_gap_s: f32,
-    /// Talk time (summaries) counts a window's voiced frames; pauses inside it shorter
-    /// than this (seconds) count as talk too (breaths, commas), longer ones do not.
+    /// Talk time (summaries) counts a window's voiced frames; pauses inside it, or between
+    /// two windows of one speaker, shorter than this (seconds) count as talk too (breaths,
+    /// commas), longer ones do not.
     pub talk_pause_s: f32,
     /// How much new audio (seconds) arrives between two window decisions. The VAD itself
     /// runs once per 32 ms chunk as audio arrives; a decision only reads its output.

@@ -39,6 +39,10 @@ struct Window {
 #[derive(Debug, Clone, Default)]
 pub struct Summarizer {
     windows: Vec<Window>,
+    /// A pause shorter than this (seconds) between two windows of one speaker is talk,
+    /// as a pause of that length inside a window is (`segment.talk_pause_s`), so talk
+    /// time does not depend on where `segment.merge_gap_s` cuts the windows.
+    talk_pause_s: f64,
 }
 
 /// One speaker's share of a call.
@@ -146,6 +150,15 @@ fn quarters<'a>(ws: impl Iterator<Item = &'a Window>, duration: f64) -> [Option<
 }
 
 impl Summarizer {
+    /// A summarizer counting pauses shorter than `talk_pause_s` between a speaker's
+    /// windows as talk (0: never).
+    pub fn new(talk_pause_s: f64) -> Self {
+        Self {
+            windows: Vec::new(),
+            talk_pause_s,
+        }
+    }
+
     /// Adds a finished window (`speaker` `None`: unknown, counted as [`ALL`]).
     pub fn add(
         &mut self,
@@ -178,7 +191,10 @@ impl Summarizer {
             }
         }
         let (overlaps, interruptions) = self.overlaps();
-        let all_talk = Self::talk(&ws.iter().collect::<Vec<_>>());
+        let all_talk: f64 = names
+            .iter()
+            .map(|n| self.talk(&ws.iter().filter(|w| w.speaker == *n).collect::<Vec<_>>()))
+            .sum();
         let speakers = names
             .iter()
             .map(|name| self.speaker(name, duration, all_talk))
@@ -228,19 +244,32 @@ impl Summarizer {
         }
     }
 
-    /// Talk time of some windows: their voiced seconds when every one has them (pauses
-    /// inside a window are not talk), else the union of the windows.
-    fn talk(ws: &[&Window]) -> f64 {
-        match ws.iter().map(|w| w.voiced).sum::<Option<f64>>() {
+    /// Talk time of some windows (one speaker's): their voiced seconds when every one
+    /// has them (long pauses inside a window are not talk), else the union of the
+    /// windows; plus the pauses between consecutive windows shorter than `talk_pause_s`.
+    fn talk(&self, ws: &[&Window]) -> f64 {
+        let spoken = match ws.iter().map(|w| w.voiced).sum::<Option<f64>>() {
             Some(v) => v,
             None => union_len(ws.iter().map(|w| (w.start, w.end)).collect()),
+        };
+        let mut spans: Vec<(f64, f64)> = ws.iter().map(|w| (w.start, w.end)).collect();
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut reach = f64::NEG_INFINITY;
+        let mut bridged = 0.0;
+        for (start, end) in spans {
+            let gap = start - reach;
+            if gap > 0.0 && gap < self.talk_pause_s {
+                bridged += gap;
+            }
+            reach = reach.max(end);
         }
+        spoken + bridged
     }
 
     fn speaker(&self, name: &str, duration: f64, all_talk: f64) -> SpeakerSummary {
         let mine: Vec<&Window> = self.windows.iter().filter(|w| w.speaker == name).collect();
         let scores: Vec<f32> = mine.iter().filter_map(|w| w.score).collect();
-        let talk = Self::talk(&mine);
+        let talk = self.talk(&mine);
         let mut order: Vec<&Window> = self.windows.iter().collect();
         order.sort_by(|a, b| a.start.total_cmp(&b.start));
         let turns = order
@@ -376,5 +405,25 @@ mod tests {
             "one speaker never overlaps"
         );
         assert_eq!(c.speakers[0].mean_score, Some(-1.0));
+    }
+
+    #[test]
+    fn short_pauses_between_a_speakers_windows_are_talk() {
+        let build = |mut s: Summarizer| {
+            s.add(0.0, 2.0, Some(2.0), Some(0.0), Some("a"), "one");
+            s.add(2.3, 4.0, Some(1.7), Some(0.0), Some("a"), "two");
+            s.add(4.5, 5.0, Some(0.5), Some(0.0), Some("a"), "three");
+            s.add(5.2, 6.0, Some(0.8), Some(0.0), Some("b"), "four");
+            s.summary(6.0, true)
+        };
+        // 0.3 s between "one" and "two" is talk; 0.5 s before "three" is not, nor is
+        // the 0.2 s between two speakers.
+        let with = build(Summarizer::new(0.4));
+        let a = &with.speakers[0];
+        assert!((a.talk_s - 4.5).abs() < 1e-9, "{}", a.talk_s);
+        assert!((a.talk_share - 4.5 / 5.3).abs() < 1e-9);
+        assert_eq!(a.turns, 1);
+        let without = build(Summarizer::default());
+        assert!((without.speakers[0].talk_s - 4.2).abs() < 1e-9);
     }
 }

@@ -1,6 +1,8 @@
 //! Training and evaluation: metrics as in the MMSA toolkit.
 
 pub mod dataset;
+/// The large model's verdicts on unlabelled sentences (`train label`).
+pub mod distil;
 /// Uncertainty estimators compared; temperature scaling.
 pub mod estimators;
 pub mod metrics;
