@@ -48,7 +48,8 @@ pub struct Window {
 impl Window {
     /// Seconds of talk: the voiced runs plus the pauses between them shorter than
     /// `pause_s` (breaths, commas). Pauses are bridged inside the window only, so a window
-    /// split at a speaker change counts the gap at the cut for neither piece.
+    /// split at a speaker change counts the gap at the cut for neither piece (summaries
+    /// bridge a short pause between two windows of one speaker that nobody else fills).
     pub fn voiced_s(&self, pause_s: f64) -> f64 {
         let runs: f64 = self.voiced.iter().map(|(a, b)| b - a).sum();
         let bridged: f64 = self

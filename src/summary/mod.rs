@@ -6,7 +6,8 @@
 //! knows about models or sinks.
 //!
 //! Definitions (stream time, seconds):
-//! - talk time: the union of a speaker's windows; speech: the union of all windows;
+//! - talk time: a speaker's voiced seconds (else the union of its windows) plus short
+//!   pauses between its windows that nobody else fills; speech: the union of all windows;
 //!   silence share: 1 - speech / duration;
 //! - a turn: a run of consecutive windows of one speaker;
 //! - an overlap: a window that starts before another speaker's window has ended; an
@@ -244,9 +245,11 @@ impl Summarizer {
         }
     }
 
-    /// Talk time of some windows (one speaker's): their voiced seconds when every one
-    /// has them (long pauses inside a window are not talk), else the union of the
-    /// windows; plus the pauses between consecutive windows shorter than `talk_pause_s`.
+    /// Talk time of one speaker's windows: their voiced seconds when every one has them
+    /// (long pauses inside a window are not talk), else the union of the windows; plus
+    /// each pause between two consecutive ones shorter than `talk_pause_s` in which no
+    /// other speaker's window lies (so talk can exceed `speech_s`, the union of windows,
+    /// by those pauses).
     fn talk(&self, ws: &[&Window]) -> f64 {
         let spoken = match ws.iter().map(|w| w.voiced).sum::<Option<f64>>() {
             Some(v) => v,
@@ -254,11 +257,18 @@ impl Summarizer {
         };
         let mut spans: Vec<(f64, f64)> = ws.iter().map(|w| (w.start, w.end)).collect();
         spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let name = ws.first().map(|w| w.speaker.as_str());
+        let someone_else = |a: f64, b: f64| {
+            self.windows
+                .iter()
+                .any(|w| Some(w.speaker.as_str()) != name && w.start < b && w.end > a)
+        };
         let mut reach = f64::NEG_INFINITY;
         let mut bridged = 0.0;
         for (start, end) in spans {
             let gap = start - reach;
-            if gap > 0.0 && gap < self.talk_pause_s {
+            // Times are rounded to milliseconds: a pause of exactly talk_pause_s is not talk.
+            if gap > 0.0 && gap < self.talk_pause_s - 1e-6 && !someone_else(reach, start) {
                 bridged += gap;
             }
             reach = reach.max(end);
@@ -425,5 +435,18 @@ mod tests {
         assert_eq!(a.turns, 1);
         let without = build(Summarizer::default());
         assert!((without.speakers[0].talk_s - 4.2).abs() < 1e-9);
+        // A short reply of another speaker inside the pause: the pause is not a's talk;
+        // nor is a pause of exactly talk_pause_s (2.4 - 2.0 in floating point).
+        let mut s = Summarizer::new(0.4);
+        s.add(0.0, 2.0, Some(2.0), None, Some("a"), "one");
+        s.add(2.05, 2.25, Some(0.2), None, Some("b"), "yeah");
+        s.add(2.3, 4.0, Some(1.7), None, Some("a"), "two");
+        s.add(4.4, 5.0, Some(0.6), None, Some("a"), "three");
+        let sum = s.summary(5.0, true);
+        assert!(
+            (sum.speakers[0].talk_s - 4.3).abs() < 1e-9,
+            "{:?}",
+            sum.speakers[0]
+        );
     }
 }

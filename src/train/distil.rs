@@ -34,7 +34,7 @@ pub struct LabelReport {
     pub written: usize,
     /// Input lines left out: empty, header, repeats.
     pub skipped: usize,
-    /// Rows by the sign of the written grade: negative, zero-band, positive.
+    /// Rows by the sign of the written grade: negative, zero, positive.
     pub by_class: [usize; 3],
     /// Seconds spent in the large model.
     pub seconds: f64,
@@ -71,8 +71,8 @@ pub(crate) fn read_unlabelled(path: &Path) -> Result<(Vec<String>, usize)> {
 
 /// Labels every sentence with the large model (a text-only window, as `train --extra`
 /// sentences are seen) and writes `domain<TAB>grade<TAB>text` rows, the grade being the
-/// large model's score to two decimals, or 0 within `zero_band` of 0. Rows are flushed batch by batch, so an
-/// interrupted run keeps what it wrote.
+/// large model's score rounded to two decimals, 0 when that is within `zero_band`. Rows
+/// go to `OUT.partial`, flushed batch by batch, which becomes `out` when all are written.
 pub fn label(o: &LabelOptions) -> Result<LabelReport> {
     let (texts, skipped) = read_unlabelled(&o.input)?;
     if !(o.zero_band >= 0.0 && o.zero_band < 3.0) {
@@ -88,12 +88,14 @@ pub fn label(o: &LabelOptions) -> Result<LabelReport> {
         )));
     }
     let model = Mllm::load(&o.gguf, &o.adapter)?;
-    let band = model.adapter.meta.band;
+    // Written as OUT.partial and renamed at the end: an interrupted run keeps its rows
+    // there, and a file at OUT is always complete.
+    let partial = o.out.with_extension("partial");
     let io = |source| ModelError::Io {
-        path: o.out.clone(),
+        path: partial.clone(),
         source,
     };
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&o.out).map_err(io)?);
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(io)?);
     writeln!(w, "domain\tgrade\ttext").map_err(io)?;
     let none = WindowFeatures::default();
     let clock = Instant::now();
@@ -113,18 +115,25 @@ pub fn label(o: &LabelOptions) -> Result<LabelReport> {
             })
             .collect();
         for (t, a) in chunk.iter().zip(model.judge_batch(&qs)?) {
-            let grade = if a.score.abs() <= o.zero_band {
+            let rounded = (a.score * 100.0).round() / 100.0;
+            // Rounded first, so nothing within the band is written as +-0.50; no -0.00.
+            let grade = if rounded.abs() <= o.zero_band || rounded == 0.0 {
                 0.0
             } else {
-                (a.score * 100.0).round() / 100.0
+                rounded
             };
-            report.by_class[usize::from(grade > -band) + usize::from(grade > band)] += 1;
+            report.by_class[usize::from(grade >= 0.0) + usize::from(grade > 0.0)] += 1;
             writeln!(w, "{}\t{grade:.2}\t{t}", o.domain).map_err(io)?;
             report.written += 1;
         }
         w.flush().map_err(io)?;
         tracing::info!(done = report.written, of = texts.len(), "labelled");
     }
+    drop(w);
+    std::fs::rename(&partial, &o.out).map_err(|source| ModelError::Io {
+        path: o.out.clone(),
+        source,
+    })?;
     report.seconds = clock.elapsed().as_secs_f64();
     Ok(report)
 }
