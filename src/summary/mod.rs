@@ -192,14 +192,18 @@ impl Summarizer {
             }
         }
         let (overlaps, interruptions) = self.overlaps();
-        let all_talk: f64 = names
+        let mut speakers: Vec<SpeakerSummary> = names
             .iter()
-            .map(|n| self.talk(&ws.iter().filter(|w| w.speaker == *n).collect::<Vec<_>>()))
-            .sum();
-        let speakers = names
-            .iter()
-            .map(|name| self.speaker(name, duration, all_talk))
+            .map(|name| self.speaker(name, duration))
             .collect();
+        let all_talk: f64 = speakers.iter().map(|s| s.talk_s).sum();
+        for s in &mut speakers {
+            s.talk_share = if all_talk > 0.0 {
+                s.talk_s / all_talk
+            } else {
+                0.0
+            };
+        }
         let q = quarters(ws.iter(), duration);
         let first = q.iter().flatten().next();
         let last = q.iter().flatten().last();
@@ -250,18 +254,17 @@ impl Summarizer {
     /// each pause between two consecutive ones shorter than `talk_pause_s` in which no
     /// other speaker's window lies (so talk can exceed `speech_s`, the union of windows,
     /// by those pauses).
-    fn talk(&self, ws: &[&Window]) -> f64 {
+    fn talk(&self, name: &str, ws: &[&Window]) -> f64 {
         let spoken = match ws.iter().map(|w| w.voiced).sum::<Option<f64>>() {
             Some(v) => v,
             None => union_len(ws.iter().map(|w| (w.start, w.end)).collect()),
         };
         let mut spans: Vec<(f64, f64)> = ws.iter().map(|w| (w.start, w.end)).collect();
         spans.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let name = ws.first().map(|w| w.speaker.as_str());
         let someone_else = |a: f64, b: f64| {
             self.windows
                 .iter()
-                .any(|w| Some(w.speaker.as_str()) != name && w.start < b && w.end > a)
+                .any(|w| w.speaker != name && w.start < b && w.end > a)
         };
         let mut reach = f64::NEG_INFINITY;
         let mut bridged = 0.0;
@@ -276,10 +279,11 @@ impl Summarizer {
         spoken + bridged
     }
 
-    fn speaker(&self, name: &str, duration: f64, all_talk: f64) -> SpeakerSummary {
+    /// One speaker's summary; `talk_share` is set by the caller, which knows all talk.
+    fn speaker(&self, name: &str, duration: f64) -> SpeakerSummary {
         let mine: Vec<&Window> = self.windows.iter().filter(|w| w.speaker == name).collect();
         let scores: Vec<f32> = mine.iter().filter_map(|w| w.score).collect();
-        let talk = self.talk(&mine);
+        let talk = self.talk(name, &mine);
         let mut order: Vec<&Window> = self.windows.iter().collect();
         order.sort_by(|a, b| a.start.total_cmp(&b.start));
         let turns = order
@@ -290,7 +294,7 @@ impl Summarizer {
         SpeakerSummary {
             speaker: name.to_string(),
             talk_s: talk,
-            talk_share: if all_talk > 0.0 { talk / all_talk } else { 0.0 },
+            talk_share: 0.0,
             turns,
             windows: mine.len(),
             mean_score: (!scores.is_empty())

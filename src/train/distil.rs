@@ -116,8 +116,9 @@ pub fn label(o: &LabelOptions) -> Result<LabelReport> {
             .collect();
         for (t, a) in chunk.iter().zip(model.judge_batch(&qs)?) {
             let rounded = (a.score * 100.0).round() / 100.0;
-            // Rounded first, so nothing within the band is written as +-0.50; no -0.00.
-            let grade = if rounded.abs() <= o.zero_band || rounded == 0.0 {
+            // Rounded first, so nothing within the band is written as +-0.50 (and -0.00,
+            // within any band, is written as 0).
+            let grade = if rounded.abs() <= o.zero_band {
                 0.0
             } else {
                 rounded
