@@ -173,6 +173,11 @@ pub struct TrainTextArgs {
     /// one per `--extra` file in order.
     #[arg(long, default_values_t = [2])]
     pub extra_weight: Vec<usize>,
+    /// Read a file's sentences with their domain column in front (`tweet: ...`), so text
+    /// from another domain is tuned apart from the untagged text a model is served: one
+    /// value (true or false) for every file, or one per `--extra` file in order.
+    #[arg(long, default_values_t = [false], action = clap::ArgAction::Append)]
+    pub extra_tag: Vec<bool>,
     /// Sentence files scored after training, never used for a choice (a test set).
     #[arg(long)]
     pub report: Vec<PathBuf>,

@@ -27,6 +27,7 @@ fn text(t: &TrainTextArgs, ctx: &Context) -> Result<i32> {
         models_dir: ctx.models.dir.clone(),
         extra: t.extra.clone(),
         extra_weight: t.extra_weight.clone(),
+        extra_tag: t.extra_tag.clone(),
         report: t.report.clone(),
         layers: t.layers,
         rank: t.rank,

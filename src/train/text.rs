@@ -36,6 +36,10 @@ pub struct TextTrainOptions {
     pub extra: Vec<PathBuf>,
     /// Times each extra training sentence is repeated per epoch (one value, or one per file).
     pub extra_weight: Vec<usize>,
+    /// Whether a file's sentences are read with their domain in front (`tweet: ...`; one
+    /// value, or one per file): text from another domain is tuned apart from untagged
+    /// (served) text, so its conventions need not hold for conversation.
+    pub extra_tag: Vec<bool>,
     /// Sentence files scored after training (never a choice).
     pub report: Vec<PathBuf>,
     /// Tuned top layers.
@@ -74,6 +78,12 @@ impl Sentences {
 /// header line (a grade that is not a number on line 1) skipped. A grade outside
 /// `[-limit, limit]` or a malformed line is an error naming the file and line.
 fn read_sentences(path: &Path, limit: f32) -> Result<Vec<(String, f32)>> {
+    read_tagged(path, limit, false)
+}
+
+/// [`read_sentences`], with `tag`: each text with its domain in front (`tweet: text`), a
+/// line without a domain column being an error.
+fn read_tagged(path: &Path, limit: f32, tag: bool) -> Result<Vec<(String, f32)>> {
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -89,8 +99,9 @@ fn read_sentences(path: &Path, limit: f32) -> Result<Vec<(String, f32)>> {
             continue;
         }
         let cols: Vec<&str> = line.split('\t').collect();
-        let (grade, sentence) = match cols.as_slice() {
-            [g, t] | [_, g, t] => (g.trim(), t.trim()),
+        let (domain, grade, sentence) = match cols.as_slice() {
+            [g, t] => ("", g.trim(), t.trim()),
+            [d, g, t] => (d.trim(), g.trim(), t.trim()),
             _ => {
                 return Err(bad(
                     i + 1,
@@ -115,7 +126,17 @@ fn read_sentences(path: &Path, limit: f32) -> Result<Vec<(String, f32)>> {
             )
             .into());
         }
-        out.push((sentence.to_string(), g));
+        if !tag {
+            out.push((sentence.to_string(), g));
+        } else if domain.is_empty() {
+            return Err(bad(
+                i + 1,
+                "no domain to tag (--extra-tag): expected domain<TAB>grade<TAB>text".into(),
+            )
+            .into());
+        } else {
+            out.push((format!("{domain}: {sentence}"), g));
+        }
     }
     Ok(out)
 }
@@ -132,6 +153,24 @@ pub(crate) fn extra_sentences(
     weights: &[usize],
     limit: f32,
 ) -> Result<(Graded, Graded)> {
+    extra_tagged(files, weights, &[false], limit)
+}
+
+/// [`extra_sentences`], each file's lines tagged with their domain where `tags` (one value
+/// for every file, or one per file) says so ([`read_tagged`]).
+fn extra_tagged(
+    files: &[PathBuf],
+    weights: &[usize],
+    tags: &[bool],
+    limit: f32,
+) -> Result<(Graded, Graded)> {
+    if !(tags.len() == 1 || tags.len() == files.len()) {
+        return Err(Error::Usage(format!(
+            "--extra-tag given {} times for {} --extra files: give one value for all, or one per file in the order of --extra",
+            tags.len(),
+            files.len()
+        )));
+    }
     if !(weights.len() == 1 || weights.len() == files.len()) {
         return Err(Error::Usage(format!(
             "--extra-weight given {} times for {} --extra files: give one weight for all, or one per file in the order of --extra",
@@ -142,7 +181,8 @@ pub(crate) fn extra_sentences(
     let (mut train, mut valid) = (Vec::new(), Vec::new());
     for (k, f) in files.iter().enumerate() {
         let times = weights[k.min(weights.len() - 1)].max(1);
-        for (i, row) in read_sentences(f, limit)?.into_iter().enumerate() {
+        let tag = tags[k.min(tags.len() - 1)];
+        for (i, row) in read_tagged(f, limit, tag)?.into_iter().enumerate() {
             if i % 5 == 4 {
                 valid.push(row);
             } else {
@@ -274,7 +314,7 @@ fn gather(o: &TextTrainOptions) -> Result<(Sentences, Sentences)> {
     for c in ds.split(Split::Valid) {
         valid.push(&c.text, c.label / limit);
     }
-    let (extra_train, extra_valid) = extra_sentences(&o.extra, &o.extra_weight, limit)?;
+    let (extra_train, extra_valid) = extra_tagged(&o.extra, &o.extra_weight, &o.extra_tag, limit)?;
     for (t, g) in &extra_train {
         train.push(t, g / limit);
     }
@@ -482,5 +522,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--extra-weight given 3 times for 2"), "{e}");
+    }
+
+    #[test]
+    fn tagged_files_carry_their_domain_and_untagged_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.tsv"), dir.path().join("b.tsv"));
+        std::fs::write(&a, "domain\tgrade\ttext\ntweet\t-1\tso slow\n").unwrap();
+        std::fs::write(&b, "support\t0\tone moment\n").unwrap();
+        let files = [a.clone(), b];
+        let (train, _) = extra_tagged(&files, &[1], &[true, false], 3.0).unwrap();
+        assert_eq!(
+            train,
+            vec![("tweet: so slow".into(), -1.0), ("one moment".into(), 0.0)]
+        );
+        let e = extra_tagged(&files, &[1], &[true, false, true], 3.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--extra-tag given 3 times for 2"), "{e}");
+        std::fs::write(&a, "-1\tso slow\n").unwrap();
+        let e = extra_tagged(&files, &[1], &[true], 3.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no domain to tag") && e.contains("a.tsv"), "{e}");
     }
 }
