@@ -131,7 +131,7 @@ fn read_tagged(path: &Path, limit: f32, tag: bool) -> Result<Vec<(String, f32)>>
         } else if domain.is_empty() {
             return Err(bad(
                 i + 1,
-                "no domain to tag (--extra-tag): expected domain<TAB>grade<TAB>text".into(),
+                "empty or missing domain column to tag: give domain<TAB>grade<TAB>text, or --extra-tag false for this file".into(),
             )
             .into());
         } else {
@@ -544,6 +544,9 @@ mod tests {
         let e = extra_tagged(&files, &[1], &[true], 3.0)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no domain to tag") && e.contains("a.tsv"), "{e}");
+        assert!(
+            e.contains("missing domain column") && e.contains("a.tsv"),
+            "{e}"
+        );
     }
 }
