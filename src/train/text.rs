@@ -164,24 +164,11 @@ fn extra_tagged(
     tags: &[bool],
     limit: f32,
 ) -> Result<(Graded, Graded)> {
-    if !(tags.len() == 1 || tags.len() == files.len()) {
-        return Err(Error::Usage(format!(
-            "--extra-tag given {} times for {} --extra files: give one value for all, or one per file in the order of --extra",
-            tags.len(),
-            files.len()
-        )));
-    }
-    if !(weights.len() == 1 || weights.len() == files.len()) {
-        return Err(Error::Usage(format!(
-            "--extra-weight given {} times for {} --extra files: give one weight for all, or one per file in the order of --extra",
-            weights.len(),
-            files.len()
-        )));
-    }
+    let weights = per_file(weights, files.len(), "--extra-weight", "weight")?;
+    let tags = per_file(tags, files.len(), "--extra-tag", "value")?;
     let (mut train, mut valid) = (Vec::new(), Vec::new());
-    for (k, f) in files.iter().enumerate() {
-        let times = weights[k.min(weights.len() - 1)].max(1);
-        let tag = tags[k.min(tags.len() - 1)];
+    for ((f, times), tag) in files.iter().zip(weights).zip(tags) {
+        let times = times.max(1);
         for (i, row) in read_tagged(f, limit, tag)?.into_iter().enumerate() {
             if i % 5 == 4 {
                 valid.push(row);
@@ -191,6 +178,19 @@ fn extra_tagged(
         }
     }
     Ok((train, valid))
+}
+
+/// One value per file of an option given once for every file or once per file (`flag`
+/// names it in the error, `what` its value).
+fn per_file<T: Copy>(values: &[T], files: usize, flag: &str, what: &str) -> Result<Vec<T>> {
+    match values {
+        [one] => Ok(vec![*one; files]),
+        _ if values.len() == files => Ok(values.to_vec()),
+        _ => Err(Error::Usage(format!(
+            "{flag} given {} times for {files} --extra files: give one {what} for all, or one per file in the order of --extra",
+            values.len()
+        ))),
+    }
 }
 
 /// What `train text` reports.
