@@ -633,6 +633,48 @@ fn training_sentences_keep_clear_of_every_test_sentence() {
 }
 
 #[test]
+fn a_blind_overlap_check_names_the_training_line_but_never_the_held_out_sentence() {
+    // A writer who must stay blind to the test sets sees which of their lines to rewrite
+    // and which set it is too close to, not the held-out sentence it resembles.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let calls: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/samples/call.json")).unwrap(),
+    )
+    .unwrap();
+    let held_out = calls["turns"][3]["text"].as_str().unwrap().to_string();
+    let mine = "Could you please confirm the delivery address for the replacement parcel?";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("draft.tsv");
+    std::fs::write(&file, format!("grade\ttext\n0\t{mine}\n0\t{held_out}\n")).unwrap();
+    let run = |blind: bool| {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(format!("{root}/scripts/check-train-overlap"));
+        if blind {
+            cmd.arg("--blind");
+        }
+        let out = cmd.arg(&file).current_dir(root).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, blind) = run(true);
+    assert!(!ok, "{blind}");
+    assert!(blind.contains("draft.tsv:3: "), "{blind}");
+    assert!(!blind.contains("draft.tsv:2: "), "{blind}");
+    assert!(blind.contains("held out (samples/call.json)"), "{blind}");
+    // The copied line appears once: as the writer's own line, never as the held-out one.
+    assert_eq!(blind.matches(held_out.as_str()).count(), 1, "{blind}");
+    assert!(
+        blind.contains("1 pair(s) over the limits against"),
+        "{blind}"
+    );
+    // Without --blind the held-out sentence is printed beside it.
+    let (_, open) = run(false);
+    assert_eq!(open.matches(held_out.as_str()).count(), 2, "{open}");
+}
+
+#[test]
 fn rated_training_sentences_are_graded_by_the_documented_procedure() {
     // scripts/make-rated-text: the VADER study's human ratings as a training sentence file
     // (train --extra's format), on our scale, clear of every test sentence.
