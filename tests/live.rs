@@ -420,6 +420,19 @@ fn sigterm_drains_and_closes_files_valid() {
     assert!(r.wait_stdout(&mut seen, Duration::from_secs(60), |e| {
         e.get("seq").is_some()
     }));
+    // The process restarted itself once with libgomp's spin count set (src/main.rs), under
+    // the same pid, so the signal below reaches the running stream.
+    if std::env::var_os("GOMP_SPINCOUNT").is_none() && std::env::var_os("OMP_WAIT_POLICY").is_none()
+    {
+        let environ = std::fs::read(format!("/proc/{}/environ", r.child.id())).unwrap();
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|v| v == b"GOMP_SPINCOUNT=2000"),
+            "{}",
+            String::from_utf8_lossy(&environ)
+        );
+    }
     r.signal("-TERM");
     let (ok, rest, err) = r.finish(Duration::from_secs(60));
     assert!(ok, "a drained shutdown exits 0: {err:#?}");

@@ -675,6 +675,108 @@ fn a_blind_overlap_check_names_the_training_line_but_never_the_held_out_sentence
 }
 
 #[test]
+fn the_word_error_rate_spells_digits_and_counts_edits() {
+    // scripts/lib/wer.py, shared by scripts/bench-asr and scripts/score-calls.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys; sys.path.insert(0, 'scripts/lib'); from wer import errors; \
+                print(errors(\"It's a bit annoying, isn't it?\", 'its a bit noying isnt it'), \
+                errors('case four one two', 'Case 412.'), errors('', 'noise'))",
+        ])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "(1, 6) (0, 4) (1, 0)",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_seed_ensemble_averages_its_members_and_escalates_by_the_fitted_threshold() {
+    // scripts/seed-ensemble on two members of four clips: the averaged verdicts are right
+    // on c1, c2 and wrong on c3, c4; tau1 at lambda 0.5 lies between the gate of the right
+    // ones (0.2, 0.2) and the wrong ones (0.4, 0.3), so the two wrong ones go to the large
+    // model, which is right on both.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().to_string();
+    let row = |clip: &str, label: f32, probs: [f32; 3]| {
+        format!(
+            "{{\"clip\":\"{clip}\",\"label\":{label},\"p_negative\":{},\"p_neutral\":{},\"p_positive\":{}}}\n",
+            probs[0], probs[1], probs[2]
+        )
+    };
+    let one = row("c1", 1.0, [0.1, 0.1, 0.8])
+        + &row("c2", -1.0, [0.8, 0.1, 0.1])
+        + &row("c3", 1.0, [0.6, 0.2, 0.2])
+        + &row("c4", -1.0, [0.3, 0.3, 0.4]);
+    let two = one.replace(
+        "\"c1\",\"label\":1,\"p_negative\":0.1,\"p_neutral\":0.1,\"p_positive\":0.8",
+        "\"c1\",\"label\":1,\"p_negative\":0.3,\"p_neutral\":0.1,\"p_positive\":0.6",
+    );
+    assert_ne!(one, two);
+    std::fs::write(p("a.jsonl"), &one).unwrap();
+    std::fs::write(p("b.jsonl"), &two).unwrap();
+    let large: String = [
+        ("c1", 2.0),
+        ("c2", -2.0),
+        ("c3", 1.0),
+        ("c4", -1.0),
+        ("c1", 0.0),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (clip, score))| {
+        let system = if i < 4 {
+            "large model only"
+        } else {
+            "UBM only"
+        };
+        format!("{{\"clip\":\"{clip}\",\"label\":0,\"system\":\"{system}\",\"score\":{score}}}\n")
+    })
+    .collect();
+    std::fs::write(p("cmp.jsonl"), large).unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    // The ensemble of a.jsonl and `second`.
+    let run = |second: &str| {
+        let set = format!("v:{}:{},{}", p("cmp.jsonl"), p("a.jsonl"), p(second));
+        std::process::Command::new("python3")
+            .arg(format!("{root}/scripts/seed-ensemble"))
+            .args(["--lambda", "0.5", "--set", &set])
+            .output()
+            .unwrap()
+    };
+    let out = run("b.jsonl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("small (ensemble alone): 2 right of 4; gate AUROC 1.000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("U-ACS lambda 0.5: tau1 0.2750, 4 right, escalated 50.0%"),
+        "{stdout}"
+    );
+    // A member scored on other clips is refused, naming the file.
+    std::fs::write(p("c.jsonl"), one.replace("\"c4\"", "\"c5\"")).unwrap();
+    let out = run("c.jsonl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("c.jsonl has other clips"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn rated_training_sentences_are_graded_by_the_documented_procedure() {
     // scripts/make-rated-text: the VADER study's human ratings as a training sentence file
     // (train --extra's format), on our scale, clear of every test sentence.
