@@ -269,6 +269,7 @@ fn train_mllm_and_compare_on_the_tiny_dataset() {
     assert!(adapter.with_extension("safetensors").is_file());
     // The comparison on the 4 test clips, with the committed (calibrated) UBM.
     let per_window = dir.path().join("compare.jsonl");
+    let opinions = dir.path().join("opinions.jsonl");
     let stdout = common::sentistream_ok(&[
         "eval",
         "--data",
@@ -278,7 +279,10 @@ fn train_mllm_and_compare_on_the_tiny_dataset() {
         a,
         "--compare-predictions",
         per_window.to_str().unwrap(),
+        "--opinions",
+        opinions.to_str().unwrap(),
     ]);
+    check_opinions(&stdout, &opinions, d, &dir);
     for row in [
         "| UBM only |",
         "| large model only |",
@@ -339,6 +343,101 @@ fn train_mllm_and_compare_on_the_tiny_dataset() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ad"));
+}
+
+/// `eval --compare --opinions` wrote both models' verdicts on the 4 test clips; `train
+/// mllm --opinions` builds stage-3 prompts from opinions on training clips (disagreeing,
+/// one model unsure) and refuses those of clips it does not train on.
+fn check_opinions(stdout: &str, opinions: &std::path::Path, d: &str, dir: &tempfile::TempDir) {
+    assert!(stdout.contains("earlier opinions of 4 windows"), "{stdout}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(opinions)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let clips: Vec<&str> = lines.iter().map(|l| l["clip"].as_str().unwrap()).collect();
+    assert_eq!(
+        clips,
+        [
+            "synth_0008/00",
+            "synth_0009/00",
+            "synth_0018/00",
+            "synth_0019/00"
+        ]
+    );
+    for l in &lines {
+        for model in ["small", "large"] {
+            let u = l[model]["uncertainty"].as_f64().unwrap();
+            assert!((0.0..=1.1).contains(&u), "{l}");
+            assert!(l[model]["score"].as_f64().unwrap().abs() <= 3.0, "{l}");
+            assert!(l[model]["unsure"].is_boolean(), "{l}");
+        }
+    }
+    // Test clips are not training clips: refused, naming the clip.
+    let retrain = dir.path().join("retrained");
+    let args = |file: &std::path::Path| {
+        let v: Vec<String> = [
+            "train",
+            "mllm",
+            "--data",
+            d,
+            "--out",
+            retrain.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--rank",
+            "2",
+            "--opinions",
+            file.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .into();
+        v
+    };
+    let out = common::sentistream(
+        &args(opinions)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("synth_0008/00") && err.contains("not in the training split"),
+        "{err}"
+    );
+    // Opinions on three training clips: two disagree with a model unsure, one agrees.
+    let op = |clip: &str, label: f32, small: f32, large: f32, unsure: bool| {
+        serde_json::json!({"clip": clip, "label": label,
+            "small": {"score": small, "uncertainty": 0.9, "unsure": unsure},
+            "large": {"score": large, "uncertainty": 0.7, "unsure": false}})
+        .to_string()
+    };
+    let train_ops = dir.path().join("train-opinions.jsonl");
+    std::fs::write(
+        &train_ops,
+        [
+            op("synth_0000/00", -0.6, 1.0, -1.0, true),
+            op("synth_0003/00", 1.1, -1.5, 2.0, true),
+            op("synth_0011/00", 1.5, 1.0, 2.0, true),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let stdout = common::sentistream_ok(
+        &args(&train_ops)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        stdout.contains("stage-3 prompts: 2 from real earlier opinions (of 3 training clips"),
+        "{stdout}"
+    );
+    // 12 training clips plainly, plus the 2 prompts.
+    assert!(stdout.contains("trained on 14 examples"), "{stdout}");
 }
 
 /// A copy of the tiny dataset in a new temporary folder, so the feature cache is made

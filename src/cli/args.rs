@@ -315,9 +315,19 @@ pub struct TrainMllmArgs {
     /// Random seed.
     #[arg(long, default_value_t = 7)]
     pub(crate) seed: u64,
-    /// Share of training clips that also get a cross-verification prompt.
+    /// Share of training clips that also get a cross-verification prompt with made-up
+    /// earlier opinions (unused with --opinions).
     #[arg(long, default_value_t = 0.5)]
     pub(crate) cross_share: f32,
+    /// Real earlier opinions (`eval --compare --opinions`, written on held-out folds of
+    /// this dataset's train split; repeatable, one file per fold): stage-3 prompts are
+    /// built from them, on the clips where the two verdicts' polarities differ and one
+    /// model is unsure, instead of from made-up opinions.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) opinions: Vec<PathBuf>,
+    /// Times each --opinions prompt counts per epoch.
+    #[arg(long, default_value_t = 1, requires = "opinions")]
+    pub(crate) opinions_weight: usize,
     /// lambda of tau2.
     #[arg(long, default_value_t = 0.5)]
     pub lambda: f32,
@@ -391,6 +401,12 @@ pub struct EvalArgs {
     /// cascades and large models (`scripts/paired A.jsonl:SYSTEM B.jsonl:SYSTEM`).
     #[arg(long, value_name = "FILE", requires = "compare")]
     pub(crate) compare_predictions: Option<PathBuf>,
+    /// With --compare: write each window's two earlier verdicts as stage 3 would be shown
+    /// them (JSON lines: clip, label, small and large, each with score, entropy
+    /// uncertainty, and whether the served cascade treats it as unsure). Run on a held-out
+    /// fold of the training split, they are `train mllm --opinions`'s out-of-fold input.
+    #[arg(long, value_name = "FILE", requires = "compare")]
+    pub(crate) opinions: Option<PathBuf>,
     /// Write each clip's prediction by the small model (all modalities) to this file:
     /// JSON lines, or CSV when the name ends in .csv. Columns: clip, label, score and
     /// polarity as an event carries them (one-verdict rule), raw score, probabilities,

@@ -354,6 +354,42 @@ fn write_compare_predictions(
     })
 }
 
+/// Writes what `--compare-predictions` and `--opinions` ask for.
+fn write_compare_files(
+    e: &EvalArgs,
+    data: &SplitData,
+    cmp: &mllm_train::Comparison,
+    band: f32,
+) -> Result<()> {
+    if let Some(path) = &e.compare_predictions {
+        write_compare_predictions(path, data, &cmp.rows)?;
+        println!(
+            "per-window scores of {} rows: {}",
+            cmp.rows.len(),
+            path.display()
+        );
+    }
+    if let Some(path) = &e.opinions {
+        let text = crate::train::opinions::to_jsonl(&cmp.opinions);
+        crate::sinks::files::write_whole(path, &text).map_err(|e| {
+            Error::Usage(format!(
+                "{e}; --opinions needs a writable path (its folder must exist)"
+            ))
+        })?;
+        let worth = cmp
+            .opinions
+            .iter()
+            .filter(|o| o.worth_verifying(band))
+            .count();
+        println!(
+            "earlier opinions of {} windows ({worth} disagreeing with a model unsure): {}",
+            cmp.opinions.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Prints the small model's forward time per window, batched and at batch 1 (as live).
 fn speed(model: &Ubm, data: &SplitData) {
     let started = std::time::Instant::now();
@@ -426,14 +462,7 @@ fn compare(e: &EvalArgs, ctx: &Context, model: &Ubm, data: &SplitData) -> Result
         text_s * 1e3
     );
     println!("{}", mllm_train::format_compare(&cmp.rows));
-    if let Some(path) = &e.compare_predictions {
-        write_compare_predictions(path, data, &cmp.rows)?;
-        println!(
-            "per-window scores of {} rows: {}",
-            cmp.rows.len(),
-            path.display()
-        );
-    }
+    write_compare_files(e, data, &cmp, model.meta.band)?;
     if let Some(c) = cmp.large_calibration {
         // A remote model has no stored calibration: this is how to give it one (fit on a
         // validation split, never on test).

@@ -229,12 +229,24 @@ fn mllm(t: &TrainMllmArgs, ctx: &Context) -> Result<i32> {
         limit: t.limit,
         extra: t.extra.clone(),
         extra_weight: t.extra_weight.clone(),
+        opinions: t.opinions.clone(),
+        opinions_weight: t.opinions_weight.max(1),
     };
     let (model, r) = mllm_train::train(&opts)?;
     println!(
         "trained on {} examples in {:.0} s; validation label-word accuracy {:.4}",
         r.examples, r.train_s, r.valid_class_acc
     );
+    match r.real_prompts {
+        Some((prompts, covered)) => println!(
+            "stage-3 prompts: {prompts} from real earlier opinions (of {covered} training clips with opinions), x{} per epoch",
+            opts.opinions_weight
+        ),
+        None => println!(
+            "stage-3 prompts: made-up earlier opinions on a share {} of the clips",
+            opts.cross_share
+        ),
+    }
     println!(
         "{}",
         trainer::format_table(&[("large model (valid)".into(), r.valid)])

@@ -20,6 +20,7 @@ use crate::routing::uncertainty::{argmax, class_index, polarity};
 use crate::routing::verdict::coherent;
 use crate::train::dataset::{Dataset, Scale, Split, TextSource};
 use crate::train::metrics::{self, Metrics};
+use crate::train::opinions::{ClipOpinions, Opinion};
 use crate::train::trainer::{SplitData, append_sentences, load_split, mean_std};
 
 /// Options of `train mllm`.
@@ -61,6 +62,11 @@ pub struct MllmTrainOptions {
     pub extra: Vec<PathBuf>,
     /// Times each extra training sentence counts per epoch (one value, or one per file).
     pub extra_weight: Vec<usize>,
+    /// Files of real earlier opinions (`eval --compare --opinions`, out of fold): when
+    /// given, stage-3 prompts are built from them instead of made-up ones.
+    pub opinions: Vec<PathBuf>,
+    /// Times each such prompt counts per epoch.
+    pub opinions_weight: usize,
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -131,6 +137,9 @@ pub struct MllmReport {
     pub(crate) train_s: f64,
     /// Training examples seen.
     pub(crate) examples: usize,
+    /// With `--opinions`: the stage-3 prompts built from them, and the training clips that
+    /// had opinions.
+    pub(crate) real_prompts: Option<(usize, usize)>,
 }
 
 fn runtime(e: impl std::fmt::Display) -> ModelError {
@@ -164,6 +173,10 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
     let ds = Dataset::open(&o.data, o.scale)?;
     tch::manual_seed(o.seed as i64);
     let (train, valid) = load_train_valid(o, &ds)?;
+    let (real, covered) = match real_prompts(o, &train)? {
+        Some((prompts, covered)) => (Some(prompts), covered),
+        None => (None, 0),
+    };
     let mut model = fresh_model(o, &train)?;
     let mut opt = nn::AdamW::default()
         .wd(0.0)
@@ -176,7 +189,10 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
         seen: 0,
     };
     for epoch in 1..=o.epochs {
-        let examples = epoch_examples(&mut rng, &train, o);
+        let examples = match &real {
+            Some(prompts) => with_real_prompts(&mut rng, &train, prompts, o.opinions_weight),
+            None => epoch_examples(&mut rng, &train, o),
+        };
         train_epoch(o, &train, &model, &mut opt, epoch, &examples, &mut clock)?;
     }
     let train_s = clock.started.elapsed().as_secs_f64();
@@ -189,6 +205,7 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
             valid_class_acc: class_acc,
             train_s,
             examples: clock.seen,
+            real_prompts: real.as_ref().map(|p| (p.len(), covered)),
         },
     ))
 }
@@ -270,10 +287,55 @@ fn epoch_examples(rng: &mut Rng, train: &SplitData, o: &MllmTrainOptions) -> Vec
             examples.push((i, Some(disagreeing(rng, truth, RIGHT_SHARE, limit, o.band))));
         }
     }
+    shuffle(rng, &mut examples);
+    examples
+}
+
+/// The stage-3 prompts of `--opinions` (None without it): each training clip on which
+/// the real earlier opinions disagree with one model unsure; and how many training clips
+/// had opinions.
+fn real_prompts(o: &MllmTrainOptions, train: &SplitData) -> Result<Option<(Vec<Example>, usize)>> {
+    if o.opinions.is_empty() {
+        return Ok(None);
+    }
+    let all = crate::train::opinions::read(&o.opinions)?;
+    let m = crate::train::opinions::match_train(&all, &train.ids, &train.labels, o.band)?;
+    tracing::info!(
+        clips = train.ids.len(),
+        with_opinions = m.covered,
+        prompts = m.prompts.len(),
+        "stage-3 prompts from real opinions (disagreeing, one model unsure)"
+    );
+    if m.prompts.is_empty() {
+        return Err(crate::error::Error::Usage(format!(
+            "--opinions: none of the {} clips with opinions has disagreeing verdicts with an unsure model, so there is no stage-3 prompt to train on; check that the files come from `eval --compare --opinions` on held-out folds",
+            m.covered
+        )));
+    }
+    let prompts = m.prompts.into_iter().map(|(i, e)| (i, Some(e))).collect();
+    Ok(Some((prompts, m.covered)))
+}
+
+/// One epoch's examples with real stage-3 prompts: every clip plainly, each prompt
+/// `weight` times, shuffled.
+fn with_real_prompts(
+    rng: &mut Rng,
+    train: &SplitData,
+    prompts: &[Example],
+    weight: usize,
+) -> Vec<Example> {
+    let mut examples: Vec<Example> = (0..train.feats.len()).map(|i| (i, None)).collect();
+    for _ in 0..weight {
+        examples.extend_from_slice(prompts);
+    }
+    shuffle(rng, &mut examples);
+    examples
+}
+
+fn shuffle(rng: &mut Rng, examples: &mut [Example]) {
     for i in (1..examples.len()).rev() {
         examples.swap(i, rng.below(i + 1));
     }
-    examples
 }
 
 /// Runs one epoch of optimiser steps over `examples`, logging the running loss.
@@ -532,6 +594,9 @@ pub(crate) struct Comparison {
     pub(crate) rows: Vec<CompareRow>,
     /// The large model's tau2 calibration on this split.
     pub(crate) large_calibration: Option<Calibration>,
+    /// Each window's two earlier verdicts, as stage 3 would be shown them, with whether
+    /// each model is unsure at the served thresholds (`eval --compare --opinions`).
+    pub(crate) opinions: Vec<ClipOpinions>,
 }
 
 /// `eval --compare`: measures the UBM and the large model on every window of `split`,
@@ -576,46 +641,71 @@ pub(crate) fn compare(
         tracing::warn!("the large model has no tau2 calibration; using the default tau2");
     }
     let tau2 = |l: f32| tau2_at(fixed, c2, l);
-    for &l in lambdas {
-        rows.push(cascade_row(
-            &format!("U-ACS lambda {l:.1}"),
-            &mut inp,
-            c1.tau(l),
-            tau2(l),
-            band,
-            Policy::Full,
-            &mut ask,
-        )?);
-    }
-    let l = 0.5;
+    // Served thresholds: the UBM's stored tau1, tau2 at the adapter's default lambda.
+    let served = (ubm.meta.tau1.unwrap_or_else(|| c1.tau(0.5)), tau2(0.5));
+    let opinions = clip_opinions(data, &inp, served.0, served.1);
+    // The lambda sweep, then the ablations at lambda 0.5.
+    let mut settings: Vec<(String, f32, f32, Policy)> = lambdas
+        .iter()
+        .map(|&l| {
+            (
+                format!("U-ACS lambda {l:.1}"),
+                c1.tau(l),
+                tau2(l),
+                Policy::Full,
+            )
+        })
+        .collect();
+    let (t1, t2) = (c1.tau(0.5), tau2(0.5));
     for (name, tau1, p) in [
         (
             "U-ACS 0.5 without stage 3 (fusion only)",
-            c1.tau(l),
+            t1,
             Policy::NoCrossVerify,
         ),
         (
             "U-ACS 0.5 without fusion (large final)",
-            c1.tau(l),
+            t1,
             Policy::LargeFinal,
         ),
         // tau1 = 0: stage 1 accepts nothing, stages 2 and 3 as served.
         ("tau1 0: every window escalated", 0.0, Policy::Full),
     ] {
-        rows.push(cascade_row(
-            name,
-            &mut inp,
-            tau1,
-            tau2(l),
-            band,
-            p,
-            &mut ask,
-        )?);
+        settings.push((name.into(), tau1, t2, p));
+    }
+    for (name, tau1, tau2, p) in settings {
+        rows.push(cascade_row(&name, &mut inp, tau1, tau2, band, p, &mut ask)?);
     }
     Ok(Comparison {
         rows,
         large_calibration,
+        opinions,
     })
+}
+
+/// Every window's small-model verdict and large-model first pass, in stage 3's unit,
+/// each marked unsure where the served cascade would treat it so.
+fn clip_opinions(data: &SplitData, inp: &CompareInputs, tau1: f32, tau2: f32) -> Vec<ClipOpinions> {
+    let mut out = Vec::with_capacity(inp.small.len());
+    for (i, p) in inp.small.iter().enumerate() {
+        let small = verdict_of(p);
+        let large = inp.first[i].0.verdict();
+        out.push(ClipOpinions {
+            clip: data.ids[i].clone(),
+            label: data.labels[i],
+            small: Opinion {
+                score: small.score,
+                uncertainty: small.uncertainty,
+                unsure: p.uncertainty > tau1,
+            },
+            large: Opinion {
+                score: large.score,
+                uncertainty: large.uncertainty,
+                unsure: large.uncertainty > tau2,
+            },
+        });
+    }
+    out
 }
 
 /// tau2 as the served cascade resolves it: configured, else the calibration at lambda

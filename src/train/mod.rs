@@ -7,5 +7,7 @@ pub mod distil;
 pub mod estimators;
 pub mod metrics;
 pub mod mllm;
+/// Earlier opinions for stage 3's training prompts (`eval --compare --opinions`).
+pub(crate) mod opinions;
 pub mod text;
 pub mod trainer;
