@@ -1056,3 +1056,81 @@ fn clear_of_test_sentences(file: &std::path::Path) {
         "{stdout}{stderr}"
     );
 }
+
+#[test]
+fn opinion_folds_hold_out_each_training_video_once_and_keep_validation() {
+    // scripts/make-opinions --folds-only: fold N's test split is its share of the training
+    // videos, its train split the rest; validation stays; the test split is left out.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("folds");
+    let run = |args: &[&str]| {
+        std::process::Command::new("bash")
+            .arg(format!("{root}/scripts/make-opinions"))
+            .args(args)
+            .current_dir(root)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "--folds-only",
+        "samples/dataset",
+        out.to_str().unwrap(),
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = |path: std::path::PathBuf| -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0].to_string(), f[f.len() - 1].to_string())
+            })
+            .collect()
+    };
+    let source = rows(common::repo("samples/dataset/label.csv"));
+    let of = |mode: &str, r: &[(String, String)]| -> Vec<String> {
+        let mut v: Vec<String> = r
+            .iter()
+            .filter(|x| x.1 == mode)
+            .map(|x| x.0.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut held_out = Vec::new();
+    for f in 0..3 {
+        let fold = rows(out.join(format!("fold-{f}/label.csv")));
+        assert_eq!(of("valid", &fold), of("valid", &source), "fold {f}");
+        let (mut both, test) = (of("train", &fold), of("test", &fold));
+        assert!(!test.is_empty(), "fold {f}");
+        assert!(
+            test.iter().all(|v| !of("train", &fold).contains(v)),
+            "fold {f}"
+        );
+        held_out.extend(test.clone());
+        both.extend(test);
+        both.sort();
+        assert_eq!(both, of("train", &source), "fold {f}");
+        assert!(
+            out.join(format!("fold-{f}/Raw"))
+                .join("synth_0000")
+                .is_dir()
+        );
+    }
+    held_out.sort();
+    assert_eq!(held_out, of("train", &source));
+    // Clear errors: a missing dataset, one fold.
+    let o = run(&["--folds-only", "/nonexistent/data", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/data/label.csv is missing"));
+    let o = run(&[
+        "--folds-only",
+        "samples/dataset",
+        out.to_str().unwrap(),
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 or more"));
+}
