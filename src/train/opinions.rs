@@ -133,7 +133,7 @@ pub(crate) fn match_train(
     for o in opinions {
         let Some(&i) = index.get(o.clip.as_str()) else {
             return Err(Error::Usage(format!(
-                "--opinions: clip {} is not in the training split; write the opinions with `eval --compare --opinions` on folds of this dataset's train split",
+                "--opinions: clip {} is not in the training split (or is cut by --limit); write the opinions with `eval --compare --opinions` on folds of this dataset's train split (scripts/make-opinions)",
                 o.clip
             )));
         };
