@@ -173,10 +173,7 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
     let ds = Dataset::open(&o.data, o.scale)?;
     tch::manual_seed(o.seed as i64);
     let (train, valid) = load_train_valid(o, &ds)?;
-    let (real, covered) = match real_prompts(o, &train)? {
-        Some((prompts, covered)) => (Some(prompts), covered),
-        None => (None, 0),
-    };
+    let real = real_prompts(o, &train)?;
     let mut model = fresh_model(o, &train)?;
     let mut opt = nn::AdamW::default()
         .wd(0.0)
@@ -189,10 +186,8 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
         seen: 0,
     };
     for epoch in 1..=o.epochs {
-        let examples = match &real {
-            Some(prompts) => with_real_prompts(&mut rng, &train, prompts, o.opinions_weight),
-            None => epoch_examples(&mut rng, &train, o),
-        };
+        let prompts = real.as_ref().map(|(p, _)| p.as_slice());
+        let examples = epoch_examples(&mut rng, &train, o, prompts);
         train_epoch(o, &train, &model, &mut opt, epoch, &examples, &mut clock)?;
     }
     let train_s = clock.started.elapsed().as_secs_f64();
@@ -205,7 +200,7 @@ pub fn train(o: &MllmTrainOptions) -> Result<(Mllm, MllmReport)> {
             valid_class_acc: class_acc,
             train_s,
             examples: clock.seen,
-            real_prompts: real.as_ref().map(|p| (p.len(), covered)),
+            real_prompts: real.as_ref().map(|(p, covered)| (p.len(), *covered)),
         },
     ))
 }
@@ -275,19 +270,36 @@ fn fresh_model(o: &MllmTrainOptions, train: &SplitData) -> Result<Mllm> {
     Ok(Mllm::fresh(&o.gguf, meta)?)
 }
 
-/// One epoch's examples: every clip plainly, a share of them again with disagreeing
-/// opinions, shuffled.
-fn epoch_examples(rng: &mut Rng, train: &SplitData, o: &MllmTrainOptions) -> Vec<Example> {
+/// One epoch's examples, shuffled: every clip plainly, then the stage-3 prompts: the real
+/// ones of `--opinions` (`real`, each `o.opinions_weight` times), else a share of the
+/// clips again with made-up disagreeing opinions.
+fn epoch_examples(
+    rng: &mut Rng,
+    train: &SplitData,
+    o: &MllmTrainOptions,
+    real: Option<&[Example]>,
+) -> Vec<Example> {
     let n = train.feats.len();
-    let limit = o.scale.limit();
     let mut examples: Vec<Example> = (0..n).map(|i| (i, None)).collect();
-    for i in 0..n {
-        if rng.uniform(0.0, 1.0) < o.cross_share {
-            let truth = class_index(train.labels[i], o.band);
-            examples.push((i, Some(disagreeing(rng, truth, RIGHT_SHARE, limit, o.band))));
+    match real {
+        Some(prompts) => {
+            for _ in 0..o.opinions_weight {
+                examples.extend_from_slice(prompts);
+            }
+        }
+        None => {
+            for i in 0..n {
+                if rng.uniform(0.0, 1.0) < o.cross_share {
+                    let truth = class_index(train.labels[i], o.band);
+                    let made_up = disagreeing(rng, truth, RIGHT_SHARE, o.scale.limit(), o.band);
+                    examples.push((i, Some(made_up)));
+                }
+            }
         }
     }
-    shuffle(rng, &mut examples);
+    for i in (1..examples.len()).rev() {
+        examples.swap(i, rng.below(i + 1));
+    }
     examples
 }
 
@@ -314,28 +326,6 @@ fn real_prompts(o: &MllmTrainOptions, train: &SplitData) -> Result<Option<(Vec<E
     }
     let prompts = m.prompts.into_iter().map(|(i, e)| (i, Some(e))).collect();
     Ok(Some((prompts, m.covered)))
-}
-
-/// One epoch's examples with real stage-3 prompts: every clip plainly, each prompt
-/// `weight` times, shuffled.
-fn with_real_prompts(
-    rng: &mut Rng,
-    train: &SplitData,
-    prompts: &[Example],
-    weight: usize,
-) -> Vec<Example> {
-    let mut examples: Vec<Example> = (0..train.feats.len()).map(|i| (i, None)).collect();
-    for _ in 0..weight {
-        examples.extend_from_slice(prompts);
-    }
-    shuffle(rng, &mut examples);
-    examples
-}
-
-fn shuffle(rng: &mut Rng, examples: &mut [Example]) {
-    for i in (1..examples.len()).rev() {
-        examples.swap(i, rng.below(i + 1));
-    }
 }
 
 /// Runs one epoch of optimiser steps over `examples`, logging the running loss.
@@ -641,9 +631,9 @@ pub(crate) fn compare(
         tracing::warn!("the large model has no tau2 calibration; using the default tau2");
     }
     let tau2 = |l: f32| tau2_at(fixed, c2, l);
-    // Served thresholds: the UBM's stored tau1, tau2 at the adapter's default lambda.
-    let served = (ubm.meta.tau1.unwrap_or_else(|| c1.tau(0.5)), tau2(0.5));
-    let opinions = clip_opinions(data, &inp, served.0, served.1);
+    // lambda 0.5: the ablations', and the adapter's default (the served tau2).
+    let (t1, t2) = (c1.tau(0.5), tau2(0.5));
+    let opinions = clip_opinions(data, &inp, ubm.meta.tau1.unwrap_or(t1), t2);
     // The lambda sweep, then the ablations at lambda 0.5.
     let mut settings: Vec<(String, f32, f32, Policy)> = lambdas
         .iter()
@@ -656,7 +646,6 @@ pub(crate) fn compare(
             )
         })
         .collect();
-    let (t1, t2) = (c1.tau(0.5), tau2(0.5));
     for (name, tau1, p) in [
         (
             "U-ACS 0.5 without stage 3 (fusion only)",
