@@ -602,6 +602,7 @@ fn torchscript_backend_follows_the_contract() {
         text: None,
         audio: vec![2.0; 5 * 47],
         visual: vec![],
+        pitch_ref: None,
     };
     let a = b.judge("", &feats, None).unwrap();
     assert!(a.probs[2] > 0.85 && (a.score - 2.0).abs() < 1e-5, "{a:?}");

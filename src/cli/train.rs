@@ -145,6 +145,7 @@ fn ubm(u: &TrainUbmArgs, ctx: &Context) -> Result<i32> {
         extra: u.extra.clone(),
         extra_weight: u.extra_weight.clone(),
         polarity_risk: u.gate == super::args::GateArg::PolarityRisk,
+        speaker_pitch: u.speaker_pitch,
     };
     let (model, report) = trainer::train(&opts)?;
     println!(

@@ -4,6 +4,7 @@
 
 pub mod asr;
 pub mod audio;
+pub mod pitch;
 pub mod text;
 pub mod visual;
 
@@ -28,6 +29,10 @@ pub struct WindowFeatures {
     pub audio: Vec<f32>,
     /// Video frames, `VIS_DIM` values each; frames without a face are all zero.
     pub visual: Vec<f32>,
+    /// The speaker's reference pitch so far ([`pitch::PitchBaseline`]), for models that
+    /// read pitch relative to the speaker; `None`: the window's own voiced frames. Not
+    /// cached: it depends on the speaker's earlier windows.
+    pub pitch_ref: Option<f32>,
 }
 
 impl WindowFeatures {
@@ -83,6 +88,7 @@ impl WindowFeatures {
             text: has_text.then(|| floats[..nt].to_vec()),
             audio: floats[nt..nt + na * AUDIO_DIM].to_vec(),
             visual: floats[nt + na * AUDIO_DIM..].to_vec(),
+            pitch_ref: None,
         })
     }
 }
@@ -261,12 +267,14 @@ mod tests {
             text: Some(vec![0.5; TEXT_DIM]),
             audio: vec![1.0; 3 * AUDIO_DIM],
             visual: vec![2.0; 2 * VIS_DIM],
+            pitch_ref: None,
         };
         assert_eq!(WindowFeatures::from_bytes(&f.to_bytes()), Some(f));
         let g = WindowFeatures {
             text: None,
             audio: vec![],
             visual: vec![0.0; VIS_DIM],
+            pitch_ref: None,
         };
         assert_eq!(WindowFeatures::from_bytes(&g.to_bytes()), Some(g.clone()));
         let mut bad = g.to_bytes();

@@ -14,7 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::ModelError;
 use crate::features::WindowFeatures;
-use crate::features::audio::AUDIO_DIM;
+use crate::features::audio::{AUDIO_DIM, idx};
+use crate::features::pitch;
 use crate::features::text::{EncoderKind, EncoderSpec, TEXT_DIM};
 use crate::features::visual::VIS_DIM;
 use crate::routing::thresholds::Calibration;
@@ -67,6 +68,10 @@ pub struct UbmMeta {
     /// What the uncertainty measures (models before it was recorded: entropy).
     #[serde(default)]
     pub gate: Gate,
+    /// Reads pitch relative to the speaker ([`crate::features::pitch`]) instead of in
+    /// Hz (`train ubm --speaker-pitch`; models before it was recorded: absolute).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub speaker_pitch: bool,
 }
 
 fn english() -> Vec<String> {
@@ -115,6 +120,7 @@ impl UbmMeta {
             text_tuning: None,
             languages: english(),
             gate: Gate::Entropy,
+            speaker_pitch: false,
         }
     }
 }
@@ -175,6 +181,16 @@ pub struct Ubm {
     fuse: nn::Linear,
     reg: nn::Linear,
     cls: nn::Linear,
+}
+
+/// A window's speaker reference pitch: the one the stream or dataset set, else the
+/// window's own voiced frames.
+pub(crate) fn pitch_reference(f: &WindowFeatures) -> Option<f32> {
+    f.pitch_ref.or_else(|| {
+        let mut b = pitch::PitchBaseline::default();
+        b.observe(&f.audio);
+        b.reference()
+    })
 }
 
 fn masked_mean_max(x: &Tensor, mask: &Tensor) -> Tensor {
@@ -318,6 +334,11 @@ impl Ubm {
             }
             if use_.audio {
                 let frames = f.audio_frames();
+                let pitch_ref = self
+                    .meta
+                    .speaker_pitch
+                    .then(|| pitch_reference(f))
+                    .flatten();
                 for s in 0..steps[i] {
                     let (lo, hi) = (s * AUDIO_POOL, ((s + 1) * AUDIO_POOL).min(frames));
                     let dst = &mut audio[(i * ta + s) * AUDIO_DIM..(i * ta + s + 1) * AUDIO_DIM];
@@ -326,6 +347,11 @@ impl Ubm {
                             .iter()
                             .enumerate()
                         {
+                            let v = if self.meta.speaker_pitch && d == idx::F0 {
+                                pitch::relative(*v, pitch_ref)
+                            } else {
+                                *v
+                            };
                             dst[d] +=
                                 ((v - am[d]) / asd[d]).clamp(-Z_CLIP, Z_CLIP) / (hi - lo) as f32;
                         }
@@ -427,6 +453,7 @@ mod tests {
                 .map(|i| (i % 7) as f32 * 0.1)
                 .collect(),
             visual: vec![0.5; video_frames * VIS_DIM],
+            pitch_ref: None,
         }
     }
 

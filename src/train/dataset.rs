@@ -115,6 +115,9 @@ pub struct Clip {
     pub split: Split,
     /// Media file.
     pub path: PathBuf,
+    /// Who speaks: `label.csv`'s optional `speaker` column, else the video id (MOSI's
+    /// videos are one speaker each). Speaker-relative pitch is referenced per speaker.
+    pub speaker: String,
 }
 
 /// A dataset folder.
@@ -207,6 +210,7 @@ impl Dataset {
             text,
             label,
             mode,
+            speaker: col("speaker"),
         })
     }
 
@@ -267,7 +271,15 @@ impl Dataset {
         if !media.is_file() {
             return Ok(None);
         }
+        let speaker = cols
+            .speaker
+            .and_then(|c| rec.get(c))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&video_id)
+            .to_string();
         Ok(Some(Clip {
+            speaker,
             video_id,
             clip_id,
             text: get(cols.text, "text")?.to_string(),
@@ -324,6 +336,7 @@ struct LabelColumns {
     text: usize,
     label: usize,
     mode: usize,
+    speaker: Option<usize>,
 }
 
 /// One feature worker: models are loaded on the first clip that is not cached.

@@ -9,12 +9,12 @@ use tch::{Kind, Tensor, nn};
 
 use crate::config::AsrConfig;
 use crate::error::{DatasetError, ModelError, Result};
-use crate::features::WindowFeatures;
 use crate::features::audio::AUDIO_DIM;
 use crate::features::text::TEXT_DIM;
 use crate::features::text::{EncoderKind, EncoderSpec, TextEncoder};
 use crate::features::visual::VIS_DIM;
-use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
+use crate::features::{WindowFeatures, pitch};
+use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta, pitch_reference};
 use crate::routing::thresholds::{self, Calibration};
 use crate::routing::uncertainty::{Gate, class_index};
 use crate::routing::verdict::has0_right;
@@ -76,6 +76,8 @@ pub struct TrainOptions {
     /// Gate on the calibrated probability that the emitted polarity is wrong (its
     /// temperature fitted on validation) instead of the entropy.
     pub polarity_risk: bool,
+    /// Read pitch relative to the speaker ([`crate::features::pitch`]).
+    pub speaker_pitch: bool,
 }
 
 /// Features and labels of one split.
@@ -113,9 +115,11 @@ pub fn load_split(
         ids: Vec::new(),
     };
     let mut failed = 0;
+    let mut speakers = Vec::new();
     for (c, f) in clips.iter().zip(feats) {
         match f {
             Some(f) => {
+                speakers.push(c.speaker.as_str());
                 out.feats.push(f);
                 out.labels.push(c.label);
                 out.texts.push(c.text.clone());
@@ -127,6 +131,9 @@ pub fn load_split(
     if failed > 0 {
         tracing::warn!(split = ?split, "{failed} clips could not be decoded and were skipped");
     }
+    // Each clip's speaker reference pitch from that speaker's clips up to it, in
+    // label.csv's order, as a stream would have heard them.
+    pitch::assign_references(&mut out.feats, &speakers);
     Ok(out)
 }
 
@@ -325,6 +332,7 @@ pub(crate) fn append_sentences(
                 text: e,
                 audio: Vec::new(),
                 visual: Vec::new(),
+                pitch_ref: None,
             });
             to.labels.push(*label);
             to.texts.push(text.clone());
@@ -344,7 +352,23 @@ fn fresh_ubm(o: &TrainOptions, train: &SplitData) -> Ubm {
         // The temperature is fitted on validation after training (`calibrate_model`).
         meta.gate = Gate::PolarityRisk { temperature: 1.0 };
     }
-    let audio: Vec<&[f32]> = train.feats.iter().map(|f| f.audio.as_slice()).collect();
+    meta.speaker_pitch = o.speaker_pitch;
+    // The statistics are of the audio as the model reads it.
+    let relative: Vec<Vec<f32>> = if o.speaker_pitch {
+        let rel = |f: &WindowFeatures| {
+            let mut a = f.audio.clone();
+            pitch::make_relative(&mut a, pitch_reference(f));
+            a
+        };
+        train.feats.iter().map(rel).collect()
+    } else {
+        Vec::new()
+    };
+    let audio: Vec<&[f32]> = if o.speaker_pitch {
+        relative.iter().map(Vec::as_slice).collect()
+    } else {
+        train.feats.iter().map(|f| f.audio.as_slice()).collect()
+    };
     let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
     (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
     (meta.visual_mean, meta.visual_std) = mean_std(VIS_DIM, &visual);

@@ -26,6 +26,7 @@ use crate::diarize::campp::CamPlus;
 use crate::error::{Error, SourceError};
 use crate::event::{Event, StatusEvent, StreamStatus};
 use crate::features::asr::{Asr, WhisperModels};
+use crate::features::pitch::PitchBaseline;
 use crate::features::text::{EncoderSpec, TextEncoder};
 use crate::features::visual::VIS_DIM;
 use crate::features::{Extractor, Look, WindowFeatures, window_visual};
@@ -202,6 +203,9 @@ struct Processor<'a> {
     talk_pause_s: f64,
     /// Seconds spent analysing frames since the last window.
     look_s: f64,
+    /// Each speaker's reference pitch over the windows sent (key: the diarised speaker;
+    /// `None` for an undiarised stream), for speaker-relative models.
+    pitch: Vec<(Option<u32>, PitchBaseline)>,
     /// A window processed before its pause was confirmed (`segment.process_early`).
     early: Option<(EarlyKey, Windowed)>,
     early_work: EarlyWork,
@@ -293,6 +297,9 @@ impl Processor<'_> {
                 self.process(w)?
             }
         };
+        if let Some(f) = &done.features {
+            self.speaker_pitch(w.speaker).observe(&f.audio);
+        }
         self.windows += 1;
         self.last_end = self.last_end.max(done.event.end);
         let _ = self.tx.send(ToRouter::Window(Box::new(done)));
@@ -337,6 +344,18 @@ impl Processor<'_> {
             self.asr.detect_ahead(open.audio)?;
         }
         Ok(())
+    }
+
+    /// The reference pitch of a speaker's windows sent so far.
+    fn speaker_pitch(&mut self, speaker: Option<u32>) -> &mut PitchBaseline {
+        let at = match self.pitch.iter().position(|(s, _)| *s == speaker) {
+            Some(at) => at,
+            None => {
+                self.pitch.push((speaker, PitchBaseline::default()));
+                self.pitch.len() - 1
+            }
+        };
+        &mut self.pitch[at].1
     }
 
     /// Transcribes a window and computes its features.
@@ -389,6 +408,15 @@ impl Processor<'_> {
                     audio,
                     ..WindowFeatures::default()
                 };
+                // The speaker's windows sent so far and this one (an early result thrown
+                // away never counts).
+                let mut pitch = self
+                    .pitch
+                    .iter()
+                    .find(|(s, _)| *s == w.speaker)
+                    .map_or_else(PitchBaseline::default, |(_, b)| *b);
+                pitch.observe(&f.audio);
+                f.pitch_ref = pitch.reference();
                 window_visual(self.frames.gather(w.audio_start, w.end), &mut f.visual);
                 x.add_text(&mut f, &event.text, m)?;
                 let secs = (audio_time + t.elapsed()).as_secs_f64() + look_s;
@@ -718,6 +746,7 @@ pub(crate) fn run_stream(
             last_end: 0.0,
             talk_pause_s: cfg.segment.talk_pause_s as f64,
             look_s: 0.0,
+            pitch: Vec::new(),
             early: None,
             early_work: EarlyWork::default(),
         },
