@@ -7,6 +7,9 @@
 //! dataset (its `speaker` column, else its video) fed in clip order, so both see a window
 //! exactly as serving would after the same speech.
 
+use std::borrow::Cow;
+
+use super::WindowFeatures;
 use super::audio::{AUDIO_DIM, idx};
 
 /// Running reference pitch of one speaker.
@@ -55,9 +58,30 @@ pub fn make_relative(audio: &mut [f32], reference: Option<f32>) {
     }
 }
 
+/// A window's speaker reference: the one its stream or dataset set, else the window's own
+/// voiced frames.
+pub fn window_reference(f: &WindowFeatures) -> Option<f32> {
+    f.pitch_ref.or_else(|| {
+        let mut b = PitchBaseline::default();
+        b.observe(&f.audio);
+        b.reference()
+    })
+}
+
+/// A window's audio frames as a model reads them: as computed, or (`speaker_pitch`) with
+/// the pitch slot relative to the speaker (a copy; borrowed otherwise).
+pub fn model_audio(f: &WindowFeatures, speaker_pitch: bool) -> Cow<'_, [f32]> {
+    if !speaker_pitch {
+        return Cow::Borrowed(&f.audio);
+    }
+    let mut a = f.audio.clone();
+    make_relative(&mut a, window_reference(f));
+    Cow::Owned(a)
+}
+
 /// Sets each window's speaker reference from the windows before it of the same speaker
 /// and itself: `speakers[i]` names window `i`'s speaker, windows are in stream order.
-pub fn assign_references(feats: &mut [super::WindowFeatures], speakers: &[&str]) {
+pub fn assign_references(feats: &mut [WindowFeatures], speakers: &[&str]) {
     let mut seen: std::collections::HashMap<&str, PitchBaseline> = Default::default();
     for (f, s) in feats.iter_mut().zip(speakers) {
         let b = seen.entry(s).or_default();
@@ -69,7 +93,6 @@ pub fn assign_references(feats: &mut [super::WindowFeatures], speakers: &[&str])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::WindowFeatures;
 
     fn frames(f0s: &[f32]) -> Vec<f32> {
         let mut a = vec![0.0; f0s.len() * AUDIO_DIM];
@@ -91,6 +114,15 @@ mod tests {
         assert_eq!(relative(0.2, b.reference()), 0.05);
         assert_eq!(relative(0.0, b.reference()), 0.0);
         assert_eq!(relative(0.3, None), 1.0);
+        // A model reads the audio as computed, or with its own window as the reference.
+        let f = WindowFeatures {
+            audio: frames(&[0.2, 0.0, 0.8]),
+            ..WindowFeatures::default()
+        };
+        assert!(matches!(model_audio(&f, false), Cow::Borrowed(a) if a == f.audio.as_slice()));
+        let read = model_audio(&f, true);
+        let slot: Vec<f32> = read.chunks_exact(AUDIO_DIM).map(|fr| fr[idx::F0]).collect();
+        assert_eq!(slot, [0.05, 0.0, 2.0]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::ModelError;
 use crate::features::WindowFeatures;
-use crate::features::audio::{AUDIO_DIM, idx};
+use crate::features::audio::AUDIO_DIM;
 use crate::features::pitch;
 use crate::features::text::{EncoderKind, EncoderSpec, TEXT_DIM};
 use crate::features::visual::VIS_DIM;
@@ -183,16 +183,6 @@ pub struct Ubm {
     cls: nn::Linear,
 }
 
-/// A window's speaker reference pitch: the one the stream or dataset set, else the
-/// window's own voiced frames.
-pub(crate) fn pitch_reference(f: &WindowFeatures) -> Option<f32> {
-    f.pitch_ref.or_else(|| {
-        let mut b = pitch::PitchBaseline::default();
-        b.observe(&f.audio);
-        b.reference()
-    })
-}
-
 fn masked_mean_max(x: &Tensor, mask: &Tensor) -> Tensor {
     // x [B, T, C], mask [B, T] (1 real, 0 padding); empty rows pool to zeros.
     let m = mask.unsqueeze(-1);
@@ -334,24 +324,15 @@ impl Ubm {
             }
             if use_.audio {
                 let frames = f.audio_frames();
-                let pitch_ref = self
-                    .meta
-                    .speaker_pitch
-                    .then(|| pitch_reference(f))
-                    .flatten();
+                let values = pitch::model_audio(f, self.meta.speaker_pitch);
                 for s in 0..steps[i] {
                     let (lo, hi) = (s * AUDIO_POOL, ((s + 1) * AUDIO_POOL).min(frames));
                     let dst = &mut audio[(i * ta + s) * AUDIO_DIM..(i * ta + s + 1) * AUDIO_DIM];
                     for fr in lo..hi {
-                        for (d, v) in f.audio[fr * AUDIO_DIM..(fr + 1) * AUDIO_DIM]
+                        for (d, v) in values[fr * AUDIO_DIM..(fr + 1) * AUDIO_DIM]
                             .iter()
                             .enumerate()
                         {
-                            let v = if self.meta.speaker_pitch && d == idx::F0 {
-                                pitch::relative(*v, pitch_ref)
-                            } else {
-                                *v
-                            };
                             dst[d] +=
                                 ((v - am[d]) / asd[d]).clamp(-Z_CLIP, Z_CLIP) / (hi - lo) as f32;
                         }

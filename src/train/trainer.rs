@@ -14,7 +14,7 @@ use crate::features::text::TEXT_DIM;
 use crate::features::text::{EncoderKind, EncoderSpec, TextEncoder};
 use crate::features::visual::VIS_DIM;
 use crate::features::{WindowFeatures, pitch};
-use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta, pitch_reference};
+use crate::models::ubm::{Modalities, Prediction, Ubm, UbmMeta};
 use crate::routing::thresholds::{self, Calibration};
 use crate::routing::uncertainty::{Gate, class_index};
 use crate::routing::verdict::has0_right;
@@ -354,21 +354,12 @@ fn fresh_ubm(o: &TrainOptions, train: &SplitData) -> Ubm {
     }
     meta.speaker_pitch = o.speaker_pitch;
     // The statistics are of the audio as the model reads it.
-    let relative: Vec<Vec<f32>> = if o.speaker_pitch {
-        let rel = |f: &WindowFeatures| {
-            let mut a = f.audio.clone();
-            pitch::make_relative(&mut a, pitch_reference(f));
-            a
-        };
-        train.feats.iter().map(rel).collect()
-    } else {
-        Vec::new()
-    };
-    let audio: Vec<&[f32]> = if o.speaker_pitch {
-        relative.iter().map(Vec::as_slice).collect()
-    } else {
-        train.feats.iter().map(|f| f.audio.as_slice()).collect()
-    };
+    let read: Vec<_> = train
+        .feats
+        .iter()
+        .map(|f| pitch::model_audio(f, o.speaker_pitch))
+        .collect();
+    let audio: Vec<&[f32]> = read.iter().map(|a| a.as_ref()).collect();
     let visual: Vec<&[f32]> = train.feats.iter().map(|f| f.visual.as_slice()).collect();
     (meta.audio_mean, meta.audio_std) = mean_std(AUDIO_DIM, &audio);
     (meta.visual_mean, meta.visual_std) = mean_std(VIS_DIM, &visual);

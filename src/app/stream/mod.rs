@@ -10,7 +10,7 @@ pub(crate) mod clock;
 pub(crate) mod frames;
 pub(crate) mod reconnect;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -205,7 +205,7 @@ struct Processor<'a> {
     look_s: f64,
     /// Each speaker's reference pitch over the windows sent (key: the diarised speaker;
     /// `None` for an undiarised stream), for speaker-relative models.
-    pitch: Vec<(Option<u32>, PitchBaseline)>,
+    pitch: HashMap<Option<u32>, PitchBaseline>,
     /// A window processed before its pause was confirmed (`segment.process_early`).
     early: Option<(EarlyKey, Windowed)>,
     early_work: EarlyWork,
@@ -298,7 +298,7 @@ impl Processor<'_> {
             }
         };
         if let Some(f) = &done.features {
-            self.speaker_pitch(w.speaker).observe(&f.audio);
+            self.pitch.entry(w.speaker).or_default().observe(&f.audio);
         }
         self.windows += 1;
         self.last_end = self.last_end.max(done.event.end);
@@ -344,18 +344,6 @@ impl Processor<'_> {
             self.asr.detect_ahead(open.audio)?;
         }
         Ok(())
-    }
-
-    /// The reference pitch of a speaker's windows sent so far.
-    fn speaker_pitch(&mut self, speaker: Option<u32>) -> &mut PitchBaseline {
-        let at = match self.pitch.iter().position(|(s, _)| *s == speaker) {
-            Some(at) => at,
-            None => {
-                self.pitch.push((speaker, PitchBaseline::default()));
-                self.pitch.len() - 1
-            }
-        };
-        &mut self.pitch[at].1
     }
 
     /// Transcribes a window and computes its features.
@@ -410,11 +398,7 @@ impl Processor<'_> {
                 };
                 // The speaker's windows sent so far and this one (an early result thrown
                 // away never counts).
-                let mut pitch = self
-                    .pitch
-                    .iter()
-                    .find(|(s, _)| *s == w.speaker)
-                    .map_or_else(PitchBaseline::default, |(_, b)| *b);
+                let mut pitch = self.pitch.get(&w.speaker).copied().unwrap_or_default();
                 pitch.observe(&f.audio);
                 f.pitch_ref = pitch.reference();
                 window_visual(self.frames.gather(w.audio_start, w.end), &mut f.visual);
@@ -746,7 +730,7 @@ pub(crate) fn run_stream(
             last_end: 0.0,
             talk_pause_s: cfg.segment.talk_pause_s as f64,
             look_s: 0.0,
-            pitch: Vec::new(),
+            pitch: HashMap::new(),
             early: None,
             early_work: EarlyWork::default(),
         },
