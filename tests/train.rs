@@ -1233,6 +1233,54 @@ fn a_held_out_corpus_keeps_voices_and_neutral_sources_apart_by_split() {
         shifts.first() != shifts.last(),
         "prosody strength never varies: {shifts:?}"
     );
+    many_voices_change_only_training_speakers(root, &out, &dir.path().join("many"));
+}
+
+/// `--many-voices` keeps the plan's sentences, labels, prosody and held-out clips and
+/// gives the training videos more voices than the 9 of the plain plan, none of a
+/// validation or test split.
+fn many_voices_change_only_training_speakers(
+    root: &str,
+    plain: &std::path::Path,
+    out: &std::path::Path,
+) {
+    let o = std::process::Command::new("bash")
+        .arg(format!("{root}/scripts/make-corpus"))
+        .args(["--held-out", "--many-voices", "--plan-only"])
+        .args([out.to_str().unwrap(), "40", "2"])
+        .current_dir(root)
+        .output()
+        .expect("bash runs scripts/make-corpus");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = |p: &std::path::Path| -> Vec<csv::StringRecord> {
+        let mut r = csv::Reader::from_path(p.join("label.csv")).unwrap();
+        r.records().map(Result::unwrap).collect()
+    };
+    let head = csv::Reader::from_path(out.join("label.csv"))
+        .unwrap()
+        .headers()
+        .unwrap()
+        .clone();
+    let col = |n: &str| head.iter().position(|h| h == n).unwrap();
+    let (spk, mode) = (col("speaker"), col("mode"));
+    let (a, b) = (rows(plain), rows(out));
+    assert_eq!(a.len(), b.len());
+    let mut train_voices = std::collections::HashSet::new();
+    let mut held_voices = std::collections::HashSet::new();
+    for (x, y) in a.iter().zip(&b) {
+        for (i, (u, v)) in x.iter().zip(y.iter()).enumerate() {
+            assert!(i == spk || u == v, "{} differs: {u} vs {v}", &head[i]);
+        }
+        let voice = y[spk].split('@').next().unwrap().to_string();
+        if y[mode] == *"train" {
+            train_voices.insert(voice);
+        } else {
+            assert_eq!(x, y, "a held-out clip changed");
+            held_voices.insert(voice);
+        }
+    }
+    assert!(train_voices.len() > 9, "{train_voices:?}");
+    assert!(train_voices.is_disjoint(&held_voices));
 }
 
 #[test]

@@ -11,6 +11,7 @@ used once.
 """
 import csv
 import io
+import random
 import re
 
 import voices
@@ -23,8 +24,13 @@ SHADING = {"not", "no", "never", "nor", "little", "rarely", "without", "hardly",
 
 
 def check_voices():
-    """Fails loudly if a voice is in two splits or shares an accent with the held-out sets."""
-    splits = [voices.CORPUS_TRAIN, voices.CORPUS_VALID, voices.CORPUS_TEST]
+    """Fails loudly if a voice is in two splits or shares an accent with the held-out sets
+    (a variant of the validation or test voices may not be a training voice at all)."""
+    splits = [voices.CORPUS_TRAIN_MANY, voices.CORPUS_VALID, voices.CORPUS_TEST]
+    held_variants = {v.split("+")[1] for v in voices.CORPUS_VALID + voices.CORPUS_TEST}
+    for v in voices.CORPUS_TRAIN_MANY:
+        if "+" in v and v.split("+")[1] in held_variants:
+            raise SystemExit(f"make-corpus: training voice {v} uses a variant of a validation or test voice")
     seen = {}
     for k, names in enumerate(splits):
         for v in names:
@@ -90,8 +96,14 @@ def _prosody(rng):
     return kind, s, 1.0 + 0.22 * s, round(-300 * s), round(-1.2 * s, 1)
 
 
-def held_out_plan(rng, n_clips, tar, pl, lex, intensity):
-    """The clip plan (same fields as the legacy plan, plus length, cents and speaker)."""
+def held_out_plan(rng, n_clips, tar, pl, lex, intensity, many_voices=False):
+    """The clip plan (same fields as the legacy plan, plus length, cents and speaker).
+
+    many_voices: a training video's voice comes from voices.CORPUS_TRAIN_MANY, drawn by a
+    generator of its own, so every sentence, label, prosody and the validation and test
+    clips stay exactly those of the plan without it."""
+    many = random.Random(20261202).sample(voices.CORPUS_TRAIN_MANY, len(voices.CORPUS_TRAIN_MANY))
+    n_train_videos = 0
     pools = dict(zip(("train", "valid", "test"), neutral_pools(rng, tar, lex)))
     voice_lists = {"train": voices.CORPUS_TRAIN, "valid": voices.CORPUS_VALID, "test": voices.CORPUS_TEST}
     tiny = n_clips < 200
@@ -101,6 +113,9 @@ def held_out_plan(rng, n_clips, tar, pl, lex, intensity):
     for g in range((n_clips + group - 1) // group):
         mode = _mode(rng, g, tiny)
         voice = rng.choice(voice_lists[mode])
+        if many_voices and mode == "train":
+            voice = many[n_train_videos % len(many)]  # each voice once before any twice
+            n_train_videos += 1
         base_cents, base_rate = rng.randint(-200, 200), rng.uniform(0.88, 1.12)
         face = rng.randrange(0, 600)
         for c in range(min(group, n_clips - g * group)):

@@ -16,5 +16,15 @@ VALID = [("en-gb-x-rp+m3", 165, 45), ("en-029+f4", 155, 66), ("en-us-nyc+f2", 17
 
 CORPUS_TRAIN = ["piper:joe", "espeak:en-us", "espeak:en-us+m3", "espeak:en-us+f3", "espeak:en+m5",
                 "espeak:en-gb+f4", "espeak:en-us+m1", "espeak:en-gb+m2", "espeak:en+f1"]
+# `make-corpus --held-out --many-voices`: each training video draws from these instead (the
+# nine above plus espeak-ng's named variants on the three training accents; no variant of
+# CORPUS_VALID or CORPUS_TEST, none without pitch such as whisper, none robotic).
+_NAMED = ["adam", "Alex", "Alicia", "Andrea", "Andy", "Annie", "antonio", "aunty", "belinda", "benjamin",
+          "boris", "caleb", "david", "Denis", "Diogo", "ed", "edward", "Gene", "gustave", "Henrique", "Hugo",
+          "iven", "Jacky", "john", "Lee", "linda", "marcelo", "Marco", "Mario", "max", "Michael", "michel",
+          "miguel", "Mike", "Mr", "Nguyen", "pablo", "paul", "pedro", "quincy", "rob", "robert", "steph",
+          "Storm", "Tweaky", "zac", "anika", "AnxiousAndy", "grandpa", "grandma", "norbert", "sandro",
+          "shelby", "travis", "victor", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "m8"]
+CORPUS_TRAIN_MANY = CORPUS_TRAIN + [f"espeak:{('en-us', 'en-gb', 'en')[i % 3]}+{v}" for i, v in enumerate(_NAMED)]
 CORPUS_VALID = ["espeak:en-us+m6", "espeak:en-gb+f2", "espeak:en+m4"]
 CORPUS_TEST = ["espeak:en-us+m7", "espeak:en-gb+f5", "espeak:en-us+klatt"]
