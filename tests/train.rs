@@ -1281,6 +1281,59 @@ fn many_voices_change_only_training_speakers(
     }
     assert!(train_voices.len() > 9, "{train_voices:?}");
     assert!(train_voices.is_disjoint(&held_voices));
+    two_voice_corpus_doubles_only_training(root, plain, out, &a, &b, mode);
+}
+
+/// scripts/two-voice-corpus: the training split of both renders (the second's videos
+/// renamed), the first's validation and test alone; two different plans are refused.
+fn two_voice_corpus_doubles_only_training(
+    root: &str,
+    plain: &std::path::Path,
+    many: &std::path::Path,
+    a: &[csv::StringRecord],
+    b: &[csv::StringRecord],
+    mode: usize,
+) {
+    let merged = many.with_file_name("merged");
+    let run = |second: &std::path::Path| {
+        std::process::Command::new("python3")
+            .arg(format!("{root}/scripts/two-voice-corpus"))
+            .args([plain, second, &merged])
+            .output()
+            .expect("python3 runs scripts/two-voice-corpus")
+    };
+    let o = run(many);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_path(merged.join("label.csv"))
+        .unwrap()
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    let train = |r: &[csv::StringRecord]| r.iter().filter(|x| x[mode] == *"train").count();
+    assert_eq!(train(&rows), train(a) + train(b));
+    assert_eq!(rows.len() - train(&rows), a.len() - train(a));
+    assert!(rows[a.len()..].iter().all(|r| r[0].starts_with("v2_")));
+    assert_eq!(
+        &rows[..a.len()],
+        a,
+        "the first render's rows are kept as they are"
+    );
+    // A render of another plan (fewer clips) is refused, naming what differs.
+    let other = many.with_file_name("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let lines: Vec<String> = std::fs::read_to_string(many.join("label.csv"))
+        .unwrap()
+        .lines()
+        .take(11)
+        .map(String::from)
+        .collect();
+    std::fs::write(other.join("label.csv"), lines.join("\n") + "\n").unwrap();
+    let o = run(&other);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not renders of one plan"),
+        "{err}"
+    );
 }
 
 #[test]
