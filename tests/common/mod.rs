@@ -98,17 +98,26 @@ pub fn i64s(v: &serde_json::Value) -> Vec<i64> {
 
 /// Every JSON line of stdout (windows, notices, call summaries).
 pub fn outputs(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect()
+    json_lines(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The window events of stdout (lines with a `seq`).
 pub fn events(out: &Output) -> Vec<serde_json::Value> {
-    outputs(out)
+    events_in(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The window events (lines with a `seq`) of a run's stdout, as `sentistream_ok` returns it.
+pub fn events_in(stdout: &str) -> Vec<serde_json::Value> {
+    json_lines(stdout)
         .into_iter()
         .filter(|e| e.get("seq").is_some())
+        .collect()
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect()
 }
 
